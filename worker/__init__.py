@@ -1,0 +1,46 @@
+"""svdserve.worker: out-of-core truncated SVD on any Dask cluster.
+
+>>> from svdserve.worker import svd
+>>> res = svd("data/A.zarr", 20, method="randomized", n_iter=2)   # doctest: +SKIP
+>>> res.U, res.S, res.Vt, res.report["energy_ranks"], res.passes  # doctest: +SKIP
+
+Modules: :mod:`._kernels` (pure NumPy panel kernels), :mod:`._engine` (Dask
+futures, tree reductions, progress), :mod:`._tsqr` (exact, Benson et al.),
+:mod:`._rsvd` (randomized, Halko et al.), :mod:`._energy` (the report),
+:mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels).
+This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
+"""
+
+from ._api import EXACT_MAX_COLUMNS, choose_method, svd
+from ._energy import energy_report
+from ._engine import Phase
+from ._errors import (
+    InvalidInputError,
+    NonFiniteError,
+    SourceNotFoundError,
+    StorageError,
+    SVDError,
+    WorkerLostError,
+)
+from ._source import DEFAULT_PANEL_BYTES, SourceInfo, inspect_source, plan_panels
+from ._store import SVDResult, load
+
+__all__ = [
+    "svd",
+    "load",
+    "inspect_source",
+    "choose_method",
+    "energy_report",
+    "plan_panels",
+    "SVDResult",
+    "SourceInfo",
+    "Phase",
+    "EXACT_MAX_COLUMNS",
+    "DEFAULT_PANEL_BYTES",
+    "SVDError",
+    "InvalidInputError",
+    "SourceNotFoundError",
+    "NonFiniteError",
+    "StorageError",
+    "WorkerLostError",
+]

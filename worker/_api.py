@@ -1,0 +1,264 @@
+"""The public entry point :func:`svd`: validation, planning, method choice, output."""
+
+from __future__ import annotations
+
+import numbers
+import time
+
+import numpy as np
+
+from ._energy import energy_report
+from ._engine import Phase, make_engine
+from ._errors import InvalidInputError
+from ._kernels import block_argmax
+from ._rsvd import randomized_svd
+from ._run import Run
+from ._source import PanelRef, open_source, plan_panels
+from ._store import ResultWriter, SVDResult, write_tall_block
+from ._tsqr import exact_svd
+
+__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
+
+#: ``method="auto"`` picks ``exact`` when the short side is at most this:
+#: an n×n R factor per tree node (32 MiB at n = 2048) is cheap and exact
+#: gives the whole spectrum. It also picks ``exact`` when the sketch would
+#: be at least half as wide as the short side, where randomization saves
+#: nothing.
+EXACT_MAX_COLUMNS = 2048
+
+_METHODS = ("auto", "exact", "randomized")
+
+
+def _int_param(value, name, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInputError(f"{name} must be an integer; got {value!r}.", field=name)
+    if value < low:
+        raise InvalidInputError(f"{name} must be >= {low}; got {value!r}.", field=name)
+    return int(value)
+
+
+def choose_method(method, shape, rank, n_oversamples):
+    """Resolve ``method="auto"`` (see :data:`EXACT_MAX_COLUMNS`)."""
+    if method not in _METHODS:
+        raise InvalidInputError(
+            f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}.",
+            field="method")
+    if method != "auto":
+        return method
+    short = min(shape)
+    if short <= EXACT_MAX_COLUMNS or 2 * (rank + n_oversamples) >= short:
+        return "exact"
+    return "randomized"
+
+
+def _versions():
+    import dask
+    import zarr
+
+    import svdserve
+
+    return {"svdserve": svdserve.__version__, "numpy": np.__version__,
+            "dask": dask.__version__, "zarr": zarr.__version__}
+
+
+def _panels_for(src, bounds, engine):
+    """Panel arguments for each (start, stop) of the tall view."""
+    wide = src.wide
+    if src.kind == "zarr":
+        ref = src.zarr_ref
+        return [PanelRef(s, e, wide, ref, None if ref else src.obj) for s, e in bounds]
+    if src.kind == "numpy":
+        a = src.obj
+        return [engine.scatter(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
+                for s, e in bounds]
+    x = src.obj.T if wide else src.obj
+    x = x.rechunk((tuple(e - s for s, e in bounds), (x.shape[1],)))
+    return list(x.to_delayed().ravel())
+
+
+def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
+        center=False, random_state=0, client=None, storage_options=None, out=None,
+        out_storage_options=None, panel_bytes=None, progress=None):
+    """Truncated SVD of a matrix too large for memory, on Dask.
+
+    ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
+    panel by panel: row bands aligned with the input's chunks, each read by
+    one task.
+
+    Parameters
+    ----------
+    source : zarr.Array, str, os.PathLike, ndarray or dask.array.Array
+        The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
+        a Zarr (format 2 or 3) array or group. Any real dtype; computed in
+        float64.
+    rank : int
+        Number of singular triplets k, ``1 <= k <= min(m, n)``.
+    array : str, optional
+        Path of the array inside a group (may be omitted when the group
+        holds exactly one array).
+    method : {"auto", "exact", "randomized"}, default="auto"
+        ``exact``: TSQR, 2 passes, the whole spectrum (:mod:`._tsqr`).
+        ``randomized``: Halko et al., ``n_iter + 2`` passes (:mod:`._rsvd`).
+        ``auto``: exact when ``min(m, n) <= 2048`` or the sketch would be
+        at least half the short side, else randomized.
+    n_oversamples : int, default=10
+        Extra random test vectors (randomized only); clipped so that
+        ``rank + n_oversamples <= min(m, n)``.
+    n_iter : int, default=2
+        Power iterations (randomized only), one pass over A each.
+    center : bool, default=False
+        Subtract column means first (PCA), implicitly, at no extra pass.
+    random_state : int, default=0
+        Seed of the Gaussian test matrix. Same seed, same input and same
+        panel plan give the same factors on any number of workers.
+    client : distributed.Client, optional
+        Cluster to run on; default: the current default client, else a
+        synchronous run in this process.
+    storage_options : dict, optional
+        fsspec options for the source URL (credentials, ``endpoint_url``).
+    out : str, optional
+        Path or URL of a Zarr group to write the result to (``U`` with row
+        chunks like the input, ``S``, ``Vt``, ``mean``, a manifest last).
+        The returned ``U``/``Vt`` are then lazy ``zarr.Array``.
+    out_storage_options : dict, optional
+        fsspec options for ``out``; default ``storage_options``.
+    panel_bytes : int, optional
+        Byte budget of one panel in float64 (default 128 MiB); a panel is at
+        least one chunk.
+    progress : callable, optional
+        ``progress(done, total, phase)`` after each panel; ``phase`` is a
+        :class:`Phase`. An exception raised by it cancels the run and
+        propagates unchanged.
+
+    Returns
+    -------
+    SVDResult
+        ``U`` of shape (m, k), ``S`` of shape (k,), ``Vt`` of shape (k, n),
+        ``mean`` of shape (n,) or None, ``report``, ``passes``, ``method``.
+
+    Raises
+    ------
+    InvalidInputError
+        Bad parameter or matrix (``.field`` names which).
+    SourceNotFoundError
+        The path, URL or array does not exist.
+    NonFiniteError
+        NaN/Inf found in pass 1 (``.rows`` gives the first bad panel).
+    StorageError
+        Reading or writing failed.
+    WorkerLostError
+        Workers kept dying, or the scheduler went away.
+
+    Notes
+    -----
+    A wide matrix (m < n) is decomposed through its transpose and the
+    factors swapped back. Signs are fixed so that the largest-magnitude
+    entry of each row of ``Vt`` is positive (ties: lowest column).
+    Memory per worker: one panel plus O(n·l), whatever m is.
+    """
+    t_start = time.perf_counter()
+    src = open_source(source, array=array, storage_options=storage_options)
+    m, n = src.shape
+    k = _int_param(rank, "rank", 1)
+    if k > min(m, n):
+        raise InvalidInputError(
+            f"rank must be <= min(m, n) = {min(m, n)} for a {m}×{n} matrix; got {k}.",
+            field="rank")
+    p = _int_param(n_oversamples, "n_oversamples", 0)
+    q = _int_param(n_iter, "n_iter", 0)
+    if random_state is None:
+        random_state = 0
+    seed = _int_param(random_state, "random_state", 0)
+    resolved = choose_method(method, (m, n), k, p)
+    center = bool(center)
+
+    engine = make_engine(client)
+    m_t, n_t = src.tall_shape
+    chunk = src.tall_chunk if src.kind == "zarr" else 1
+    bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
+    passes = 2 if resolved == "exact" else q + 2
+    run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
+              center=center and not src.wide, center_rows=center and src.wide,
+              passes=passes, progress=progress, wide=src.wide)
+    if resolved == "exact":
+        fac = exact_svd(run, k)
+    else:
+        fac = randomized_svd(run, k, n_oversamples=p, n_iter=q, random_state=seed)
+    t_blocks, sigma, v = fac["t"], fac["sigma"], fac["v"]
+
+    if src.wide:
+        # Vt is the tall factor's transpose: fix signs on its columns.
+        best = engine.gather([engine.submit(block_argmax, h, s)
+                              for h, (s, _) in zip(t_blocks, bounds)])
+        absval = np.array([b[0] for b in best])
+        winner = np.argmax(absval, axis=0)  # first panel on ties = lowest index
+        vals = np.array([b[1] for b in best])[winner, np.arange(k)]
+        signs = np.where(vals < 0, -1.0, 1.0)
+    else:
+        signs = np.ones(k)
+    v = v * signs
+
+    url = None
+    phase_w = Phase("write", run.pass_no, passes)
+    t_w = time.perf_counter()
+    if out is not None:
+        opts = storage_options if out_storage_options is None else out_storage_options
+        chunk_out = src.tall_chunk if src.kind == "zarr" else bounds[0][1] - bounds[0][0]
+        writer = ResultWriter(out, opts, (m, n), k, chunk_out, src.wide, center)
+        sg = engine.scatter(signs)
+        writes = [engine.submit(_write_signed, h, sg, writer.url, writer.options_key,
+                                writer.tall_name, s, e, src.wide)
+                  for h, (s, e) in zip(t_blocks, bounds)]
+        for done, _ in enumerate(engine.completed(writes), start=1):
+            if progress is not None:
+                progress(done, len(writes), phase_w)
+        tall = None
+        url = writer.url
+    else:
+        tall = np.concatenate(engine.gather(t_blocks), axis=0) * signs
+        if progress is not None:
+            progress(1, 1, phase_w)
+    engine.timings["write"] = time.perf_counter() - t_w
+
+    rows = engine.rows_read
+    n_passes = rows // m_t
+    assert rows == n_passes * m_t, f"panel reads {rows} are not whole passes of {m_t} rows"
+    mean = None
+    if center:
+        mean = run.row_means if src.wide else run.mean
+    total = run.total_energy
+    report = energy_report(sigma, total, shape=(m, n), method=resolved, center=center,
+                           s_all=fac["s_all"])
+    timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
+    timings["total"] = round(time.perf_counter() - t_start, 6)
+    report.update({"passes": n_passes, "n_oversamples": p, "n_iter": q,
+                   "random_state": seed, "timings": timings})
+    if resolved == "randomized":
+        report["n_oversamples_used"] = fac["l"] - k
+    provenance = {
+        "input": {"url": src.info.url, "array": src.info.array, "shape": [m, n],
+                  "dtype": src.info.dtype, "chunks": list(src.info.chunks),
+                  "zarr_format": src.info.zarr_format},
+        "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
+                   "center": center, "random_state": seed, "panel_bytes": panel_bytes},
+        "method": resolved, "passes": n_passes, "panels": len(bounds),
+        "versions": _versions(), "timings": timings,
+    }
+    if src.wide:
+        u_small, vt = v, None
+    else:
+        u_small, vt = None, v.T
+    if url is not None:
+        writer.finish(S=sigma, small=u_small if src.wide else vt, mean=mean,
+                      attrs={"svdserve": provenance, "report": report})
+        grp = writer.group
+        u_out, vt_out = grp["U"], grp["Vt"]
+    else:
+        u_out, vt_out = (u_small, tall.T) if src.wide else (tall, vt)
+    return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
+                     report=report, passes=n_passes, method=resolved, url=url,
+                     provenance=provenance)
+
+
+def _write_signed(block, signs, url, options_key, name, start, stop, transpose):
+    return write_tall_block(block * signs, url, options_key, name, start, stop, transpose)

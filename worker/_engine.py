@@ -1,0 +1,276 @@
+"""Graph plumbing: where panel kernels run, progress, cancellation, tree reductions.
+
+Two engines share one small interface, so the algorithms are written once:
+
+- :class:`DaskEngine` submits tasks to a ``distributed.Client`` as futures;
+  intermediate results (TSQR node factors, Q blocks) stay on the workers
+  and are recomputed by the scheduler from their lineage if a worker dies.
+- :class:`LocalEngine` runs the same tasks lazily in this process (used when
+  no client is given and there is no default client).
+
+Each panel task returns ``(result, rows_read)``; :meth:`Engine.run_pass`
+adds up ``rows_read``, which is how passes over A are counted.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._errors import WorkerLostError
+from ._source import read_panel
+
+__all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task"]
+
+
+class Phase(str):
+    """Progress label: a ``str`` (``"power (pass 2 of 4)"``) with structure.
+
+    Attributes
+    ----------
+    name : str
+        ``"stats+qr"``, ``"power"``, ``"range"``, ``"project"``, ``"factor"`` or ``"write"``.
+    pass_no : int
+        The pass over A this step belongs to (for steps that do not read A,
+        the last pass made).
+    passes : int
+        Passes over A the whole job makes.
+    """
+
+    def __new__(cls, name, pass_no, passes):
+        obj = super().__new__(cls, f"{name} (pass {pass_no} of {passes})")
+        obj.name, obj.pass_no, obj.passes = name, pass_no, passes
+        return obj
+
+    def __reduce__(self):
+        return (Phase, (self.name, self.pass_no, self.passes))
+
+
+def panel_task(kernel, panel, center_rows, *args):
+    """Read one panel and run ``kernel(block, *args)`` on it.
+
+    Returns
+    -------
+    (result, rows_read, row_means)
+    """
+    block, row_means = read_panel(panel, center_rows)
+    return kernel(block, *args), block.shape[0], row_means
+
+
+def _pick(x, *keys):
+    for key in keys:
+        x = x[key]
+    return x
+
+
+class _Lazy:
+    """A task of the local engine: evaluated once, on first use."""
+
+    __slots__ = ("fn", "args", "value", "done")
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.done = fn, args, False
+
+    def get(self):
+        if not self.done:
+            args = [a.get() if isinstance(a, _Lazy) else _materialize(a) for a in self.args]
+            self.value, self.done = self.fn(*args), True
+            self.fn = self.args = None
+        return self.value
+
+
+def _materialize(a):
+    from dask.delayed import Delayed
+
+    return a.compute() if isinstance(a, Delayed) else a
+
+
+class _Engine:
+    """Shared logic: passes with progress and cancellation, tree reductions."""
+
+    def __init__(self):
+        self.rows_read = 0
+        self.timings = {}
+
+    # interface -----------------------------------------------------------
+    def submit(self, fn, *args):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gather(self, handles):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def completed(self, handles):  # pragma: no cover - abstract
+        """Yield indices of ``handles`` as they finish."""
+        raise NotImplementedError
+
+    def abort(self, handles):
+        """Stop work that is no longer wanted (cancellation, errors)."""
+
+    def scatter(self, value):
+        return value
+
+    # shared --------------------------------------------------------------
+    def part(self, handle, *keys):
+        """Handle to ``handle[k1][k2]...`` (computed where the value lives)."""
+        return self.submit(_pick, handle, *keys)
+
+    def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False,
+                 progress=None, on_result=None):
+        """Run ``kernel`` on every panel; report progress after each one.
+
+        Parameters
+        ----------
+        phase : Phase
+        panels : list
+            Panel arguments (PanelRef, scattered block or delayed block).
+        kernel : callable
+            ``kernel(block, *args_for(i))``.
+        on_result : callable, optional
+            ``on_result(i, small)`` with the gathered small part, as each
+            panel finishes (used for early NaN detection).
+
+        Returns
+        -------
+        list of handles to ``(result, rows, row_means)`` per panel.
+        """
+        t0 = time.perf_counter()
+        handles = [self.submit(panel_task, kernel, p, center_rows, *args_for(i))
+                   for i, p in enumerate(panels)]
+        rows = [self.part(h, 1) for h in handles]
+        try:
+            for done, i in enumerate(self.completed(handles), start=1):
+                if on_result is not None:
+                    on_result(i, handles[i])
+                if progress is not None:
+                    progress(done, len(panels), phase)
+            self.rows_read += sum(self.gather(rows))
+        except BaseException:
+            self.abort(handles + rows)
+            raise
+        self.timings[phase.name] = self.timings.get(phase.name, 0.0) + time.perf_counter() - t0
+        return handles
+
+    def map_handles(self, fn, handles, *args):
+        return [self.submit(fn, h, *args) for h in handles]
+
+    def tree(self, leaves, merge):
+        """Binary reduction tree over ``leaves`` in panel order.
+
+        The shape of the tree depends only on the number of leaves, never
+        on timing, so the result is the same on any number of workers.
+
+        Returns
+        -------
+        root : handle
+        nodes : list of (handle, left_child_index_range, right_child_index_range)
+            Every internal node, with the leaf ranges below each child, for
+            the downward sweep.
+        """
+        level = [(h, (i, i + 1)) for i, h in enumerate(leaves)]
+        nodes = []
+        while len(level) > 1:
+            nxt = []
+            for j in range(0, len(level) - 1, 2):
+                (a, ra), (b, rb) = level[j], level[j + 1]
+                h = self.submit(merge, a, b)
+                nodes.append((h, ra, rb))
+                nxt.append((h, (ra[0], rb[1])))
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return level[0][0], nodes
+
+
+class LocalEngine(_Engine):
+    """Runs tasks in this process, lazily and in panel order."""
+
+    def submit(self, fn, *args):
+        return _Lazy(fn, args)
+
+    def gather(self, handles):
+        return [h.get() for h in handles]
+
+    def completed(self, handles):
+        for i, h in enumerate(handles):
+            h.get()
+            yield i
+
+
+class DaskEngine(_Engine):
+    """Runs tasks on a ``distributed`` cluster through futures."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.client = client
+
+    def submit(self, fn, *args):
+        from dask.delayed import Delayed, delayed
+
+        if any(isinstance(a, Delayed) for a in args):
+            return self.client.compute(delayed(fn, pure=False)(*args))
+        return self.client.submit(fn, *args, pure=False)
+
+    def gather(self, handles):
+        try:
+            return self.client.gather(handles)
+        except Exception as exc:  # noqa: BLE001 - mapped to a typed error
+            _reraise(exc)
+
+    def completed(self, handles):
+        from distributed import as_completed
+
+        index = {h.key: i for i, h in enumerate(handles)}
+        try:
+            for fut in as_completed(handles):
+                if fut.status == "error":
+                    fut.result()  # raises the task's exception
+                yield index[fut.key]
+        except Exception as exc:  # noqa: BLE001
+            _reraise(exc)
+
+    def abort(self, handles):
+        futures = [h for h in handles if h is not None]
+        if futures:
+            try:
+                self.client.cancel(futures)
+            except Exception:  # noqa: BLE001 - best effort on a dying cluster
+                pass
+
+    def scatter(self, value):
+        return self.client.scatter(value, broadcast=False, hash=False)
+
+
+def _reraise(exc):
+    mapped = _map_cluster_error(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
+def _map_cluster_error(exc):
+    """Turn distributed's failures into :class:`WorkerLostError`; keep the rest."""
+    from distributed import KilledWorker
+
+    name = type(exc).__name__
+    if isinstance(exc, KilledWorker):
+        return WorkerLostError(
+            f"Dask workers died while running this job ({exc}); the task was retried "
+            "and its workers kept dying. Check worker memory limits and logs, then resubmit.")
+    if name in ("CommClosedError", "StreamClosedError", "FutureCancelledError") or (
+            isinstance(exc, (OSError, TimeoutError)) and "scheduler" in str(exc).lower()):
+        return WorkerLostError(
+            f"lost contact with the Dask scheduler or workers ({name}: {exc}); "
+            "check that the cluster is up, then resubmit.")
+    return exc
+
+
+def make_engine(client):
+    """Pick the engine: the given client, else the default client, else local."""
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    return LocalEngine() if client is None else DaskEngine(client)
+

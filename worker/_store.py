@@ -1,0 +1,219 @@
+"""Result store: a Zarr group with the factors, the report and a manifest.
+
+Layout of ``{out}``::
+
+    zarr.json        group metadata; attributes ``svdserve`` (provenance) and ``report``
+    U/               m×k, row chunks like the input
+    S/               k
+    Vt/              k×n
+    mean/            n (only when centred)
+    manifest.json    written last: arrays, shapes, dtypes
+
+A reader (:func:`load`) refuses a group without ``manifest.json``, so a
+result that was interrupted half-way is never mistaken for a finished one.
+Writing over an existing result deletes its manifest first.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._errors import StorageError
+
+__all__ = ["SVDResult", "ResultWriter", "load", "write_tall_block", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class SVDResult:
+    """A truncated SVD ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when centred).
+
+    Attributes
+    ----------
+    U : ndarray or zarr.Array of shape (m, k)
+    S : ndarray of shape (k,)
+    Vt : ndarray or zarr.Array of shape (k, n)
+    mean : ndarray of shape (n,) or None
+        Column means subtracted before the decomposition (``center=True``).
+    report : dict
+        The energy report (``docs/contracts.md`` section 3).
+    passes : int
+        Reads of A made, counted by the panel reader.
+    method : str
+        ``"exact"`` or ``"randomized"``.
+    url : str or None
+        Where the result is stored, if it was written.
+    provenance : dict
+        Input, shape, parameters, seed, versions and timings.
+    """
+
+    U: object
+    S: np.ndarray
+    Vt: object
+    mean: np.ndarray | None
+    report: dict
+    passes: int
+    method: str
+    url: str | None = None
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def rank(self):
+        return int(self.S.size)
+
+
+def _fs(url, storage_options):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(str(url), **(storage_options or {}))
+
+
+def _open_group(url, storage_options, mode):
+    import zarr
+
+    kw = {"mode": mode}
+    if storage_options and "://" in str(url):
+        kw["storage_options"] = storage_options
+    return zarr.open_group(store=str(url), **kw)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_array(url, options_key, name):
+    return _open_group(url, json.loads(options_key), "r+")[name]
+
+
+def write_tall_block(block, url, options_key, name, start, stop, transpose):
+    """Write one panel of the tall factor (runs on a worker).
+
+    Parameters
+    ----------
+    block : ndarray of shape (stop - start, k)
+    transpose : bool
+        Wide input: the tall factor is Vtᵀ, so write ``block.T`` into columns.
+
+    Returns
+    -------
+    int : rows written
+    """
+    arr = _cached_array(url, options_key, name)
+    try:
+        if transpose:
+            arr[:, start:stop] = block.T
+        else:
+            arr[start:stop, :] = block
+    except OSError as exc:
+        raise StorageError(f"writing {name}[{start}:{stop}] to {url!r} failed: {exc}") from exc
+    return stop - start
+
+
+class ResultWriter:
+    """Create a result group and finish it with a manifest.
+
+    Parameters
+    ----------
+    url : str
+        Path or fsspec URL of the group to create.
+    storage_options : dict or None
+    shape : (m, n)
+        Shape of the input as stored.
+    k : int
+    tall_chunk : int
+        Chunk length of the input along its long side.
+    wide : bool
+    center : bool
+    """
+
+    def __init__(self, url, storage_options, shape, k, tall_chunk, wide, center):
+        self.url, self.storage_options = str(url).rstrip("/"), storage_options
+        self.options_key = json.dumps(storage_options or {}, sort_keys=True, default=str)
+        m, n = shape
+        self.tall_name = "Vt" if wide else "U"
+        try:
+            fs, path = _fs(self.url, storage_options)
+            if fs.exists(f"{path}/{MANIFEST}"):
+                fs.rm(f"{path}/{MANIFEST}")
+            grp = _open_group(self.url, storage_options, "w")
+            if wide:
+                grp.create_array("U", shape=(m, k), chunks=(m, k), dtype="f8")
+                grp.create_array("Vt", shape=(k, n), chunks=(k, tall_chunk), dtype="f8")
+            else:
+                grp.create_array("U", shape=(m, k), chunks=(tall_chunk, k), dtype="f8")
+                grp.create_array("Vt", shape=(k, n), chunks=(k, n), dtype="f8")
+            grp.create_array("S", shape=(k,), chunks=(k,), dtype="f8")
+            if center:
+                grp.create_array("mean", shape=(n,), chunks=(n,), dtype="f8")
+        except OSError as exc:
+            raise StorageError(f"could not create the result group {self.url!r}: {exc}") from exc
+        self.group = grp
+        _cached_array.cache_clear()
+
+    def finish(self, *, S, small, mean, attrs):
+        """Write the small factor, S, mean, attributes, then the manifest.
+
+        Parameters
+        ----------
+        small : ndarray
+            ``U`` of shape (m, k) for wide input, else ``Vt`` of shape (k, n).
+        """
+        grp = self.group
+        try:
+            grp["S"][:] = S
+            grp["Vt" if self.tall_name == "U" else "U"][:] = small
+            if mean is not None:
+                grp["mean"][:] = mean
+            grp.attrs.update(attrs)
+            arrays = {name: {"shape": list(grp[name].shape), "dtype": str(grp[name].dtype)}
+                      for name in ("U", "S", "Vt", "mean") if name in grp}
+            fs, path = _fs(self.url, self.storage_options)
+            with fs.open(f"{path}/{MANIFEST}", "w") as fh:
+                json.dump({"format": "svdserve-result/1", "arrays": arrays,
+                           "complete": True}, fh)
+        except OSError as exc:
+            raise StorageError(f"could not finish the result group {self.url!r}: {exc}") from exc
+
+
+def load(url, storage_options=None):
+    """Open a finished result group.
+
+    Parameters
+    ----------
+    url : str
+        Path or fsspec URL of the group written by ``svd(..., out=url)``.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    SVDResult
+        ``U`` and ``Vt`` are lazy ``zarr.Array``; ``S``, ``mean`` are read.
+
+    Raises
+    ------
+    StorageError
+        No group there, or no manifest (the result is incomplete).
+    """
+    url = str(url).rstrip("/")
+    try:
+        fs, path = _fs(url, storage_options)
+        if not fs.exists(f"{path}/{MANIFEST}"):
+            raise StorageError(
+                f"{url!r} has no {MANIFEST}: it is not a finished svdserve result "
+                "(it may still be written, or it was interrupted).")
+        with fs.open(f"{path}/{MANIFEST}", "r") as fh:
+            manifest = json.load(fh)
+        grp = _open_group(url, storage_options, "r")
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"could not open the result {url!r}: {exc}") from exc
+    attrs = dict(grp.attrs)
+    prov = attrs.get("svdserve", {})
+    return SVDResult(
+        U=grp["U"], S=np.asarray(grp["S"][:]), Vt=grp["Vt"],
+        mean=np.asarray(grp["mean"][:]) if "mean" in manifest["arrays"] else None,
+        report=attrs.get("report", {}), passes=int(prov.get("passes", 0)),
+        method=prov.get("method", ""), url=url, provenance=prov)
