@@ -1,0 +1,83 @@
+"""The shared checker for every decomposition the tests make (cf. scipy's ``_check_svds``).
+
+Tolerances, all relative to machine epsilon ε = 2.2e-16:
+
+- Orthonormality ‖QᵀQ − I‖_max ≤ 10·max(m, n)·ε: Householder QR and the TSQR
+  tree are backward stable with error growing at most linearly in the
+  dimension (Higham, *Accuracy and Stability*, Thm. 19.4); 10 is headroom.
+- Exact σ: |σ_i − σ̂_i| ≤ 100·√max(m, n)·ε·σ_1 -- Weyl's theorem bounds the
+  perturbation of every singular value by the backward error ‖E‖₂ ≈ ε‖A‖₂·c
+  of the two QR stages and the small SVD.
+- Reconstruction: ‖A − U S Vᵀ‖_F equals the Eckart–Young optimum
+  sqrt(Σ_{i>k} σ_i²) up to the same backward error, 100·√max(m, n)·ε·‖A‖_F.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = np.finfo(np.float64).eps
+
+
+def dense(A):
+    return np.asarray(A, dtype=np.float64)
+
+
+def check_svd(res, A, k, *, center=False, exact=True, sigma_rtol=None):
+    """Check a result against LAPACK on the same (dense) matrix.
+
+    Parameters
+    ----------
+    res : SVDResult
+    A : array_like of shape (m, n)
+    k : int
+    center : bool
+        Compare with the SVD of the explicitly centred matrix.
+    exact : bool
+        Demand LAPACK accuracy of σ and of the reconstruction; for
+        randomized results pass False and check the error bound separately.
+    """
+    A = dense(A)
+    m, n = A.shape
+    B = A - A.mean(axis=0) if center else A
+    U, S, Vt = dense(res.U), np.asarray(res.S), dense(res.Vt)
+    assert U.shape == (m, k) and S.shape == (k,) and Vt.shape == (k, n)
+    assert np.all(np.isfinite(U)) and np.all(np.isfinite(Vt))
+    assert np.all(np.diff(S) <= 0), "singular values must be non-increasing"
+    orth_tol = 10 * max(m, n) * EPS
+    assert np.abs(U.T @ U - np.eye(k)).max() <= orth_tol
+    assert np.abs(Vt @ Vt.T - np.eye(k)).max() <= orth_tol
+    # Signs: the largest-magnitude entry of each row of Vt is positive.
+    rows = np.arange(k)
+    assert np.all(Vt[rows, np.argmax(np.abs(Vt), axis=1)] > 0)
+    ref = np.linalg.svd(B, compute_uv=False)
+    scale = 100 * np.sqrt(max(m, n)) * EPS
+    if exact:
+        tol = scale * ref[0] if sigma_rtol is None else sigma_rtol * ref[:k]
+        np.testing.assert_array_less(np.abs(S - ref[:k]), tol + 1e-300)
+        best = np.sqrt(np.sum(ref[k:] ** 2))
+        err = np.linalg.norm(B - (U * S) @ Vt)
+        assert abs(err - best) <= scale * np.linalg.norm(B) + 1e-300
+    if center:
+        np.testing.assert_allclose(res.mean, A.mean(axis=0), rtol=0,
+                                   atol=scale * max(1.0, np.abs(A).max()))
+    return ref
+
+
+def decaying(m, n, *, seed=0, decay=0.8, noise=0.0):
+    """A matrix with σ_i = decay**i (plus optional noise): a clear spectrum to check against."""
+    rng = np.random.default_rng(seed)
+    r = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    A = (u * decay ** np.arange(r)) @ v.T
+    return A + noise * rng.standard_normal((m, n))
+
+
+def to_zarr(path, A, chunks, *, zarr_format=3):
+    import zarr
+
+    z = zarr.create_array(str(path), shape=A.shape, chunks=chunks, dtype=A.dtype,
+                          zarr_format=zarr_format)
+    z[:] = A
+    return str(path)
