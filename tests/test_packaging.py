@@ -1,0 +1,60 @@
+"""The distribution installs svdserve.{worker,service,client} and nothing generic at top level."""
+
+import ast
+import os
+import subprocess
+import sys
+import importlib
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["svdserve", "svdserve.worker", "svdserve.service", "svdserve.client"])
+def test_subpackages_import_from_the_installed_package(name):
+    mod = importlib.import_module(name)
+    assert mod.__name__ == name
+    if name != "svdserve":
+        assert hasattr(mod, "__all__") and mod.__all__
+
+
+def test_no_generic_top_level_module(tmp_path):
+    # A fresh interpreter outside the repo sees only what was installed.
+    code = ("import importlib.util as u, svdserve.worker;"
+            "print([n for n in ('worker', 'service', 'client') if u.find_spec(n)])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True, env={"PATH": os.environ.get("PATH", "")})
+    assert out.stdout.strip() == "[]"
+
+
+def _imports(package_dir):
+    names = set()
+    for path in (ROOT / package_dir).rglob("*.py"):
+        names |= _imports_of(path)
+    return names
+
+
+@pytest.mark.parametrize("part,forbidden", [
+    ("worker", ("svdserve.service", "svdserve.client")),
+    ("client", ("svdserve.service",)),
+])
+def test_dependencies_point_one_way(part, forbidden):
+    bad = {n for n in _imports(part) if n.startswith(forbidden)}
+    assert not bad, f"{part}/ imports {bad}"
+
+
+def test_kernels_import_only_numpy():
+    kernel_imports = _imports_of(ROOT / "worker/_kernels.py")
+    assert kernel_imports <= {"__future__", "numpy", "scipy", "scipy.linalg"}
+
+
+def _imports_of(path):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names

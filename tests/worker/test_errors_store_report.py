@@ -1,0 +1,190 @@
+"""Bad input, NaN/Inf, the result store and the energy report's identities."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from svdserve.worker import (
+    InvalidInputError,
+    NonFiniteError,
+    SourceNotFoundError,
+    StorageError,
+    inspect_source,
+    load,
+    svd,
+)
+
+from ._check import EPS, check_svd, decaying, to_zarr
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_sources(tmp_path):
+    one_d = zarr.create_array(str(tmp_path / "v.zarr"), shape=(10,), dtype="f8")
+    strings = zarr.create_array(str(tmp_path / "s.zarr"), shape=(3, 3), dtype="<U4")
+    empty = zarr.create_array(str(tmp_path / "e.zarr"), shape=(0, 3), dtype="f8")
+    cases = [
+        (one_d, InvalidInputError, "2-D"),
+        (strings, InvalidInputError, "real numbers"),
+        (empty, InvalidInputError, "empty"),
+        (str(tmp_path / "missing.zarr"), SourceNotFoundError, "no Zarr array"),
+        (42, InvalidInputError, "source must be"),
+    ]
+    for src, exc, words in cases:
+        with pytest.raises(exc, match=words) as info:
+            svd(src, 1)
+        assert info.value.field.startswith("source") and info.value.type == "invalid_input"
+
+
+def test_group_needs_array_name(tmp_path):
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("a", shape=(20, 4), dtype="f8")[:] = 1.0
+    g.create_array("b", shape=(20, 4), dtype="f8")[:] = 2.0
+    with pytest.raises(InvalidInputError, match="name the one") as info:
+        inspect_source(str(tmp_path / "g.zarr"))
+    assert info.value.field == "source.array"
+    with pytest.raises(SourceNotFoundError, match="no array 'c'"):
+        inspect_source(str(tmp_path / "g.zarr"), array="c")
+    info = inspect_source(str(tmp_path / "g.zarr"), array="b")
+    assert info.shape == (20, 4) and info.array == "b" and info.zarr_format == 3
+    res = svd(str(tmp_path / "g.zarr"), 1, array="b")
+    np.testing.assert_allclose(res.S, [2.0 * np.sqrt(80)], rtol=1e-14)
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"rank": 0}, "rank"),
+    ({"rank": 11}, "rank"),  # > min(m, n) = 10
+    ({"rank": 2.5}, "rank"),
+    ({"rank": 2, "method": "lanczos"}, "method"),
+    ({"rank": 2, "n_oversamples": -1}, "n_oversamples"),
+    ({"rank": 2, "n_iter": -1}, "n_iter"),
+    ({"rank": 2, "panel_bytes": 0}, "panel_bytes"),
+])
+def test_bad_parameters_name_the_field(kw, field):
+    with pytest.raises(InvalidInputError) as info:
+        svd(np.ones((30, 10)), **kw)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_non_finite_names_first_bad_panel(tmp_path, dask_client, bad, method):
+    A = decaying(500, 10)
+    A[333, 4] = bad
+    url = to_zarr(tmp_path / "A.zarr", A, (100, 10))
+    with pytest.raises(NonFiniteError, match=r"rows 300:400") as info:
+        svd(url, 2, method=method, client=dask_client, panel_bytes=1)
+    assert info.value.rows == (300, 400) and info.value.type == "non_finite_values"
+
+
+def test_non_finite_wide_names_columns(dask_client):
+    A = decaying(10, 500)
+    A[3, 250] = np.nan
+    with pytest.raises(NonFiniteError, match="columns"):
+        svd(A, 2, client=dask_client, panel_bytes=10 * 8 * 100)
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def test_out_writes_group_with_manifest_last(tmp_path, dask_client):
+    A = decaying(700, 30, noise=1e-3)
+    src = to_zarr(tmp_path / "A.zarr", A, (70, 30))
+    out = str(tmp_path / "res.zarr")
+    res = svd(src, 5, method="exact", center=True, client=dask_client, out=out, panel_bytes=1)
+    assert res.url == out and isinstance(res.U, zarr.Array)
+    assert res.U.chunks == (70, 5)  # row chunks like the input
+    loaded = load(out)
+    check_svd(loaded, A, 5, center=True)
+    assert loaded.report == json.loads(json.dumps(res.report))
+    prov = loaded.provenance
+    assert prov["input"]["url"] == src and prov["params"]["random_state"] == 0
+    assert prov["passes"] == 2 and set(prov["versions"]) >= {"numpy", "dask", "zarr", "svdserve"}
+    manifest = json.loads((tmp_path / "res.zarr" / "manifest.json").read_text())
+    assert set(manifest["arrays"]) == {"U", "S", "Vt", "mean"}
+    # Without the manifest the group is refused.
+    (tmp_path / "res.zarr" / "manifest.json").unlink()
+    with pytest.raises(StorageError, match="not a finished svdserve result"):
+        load(out)
+
+
+def test_out_wide_and_overwrite(tmp_path, dask_client):
+    A = decaying(20, 300, seed=4)
+    out = str(tmp_path / "w.zarr")
+    svd(A, 3, client=dask_client, out=out, panel_bytes=20 * 8 * 64)
+    res = svd(A, 4, client=dask_client, out=out, panel_bytes=20 * 8 * 64)  # overwrite
+    loaded = load(out)
+    assert loaded.Vt.shape == (4, 300) and loaded.Vt.chunks == (4, 64)
+    check_svd(loaded, A, 4)
+    np.testing.assert_array_equal(np.asarray(loaded.Vt), np.asarray(res.Vt))
+
+
+def test_load_missing_group(tmp_path):
+    with pytest.raises(StorageError):
+        load(str(tmp_path / "nothing.zarr"))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_report_identities(dask_client, method):
+    A = decaying(400, 40, decay=0.75, noise=1e-4)
+    k = 12
+    res = svd(A, k, method=method, n_iter=3, client=dask_client)
+    rep = json.loads(json.dumps(res.report))  # JSON-serialisable
+    total = np.sum(A**2)
+    assert rep["total_energy"] == pytest.approx(total, rel=1e-13)  # one pass of Σa² in float64
+    comps = rep["components"]
+    fr = np.array([c["energy_fraction"] for c in comps])
+    np.testing.assert_allclose(np.cumsum(fr), [c["cumulative_fraction"] for c in comps], rtol=1e-12)
+    assert comps[-1]["cumulative_fraction"] <= 1.0
+    U, S, Vt = np.asarray(res.U), res.S, np.asarray(res.Vt)
+    for r in (1, 5, k):
+        dense_err = np.linalg.norm(A - (U[:, :r] * S[:r]) @ Vt[:r])
+        # sqrt(total − Σσ²) loses ~ε·total/residual² relative digits to cancellation.
+        tol = 1e3 * EPS * total / max(dense_err, 1e-300)
+        assert comps[r - 1]["residual"] == pytest.approx(dense_err, rel=max(tol, 1e-10))
+        assert comps[r - 1]["relative_residual"] == pytest.approx(dense_err / np.sqrt(total), rel=max(tol, 1e-10))
+    ranks = {e["fraction"]: e for e in rep["energy_ranks"]}
+    cum = np.array([c["cumulative_fraction"] for c in comps])
+    r90 = ranks[0.9]["rank"]
+    assert cum[r90 - 1] >= 0.9 and (r90 == 1 or cum[r90 - 2] < 0.9)
+    assert ranks[0.9]["storage_ratio"] == pytest.approx(r90 * (400 + 40 + 1) / (400 * 40))
+    assert rep["condition_estimate"] == pytest.approx(S[0] / S[-1])
+    assert rep["passes"] == res.passes and "total" in rep["timings"]
+    gaps = rep["spectral_gaps"]
+    assert gaps and all(g["ratio"] > 1 for g in gaps)
+    if method == "exact":
+        ref = np.linalg.svd(A, compute_uv=False)
+        assert rep["condition_number"] == pytest.approx(ref[0] / ref[-1], rel=1e-6)
+        assert len(rep["singular_values_all"]) == 40
+    else:
+        assert rep["singular_values_all"] is None and rep["condition_number"] is None
+
+
+def test_report_more_than_k_and_gaps():
+    from svdserve.worker import energy_report
+
+    rep = energy_report(np.array([10.0, 9.0, 1.0]), 1000.0, shape=(100, 50),
+                        method="randomized", center=False)
+    assert all(e["more_than_k"] and e["rank"] is None for e in rep["energy_ranks"])
+    assert rep["spectral_gaps"][0] == {"rank": 2, "ratio": 9.0}
+
+
+def test_report_explained_variance_matches_sklearn(dask_client):
+    from sklearn.decomposition import PCA
+
+    X = decaying(300, 20, seed=7, decay=0.8) + 3.0
+    res = svd(X, 5, method="exact", center=True, client=dask_client)
+    pca = PCA(n_components=5, svd_solver="full").fit(X)
+    rep = res.report
+    # Same quantities computed two ways in float64 from a well-separated spectrum.
+    np.testing.assert_allclose(rep["explained_variance"], pca.explained_variance_, rtol=1e-10)
+    np.testing.assert_allclose(rep["explained_variance_ratio"], pca.explained_variance_ratio_, rtol=1e-10)
+    np.testing.assert_allclose(res.S, pca.singular_values_, rtol=1e-10)
+    # Same sign convention as scikit-learn's components_ (largest |entry| positive).
+    np.testing.assert_allclose(np.asarray(res.Vt), pca.components_, atol=1e-10)
