@@ -11,11 +11,13 @@ Notation: a panel ``a`` is an ``ndarray of shape (rows, n)`` in float64.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import qr_multiply
 
 __all__ = [
     "panel_stats",
     "merge_stats",
     "qr_r",
+    "qr_apply",
     "qr_full",
     "tsqr_leaf",
     "tsqr_merge",
@@ -97,7 +99,12 @@ def _positive_diag(q, r):
 
 
 def qr_r(a):
-    """R factor of a Householder QR, diagonal made non-negative.
+    """R factor of a panel's Householder QR (LAPACK ``geqrf``).
+
+    Every per-panel QR in this package is a ``scipy.linalg.qr_multiply`` of
+    the panel, so a panel's factorisation is bit-for-bit the same in every
+    pass that rebuilds it: a later pass re-derives Q_i (applied to a small
+    block, never formed) instead of storing it.
 
     Parameters
     ----------
@@ -107,16 +114,27 @@ def qr_r(a):
     -------
     r : ndarray of shape (min(rows, n), n)
     """
-    r = np.linalg.qr(a, mode="r")
-    return _positive_diag(None, r)[1]
+    _, r = qr_multiply(a, np.zeros((1, a.shape[0])), mode="right")
+    return r[: min(a.shape)]
+
+
+def qr_apply(a, w):
+    """Q_a w for the Q factor of :func:`qr_r`, without forming Q (``geqrf`` + ``ormqr``).
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n)
+    w : ndarray of shape (min(rows, n), k)
+
+    Returns
+    -------
+    ndarray of shape (rows, k)
+    """
+    return qr_multiply(a, w, mode="left")[0]
 
 
 def qr_full(a):
-    """Thin Householder QR with non-negative diagonal.
-
-    The R factor is bit-for-bit the one :func:`qr_r` returns for the same
-    input (both come from the same LAPACK ``geqrf`` call), which is what lets
-    the second TSQR pass rebuild the Q factor of a panel instead of storing it.
+    """Thin Householder QR with non-negative diagonal (small dense blocks).
 
     Returns
     -------
@@ -144,8 +162,8 @@ def tsqr_leaf(a, with_ones):
     (ndarray of shape (min(rows, c),) or None).
     """
     if with_ones:
-        q, r = qr_full(a)
-        return {"r": r, "s": q.sum(axis=0)}
+        s, r = qr_multiply(a, np.ones((1, a.shape[0])), mode="right")
+        return {"r": r[: min(a.shape)], "s": s[0]}
     return {"r": qr_r(a), "s": None}
 
 
@@ -268,8 +286,7 @@ def tall_block(a, w, c):
     -------
     ndarray of shape (rows, k)
     """
-    q, _ = qr_full(a)
-    t = q @ w
+    t = qr_apply(a, w)
     if c is not None:
         t += c
     return t

@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: the generated matrix, the cluster, an RSS sampler.
+
+Not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+RANK_TRUE = 50  # rank of the low-rank part of the generated matrix
+
+
+def _block(block_id, rows, n, seed, noise):
+    rng = np.random.default_rng([seed, block_id])
+    vt = np.random.default_rng([seed, 10**9]).standard_normal((RANK_TRUE, n)) / np.sqrt(n)
+    s = 100.0 * 0.85 ** np.arange(RANK_TRUE)
+    return (rng.standard_normal((rows, RANK_TRUE)) * s) @ vt + noise * rng.standard_normal((rows, n))
+
+
+def ensure_matrix(path, m, n, chunk_rows, client, *, seed=0, noise=0.05):
+    """Write (once) an m×n float64 Zarr matrix: low rank plus Gaussian noise.
+
+    The blocks are generated on the cluster and written chunk by chunk, so
+    the driver never holds the matrix.
+    """
+    import zarr
+
+    marker = os.path.join(path, ".complete")
+    if os.path.exists(marker):
+        z = zarr.open_array(path, mode="r")
+        if z.shape == (m, n) and z.chunks[0] == chunk_rows:
+            return path
+    z = zarr.create_array(path, shape=(m, n), chunks=(chunk_rows, n), dtype="f8",
+                          overwrite=True)
+    starts = list(range(0, m, chunk_rows))
+
+    def write(i, start):
+        stop = min(start + chunk_rows, m)
+        arr = zarr.open_array(path, mode="r+")
+        arr[start:stop] = _block(i, stop - start, n, seed, noise)
+        return stop - start
+
+    futures = client.map(write, range(len(starts)), starts, pure=False)
+    assert sum(client.gather(futures)) == m
+    open(marker, "w").close()
+    return path
+
+
+class RSSSampler:
+    """Samples each worker's resident set size every ``interval`` seconds."""
+
+    def __init__(self, client, interval=0.2):
+        self.client, self.interval = client, interval
+        self.peak = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                rss = self.client.run(_rss)
+            except Exception:  # noqa: BLE001 - a worker may be busy restarting
+                rss = {}
+            for w, v in rss.items():
+                self.peak[w] = max(self.peak.get(w, 0), v)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self):
+        return max(self.peak.values()) / 2**20 if self.peak else float("nan")
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def fmt_table(rows, headers):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join([line, sep, *body])

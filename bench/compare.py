@@ -1,0 +1,137 @@
+"""svdserve against its anchors on one Zarr matrix and one cluster, in one run.
+
+    .venv/bin/python bench/compare.py                    # 1,000,000 × 500 float64 (3.7 GiB)
+    .venv/bin/python bench/compare.py --rows 200000      # smaller
+
+Contestants share one LocalCluster (2 worker processes × 1 thread):
+
+- bare pass: Σ a_ij² through dask -- the I/O floor, one read of A;
+- svdserve exact (TSQR, 2 passes) and randomized (rank 20, n_iter 2, 4 passes);
+- dask.array.linalg.svd (tsqr) and svd_compressed(k=20, n_power_iter=2);
+- scikit-learn randomized_svd(n_iter=2) and NumPy/LAPACK svd, in memory.
+
+Columns: wall time, ratio to the bare pass, passes over A, peak RSS of the
+busiest worker, max relative error of the top-20 σ against LAPACK. Then the
+same svdserve jobs on a matrix 4× shorter to show that worker memory does not
+grow with m. Not a test: prints a Markdown table, asserts nothing on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import RSSSampler, ensure_matrix, fmt_table, timed  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--cols", type=int, default=500)
+    ap.add_argument("--rank", type=int, default=20)
+    ap.add_argument("--chunk-rows", type=int, default=4096)
+    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
+    ap.add_argument("--memory-limit", default="6GiB", help="per worker")
+    ap.add_argument("--skip-memory", action="store_true", help="skip sklearn/NumPy in memory")
+    ap.add_argument("--skip-scaling", action="store_true", help="skip the m/4 RSS run")
+    args = ap.parse_args(argv)
+
+    import dask.array as da
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from svdserve.worker import svd
+
+    m, n, k = args.rows, args.cols, args.rank
+    os.makedirs(args.workdir, exist_ok=True)
+    path = os.path.join(args.workdir, f"A_{m}x{n}.zarr")
+    rows = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        t0 = time.perf_counter()
+        ensure_matrix(path, m, n, args.chunk_rows, client)
+        print(f"matrix {m}×{n} float64 at {path} ready in {time.perf_counter() - t0:.1f}s",
+              flush=True)
+
+        ref = None
+        results = {}
+
+        def run(name, fn, passes):
+            client.run(_gc)
+            with RSSSampler(client) as rss:
+                out, sec = timed(fn)
+            results[name] = (out, sec, passes, rss.peak_mib)
+            print(f"{name}: {sec:.1f}s, peak worker RSS {rss.peak_mib:.0f} MiB", flush=True)
+
+        x = da.from_zarr(path)
+        run("bare pass (Σa² via dask)", lambda: float((x**2).sum().compute()), 1)
+        run("svdserve exact", lambda: svd(path, k, method="exact", client=client).S, 2)
+        run("svdserve randomized", lambda: svd(path, k, method="randomized", n_iter=2,
+                                                 client=client).S, 4)
+        xs = x.rechunk({0: args.chunk_rows * 8, 1: -1})
+        run("dask linalg.svd (tsqr)",
+            lambda: da.linalg.svd(xs)[1][:k].compute(), "1 + U in memory")
+        run("dask svd_compressed", lambda: da.linalg.svd_compressed(
+            x, k=k, n_power_iter=2, seed=0)[1].compute(), "2q+2 = 6")
+
+        if not args.skip_memory:
+            from sklearn.utils.extmath import randomized_svd
+
+            A, load_sec = timed(lambda: zarr.open_array(path, mode="r")[:])
+            print(f"loaded into memory in {load_sec:.1f}s", flush=True)
+            (_, ref, _), sec = timed(lambda: (None, np.linalg.svd(A, compute_uv=False), None))
+            results["NumPy/LAPACK svd (σ only, in memory)"] = (ref[:k], sec, "in memory",
+                                                              float("nan"))
+            print(f"numpy: {sec:.1f}s", flush=True)
+            (_, s_sk, _), sec = timed(lambda: randomized_svd(A, k, n_iter=2, random_state=0))
+            results["scikit-learn randomized_svd (in memory)"] = (s_sk, sec, "in memory",
+                                                                  float("nan"))
+            print(f"sklearn: {sec:.1f}s", flush=True)
+            del A
+        bare = results["bare pass (Σa² via dask)"][1]
+        ref_k = ref[:k] if ref is not None else results["svdserve exact"][0]
+        for name, (out, sec, passes, peak) in results.items():
+            err = "" if name.startswith("bare") else \
+                f"{np.max(np.abs(np.asarray(out)[:k] - ref_k) / ref_k):.1e}"
+            rows.append([name, f"{sec:.1f}", f"{sec / bare:.2f}", passes,
+                         "" if peak != peak else f"{peak:.0f}", err])
+
+        scaling = []
+        if not args.skip_scaling:
+            m4 = m // 4
+            path4 = os.path.join(args.workdir, f"A_{m4}x{n}.zarr")
+            ensure_matrix(path4, m4, n, args.chunk_rows, client)
+            for method in ("exact", "randomized"):
+                client.run(_gc)
+                with RSSSampler(client) as rss:
+                    _, sec = timed(lambda: svd(path4, k, method=method, client=client))
+                big = results[f"svdserve {method}"]
+                scaling.append([method, f"{m4:,}", f"{rss.peak_mib:.0f}", f"{sec:.1f}",
+                                f"{m:,}", f"{big[3]:.0f}", f"{big[1]:.1f}"])
+
+    print()
+    print(f"Matrix {m:,} × {n} float64 ({m * n * 8 / 2**30:.1f} GiB Zarr, row chunks of "
+          f"{args.chunk_rows}), rank {k}; LocalCluster 2 workers × 1 thread.")
+    print()
+    print(fmt_table(rows, ["contestant", "wall s", "× bare pass", "passes over A",
+                           "peak worker RSS MiB", "max rel σ err (top 20)"]))
+    if scaling:
+        print()
+        print(fmt_table(scaling, ["svdserve", "m", "peak RSS MiB", "wall s", "4m",
+                                  "peak RSS MiB", "wall s"]))
+
+
+def _gc():
+    import gc
+
+    gc.collect()
+
+
+if __name__ == "__main__":
+    main()
