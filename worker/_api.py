@@ -69,7 +69,7 @@ def _panels_for(src, bounds, engine):
         return [PanelRef(s, e, wide, ref, None if ref else src.obj) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
-        return [engine.scatter(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
+        return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
                 for s, e in bounds]
     x = src.obj.T if wide else src.obj
     x = x.rechunk((tuple(e - s for s, e in bounds), (x.shape[1],)))
@@ -78,7 +78,7 @@ def _panels_for(src, bounds, engine):
 
 def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
-        out_storage_options=None, panel_bytes=None, progress=None):
+        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -129,6 +129,10 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         ``progress(done, total, phase)`` after each panel; ``phase`` is a
         :class:`Phase`. An exception raised by it cancels the run and
         propagates unchanged.
+    no_workers_timeout : float, default=60
+        Seconds a pass may wait on a cluster with no worker at all before
+        failing with :class:`WorkerLostError`. Workers that die while others
+        remain cost only recomputation (noted in ``res.events``).
 
     Returns
     -------
@@ -172,7 +176,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     resolved = choose_method(method, (m, n), k, p)
     center = bool(center)
 
-    engine = make_engine(client)
+    engine = make_engine(client, no_workers_timeout=no_workers_timeout)
     m_t, n_t = src.tall_shape
     chunk = src.tall_chunk if src.kind == "zarr" else 1
     bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
@@ -242,7 +246,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
                    "center": center, "random_state": seed, "panel_bytes": panel_bytes},
         "method": resolved, "passes": n_passes, "panels": len(bounds),
-        "versions": _versions(), "timings": timings,
+        "versions": _versions(), "timings": timings, "events": list(engine.events),
     }
     if src.wide:
         u_small, vt = v, None
@@ -257,7 +261,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         u_out, vt_out = (u_small, tall.T) if src.wide else (tall, vt)
     return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=n_passes, method=resolved, url=url,
-                     provenance=provenance)
+                     provenance=provenance, events=list(engine.events))
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

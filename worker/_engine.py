@@ -56,6 +56,10 @@ def panel_task(kernel, panel, center_rows, *args):
     return kernel(block, *args), block.shape[0], row_means
 
 
+def _identity(x):
+    return x
+
+
 def _pick(x, *keys):
     for key in keys:
         x = x[key]
@@ -90,6 +94,8 @@ class _Engine:
     def __init__(self):
         self.rows_read = 0
         self.timings = {}
+        self.events = []
+        self.phase = None
 
     # interface -----------------------------------------------------------
     def submit(self, fn, *args):  # pragma: no cover - abstract
@@ -106,6 +112,11 @@ class _Engine:
         """Stop work that is no longer wanted (cancellation, errors)."""
 
     def scatter(self, value):
+        """Make a small value available to tasks (recomputable if a worker dies)."""
+        return value
+
+    def put(self, value):
+        """Make a large in-memory block available to tasks."""
         return value
 
     # shared --------------------------------------------------------------
@@ -133,6 +144,7 @@ class _Engine:
         list of handles to ``(result, rows, row_means)`` per panel.
         """
         t0 = time.perf_counter()
+        self.phase = phase
         handles = [self.submit(panel_task, kernel, p, center_rows, *args_for(i))
                    for i, p in enumerate(panels)]
         rows = [self.part(h, 1) for h in handles]
@@ -196,11 +208,34 @@ class LocalEngine(_Engine):
 
 
 class DaskEngine(_Engine):
-    """Runs tasks on a ``distributed`` cluster through futures."""
+    """Runs tasks on a ``distributed`` cluster through futures.
 
-    def __init__(self, client):
+    Parameters
+    ----------
+    client : distributed.Client
+    no_workers_timeout : float
+        Seconds the cluster may have no worker at all (or the scheduler may
+        be unreachable) while a pass waits, before :class:`WorkerLostError`.
+    poll : float
+        Seconds between checks of task status and cluster membership.
+
+    Attributes
+    ----------
+    events : list of str
+        Workers that left the cluster during the run (their tasks were
+        recomputed by the scheduler from lineage).
+    """
+
+    def __init__(self, client, *, no_workers_timeout=60.0, poll=0.05):
         super().__init__()
         self.client = client
+        self.no_workers_timeout = float(no_workers_timeout)
+        self.poll = poll
+        self.events = []
+        self.phase = None
+        self._workers = None
+        self._checked = 0.0
+        self._empty_since = None
 
     def submit(self, fn, *args):
         from dask.delayed import Delayed, delayed
@@ -210,22 +245,62 @@ class DaskEngine(_Engine):
         return self.client.submit(fn, *args, pure=False)
 
     def gather(self, handles):
+        self.completed_all(handles)
         try:
             return self.client.gather(handles)
         except Exception as exc:  # noqa: BLE001 - mapped to a typed error
             _reraise(exc)
 
-    def completed(self, handles):
-        from distributed import as_completed
+    def completed_all(self, handles):
+        for _ in self.completed(handles):
+            pass
 
-        index = {h.key: i for i, h in enumerate(handles)}
+    def completed(self, handles):
+        remaining = dict(enumerate(handles))
+        while remaining:
+            # "lost" futures are being recomputed by the scheduler: still pending.
+            done = [i for i, f in remaining.items()
+                    if f.status in ("finished", "error", "cancelled")]
+            if not done:
+                self._watch()
+                time.sleep(self.poll)
+                continue
+            for i in sorted(done):
+                fut = remaining.pop(i)
+                if fut.status != "finished":
+                    try:
+                        fut.result()
+                    except Exception as exc:  # noqa: BLE001
+                        _reraise(exc)
+                yield i
+
+    def _watch(self):
+        """Note departed workers; give up when none is left for too long."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
         try:
-            for fut in as_completed(handles):
-                if fut.status == "error":
-                    fut.result()  # raises the task's exception
-                yield index[fut.key]
-        except Exception as exc:  # noqa: BLE001
+            workers = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        except TypeError:  # older signature
+            workers = set(self.client.scheduler_info()["workers"])
+        except Exception as exc:  # noqa: BLE001 - the scheduler is gone
             _reraise(exc)
+        if self._workers is not None:
+            for addr in sorted(self._workers - workers):
+                where = f" during {self.phase}" if self.phase else ""
+                self.events.append(f"worker {addr} left the cluster{where}; "
+                                   "its tasks were recomputed on the remaining workers")
+        self._workers = workers
+        if workers:
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = now
+        elif now - self._empty_since > self.no_workers_timeout:
+            raise WorkerLostError(
+                f"every Dask worker is gone and none came back within "
+                f"{self.no_workers_timeout:.0f}s; start workers (or check why they "
+                "die, e.g. memory limits), then resubmit.")
 
     def abort(self, handles):
         futures = [h for h in handles if h is not None]
@@ -236,6 +311,11 @@ class DaskEngine(_Engine):
                 pass
 
     def scatter(self, value):
+        # A task that returns the value (not client.scatter): the scheduler
+        # can recompute it if the worker holding it dies. For small blocks.
+        return self.client.submit(_identity, value, pure=False)
+
+    def put(self, value):
         return self.client.scatter(value, broadcast=False, hash=False)
 
 
@@ -263,7 +343,7 @@ def _map_cluster_error(exc):
     return exc
 
 
-def make_engine(client):
+def make_engine(client, **options):
     """Pick the engine: the given client, else the default client, else local."""
     if client is None:
         try:
@@ -272,5 +352,5 @@ def make_engine(client):
             client = default_client()
         except (ImportError, ValueError):
             client = None
-    return LocalEngine() if client is None else DaskEngine(client)
+    return LocalEngine() if client is None else DaskEngine(client, **options)
 

@@ -50,6 +50,9 @@ class SVDResult:
         Where the result is stored, if it was written.
     provenance : dict
         Input, shape, parameters, seed, versions and timings.
+    events : list of str
+        What happened to the cluster during the run (workers lost and
+        recomputed from lineage).
     """
 
     U: object
@@ -61,6 +64,7 @@ class SVDResult:
     method: str
     url: str | None = None
     provenance: dict = field(default_factory=dict)
+    events: list = field(default_factory=list)
 
     @property
     def rank(self):
@@ -216,4 +220,5 @@ def load(url, storage_options=None):
         U=grp["U"], S=np.asarray(grp["S"][:]), Vt=grp["Vt"],
         mean=np.asarray(grp["mean"][:]) if "mean" in manifest["arrays"] else None,
         report=attrs.get("report", {}), passes=int(prov.get("passes", 0)),
-        method=prov.get("method", ""), url=url, provenance=prov)
+        method=prov.get("method", ""), url=url, provenance=prov,
+        events=list(prov.get("events", [])))
