@@ -158,6 +158,25 @@ def test_gcv_choice_is_the_minimum_and_recovers_a_smooth_solution():
     assert 1 < res.effective_rank < 0.75 * n  # a quarter of the components filtered away
 
 
+def test_tsvd_rank_by_gcv_minimises_g_over_ranks():
+    rng = np.random.default_rng(8)
+    A = _well_conditioned(rng, 80, 20, cond=1e8)
+    b = A @ rng.standard_normal(20) + 1e-4 * rng.standard_normal(80)
+    U, s, Vt = _svd(A)
+    res = lstsq(U, s, Vt, b, rank="gcv")
+    # brute force: G of every TSVD rank, from the explicit residual b − A x_r
+    G = []
+    for r in range(1, 21):
+        x_r = lstsq(U, s, Vt, b, rank=r).x
+        G.append(np.sum((b - A @ x_r) ** 2) / (80 - r) ** 2)
+    assert res.rank == int(np.argmin(G)) + 1
+    assert 1 < res.rank < 20  # the noise level makes a non-trivial choice
+    np.testing.assert_allclose(res.gcv_values, G, rtol=1e-8)
+    assert res.gcv == pytest.approx(min(G), rel=1e-8)
+    with pytest.raises(ValueError, match="do not combine"):
+        lstsq(U, s, Vt, b, rank="gcv", alpha=1.0)
+
+
 def test_gcv_with_several_right_hand_sides_uses_one_alpha():
     rng = np.random.default_rng(6)
     A = _well_conditioned(rng, 50, 10, cond=1e6)

@@ -1,0 +1,65 @@
+"""svdserve.client: submit truncated-SVD jobs to an svdserve service and use the factors.
+
+>>> from svdserve.client import Client                          # doctest: +SKIP
+>>> c = Client("http://localhost:8000")                         # doctest: +SKIP
+>>> job = c.submit("data/A.zarr", rank=20)                      # doctest: +SKIP
+>>> res = job.result(progress=True)                             # doctest: +SKIP
+>>> res.reconstruct(10), res.error(10), res.storage_ratio(10)   # doctest: +SKIP
+>>> res.lstsq(b, alpha="gcv").x                                 # doctest: +SKIP
+
+The client speaks HTTP to the service and reads result stores with Zarr; it
+never imports :mod:`svdserve.service`.
+"""
+
+from ._client import Client
+from ._errors import (
+    APIError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+    StorageError,
+    SVDServeError,
+    Timeout,
+    TransportError,
+    Unauthorized,
+)
+from ._job import Job, Progress
+from ._lstsq import LstsqResult
+from ._pca import PCA
+from ._report import EnergyReport
+from ._result import SVDResult
+
+__all__ = [
+    "Client",
+    "Job",
+    "Progress",
+    "SVDResult",
+    "EnergyReport",
+    "PCA",
+    "LstsqResult",
+    "SVDServeError",
+    "TransportError",
+    "StorageError",
+    "APIError",
+    "InvalidRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServiceUnavailable",
+    "ServerError",
+    "JobError",
+    "JobFailed",
+    "JobCancelled",
+    "Timeout",
+]

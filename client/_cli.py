@@ -1,0 +1,427 @@
+"""The client subcommands of the ``svdserve`` command line.
+
+``svdserve serve`` (the service) is dispatched by :mod:`svdserve._cli` before
+this parser runs; everything else is here.
+
+Exit codes: 0 ok; 1 the job failed or was cancelled, a wait timed out, or the
+service/storage failed; 2 usage error (bad arguments, a request the service
+rejected as invalid, unknown job, missing input file, bad credentials).
+Errors are printed as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import Forbidden, InvalidRequest, NotFound, SVDServeError, Unauthorized
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+PROG = "svdserve"
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _storage_options(pairs: Sequence[str] | None) -> dict[str, Any] | None:
+    """``-o key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    if not pairs:
+        return None
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _make_client(args: argparse.Namespace):
+    from ._client import Client
+
+    return Client(
+        args.url,
+        args.token,
+        timeout=args.request_timeout,
+        storage_options=_storage_options(getattr(args, "storage_option", None)),
+    )
+
+
+def _progress_text(job) -> str:
+    from ._job import Progress
+
+    prog = Progress.from_json(job.get("progress"))
+    return str(prog) if prog is not None else ""
+
+
+def _job_line(job) -> str:
+    req = job.get("request") or {}
+    res = job.get("result") or {}
+    shape = res.get("shape")
+    shape_s = "x".join(str(d) for d in shape) if shape else "-"
+    src = (req.get("source") or {}).get("url", "-")
+    arr = (req.get("source") or {}).get("array")
+    if arr:
+        src += f"[{arr}]"
+    extra = _progress_text(job) if job.get("state") in ("running", "cancelling") else ""
+    err = job.get("error")
+    if err:
+        extra = f"{err.get('type')}: {err.get('message')}"
+    return (
+        f"{job.get('id')}  {job.get('state', '?'):<10} k={req.get('rank', '?'):<4} "
+        f"{req.get('method', '?'):<10} {shape_s:<12} {job.get('created_at', '')}  {src}"
+        + (f"  {extra}" if extra else "")
+    )
+
+
+def _finish(job, args: argparse.Namespace) -> int:
+    """Print a finished job's outcome; exit code 0 succeeded, 1 failed/cancelled."""
+    if getattr(args, "json", False):
+        _print_json(job.data)
+    err = job._job_error()
+    if err is not None:
+        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_FAILED
+    if not getattr(args, "json", False):
+        res = job.get("result") or {}
+        shape = "x".join(str(d) for d in res.get("shape") or [])
+        print(f"{job.id} succeeded: {shape} rank {res.get('rank')} ({res.get('method')}) "
+              f"-> {res.get('url')}")
+    return EXIT_OK
+
+
+def _wait(job, args: argparse.Namespace):
+    progress = not args.no_progress
+    return job.wait(args.timeout, progress=progress)
+
+
+# -- subcommands --------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        job = client.submit(
+            args.source,
+            args.rank,
+            array=args.array,
+            method=args.method,
+            n_oversamples=args.n_oversamples,
+            n_iter=args.n_iter,
+            center=args.center,
+            random_state=args.seed,
+            idempotency_key=args.idempotency_key,
+        )
+        if not args.wait:
+            if args.json:
+                _print_json(job.data)
+            else:
+                print(job.id)
+            return EXIT_OK
+        print(f"submitted {job.id}", file=sys.stderr)
+        _wait(job, args)
+        return _finish(job, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        job = client.get(args.job_id)
+        if args.json:
+            _print_json(job.data)
+            return EXIT_OK
+        print(f"id        {job.id}")
+        print(f"state     {job.state}")
+        for key in ("created_at", "started_at", "finished_at"):
+            if job.get(key):
+                print(f"{key.split('_')[0]:<9} {job.get(key)}")
+        req = job.get("request") or {}
+        src = req.get("source") or {}
+        print(f"source    {src.get('url')}" + (f" [{src.get('array')}]" if src.get("array") else ""))
+        print(f"request   rank={req.get('rank')} method={req.get('method')} "
+              f"center={req.get('center')} n_iter={req.get('n_iter')}")
+        if job.get("progress") and job.state not in ("succeeded", "failed", "cancelled"):
+            print(f"progress  {_progress_text(job)}")
+        if job.error:
+            print(f"error     {job.error.get('type')}: {job.error.get('message')}")
+        if job.get("result"):
+            res = job["result"]
+            print(f"result    {res.get('url')} ({'x'.join(map(str, res.get('shape') or []))}, "
+                  f"rank {res.get('rank')}, {res.get('method')})")
+        for note in job.notes:
+            print(f"note      {note}")
+        return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        job = client.get(args.job_id)
+        _wait(job, args)
+        return _finish(job, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        report = client.report(args.job_id)
+        if args.json:
+            _print_json(report.to_dict())
+        else:
+            print(report.table(max_rows=args.rows))
+        if args.plot:
+            path = report.plot(args.plot)
+            print(f"wrote {path}", file=sys.stderr)
+        return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        jobs = client.jobs(state=args.state, limit=args.limit)
+        if args.json:
+            _print_json([j.data for j in jobs])
+            return EXIT_OK
+        for job in jobs:
+            print(_job_line(job))
+        if not jobs:
+            print("no jobs" + (f" in state {args.state!r}" if args.state else ""), file=sys.stderr)
+        return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        job = client.cancel(args.job_id)
+        print(f"{job.id} {job.state}")
+        return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        client.delete(args.job_id)
+        print(f"{args.job_id} deleted")
+        return EXIT_OK
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    import dask.array as da
+    import numpy as np
+
+    from ._storage import default_row_chunk, is_remote, open_dask
+
+    src = args.source
+    so = _storage_options(args.storage_option)
+    if src.endswith(".npy"):
+        if not os.path.isfile(src):
+            raise UsageError(f"no such .npy file: {src!r}")
+        try:
+            mm = np.load(src, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {src!r} as a .npy array: {exc}") from exc
+        if mm.ndim != 2:
+            raise UsageError(f"{src!r} holds an array of shape {mm.shape}; expected a 2-D matrix")
+        rows = args.chunks or default_row_chunk(mm.shape[1], mm.dtype.itemsize, mm.shape[0])
+        data = da.from_array(mm, chunks=(rows, mm.shape[1]))
+    else:
+        if not is_remote(src) and not os.path.exists(src):
+            raise UsageError(f"no such input: {src!r} (expected a .npy file or a Zarr array/group)")
+        try:
+            data = open_dask(src, array=args.array, storage_options=so if is_remote(src) else None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    with _make_client(args) as client:
+        url = client.upload(
+            data, args.dest, storage_options=so, chunks=args.chunks,
+            array=args.dest_array, overwrite=args.overwrite,
+        )
+    m, n = data.shape
+    print(url)
+    print(f"wrote {m}x{n} {data.dtype} to {url}" + (f" [{args.dest_array}]" if args.dest_array
+                                                      else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve_misplaced(args: argparse.Namespace) -> int:
+    raise UsageError("'serve' must be the first argument: svdserve serve [options]")
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``svdserve`` argument parser (client subcommands, plus a stub for ``serve``)."""
+    # Connection options are accepted before or after the subcommand: the copy on each
+    # subparser defaults to SUPPRESS so it does not overwrite a value given earlier.
+    def add_conn(p: argparse.ArgumentParser, top: bool) -> None:
+        d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+        p.add_argument("--url", default=d(None), metavar="URL",
+                       help="service URL (default: $SVDSERVE_URL or http://localhost:8000)")
+        p.add_argument("--token", default=d(None), metavar="TOKEN",
+                       help="bearer token (default: $SVDSERVE_TOKEN)")
+        p.add_argument("--request-timeout", type=_seconds, default=d(30.0), metavar="S",
+                       help="seconds per HTTP request (default: 30)")
+
+    from svdserve import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Distributed, out-of-core truncated SVD: submit jobs, follow them, "
+        "read energy reports, upload matrices. `svdserve serve` runs the service.",
+        epilog="exit codes: 0 ok, 1 job failed/cancelled/timed out or service error, "
+        "2 usage error",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_conn(parser, True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_conn(p, False)
+        p.set_defaults(func=func)
+        return p
+
+    def add_wait_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                       help="give up waiting after S seconds (exit 1; the job keeps running)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add("submit", "submit a truncated-SVD job; prints its id", cmd_submit)
+    p.add_argument("source", help="Zarr array/group: path in a data root, file:// or s3:// URL")
+    p.add_argument("-k", "--rank", type=_positive_int, required=True, help="components k")
+    p.add_argument("--array", help="array inside the group at SOURCE")
+    p.add_argument("--method", choices=("auto", "exact", "randomized"), default="auto")
+    p.add_argument("--n-oversamples", type=_nonneg_int, default=10, metavar="P")
+    p.add_argument("--n-iter", type=_nonneg_int, default=2, metavar="Q",
+                   help="power iterations (randomized)")
+    p.add_argument("--center", action="store_true", help="remove column means (PCA)")
+    p.add_argument("--seed", type=int, default=0, help="random_state")
+    p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
+    p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
+    p.add_argument("--json", action="store_true", help="print the job JSON")
+    add_wait_opts(p)
+
+    p = add("status", "show a job's state, progress, error and result", cmd_status)
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the job JSON")
+
+    p = add("wait", "wait for a job with a progress bar (exit 1 if it fails)", cmd_wait)
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the final job JSON")
+    add_wait_opts(p)
+
+    p = add("report", "print a job's energy report", cmd_report)
+    p.add_argument("job_id")
+    p.add_argument("--plot", metavar="PNG", help="also write the scree/cumulative-energy plot")
+    p.add_argument("--rows", type=_positive_int, default=20, help="components listed (20)")
+    p.add_argument("--json", action="store_true", help="print the report JSON")
+
+    p = add("jobs", "list jobs, newest first", cmd_jobs)
+    p.add_argument("--state", choices=("queued", "running", "cancelling", "succeeded",
+                                       "failed", "cancelled"))
+    p.add_argument("--limit", type=_positive_int, default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = add("cancel", "cancel a job", cmd_cancel)
+    p.add_argument("job_id")
+
+    p = add("delete", "delete a finished job and its result", cmd_delete)
+    p.add_argument("job_id")
+
+    p = add("upload", "write a .npy file or a Zarr array as row-chunked Zarr v3 for the "
+            "service; prints the URL", cmd_upload)
+    p.add_argument("source", help=".npy file, or Zarr array/group (path or URL)")
+    p.add_argument("dest", help="destination path (in a data root) or s3:// URL")
+    p.add_argument("--array", help="array inside the SOURCE group")
+    p.add_argument("--dest-array", metavar="NAME", help="write into a group at DEST as NAME")
+    p.add_argument("--chunks", type=_positive_int, metavar="ROWS", help="rows per chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing array")
+    p.add_argument("-o", "--storage-option", action="append", metavar="KEY=VALUE",
+                   help="fsspec option for s3:// (JSON values allowed); repeatable")
+
+    p = sub.add_parser("serve", help="run the service (svdserve serve --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_serve_misplaced)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, (UsageError, InvalidRequest, NotFound, Forbidden, Unauthorized)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a client subcommand; return the exit code (0 ok, 1 failed, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (the job keeps running on the service)", file=sys.stderr)
+        return 130
+    except (UsageError, SVDServeError) as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return _exit_code_for(exc)
+    except (ValueError, OSError) as exc:  # local problems: bad file, bad array, ...
+        print(f"{PROG}: error: {_one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (ValueError, FileNotFoundError)) else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

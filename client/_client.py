@@ -1,0 +1,332 @@
+"""The client: submit jobs, look them up, upload matrices, open results.
+
+It talks to the service over HTTP only (``docs/contracts.md`` section 2) and
+never imports :mod:`svdserve.service`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Literal
+
+import httpx
+
+from ._errors import StorageError
+from ._http import DEFAULT_TIMEOUT, HTTPTransport
+from ._job import Job
+from ._report import EnergyReport
+from ._result import SVDResult
+from ._storage import absolute_url, is_remote, local_path, write_array
+
+__all__ = ["Client", "DEFAULT_URL"]
+
+#: Where the client looks when neither ``base_url`` nor ``SVDSERVE_URL`` is given.
+DEFAULT_URL = "http://localhost:8000"
+_METHODS = ("auto", "exact", "randomized")
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, str | None]:
+    """``SVDSERVE_URL`` and ``SVDSERVE_TOKEN``: the only environment the client reads."""
+    env = os.environ if environ is None else environ
+    return {"url": env.get("SVDSERVE_URL") or None, "token": env.get("SVDSERVE_TOKEN") or None}
+
+
+def normalize_source(source: str | os.PathLike) -> str:
+    """The ``source.url`` sent to the service.
+
+    URLs (``s3://``, ``file://``, ...) and absolute paths are sent as given; a
+    relative path that exists on this machine is sent as its absolute path;
+    any other relative path is sent as given (the service resolves it
+    against its first data root).
+    """
+    source = os.fspath(source)
+    if is_remote(source) or source.startswith("file://") or os.path.isabs(source):
+        return source
+    if os.path.exists(source):
+        return os.path.abspath(source)
+    return source
+
+
+class Client:
+    """Client of an svdserve service.
+
+    Parameters
+    ----------
+    base_url : str or None, default=None
+        Service root; None reads ``SVDSERVE_URL``, else ``http://localhost:8000``.
+    token : str or None, default=None
+        Bearer token; None reads ``SVDSERVE_TOKEN`` (no auth when unset).
+    timeout : float, default=30.0
+        Seconds per request (a long-poll adds its wait).
+    max_retries : int, default=3
+        Retries on connection errors, 429 and 502/503/504 (honouring
+        ``Retry-After``) with exponential backoff.
+    backoff_factor : float, default=0.5
+        First backoff delay in seconds; doubles with each retry.
+    http_client : httpx.Client or None, default=None
+        Inject your own (proxies, ``httpx.MockTransport`` in tests); it is not
+        closed by :meth:`close`.
+    storage_options : dict or None, default=None
+        fsspec options for ``s3://`` storage (credentials, ``endpoint_url``...)
+        used by :meth:`upload` and for direct result access.
+    result_access : {"auto", "direct", "http"}, default="auto"
+        How :meth:`Job.result` reads the factors: ``"direct"`` from the
+        result's storage URL (a shared path, or S3 with ``storage_options``),
+        ``"http"`` from the service (``/v1/jobs/{id}/result``, same token),
+        ``"auto"`` direct when readable from here, else HTTP.
+
+    Examples
+    --------
+    >>> from svdserve.client import Client
+    >>> c = Client("http://localhost:8000")                      # doctest: +SKIP
+    >>> job = c.submit("data/A.zarr", rank=20)                   # doctest: +SKIP
+    >>> res = job.result(progress=True)                          # doctest: +SKIP
+    >>> res.S[:3], res.error(10), res.storage_ratio(10)          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff_factor: float = 0.5,
+        http_client: httpx.Client | None = None,
+        storage_options: dict[str, Any] | None = None,
+        result_access: Literal["auto", "direct", "http"] = "auto",
+        **transport_options: Any,
+    ):
+        env = settings_from_env()
+        if result_access not in ("auto", "direct", "http"):
+            raise ValueError(
+                f"result_access must be 'auto', 'direct' or 'http', got {result_access!r}"
+            )
+        self._http = HTTPTransport(
+            base_url or env["url"] or DEFAULT_URL,
+            token=token if token is not None else env["token"],
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_factor=backoff_factor,
+            http_client=http_client,
+            **transport_options,
+        )
+        self.storage_options = storage_options
+        self.result_access = result_access
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (not an injected ``http_client``)."""
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- service -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``."""
+        return self._http.get_json("/v1/health")
+
+    def ready(self) -> dict[str, Any]:
+        """``GET /v1/ready`` (raises :class:`ServiceUnavailable` when not ready, after retries)."""
+        return self._http.get_json("/v1/ready")
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        source: str | os.PathLike,
+        rank: int,
+        *,
+        array: str | None = None,
+        method: Literal["auto", "exact", "randomized"] = "auto",
+        n_oversamples: int = 10,
+        n_iter: int = 2,
+        center: bool = False,
+        random_state: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a truncated-SVD job.
+
+        Parameters
+        ----------
+        source : str or path-like
+            Zarr array or group: a path inside a data root of the service
+            (absolute, or relative to its first data root), a ``file://`` URL,
+            or ``s3://bucket/key``. A relative path that exists here is sent
+            as its absolute path.
+        rank : int
+            Components k ≥ 1 (≤ min(m, n)).
+        array : str or None, default=None
+            Array inside the group at ``source``.
+        method : {"auto", "exact", "randomized"}, default="auto"
+            ``exact`` (TSQR, every singular value), ``randomized`` (Halko et
+            al.), ``auto`` lets the service pick.
+        n_oversamples : int, default=10
+        n_iter : int, default=2
+            Power iterations of the randomized method.
+        center : bool, default=False
+            Remove column means first (PCA).
+        random_state : int, default=0
+        idempotency_key : str or None, default=None
+            Sent as ``Idempotency-Key``; a fresh one is made when None. Every
+            retry of this call reuses it, so a retried submit never makes two jobs.
+
+        Returns
+        -------
+        Job
+        """
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        body = {
+            "source": {"url": normalize_source(source), "array": array},
+            "rank": rank,
+            "method": method,
+            "n_oversamples": n_oversamples,
+            "n_iter": n_iter,
+            "center": bool(center),
+            "random_state": random_state,
+        }
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._http.request(
+            "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
+        )
+        return Job(self, response.json())
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id (:class:`NotFound` if unknown to this tenant)."""
+        return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
+        """Jobs of this tenant, newest first, following pagination.
+
+        Parameters
+        ----------
+        state : str or None
+            Only jobs in this state.
+        limit : int or None
+            At most this many (all when None).
+        """
+        out: list[Job] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {}
+            if state:
+                params["state"] = state
+            if limit is not None:
+                params["limit"] = min(limit - len(out), 100)
+            if cursor:
+                params["cursor"] = cursor
+            page = self._http.get_json("/v1/jobs", params=params)
+            out.extend(Job(self, item) for item in page.get("items", []))
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; returns it (409 :class:`Conflict` if it already finished)."""
+        return Job(
+            self,
+            self._http.request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True).json(),
+        )
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job and its result."""
+        self._http.request("DELETE", f"/v1/jobs/{job_id}")
+
+    def report(self, job_id: str) -> EnergyReport:
+        """The energy report of a succeeded job."""
+        return EnergyReport(self._http.get_json(f"/v1/jobs/{job_id}/report"))
+
+    def result(self, job_id: str, timeout: float | None = None, *, progress: bool = False):
+        """Wait for a job and open its result (see :meth:`Job.result`)."""
+        return self.get(job_id).result(timeout, progress=progress)
+
+    # -- data -------------------------------------------------------------------------------
+
+    def upload(
+        self,
+        arr,
+        url: str | os.PathLike,
+        storage_options: dict[str, Any] | None = None,
+        chunks: int | tuple[int, int] | None = None,
+        *,
+        array: str | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Write a matrix as Zarr v3 where the service can read it; return the URL written.
+
+        Writes straight to storage (a path on a volume shared with the
+        service, or ``s3://``), not through the service.
+
+        Parameters
+        ----------
+        arr : ndarray, dask array or zarr array of shape (m, n)
+        url : str or path-like
+            Destination: a local path or ``s3://bucket/key``.
+        storage_options : dict or None
+            fsspec options for S3 (default: the client's ``storage_options``).
+        chunks : int, (int, int) or None
+            Rows per chunk (whole rows; default ~16 MiB per chunk). Row
+            chunks are what the service's panels align with.
+        array : str or None
+            Write into a group at ``url`` under this name (submit with ``array=``).
+        overwrite : bool, default=False
+            Replace an existing array.
+        """
+        so = storage_options if storage_options is not None else self.storage_options
+        return write_array(
+            arr, os.fspath(url), array=array, storage_options=so, chunks=chunks,
+            overwrite=overwrite,
+        )
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _direct_readable(self, url: str) -> bool:
+        if is_remote(url):
+            return url.startswith(("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://")) and (
+                self.storage_options is not None
+            )
+        return os.path.isdir(local_path(url))
+
+    def _open_result(self, job: dict[str, Any]) -> SVDResult:
+        info = job.get("result") or {}
+        url = info.get("url")
+        if self.result_access in ("auto", "direct") and url:
+            if self._direct_readable(url):
+                so = self.storage_options if is_remote(url) else None
+                try:
+                    return SVDResult.open(url, so, job=job)
+                except StorageError:
+                    if self.result_access == "direct":
+                        raise
+            elif self.result_access == "direct":
+                raise StorageError(
+                    f"the result of job {job.get('id')} is at {url!r}, which is not readable "
+                    "from this machine; use result_access='http' (or 'auto'), mount the "
+                    "results volume, or pass storage_options for S3"
+                )
+        http_path = info.get("http") or (job.get("links") or {}).get("result") or (
+            f"/v1/jobs/{job['id']}/result"
+        )
+        return SVDResult.open(
+            self._http.url(http_path), {"headers": dict(self._http.auth_headers)}, job=job
+        )
+
+    def open_result(self, url: str, storage_options: dict[str, Any] | None = None) -> SVDResult:
+        """Open a result group by URL (e.g. a ``result.zarr`` on shared storage)."""
+        url = absolute_url(url)
+        if storage_options is None and is_remote(url):
+            storage_options = self.storage_options
+        return SVDResult.open(url, storage_options)

@@ -1,0 +1,271 @@
+"""The energy report of a job, as a read-only mapping with a text table and a plot.
+
+The JSON layout is the one of ``docs/contracts.md`` section 3; every key is
+available with ``report[key]``, and the common ones as NumPy-typed properties.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EnergyReport"]
+
+#: Energy fractions whose ranks are drawn on the plot.
+PLOT_FRACTIONS = (0.90, 0.95, 0.99)
+
+
+def _num(value: Any, spec: str, missing: str = "-") -> str:
+    """Format a number of the JSON (None for ±inf / undefined) without failing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "inf" if value is None and missing == "inf" else missing
+    return format(value, spec)
+
+
+class EnergyReport(Mapping):
+    """Energy report of a truncated SVD (read-only, dict-like over the service's JSON).
+
+    Parameters
+    ----------
+    data : dict
+        The report JSON (``GET /v1/jobs/{id}/report`` or the ``report``
+        attribute of the result group).
+
+    Examples
+    --------
+    >>> rep = job.report()                   # doctest: +SKIP
+    >>> rep.rank_for(0.95)                   # doctest: +SKIP
+    12
+    >>> print(rep.table())                   # doctest: +SKIP
+    >>> rep.plot("energy.png")               # doctest: +SKIP
+    """
+
+    def __init__(self, data: Mapping[str, Any]):
+        self._data = dict(data)
+
+    # -- Mapping -------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.shape)
+        return (
+            f"<EnergyReport {shape} {self.get('method', '?')} rank={self.rank} "
+            f"captured={self.captured_fraction:.4g}>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A copy of the JSON."""
+        return dict(self._data)
+
+    # -- typed views -----------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(d) for d in self._data["shape"])  # type: ignore[return-value]
+
+    @property
+    def rank(self) -> int:
+        return int(self._data["rank"])
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        """ndarray of shape (k,): σ_1 ≥ … ≥ σ_k."""
+        return np.asarray(self._data["singular_values"], dtype=np.float64)
+
+    @property
+    def singular_values_all(self) -> np.ndarray | None:
+        """ndarray of shape (min(m, n),) for the exact method, else None."""
+        s = self._data.get("singular_values_all")
+        return None if s is None else np.asarray(s, dtype=np.float64)
+
+    @property
+    def total_energy(self) -> float:
+        """‖A‖_F² (or ‖A − 1μᵀ‖_F² when centred), measured exactly in pass 1."""
+        return float(self._data["total_energy"])
+
+    @property
+    def captured_fraction(self) -> float:
+        total = self.total_energy
+        captured = float(self._data.get("captured_energy", np.sum(self.singular_values**2)))
+        return captured / total if total > 0 else 1.0
+
+    @property
+    def energy_fraction(self) -> np.ndarray:
+        """ndarray of shape (k,): σ_r² / total for r = 1..k."""
+        return np.array([c["energy_fraction"] for c in self._data["components"]], dtype=float)
+
+    @property
+    def cumulative_fraction(self) -> np.ndarray:
+        """ndarray of shape (k,): Σ_{i≤r} σ_i² / total."""
+        return np.array([c["cumulative_fraction"] for c in self._data["components"]], dtype=float)
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """ndarray of shape (k,): Frobenius residual ‖A − A_r‖_F of each rank r = 1..k."""
+        return np.array([c["residual"] for c in self._data["components"]], dtype=float)
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray | None:
+        r = self._data.get("explained_variance_ratio")
+        return None if r is None else np.asarray(r, dtype=float)
+
+    def rank_for(self, fraction: float) -> int | None:
+        """Smallest rank r ≤ k with cumulative energy ≥ ``fraction``, or None if more than k."""
+        for entry in self._data.get("energy_ranks") or []:
+            if math.isclose(float(entry["fraction"]), fraction):
+                return None if entry.get("rank") is None else int(entry["rank"])
+        cum = self.cumulative_fraction
+        idx = np.flatnonzero(cum >= fraction)
+        return int(idx[0]) + 1 if idx.size else None
+
+    def residual(self, rank: int) -> float:
+        """Exact Frobenius residual ``sqrt(total − Σ_{i≤r} σ_i²)`` of the rank-``rank`` truncation.
+
+        Ranks above k need the whole spectrum (``method="exact"``).
+        """
+        rank = int(rank)
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank!r}")
+        if rank == 0:
+            return math.sqrt(max(self.total_energy, 0.0))
+        if rank <= self.rank:
+            return float(self._data["components"][rank - 1]["residual"])
+        s_all = self.singular_values_all
+        if s_all is None:
+            raise ValueError(
+                f"the residual of rank {rank} needs singular values beyond the {self.rank} "
+                "computed; submit with a larger rank or method='exact'"
+            )
+        if rank > s_all.size:
+            raise ValueError(f"rank {rank} exceeds min(m, n) = {s_all.size}")
+        return math.sqrt(max(self.total_energy - float(np.sum(s_all[:rank] ** 2)), 0.0))
+
+    # -- presentation ----------------------------------------------------------------------
+
+    def table(self, max_rows: int = 20) -> str:
+        """Plain-text summary: header, energy ranks, then one line per component.
+
+        Parameters
+        ----------
+        max_rows : int, default=20
+            Components listed (the first ``max_rows``; the rest elided).
+        """
+        d = self._data
+        m, n = self.shape
+        kind = "total variance" if d.get("energy_kind") == "total_variance" else "‖A‖_F²"
+        lines = [
+            f"shape {m} x {n}   method {d.get('method', '?')}   rank {self.rank}   "
+            f"passes {d.get('passes', '?')}   center {bool(d.get('center', False))}",
+            f"{kind} {self.total_energy:.6g}   captured {100 * self.captured_fraction:.4f} %",
+        ]
+        cond = d.get("condition_number")
+        est = d.get("condition_estimate")
+        line = f"numerical rank {d.get('numerical_rank', '?')}"
+        line += f"   σ1/σk {_num(est, '.4g', 'inf')}"
+        if cond is not None:
+            line += f"   κ2 {_num(cond, '.4g')}"
+        lines.append(line)
+        gaps = d.get("spectral_gaps") or []
+        if gaps:
+            lines.append(
+                "largest spectral gaps: "
+                + ", ".join(
+                    f"r={g.get('rank')} (σr/σr+1 {_num(g.get('ratio'), '.3g', 'inf')})"
+                    for g in gaps
+                )
+            )
+        total_time = (d.get("timings") or {}).get("total")
+        if isinstance(total_time, (int, float)):
+            lines.append(f"time {total_time:.3f} s")
+        for note in d.get("notes") or []:
+            lines.append(f"note: {note}")
+        lines.append("")
+        lines.append("energy    rank     storage ratio")
+        for e in d.get("energy_ranks") or []:
+            frac = float(e["fraction"])
+            if e.get("rank") is None or e.get("more_than_k"):
+                lines.append(f"{100 * frac:5.1f} %   > {self.rank:<6d} -")
+            else:
+                ratio_s = _num(e.get("storage_ratio"), ".4g")
+                lines.append(f"{100 * frac:5.1f} %   {int(e['rank']):<8d} {ratio_s}")
+        lines.append("")
+        lines.append(f"{'r':>5} {'sigma':>13} {'energy %':>10} {'cumul. %':>10} "
+                     f"{'residual':>12} {'rel. resid.':>11}")
+        comps = d.get("components") or []
+        for c in comps[:max_rows]:
+            ef, cf = c.get("energy_fraction"), c.get("cumulative_fraction")
+            lines.append(
+                f"{c.get('rank', '?'):>5} {_num(c.get('sigma'), '>13.6g'):>13} "
+                f"{_num(None if ef is None else 100 * ef, '>10.4f'):>10} "
+                f"{_num(None if cf is None else 100 * cf, '>10.4f'):>10} "
+                f"{_num(c.get('residual'), '>12.6g'):>12} "
+                f"{_num(c.get('relative_residual'), '>11.4g'):>11}"
+            )
+        if len(comps) > max_rows:
+            lines.append(f"  ... {len(comps) - max_rows} more components")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def plot(self, path: str | os.PathLike, *, dpi: int = 100) -> str:
+        """Write a PNG: the scree plot (σ_r, log scale) and the cumulative energy.
+
+        The ranks reaching 90 / 95 / 99 % of the energy are marked on both
+        panels (when they are within the computed rank).
+
+        Returns
+        -------
+        path : str
+            Where the PNG was written.
+        """
+        # The object-oriented API with the Agg canvas: no global pyplot state,
+        # no display needed.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        s = self.singular_values
+        r = np.arange(1, s.size + 1)
+        cum = self.cumulative_fraction
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax1, ax2 = fig.subplots(1, 2)
+        positive = s > 0
+        ax1.semilogy(r[positive], s[positive], "o-", ms=3)
+        ax1.set_xlabel("rank r")
+        ax1.set_ylabel("singular value σ_r")
+        ax1.set_title("Scree plot")
+        ax2.plot(r, 100 * cum, "o-", ms=3)
+        ax2.set_xlabel("rank r")
+        ax2.set_ylabel("cumulative energy (%)")
+        ax2.set_title("Cumulative energy")
+        ax2.set_ylim(min(0.0, 100 * float(cum.min(initial=0.0))), 101)
+        colours = ("tab:green", "tab:orange", "tab:red")
+        for frac, colour in zip(PLOT_FRACTIONS, colours):
+            rk = self.rank_for(frac)
+            ax2.axhline(100 * frac, color=colour, lw=0.8, ls=":")
+            if rk is None:
+                continue
+            label = f"{100 * frac:g} %: r={rk}"
+            ax2.axvline(rk, color=colour, lw=1, ls="--", label=label)
+            ax1.axvline(rk, color=colour, lw=1, ls="--", label=label)
+        if any(self.rank_for(f) is not None for f in PLOT_FRACTIONS):
+            ax2.legend(loc="lower right")
+            ax1.legend(loc="upper right")
+        m, n = self.shape
+        fig.suptitle(f"{m} x {n}, {self.get('method', '?')}, k={self.rank}")
+        path = os.fspath(path)
+        fig.savefig(path, format="png", dpi=dpi)
+        return path

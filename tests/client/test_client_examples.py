@@ -1,0 +1,63 @@
+"""The three examples run (small sizes) against the real service and say what they should."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(service, name, data_dir, tmp_path, *args):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, env=service.cli_env(), cwd=tmp_path, timeout=240,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_image_compression(service, data_dir, tmp_path):
+    from matplotlib.image import imread
+
+    out_png = tmp_path / "grid.png"
+    out = run_example(service, "image_compression.py", data_dir, tmp_path,
+                      "--downsample", "4", "--ranks", "2,8,32", "--out", str(out_png))
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    ranks = [int(r[0]) for r in rows]
+    ratios = [float(r[1]) for r in rows]
+    errors = [float(r[2]) for r in rows]
+    psnrs = [float(r[3]) for r in rows]
+    assert ranks == [2, 8, 32]
+    m, n = 107, 160  # 427x640 every 4th pixel
+    assert ratios == [pytest.approx(k * (m + n + 1) / (m * n), abs=5e-4) for k in ranks]
+    assert errors == sorted(errors, reverse=True) and psnrs == sorted(psnrs)
+    assert psnrs[-1] > psnrs[0] + 5  # rank 32 is clearly better than rank 2
+    img = imread(out_png)
+    assert img.shape[1] > 3 * img.shape[0]  # a grid of 4 images side by side
+
+
+def test_pca_digits(service, data_dir, tmp_path):
+    out = run_example(service, "pca_digits.py", data_dir, tmp_path, "--components", "5")
+    assert "digits 1797x64: 5 components" in out
+    m = re.search(r"max \|ratio difference\| = (\S+),", out)
+    assert m and float(m.group(1)) < 1e-10
+    table = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d+\s+0\.\d+$", line)]
+    assert len(table) == 5 and all(a == b for _, a, b in table)  # same to 6 decimals
+
+
+def test_least_squares(service, data_dir, tmp_path):
+    out = run_example(service, "least_squares.py", data_dir, tmp_path, "--n", "80")
+    errs = {}
+    for line in out.splitlines():
+        for key in ("naive", "TSVD", "Tikhonov"):
+            if line.startswith(key):  # ... rel. error, ‖x‖, ‖Ax − b‖, eff. rank
+                errs[key] = float(line.split()[-4])
+    assert errs["naive"] > 1.0  # the unregularised solution blows up
+    assert errs["TSVD"] < 0.2 and errs["Tikhonov"] < 0.2
