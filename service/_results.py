@@ -1,0 +1,99 @@
+"""Where results live and how they are removed or served.
+
+Layout: ``{results_root}/{tenant}/{job_id}/{attempt}/result.zarr``; the core
+writes ``manifest.json`` last, and nothing is served or reported as a result
+before it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shutil
+
+import fsspec
+
+__all__ = ["Results"]
+
+log = logging.getLogger("svdserve.service")
+
+MANIFEST = "manifest.json"
+
+
+class Results:
+    """The results root.
+
+    Parameters
+    ----------
+    root : str
+        Absolute local path or ``s3://bucket[/prefix]``.
+    storage_options : dict
+        fsspec options for object storage.
+    """
+
+    def __init__(self, root: str, storage_options: dict | None = None):
+        self.root = root.rstrip("/")
+        self.remote = root.startswith("s3://")
+        self.storage_options = storage_options or {}
+
+    @property
+    def out_options(self) -> dict | None:
+        return self.storage_options if self.remote else None
+
+    def job_dir(self, tenant: str, job_id: str) -> str:
+        return f"{self.root}/{tenant}/{job_id}"
+
+    def url(self, tenant: str, job_id: str, attempt: int) -> str:
+        return f"{self.job_dir(tenant, job_id)}/{attempt}/result.zarr"
+
+    def _fs(self):
+        return fsspec.core.url_to_fs(self.root, **self.storage_options)[0]
+
+    def prepare(self, url: str) -> None:
+        """Remove leftovers of an earlier try of the same attempt; create parents."""
+        self.remove(url)
+        if not self.remote:
+            os.makedirs(os.path.dirname(url), exist_ok=True)
+
+    def remove(self, url: str) -> None:
+        """Delete a result (or a job's whole directory); missing is fine."""
+        try:
+            if self.remote:
+                fs = self._fs()
+                if fs.exists(url):
+                    fs.rm(url, recursive=True)
+            elif os.path.isdir(url):
+                shutil.rmtree(url)
+            elif os.path.exists(url):
+                os.remove(url)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("could not remove %s", url, exc_info=True)
+
+    def remove_attempt(self, tenant: str, job_id: str, attempt: int) -> None:
+        self.remove(posixpath.dirname(self.url(tenant, job_id, attempt)))
+
+    def complete(self, url: str) -> bool:
+        """True when the result group's manifest exists."""
+        path = f"{url}/{MANIFEST}"
+        if self.remote:
+            return self._fs().exists(path)
+        return os.path.isfile(path)
+
+    def local_file(self, url: str, key: str) -> str | None:
+        """Local path of ``key`` inside the result, or None (missing / remote)."""
+        if self.remote:
+            return None
+        path = os.path.realpath(os.path.join(url, key))
+        if not path.startswith(os.path.realpath(url) + os.sep) or not os.path.isfile(path):
+            return None
+        return path
+
+    def read(self, url: str, key: str) -> bytes | None:
+        """Bytes of ``key`` in a remote result, or None when missing."""
+        try:
+            return self._fs().cat_file(f"{url}/{key}")
+        except FileNotFoundError:
+            return None

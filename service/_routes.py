@@ -1,0 +1,406 @@
+"""HTTP routes of API v1. Handlers validate, store and enqueue; they never compute.
+
+Blocking calls (SQLite, Zarr metadata, file system) go through
+``asyncio.to_thread``; the SVD itself runs in the runner's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import mimetypes
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from svdserve.worker import InvalidInputError, SourceNotFoundError, inspect_source
+
+from ._auth import Tenant
+from ._cluster import Cluster
+from ._events import ChangeFeed
+from ._metrics import CONTENT_TYPE, Metrics
+from ._problems import ProblemError, problem_response
+from ._results import Results
+from ._runner import Runner
+from ._sandbox import Sandbox, SandboxError
+from ._schemas import Health, JobCreate, JobList, JobPublic, JobState, Ready
+from ._settings import Settings
+from ._store import Conflict, JobRow, JobStore, QueueFull
+
+__all__ = ["router", "ops_router", "Services", "to_public"]
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+_PROBLEM_DESCRIPTIONS = {
+    401: "Missing or invalid bearer token",
+    403: "Source outside the configured data roots",
+    404: "No such job (or another tenant's), or a missing source / result key",
+    409: "The job's state does not allow this (or the idempotency key is in flight)",
+    413: "Request body too large",
+    422: "Validation failed; `errors` names each field",
+    429: "The queue is full; retry after `Retry-After` seconds",
+    503: "Not ready: the scheduler is unreachable or has no workers",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for problem responses (RFC 9457)."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {code: {"description": _PROBLEM_DESCRIPTIONS[code],
+                   "content": {"application/problem+json": {"schema": ref}}}
+            for code in codes}
+
+
+@dataclass
+class Services:
+    """What the routes need, built by :func:`svdserve.service.create_app`."""
+
+    settings: Settings
+    store: JobStore
+    sandbox: Sandbox
+    results: Results
+    runner: Runner
+    cluster: Cluster
+    metrics: Metrics
+    feed: ChangeFeed
+    json_cache: dict = field(default_factory=dict)
+
+
+async def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(_services)]
+
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=problems(401))
+ops_router = APIRouter(tags=["operations"])
+
+JobId = Annotated[str, Path(description="Job id (32 hex digits).", max_length=64)]
+
+
+# ---------------------------------------------------------------------- helpers
+def to_public(row: JobRow) -> JobPublic:
+    base = f"/v1/jobs/{row.id}"
+    return JobPublic.model_validate({
+        "id": row.id, "state": row.state, "created_at": row.created_at,
+        "started_at": row.started_at, "finished_at": row.finished_at,
+        "updated_at": row.updated_at, "attempt": row.attempt, "request": row.request,
+        "progress": row.progress, "error": row.error, "notes": row.notes,
+        "result": row.result if row.state == "succeeded" else None,
+        "links": {"self": base, "report": f"{base}/report", "result": f"{base}/result",
+                  "cancel": f"{base}/cancel"},
+    })
+
+
+def _not_found(job_id: str) -> ProblemError:
+    return ProblemError(404, f"no job {job_id!r} (for this tenant)")
+
+
+async def _get_job(svc: Services, job_id: str, tenant: str) -> JobRow:
+    if not _JOB_ID.match(job_id):
+        raise _not_found(job_id)
+    # Polled jobs are served from the store's write-through cache, without a
+    # thread hop; a miss reads SQLite in a thread.
+    row = svc.store.get_cached(job_id)
+    if row is None:
+        row = await asyncio.to_thread(svc.store.get, job_id)
+    if row is None or row.tenant != tenant:
+        raise _not_found(job_id)
+    return row
+
+
+def _job_response(svc: Services, row: JobRow) -> Response:
+    """The job as JSON, serialised once per version of the row."""
+    cached = svc.json_cache.get(row.id)
+    if cached is None or cached[0] != row.version:
+        cached = (row.version, to_public(row).model_dump_json(by_alias=True).encode())
+        svc.json_cache[row.id] = cached
+        if len(svc.json_cache) > 4096:
+            svc.json_cache.pop(next(iter(svc.json_cache)))
+    return Response(cached[1], media_type="application/json")
+
+
+def _field(name: str) -> str:
+    return name if name.startswith("body.") else f"body.{name}"
+
+
+def _encode_cursor(seq: int | None) -> str | None:
+    """The cursor is the position to continue before; treat it as opaque."""
+    return None if seq is None else str(seq)
+
+
+def _body_hash(body: JobCreate) -> str:
+    text = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _location(response: Response, job_id: str) -> None:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+
+
+# ---------------------------------------------------------------------- submit
+async def _validate_source(svc: Services, body: JobCreate) -> tuple[dict, list[str]]:
+    """Sandbox, metadata and rank checks; returns the stored params and notes."""
+    try:
+        resolved = await asyncio.to_thread(svc.sandbox.resolve, body.source.url,
+                                           body.source.array)
+    except SandboxError as exc:
+        raise ProblemError(exc.status, str(exc),
+                           errors=[{"field": exc.field, "message": str(exc)}]) from exc
+    try:
+        info = await asyncio.to_thread(inspect_source, resolved.url, array=resolved.array,
+                                       storage_options=resolved.storage_options)
+    except SourceNotFoundError as exc:
+        raise ProblemError(404, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    except InvalidInputError as exc:
+        raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    except Exception as exc:  # noqa: BLE001 - unreadable metadata is the caller's input
+        message = f"the source could not be opened as a Zarr array: {exc}"
+        raise ProblemError(422, message, errors=[{"field": "body.source.url",
+                                                  "message": message}]) from exc
+    m, n = info.shape
+    short = min(m, n)
+    if body.rank > short:
+        message = (f"rank {body.rank} exceeds min(m, n) = {short} of the {m}x{n} matrix; "
+                   f"ask for at most {short} components")
+        raise ProblemError(422, message, errors=[{"field": "body.rank", "message": message}])
+    notes = []
+    n_oversamples = body.n_oversamples
+    if body.rank + n_oversamples > short:
+        n_oversamples = short - body.rank
+        notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} so "
+                     f"that rank + n_oversamples <= min(m, n) = {short}")
+    params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
+              "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
+              "chunks": list(info.chunks)}
+    return params, notes
+
+
+@router.post(
+    "/jobs", status_code=202, response_model=JobPublic,
+    summary="Submit a job",
+    responses={200: {"description": "Idempotent replay: the job created earlier with this "
+                                    "Idempotency-Key and body", "model": JobPublic},
+               **problems(403, 404, 409, 413, 422, 429)})
+async def submit_job(
+    body: JobCreate, response: Response, tenant: Tenant, svc: Svc,
+    idempotency_key: Annotated[str | None, Header(
+        min_length=1, max_length=255, pattern=r"^[!-~]+$",
+        description="Retry-safe submission: the same key and body return the same job.")
+    ] = None,
+) -> JobPublic:
+    """Validate the source and parameters, store the job (state `queued`) and answer 202.
+
+    The row is committed before the answer. `rank > min(m, n)` is a 422;
+    `rank + n_oversamples > min(m, n)` clips `n_oversamples` and adds a note.
+    """
+    key_reserved = False
+    if idempotency_key is not None:
+        outcome, job_id = await asyncio.to_thread(svc.store.reserve_key, tenant,
+                                                  idempotency_key, _body_hash(body))
+        if outcome == "replay":
+            row = await asyncio.to_thread(svc.store.get, job_id, tenant)
+            if row is not None:
+                response.status_code = 200
+                _location(response, row.id)
+                return to_public(row)
+        elif outcome == "mismatch":
+            raise ProblemError(
+                422, "this Idempotency-Key was used with a different request body; use a new "
+                     "key for a different job",
+                errors=[{"field": "header.idempotency-key",
+                         "message": "already used with a different body"}])
+        elif outcome == "in_flight":
+            raise ProblemError(409, "a request with this Idempotency-Key is still being "
+                                    "processed; retry shortly", headers={"Retry-After": "1"})
+        key_reserved = outcome == "new"
+    try:
+        params, notes = await _validate_source(svc, body)
+        row = await asyncio.to_thread(
+            svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,
+            idempotency_key=idempotency_key if key_reserved else None,
+            max_queued=svc.settings.max_queued_jobs)
+    except QueueFull as exc:
+        if key_reserved:
+            await asyncio.to_thread(svc.store.release_key, tenant, idempotency_key)
+        raise ProblemError(429, f"the job queue is full ({exc}); retry later",
+                           headers={"Retry-After": "5"}) from exc
+    except BaseException:
+        if key_reserved:
+            await asyncio.to_thread(svc.store.release_key, tenant, idempotency_key)
+        raise
+    svc.metrics.submitted.inc()
+    svc.runner.wake()
+    _location(response, row.id)
+    return to_public(row)
+
+
+# ---------------------------------------------------------------------- read
+@router.get("/jobs/{job_id}", response_model=JobPublic, summary="Get a job",
+            responses=problems(404, 422))
+async def get_job(
+    job_id: JobId, tenant: Tenant, svc: Svc,
+    wait: Annotated[float | None, Query(
+        ge=0, le=60, description="Long-poll: wait up to this many seconds for a change of "
+                                 "state or progress.")] = None,
+) -> Any:
+    """The job's state, progress, error and result links."""
+    if wait and _JOB_ID.match(job_id):
+        event = svc.feed.subscribe(job_id)
+        try:
+            row = await _get_job(svc, job_id, tenant)
+            if not row.finished:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                row = await _get_job(svc, job_id, tenant)
+        finally:
+            svc.feed.unsubscribe(job_id, event)
+        return _job_response(svc, row)
+    return _job_response(svc, await _get_job(svc, job_id, tenant))
+
+
+@router.get("/jobs", response_model=JobList, summary="List jobs, newest first",
+            responses=problems(422))
+async def list_jobs(
+    tenant: Tenant, svc: Svc,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$",
+                                        description="`next_cursor` of the previous page.")
+                      ] = None,
+) -> JobList:
+    before = int(cursor) if cursor is not None else None
+    rows, last = await asyncio.to_thread(svc.store.list, tenant, state=state, limit=limit,
+                                         before=before)
+    return JobList(items=[to_public(r) for r in rows], next_cursor=_encode_cursor(last))
+
+
+# ---------------------------------------------------------------------- cancel / delete
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             summary="Cancel a queued or running job", responses=problems(404, 409, 422))
+async def cancel_job(job_id: JobId, tenant: Tenant, svc: Svc) -> JobPublic:
+    """A queued job is cancelled at once; a running one becomes `cancelling` and stops
+    at its next panel (its outstanding tasks are released)."""
+    if not _JOB_ID.match(job_id):
+        raise _not_found(job_id)
+    try:
+        row = await asyncio.to_thread(svc.store.request_cancel, job_id, tenant)
+    except Conflict as exc:
+        raise ProblemError(409, f"{exc}; only queued or running jobs can be cancelled") from exc
+    if row is None:
+        raise _not_found(job_id)
+    if row.state == "cancelling":
+        svc.runner.cancel(job_id)
+    svc.runner.wake()
+    return to_public(row)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
+               summary="Delete a finished job and its results",
+               responses=problems(404, 409, 422))
+async def delete_job(job_id: JobId, tenant: Tenant, svc: Svc) -> Response:
+    if not _JOB_ID.match(job_id):
+        raise _not_found(job_id)
+    try:
+        row = await asyncio.to_thread(svc.store.delete, job_id, tenant)
+    except Conflict as exc:
+        raise ProblemError(409, str(exc)) from exc
+    if row is None:
+        raise _not_found(job_id)
+    await asyncio.to_thread(svc.results.remove, svc.results.job_dir(row.tenant, row.id))
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------- results
+@router.get("/jobs/{job_id}/report", response_model=dict[str, Any],
+            summary="The energy report of a succeeded job", responses=problems(404, 409, 422))
+async def get_report(job_id: JobId, tenant: Tenant, svc: Svc) -> dict[str, Any]:
+    row = await _get_job(svc, job_id, tenant)
+    if row.state != "succeeded" or row.report is None:
+        raise ProblemError(409, f"job {job_id} is {row.state}; the report exists once it has "
+                                "succeeded")
+    return row.report
+
+
+def _content_type(key: str) -> str:
+    if key.endswith(".json") or key.rsplit("/", 1)[-1] in (".zarray", ".zgroup", ".zattrs",
+                                                           ".zmetadata"):
+        return "application/json"
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+@router.get(
+    "/jobs/{job_id}/result/{key:path}",
+    summary="Read-only Zarr store of a succeeded job's result",
+    response_class=Response,
+    responses={200: {"description": "Raw bytes of one key of result.zarr",
+                     "content": {"application/octet-stream": {}, "application/json": {}}},
+               **problems(404, 409, 422)})
+async def get_result_key(job_id: JobId, key: str, tenant: Tenant, svc: Svc) -> Response:
+    """Serve `result.zarr` over HTTP, read-only; a missing key is 404 so Zarr can probe.
+
+    Open it with `zarr.open_group("http://host/v1/jobs/{id}/result", mode="r",
+    storage_options={"headers": {"Authorization": "Bearer <token>"}})`.
+    """
+    row = await _get_job(svc, job_id, tenant)
+    if row.state != "succeeded" or not row.result:
+        raise ProblemError(409, f"job {job_id} is {row.state}; it has no result to serve")
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\x00" in key:
+        raise ProblemError(404, f"no key {key!r} in the result")
+    url = row.result["url"]
+    results = svc.results
+    if not await asyncio.to_thread(results.complete, url):
+        raise ProblemError(404, "the result is not complete (no manifest)")
+    if not results.remote:
+        path = await asyncio.to_thread(results.local_file, url, key)
+        if path is None:
+            raise ProblemError(404, f"no key {key!r} in the result")
+        return FileResponse(path, media_type=_content_type(key))
+    data = await asyncio.to_thread(results.read, url, key)
+    if data is None:
+        raise ProblemError(404, f"no key {key!r} in the result")
+    return Response(data, media_type=_content_type(key))
+
+
+router.add_api_route("/jobs/{job_id}/result/{key:path}", get_result_key, methods=["HEAD"],
+                     include_in_schema=False, response_class=Response,
+                     operation_id="head_result_key")
+
+
+# ---------------------------------------------------------------------- operations
+@ops_router.get("/v1/health", response_model=Health, summary="Liveness")
+async def health() -> Health:
+    """Always 200 while the process serves HTTP; needs no token."""
+    return Health()
+
+
+@ops_router.get("/v1/ready", response_model=Ready, summary="Readiness",
+                responses=problems(401, 503))
+async def ready(request: Request, tenant: Tenant, svc: Svc) -> Any:
+    """Ready when the scheduler answers and has at least one worker."""
+    reachable, workers = await svc.cluster.probe()
+    svc.metrics.workers.set(workers)
+    body = {"ready": reachable and workers > 0, "scheduler": svc.cluster.address,
+            "workers": workers}
+    if body["ready"]:
+        return body
+    why = "the scheduler is not reachable" if not reachable else "the cluster has no workers"
+    return problem_response(request, 503, f"not ready: {why}", extra=body,
+                            headers={"Retry-After": "2"})
+
+
+@ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Metrics"},
+                           **problems(401)})
+async def metrics(tenant: Tenant, svc: Svc) -> Response:
+    data = await asyncio.to_thread(svc.metrics.render)
+    return Response(data, media_type=CONTENT_TYPE)
+

@@ -1,0 +1,330 @@
+"""The job runner: one dispatcher, bounded concurrency, cooperative cancel.
+
+The dispatcher (an asyncio task started in the lifespan) claims the oldest
+queued job while fewer than ``max_concurrent_jobs`` run, and runs each in a
+thread of its own pool: :func:`svdserve.worker.svd` blocks, so it gets a
+*synchronous* ``distributed.Client`` to the service's scheduler and never
+touches the event loop.
+
+The core calls ``progress(done, total, phase)`` after every panel. The
+runner's callback writes progress to the job row (throttled) and raises
+:class:`JobCancelled` when the job was cancelled -- the core then releases
+its outstanding futures and re-raises, so no orphan work keeps the cluster
+busy. On shutdown it raises :class:`ServiceStopping` and the job goes back
+to the queue as the next attempt.
+
+Outcomes::
+
+    svd returns, manifest present   -> succeeded (cancelled if a cancel won the race)
+    JobCancelled                    -> cancelled, partial result removed
+    ServiceStopping                 -> queued again as attempt + 1
+    NonFiniteError                  -> failed, non_finite_values (row range in the message)
+    WorkerLostError / KilledWorker  -> failed, worker_lost
+    InvalidInputError/StorageError  -> failed, invalid_input / storage_error
+    anything else                   -> failed, internal (logged with traceback)
+
+A failed or cancelled attempt's directory is removed, so nothing that looks
+like a result is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from svdserve.worker import NonFiniteError, SVDError, WorkerLostError, svd
+
+from ._cluster import Cluster
+from ._metrics import Metrics
+from ._results import Results
+from ._settings import Settings
+from ._store import JobRow, JobStore
+
+__all__ = ["Runner", "JobCancelled", "ServiceStopping"]
+
+log = logging.getLogger("svdserve.service")
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback when the job was cancelled."""
+
+
+class ServiceStopping(Exception):
+    """Raised from the progress callback when the service shuts down."""
+
+
+class _Control:
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.stop = threading.Event()
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+class Runner:
+    """Runs queued jobs on the cluster.
+
+    Parameters
+    ----------
+    settings : Settings
+    store : JobStore
+    results : Results
+    cluster : Cluster
+    metrics : Metrics
+    """
+
+    def __init__(self, settings: Settings, store: JobStore, results: Results,
+                 cluster: Cluster, metrics: Metrics):
+        self.settings, self.store, self.results = settings, store, results
+        self.cluster, self.metrics = cluster, metrics
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs,
+                                        thread_name_prefix="svdserve-job")
+        self._running: dict[str, _Control] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._dispatcher: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Recover jobs a previous run left behind, then start dispatching."""
+        touched = await asyncio.to_thread(self.store.recover, self.settings.max_attempts)
+        for before, after in touched:
+            log.warning("job %s was %s at start-up (attempt %d): now %s, attempt %d",
+                        before.id, before.state, before.attempt, after.state, after.attempt)
+            await asyncio.to_thread(self.results.remove_attempt, before.tenant, before.id,
+                                    before.attempt)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="svdserve-dispatcher")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop dispatching; running jobs stop at their next panel and are re-queued."""
+        self._stopping = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        for ctl in self._running.values():
+            ctl.stop.set()
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            if pending:
+                log.warning("%d job(s) did not stop within %.0f s; they will be re-queued at "
+                            "the next start", len(pending), timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """Tell the dispatcher that the queue may have changed."""
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask a running job to stop at its next panel (the row says ``cancelling``)."""
+        ctl = self._running.get(job_id)
+        if ctl is not None:
+            ctl.cancel.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ------------------------------------------------------------------ dispatch
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            await self.cluster.check()
+            await self.cluster.connected.wait()
+            self._wake.clear()
+            try:
+                while len(self._running) < self.settings.max_concurrent_jobs:
+                    job = await asyncio.to_thread(self.store.claim_next)
+                    if job is None:
+                        break
+                    ctl = _Control()
+                    self._running[job.id] = ctl
+                    task = asyncio.create_task(self._run(job, ctl), name=f"job-{job.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the dispatcher alive
+                log.exception("dispatcher error; retrying")
+                await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+            except TimeoutError:
+                pass
+
+    async def _run(self, job: JobRow, ctl: _Control) -> None:
+        wait = _seconds(job.created_at, job.started_at)
+        if wait is not None and job.attempt == 1:
+            self.metrics.queue_wait.observe(wait)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._pool, self._execute, job, ctl)
+        except Exception:  # noqa: BLE001 - _execute records its own failures
+            log.exception("job %s: runner error", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self.wake()
+
+    # ------------------------------------------------------------------ one job (thread)
+    def _execute(self, job: JobRow, ctl: _Control) -> None:
+        row = self.store.get(job.id)
+        if row is None or row.state == "cancelling":
+            ctl.cancel.set()
+        req, params = job.request, job.params
+        out = self.results.url(job.tenant, job.id, job.attempt)
+        last = {"key": None, "t": 0.0, "pass": 0, "passes": 0, "state": None}
+        interval = self.settings.progress_interval
+
+        def progress(done: int, total: int, phase) -> None:
+            if ctl.cancel.is_set():
+                raise JobCancelled(f"job {job.id} cancelled")
+            if ctl.stop.is_set():
+                raise ServiceStopping(f"service stopping; job {job.id} re-queued")
+            self.metrics.panels.inc()
+            name = getattr(phase, "name", str(phase))
+            pass_no = int(getattr(phase, "pass_no", 0))
+            passes = int(getattr(phase, "passes", 0))
+            last["pass"], last["passes"] = pass_no, passes
+            now = time.monotonic()
+            key = (name, pass_no)
+            state = {"phase": name, "pass": pass_no, "passes": passes, "done": int(done),
+                     "total": int(total)}
+            if state == last["state"]:
+                return
+            if key != last["key"] or done >= total or now - last["t"] >= interval:
+                last["key"], last["t"], last["state"] = key, now, state
+                self.store.set_progress(job.id, job.attempt, state)
+
+        source = params["url"]
+        options = self.settings.fs_options() if source.startswith("s3://") else None
+        try:
+            if ctl.cancel.is_set():
+                raise JobCancelled(f"job {job.id} cancelled")
+            self.results.prepare(out)
+            res = svd(source, params["rank"], array=params.get("array"),
+                      method=req["method"], n_oversamples=params["n_oversamples"],
+                      n_iter=req["n_iter"], center=req["center"],
+                      random_state=req["random_state"], client=self.cluster.sync_client,
+                      storage_options=options, out=out,
+                      out_storage_options=self.results.out_options,
+                      panel_bytes=self.settings.panel_bytes, progress=progress,
+                      no_workers_timeout=self.settings.no_workers_timeout)
+            if not self.results.complete(out):
+                raise _NoManifest(f"the result at {out} has no manifest")
+        except JobCancelled:
+            self.results.remove_attempt(job.tenant, job.id, job.attempt)
+            where = (f" during pass {last['pass']} of {last['passes']}" if last["passes"]
+                     else " before its first panel finished")
+            self._finish(job, "cancelled", error={
+                "type": "cancelled",
+                "message": f"cancelled by request{where}; outstanding tasks were released"})
+            return
+        except ServiceStopping:
+            self.results.remove_attempt(job.tenant, job.id, job.attempt)
+            after = self.store.requeue(
+                job.id, job.attempt,
+                f"the service stopped while attempt {job.attempt} was running; "
+                f"re-queued as attempt {job.attempt + 1}")
+            if after is None:  # cancelled meanwhile
+                self._finish(job, "cancelled", error={
+                    "type": "cancelled", "message": "cancelled while the service stopped"})
+            return
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+            self.results.remove_attempt(job.tenant, job.id, job.attempt)
+            self._finish(job, "failed", error=_error_of(exc, job))
+            return
+
+        result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
+                  "shape": list(params["shape"]), "rank": int(params["rank"]),
+                  "method": str(getattr(res, "method", req["method"]))}
+        report = _jsonable(getattr(res, "report", None))
+        events = [str(e) for e in (getattr(res, "events", None) or [])]
+        done = self.store.finish(job.id, job.attempt, "succeeded", result=result, report=report,
+                                 notes=events, from_states=("running",))
+        if done is not None:
+            self._observe(done)
+            return
+        # A cancel arrived after the last panel: the cancel wins, the result goes.
+        self.results.remove_attempt(job.tenant, job.id, job.attempt)
+        self._finish(job, "cancelled", error={
+            "type": "cancelled",
+            "message": "cancelled by request just as the job finished; its result was removed"})
+
+    def _finish(self, job: JobRow, state: str, *, error: dict) -> None:
+        row = self.store.finish(job.id, job.attempt, state, error=error)
+        if row is not None:
+            self._observe(row)
+
+    def _observe(self, row: JobRow) -> None:
+        self.metrics.finished.labels(row.state).inc()
+        seconds = _seconds(row.started_at, row.finished_at)
+        if seconds is not None:
+            self.metrics.duration.labels(row.state).observe(seconds)
+
+
+class _NoManifest(SVDError, OSError):
+    type = "storage_error"
+
+
+def _error_of(exc: BaseException, job: JobRow) -> dict:
+    """The typed error stored with a failed job."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # pragma: no cover
+        KilledWorker = ()  # noqa: N806
+    if isinstance(exc, WorkerLostError):  # the core's message says what happened and what to do
+        return {"type": "worker_lost", "message": str(exc)}
+    if KilledWorker and isinstance(exc, KilledWorker):
+        return {"type": "worker_lost", "message": (
+            f"Dask workers died while running this job and the retry budget was used up "
+            f"({exc}). Check the workers' memory limits and logs (a panel may be too large: "
+            f"lower SVDSERVE_PANEL_BYTES), then resubmit the same request.")}
+    if isinstance(exc, NonFiniteError):
+        return {"type": "non_finite_values", "message": str(exc)}
+    if isinstance(exc, SVDError):
+        kind = exc.type if exc.type in ("invalid_input", "storage_error") else "internal"
+        return {"type": kind, "message": str(exc)}
+    if isinstance(exc, OSError):
+        return {"type": "storage_error", "message": f"reading or writing storage failed: {exc}"}
+    log.error("job %s failed unexpectedly", job.id, exc_info=exc)
+    return {"type": "internal", "message": (
+        f"the job failed unexpectedly ({type(exc).__name__}: {exc}); this is a bug in "
+        "svdserve, please report it with the job id")}
+
+
+def _jsonable(value):
+    """The report as plain JSON types (NumPy scalars and arrays converted)."""
+    import json
+    import math
+
+    import numpy as np
+
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    def finite(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: finite(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [finite(v) for v in o]
+        return o
+
+    if value is None:
+        return None
+    return finite(json.loads(json.dumps(value, default=default, allow_nan=True)))

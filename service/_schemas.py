@@ -1,0 +1,185 @@
+"""Request and response models of the HTTP API (v1).
+
+``JobCreate`` validates a submission once, at the edge: strict types (a
+string is not a number, a number is not a boolean), bounds, no unknown
+fields. ``JobPublic`` is the job as every route returns it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = ["Source", "JobCreate", "Progress", "JobError", "JobResult", "JobLinks",
+           "JobPublic", "JobList", "Problem", "FieldError", "Health", "Ready",
+           "JobState", "ErrorType"]
+
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+ErrorType = Literal["invalid_input", "non_finite_values", "storage_error", "worker_lost",
+                    "cancelled", "internal"]
+
+
+def _encodable(value: str) -> str:
+    """Refuse strings that cannot be UTF-8 encoded (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+#: Text without control characters, with at least one character that is not
+#: a space (what a path or an array name can honestly hold).
+PATH_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+
+
+def _json_int(value: Any) -> Any:
+    """JSON integers: 5 and 5.0 are integers; "5" and true are not."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise ValueError("Input should be a valid integer (a JSON number, not a string or "
+                         "boolean)")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+
+
+class Source(BaseModel):
+    """Where the matrix is: a Zarr array, or a group plus the array's path in it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Text = Field(
+        min_length=1, max_length=4096, pattern=PATH_PATTERN,
+        description="Absolute path or file:// URL inside a data root, a path relative to the "
+                    "first data root, or s3://bucket/key inside a configured bucket prefix.",
+        examples=["matrices/A.zarr"])
+    array: Text | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=PATH_PATTERN,
+        description="Path of the array inside the group at `url` (null when `url` is an array "
+                    "or a group holding exactly one array).")
+
+
+class JobCreate(BaseModel):
+    """A truncated SVD job.
+
+    ``n_oversamples`` is clipped to ``min(m, n) - rank`` when the sum would
+    exceed the matrix's smaller dimension (a note on the job says so);
+    ``rank > min(m, n)`` is refused with 422.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": {"url": "matrices/A.zarr", "array": None}, "rank": 20, "method": "auto",
+         "n_oversamples": 10, "n_iter": 2, "center": False, "random_state": 0}]})
+
+    source: Source
+    rank: JsonInt = Field(strict=True, ge=1, le=100_000,
+                      description="Number of singular triplets to compute (k >= 1).")
+    method: Literal["auto", "exact", "randomized"] = Field(
+        default="auto",
+        description="`exact` (TSQR: every singular value), `randomized` (Halko et al.), "
+                    "or `auto` (exact for narrow matrices, randomized otherwise).")
+    n_oversamples: JsonInt = Field(default=10, strict=True, ge=0, le=10_000,
+                               description="Extra sketch columns p (randomized).")
+    n_iter: JsonInt = Field(default=2, strict=True, ge=0, le=50,
+                        description="Power iterations q (randomized); q + 2 passes over A.")
+    center: bool = Field(default=False, strict=True,
+                         description="Subtract column means first (PCA), implicitly.")
+    random_state: JsonInt = Field(default=0, strict=True, ge=0, le=2**32 - 1,
+                              description="Seed of the random test matrix.")
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    phase: str = Field(description="stats+qr, power, range, project, factor or write")
+    pass_: int = Field(alias="pass", description="Pass over A this step belongs to.")
+    passes: int = Field(description="Passes over A the job makes.")
+    done: int = Field(description="Panels finished in this step.")
+    total: int = Field(description="Panels in this step.")
+
+
+class JobError(BaseModel):
+    type: ErrorType
+    message: str
+
+
+class JobResult(BaseModel):
+    url: str = Field(description="Storage URL of result.zarr (for readers sharing storage).")
+    http: str = Field(description="The result group served read-only over HTTP.")
+    shape: list[int]
+    rank: int
+    method: str
+
+
+class JobLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self")
+    report: str
+    result: str
+    cancel: str
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    state: JobState
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    attempt: int
+    request: JobCreate
+    progress: Progress | None = None
+    error: JobError | None = None
+    notes: list[str] = Field(default_factory=list)
+    result: JobResult | None = None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` to get the next (older) page.")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending input, e.g. `body.rank`.")
+    message: str = Field(description="What was expected.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["https://svdserve.dev/problems/validation-error"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    ready: bool
+    scheduler: str
+    workers: int
+
+
+Report = dict[str, Any]

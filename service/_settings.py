@@ -1,0 +1,209 @@
+"""Settings of the job service: one validated object read from ``SVDSERVE_*``.
+
+This is the only module of :mod:`svdserve.service` that reads the process
+environment. Every other module receives a :class:`Settings` instance.
+
+Lists are given as comma-separated strings (or JSON lists); mappings as
+JSON objects::
+
+    SVDSERVE_DATA_ROOTS=/srv/matrices,s3://lab-bucket/matrices
+    SVDSERVE_STORAGE_OPTIONS='{"key": "...", "secret": "..."}'
+    SVDSERVE_TOKENS=alice:s3cret-a,bob:s3cret-b
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "TENANT_PATTERN"]
+
+#: A tenant name is used as a directory name under the results root.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+_S3 = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,62})(?:/(?P<prefix>.*))?$")
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+def _normalise_root(root: str) -> str:
+    """A data or results root as an absolute local path or ``s3://bucket[/prefix]``."""
+    root = root.strip()
+    if root.startswith("s3://"):
+        match = _S3.match(root.rstrip("/"))
+        if match is None:
+            raise ValueError(f"{root!r} is not a valid s3://bucket[/prefix] root")
+        prefix = (match["prefix"] or "").strip("/")
+        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+            raise ValueError(f"{root!r}: the prefix must not hold empty, '.' or '..' segments")
+        return f"s3://{match['bucket']}" + (f"/{prefix}" if prefix else "")
+    if root.startswith("file://"):
+        root = root[len("file://"):]
+    if "://" in root:
+        raise ValueError(
+            f"{root!r}: roots must be local directories, file:// URLs or s3://bucket/prefix")
+    return os.path.realpath(os.path.expanduser(root))
+
+
+class Settings(BaseSettings):
+    """Configuration of ``svdserve serve``; every field is ``SVDSERVE_<NAME>``.
+
+    Parameters
+    ----------
+    host, port : str, int, default="127.0.0.1", 8000
+        Where ``svdserve serve`` listens (``--host``/``--port`` override).
+    scheduler : str or None, default=None
+        Address of a running Dask scheduler (``tcp://host:8786``). None starts
+        an embedded ``LocalCluster`` in the service's lifespan.
+    n_workers : int, default=2
+        Workers of the embedded cluster.
+    threads_per_worker : int, default=1
+        Threads per embedded worker.
+    worker_processes : bool, default=True
+        Embedded workers run in their own processes (False: threads of the
+        service process; only sensible for tests).
+    data_roots : list of str, default=["./data"]
+        Where sources may be read: local directories and/or
+        ``s3://bucket/prefix``. Relative source paths resolve against the first.
+    storage_options : dict, default={}
+        fsspec options for ``s3://`` data and results (credentials, ...).
+    s3_endpoint : str or None, default=None
+        S3-compatible endpoint URL (MinIO, moto); merged into the options as
+        ``endpoint_url``.
+    results_root : str, default="./results"
+        Where results are written: ``{results_root}/{tenant}/{job}/{attempt}/result.zarr``.
+    database : str, default="./svdserve.sqlite"
+        Path of the SQLite job store.
+    tokens : secret str or None, default=None
+        ``tenant:token,tenant:token``; when tokens (or a tokens file) are
+        configured every route except ``/v1/health`` needs a bearer token.
+    tokens_file : path or None, default=None
+        A file of ``tenant:token`` lines (``#`` comments allowed).
+    max_concurrent_jobs : int, default=2
+        Jobs running at once; the rest wait in the queue in submission order.
+    max_queued_jobs : int, default=100
+        Queue capacity; a submission beyond it is answered 429 with Retry-After.
+    max_attempts : int, default=3
+        A job interrupted by service restarts this many times is failed.
+    panel_bytes : int or None, default=None
+        Panel byte budget passed to the core (None: its default, 128 MiB).
+    max_body_bytes : int, default=65536
+        Larger request bodies are refused with 413.
+    progress_interval : float, default=0.2
+        Least seconds between two progress writes of one job (phase changes
+        and the last panel of a phase are always written).
+    connect_timeout : float, default=30
+        Seconds to wait for the scheduler when connecting (retried in the
+        background until it answers).
+    no_workers_timeout : float, default=60
+        Seconds a running job waits while the cluster has no worker at all
+        before it fails with ``worker_lost``.
+    log_level : str, default="info"
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SVDSERVE_", extra="ignore",
+                                      validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    scheduler: str | None = None
+    n_workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    worker_processes: bool = True
+    data_roots: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["./data"])
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    s3_endpoint: str | None = None
+    results_root: str = "./results"
+    database: str = "./svdserve.sqlite"
+    tokens: SecretStr | None = None
+    tokens_file: Path | None = None
+    max_concurrent_jobs: int = Field(default=2, ge=1)
+    max_queued_jobs: int = Field(default=100, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
+    panel_bytes: int | None = Field(default=None, ge=1)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    progress_interval: float = Field(default=0.2, ge=0)
+    connect_timeout: float = Field(default=30.0, gt=0)
+    no_workers_timeout: float = Field(default=60.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("scheduler", "s3_endpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _parse_roots(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("data_roots")
+    @classmethod
+    def _normalise_roots(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one data root is needed")
+        return [_normalise_root(root) for root in value]
+
+    @field_validator("results_root")
+    @classmethod
+    def _normalise_results(cls, value: str) -> str:
+        return _normalise_root(value)
+
+    @field_validator("database")
+    @classmethod
+    def _normalise_database(cls, value: str) -> str:
+        return os.path.realpath(os.path.expanduser(value))
+
+    @model_validator(mode="after")
+    def _check_tokens(self) -> Settings:
+        self.tenant_tokens()  # raises ValueError on a malformed entry
+        return self
+
+    # ------------------------------------------------------------------ derived
+    def tenant_tokens(self) -> list[tuple[str, str]]:
+        """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`."""
+        entries: list[str] = []
+        if self.tokens is not None:
+            entries += [e for e in self.tokens.get_secret_value().split(",") if e.strip()]
+        if self.tokens_file is not None:
+            for line in Path(self.tokens_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    entries.append(line)
+        pairs = []
+        for entry in entries:
+            tenant, sep, token = entry.strip().partition(":")
+            if not sep or not token or not TENANT_PATTERN.match(tenant):
+                raise ValueError(
+                    "tokens must be 'tenant:token' entries with tenant names of letters, "
+                    "digits, '_', '.', '-' (the token itself is not shown here)")
+            pairs.append((tenant, token))
+        return pairs
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tenant_tokens())
+
+    def fs_options(self) -> dict[str, Any]:
+        """fsspec options for ``s3://`` data and results."""
+        options = dict(self.storage_options)
+        if self.s3_endpoint:
+            options.setdefault("endpoint_url", self.s3_endpoint)
+        return options
+
+    @property
+    def local_data_roots(self) -> list[str]:
+        return [r for r in self.data_roots if not r.startswith("s3://")]
