@@ -1,0 +1,82 @@
+"""A matrix at least 4× the cluster's total worker memory, decomposed without a worker dying.
+
+    .venv/bin/python bench/out_of_core.py                       # 1,000,000 × 500 (3.7 GiB), 2 × 450 MiB workers
+    .venv/bin/python bench/out_of_core.py --rows 2000000        # larger
+
+The workers get a hard memory limit (the nanny kills a worker past 95 % of
+it, and pauses one past 80 %). Both methods run with small panels; the run
+reports each method's wall time, the peak RSS of each worker, the limit, and
+whether any worker was restarted or paused. Not a test: it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import RSSSampler, ensure_matrix, fmt_table, timed  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--cols", type=int, default=500)
+    ap.add_argument("--rank", type=int, default=20)
+    ap.add_argument("--chunk-rows", type=int, default=4096)
+    ap.add_argument("--memory-limit-mib", type=int, default=450)
+    ap.add_argument("--panel-mib", type=int, default=16)
+    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
+    args = ap.parse_args(argv)
+
+    from distributed import Client, LocalCluster
+
+    from svdserve.worker import svd
+
+    m, n = args.rows, args.cols
+    os.makedirs(args.workdir, exist_ok=True)
+    path = os.path.join(args.workdir, f"A_{m}x{n}.zarr")
+    size_mib = m * n * 8 / 2**20
+    # Generate with roomy workers, then decompose on tight ones.
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cl, \
+            Client(cl) as c:
+        ensure_matrix(path, m, n, args.chunk_rows, c)
+
+    limit = args.memory_limit_mib * 2**20
+    rows = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=limit,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        total_limit = 2 * args.memory_limit_mib
+        print(f"matrix {size_mib:.0f} MiB; cluster memory limit {total_limit} MiB "
+              f"({size_mib / total_limit:.1f}× smaller than the matrix)", flush=True)
+        workers0 = set(client.scheduler_info()["workers"])
+        for method in ("exact", "randomized"):
+            paused = set()
+
+            def watch(done, total, phase):
+                for addr, w in client.scheduler_info()["workers"].items():
+                    if w.get("status") == "paused":
+                        paused.add(addr)
+
+            with RSSSampler(client, interval=0.1) as rss:
+                res, sec = timed(lambda: svd(path, args.rank, method=method, client=client,
+                                             panel_bytes=args.panel_mib * 2**20,
+                                             progress=watch))
+            workers = set(client.scheduler_info()["workers"])
+            peaks = sorted(v / 2**20 for v in rss.peak.values())
+            rows.append([method, f"{sec:.1f}", res.passes,
+                         " / ".join(f"{p:.0f}" for p in peaks), args.memory_limit_mib,
+                         "no" if workers == workers0 else "YES", "yes" if paused else "no"])
+            print(rows[-1], flush=True)
+    print()
+    print(f"Matrix {m:,} × {n} float64 = {size_mib:,.0f} MiB; 2 workers × 1 thread, "
+          f"{args.memory_limit_mib} MiB limit each ({size_mib / total_limit:.1f}× the cluster's "
+          f"memory); panels of {args.panel_mib} MiB.")
+    print()
+    print(fmt_table(rows, ["method", "wall s", "passes", "peak RSS per worker MiB",
+                           "limit MiB", "worker restarted", "worker paused"]))
+
+
+if __name__ == "__main__":
+    main()
