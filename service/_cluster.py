@@ -115,7 +115,7 @@ class Cluster:
         await self._close_clients()
         self._task = asyncio.create_task(self._connect_forever())
 
-    async def probe(self, timeout: float = 5.0) -> tuple[bool, int]:
+    async def probe(self, timeout: float = 2.0) -> tuple[bool, int]:
         """``(scheduler reachable, number of workers)``."""
         await self.check()
         if not self.connected.is_set() or self.aclient is None:

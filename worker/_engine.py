@@ -161,9 +161,6 @@ class _Engine:
         self.timings[phase.name] = self.timings.get(phase.name, 0.0) + time.perf_counter() - t0
         return handles
 
-    def map_handles(self, fn, handles, *args):
-        return [self.submit(fn, h, *args) for h in handles]
-
     def tree(self, leaves, merge):
         """Binary reduction tree over ``leaves`` in panel order.
 
@@ -245,15 +242,23 @@ class DaskEngine(_Engine):
         return self.client.submit(fn, *args, pure=False)
 
     def gather(self, handles):
-        self.completed_all(handles)
-        try:
-            return self.client.gather(handles)
-        except Exception as exc:  # noqa: BLE001 - mapped to a typed error
-            _reraise(exc)
-
-    def completed_all(self, handles):
-        for _ in self.completed(handles):
-            pass
+        # A finished future can still be lost (its worker killed) before its
+        # value arrives; a plain client.gather would then wait forever on an
+        # empty cluster. Fetch with a short timeout, back under the watchdog.
+        out = [None] * len(handles)
+        pending = dict(enumerate(handles))
+        while pending:
+            for _ in self.completed(list(pending.values())):
+                pass
+            for i, fut in list(pending.items()):
+                try:
+                    out[i] = fut.result(timeout=max(self.poll, 0.5))
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - mapped to a typed error
+                    _reraise(exc)
+                del pending[i]
+        return out
 
     def completed(self, handles):
         remaining = dict(enumerate(handles))

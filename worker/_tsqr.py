@@ -115,10 +115,6 @@ def centre_correction(r, s, w, m):
     return rc, to_basis
 
 
-def _leaf_kernel(block, with_ones):
-    return tsqr_leaf(block, with_ones)
-
-
 def exact_svd(run, k):
     """Exact rank-k SVD of the tall view by TSQR (2 passes).
 
@@ -134,7 +130,7 @@ def exact_svd(run, k):
     (n,)), ``v`` (ndarray of shape (n, k), right factor of the tall view).
     """
     eng = run.engine
-    leaves = run.first_pass("stats+qr", _leaf_kernel, lambda i: (run.center,))
+    leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
     t_factor = run.phase("factor", reads=False)
     root, nodes = tsqr_up(eng, leaves)
     if run.center:
