@@ -223,7 +223,7 @@ class DaskEngine(_Engine):
         recomputed by the scheduler from lineage).
     """
 
-    def __init__(self, client, *, no_workers_timeout=60.0, poll=0.05):
+    def __init__(self, client, *, no_workers_timeout=60.0, poll=0.01):
         super().__init__()
         self.client = client
         self.no_workers_timeout = float(no_workers_timeout)
