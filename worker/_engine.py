@@ -274,7 +274,11 @@ class DaskEngine(_Engine):
                 fut = remaining.pop(i)
                 if fut.status != "finished":
                     try:
-                        fut.result()
+                        fut.result(timeout=max(self.poll, 0.5))
+                    except TimeoutError:
+                        # Its worker died since the check: pending again.
+                        remaining[i] = fut
+                        continue
                     except Exception as exc:  # noqa: BLE001
                         _reraise(exc)
                 yield i
