@@ -136,8 +136,8 @@ class _Engine:
         kernel : callable
             ``kernel(block, *args_for(i))``.
         on_result : callable, optional
-            ``on_result(i, small)`` with the gathered small part, as each
-            panel finishes (used for early NaN detection).
+            ``on_result(i, handle)`` as panel ``i`` finishes, before progress
+            is reported (used for early NaN detection).
 
         Returns
         -------

@@ -89,26 +89,27 @@ class Run:
         """
         eng = self.engine
         phase = self.phase(name)
-        stats_h = {}
+        stats = {}
 
         def check(i, handle):
-            h = eng.part(handle, 0, "stats", "finite")
-            if not eng.gather([h])[0]:
+            # The statistics are small (two n-vectors): fetch them as each
+            # panel finishes, so a NaN stops the pass without waiting for it.
+            s = eng.gather([eng.part(handle, 0, "stats")])[0]
+            if not s["finite"]:
                 start, stop = self.bounds[i]
                 what = "columns" if self.wide else "rows"
                 raise NonFiniteError(
                     f"the matrix holds NaN or Inf values in {what} {start}:{stop} "
                     f"(panel {i + 1} of {len(self.panels)}); clean or impute them, then resubmit.",
                     rows=(start, stop))
-            stats_h[i] = eng.part(handle, 0, "stats")
+            stats[i] = s
 
         handles = eng.run_pass(phase, self.panels, with_stats(kernel), args_for,
                                center_rows=self.center_rows, progress=self.progress,
                                on_result=check)
-        stats = eng.gather([stats_h[i] for i in range(len(handles))])
         merged = stats[0]
-        for s in stats[1:]:
-            merged = merge_stats(merged, s)
+        for i in range(1, len(handles)):
+            merged = merge_stats(merged, stats[i])
         self.stats = merged
         if self.center_rows:
             means = eng.gather([eng.part(h, 2) for h in handles])
