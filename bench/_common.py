@@ -14,6 +14,21 @@ import numpy as np
 RANK_TRUE = 50  # rank of the low-rank part of the generated matrix
 
 
+def add_matrix_args(ap, *, rows, cols):
+    """The generated matrix's flags, shared by every benchmark."""
+    ap.add_argument("--rows", type=int, default=rows)
+    ap.add_argument("--cols", type=int, default=cols)
+    ap.add_argument("--rank", type=int, default=20)
+    ap.add_argument("--chunk-rows", type=int, default=4096)
+    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
+
+
+def matrix_path(args, rows=None):
+    """Where the generated ``rows × args.cols`` matrix lives (created on demand)."""
+    os.makedirs(args.workdir, exist_ok=True)
+    return os.path.join(args.workdir, f"A_{rows or args.rows}x{args.cols}.zarr")
+
+
 def _block(block_id, rows, n, seed, noise):
     rng = np.random.default_rng([seed, block_id])
     vt = np.random.default_rng([seed, 10**9]).standard_normal((RANK_TRUE, n)) / np.sqrt(n)

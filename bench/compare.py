@@ -26,16 +26,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RSSSampler, ensure_matrix, fmt_table, timed  # noqa: E402
+from _common import RSSSampler, add_matrix_args, ensure_matrix, fmt_table, matrix_path, timed  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--cols", type=int, default=500)
-    ap.add_argument("--rank", type=int, default=20)
-    ap.add_argument("--chunk-rows", type=int, default=4096)
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
+    add_matrix_args(ap, rows=1_000_000, cols=500)
     ap.add_argument("--memory-limit", default="6GiB", help="per worker")
     ap.add_argument("--skip-memory", action="store_true", help="skip sklearn/NumPy in memory")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the m/4 RSS run")
@@ -48,8 +44,7 @@ def main(argv=None):
     from svdserve.worker import svd
 
     m, n, k = args.rows, args.cols, args.rank
-    os.makedirs(args.workdir, exist_ok=True)
-    path = os.path.join(args.workdir, f"A_{m}x{n}.zarr")
+    path = matrix_path(args)
     rows = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
@@ -105,7 +100,7 @@ def main(argv=None):
         scaling = []
         if not args.skip_scaling:
             m4 = m // 4
-            path4 = os.path.join(args.workdir, f"A_{m4}x{n}.zarr")
+            path4 = matrix_path(args, m4)
             ensure_matrix(path4, m4, n, args.chunk_rows, client)
             for method in ("exact", "randomized"):
                 client.run(_gc)

@@ -16,18 +16,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RSSSampler, ensure_matrix, fmt_table, timed  # noqa: E402
+from _common import RSSSampler, add_matrix_args, ensure_matrix, fmt_table, matrix_path, timed  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--cols", type=int, default=500)
-    ap.add_argument("--rank", type=int, default=20)
-    ap.add_argument("--chunk-rows", type=int, default=4096)
+    add_matrix_args(ap, rows=1_000_000, cols=500)
     ap.add_argument("--memory-limit-mib", type=int, default=450)
     ap.add_argument("--panel-mib", type=int, default=16)
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
     args = ap.parse_args(argv)
 
     from distributed import Client, LocalCluster
@@ -35,8 +31,7 @@ def main(argv=None):
     from svdserve.worker import svd
 
     m, n = args.rows, args.cols
-    os.makedirs(args.workdir, exist_ok=True)
-    path = os.path.join(args.workdir, f"A_{m}x{n}.zarr")
+    path = matrix_path(args)
     size_mib = m * n * 8 / 2**20
     # Generate with roomy workers, then decompose on tight ones.
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cl, \

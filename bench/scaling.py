@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import ensure_matrix, fmt_table  # noqa: E402
+from _common import add_matrix_args, ensure_matrix, fmt_table, matrix_path  # noqa: E402
 
 
 def run_once(path, workers, rank, n_iter, panel_bytes, memory_limit):
@@ -54,17 +54,13 @@ def run_once(path, workers, rank, n_iter, panel_bytes, memory_limit):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=400_000)
-    ap.add_argument("--cols", type=int, default=300)
-    ap.add_argument("--rank", type=int, default=20)
+    add_matrix_args(ap, rows=400_000, cols=300)
     ap.add_argument("--n-iter", type=int, default=2)
-    ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--panel-mib", type=int, default=32,
                     help="panel byte budget (more panels balance better across workers)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeat", type=int, default=2, help="runs per worker count; best kept")
     ap.add_argument("--memory-limit", default="4GiB", help="per worker")
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "data"))
     args = ap.parse_args(argv)
 
     from distributed import Client, LocalCluster
@@ -72,8 +68,7 @@ def main(argv=None):
     from svdserve.worker import plan_panels
 
     m, n = args.rows, args.cols
-    os.makedirs(args.workdir, exist_ok=True)
-    path = os.path.join(args.workdir, f"A_{m}x{n}.zarr")
+    path = matrix_path(args)
     t0 = time.perf_counter()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
