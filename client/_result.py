@@ -19,7 +19,7 @@ from . import _lstsq
 from ._errors import StorageError
 from ._pca import PCA
 from ._report import EnergyReport
-from ._storage import is_remote, local_path, open_dask, store_kwargs, write_array
+from ._storage import is_remote, open_dask, store_kwargs, write_array
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
@@ -29,30 +29,21 @@ __all__ = ["SVDResult"]
 
 def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """The result group's ``manifest.json`` (written last by the worker) or StorageError."""
-    if is_remote(url):
-        import fsspec
+    import fsspec
 
-        try:
-            with fsspec.open(url.rstrip("/") + "/manifest.json", "rb", **(storage_options or {})) as f:
-                raw = f.read()
-        except FileNotFoundError as exc:
-            raise StorageError(
-                f"the result at {url!r} has no manifest.json: it is incomplete and will not be read"
-            ) from exc
-        except Exception as exc:  # aiohttp / botocore errors do not share a base class
-            raise StorageError(f"could not read the result at {url!r}: {exc}") from exc
-    else:
-        path = os.path.join(local_path(url), "manifest.json")
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError as exc:
-            raise StorageError(
-                f"the result at {url!r} has no manifest.json: it is incomplete "
-                "(or not a result) and will not be read"
-            ) from exc
-        except OSError as exc:
-            raise StorageError(f"could not read the result at {url!r}: {exc}") from exc
+    # fsspec opens local paths, file:// and remote URLs alike; storage
+    # options only mean something to the remote ones.
+    opts = (storage_options or {}) if is_remote(url) else {}
+    try:
+        with fsspec.open(url.rstrip("/") + "/manifest.json", "rb", **opts) as f:
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"the result at {url!r} has no manifest.json: it is incomplete "
+            "(or not a result) and will not be read"
+        ) from exc
+    except Exception as exc:  # OSError, aiohttp and botocore errors share no base class
+        raise StorageError(f"could not read the result at {url!r}: {exc}") from exc
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
