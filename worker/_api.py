@@ -76,6 +76,21 @@ def _panels_for(src, bounds, engine):
     return list(x.to_delayed().ravel())
 
 
+def _pivot_row(src):
+    """The tall view's first row in float64: the common shift of a centred run.
+
+    Non-finite entries become 0, so a NaN in row 0 is reported for the first
+    panel only, not spread to every panel by the shift.
+    """
+    if src.kind == "dask":
+        row = src.obj[0].compute()
+    else:
+        row = src.obj[0]
+    row = np.asarray(row, dtype=np.float64).copy()
+    row[~np.isfinite(row)] = 0.0
+    return row
+
+
 def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0):
@@ -98,7 +113,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         holds exactly one array).
     method : {"auto", "exact", "randomized"}, default="auto"
         ``exact``: TSQR, 2 passes, the whole spectrum (:mod:`._tsqr`).
-        ``randomized``: Halko et al., ``n_iter + 2`` passes (:mod:`._rsvd`).
+        ``randomized``: Halko et al., ``n_iter + 1`` passes (:mod:`._rsvd`).
         ``auto``: exact when ``min(m, n) <= 2048`` or the sketch would be
         at least half the short side, else randomized.
     n_oversamples : int, default=10
@@ -107,7 +122,11 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     n_iter : int, default=2
         Power iterations (randomized only), one pass over A each.
     center : bool, default=False
-        Subtract column means first (PCA), implicitly, at no extra pass.
+        Subtract column means first (PCA), implicitly, at no extra pass and
+        as accurately as if the centred matrix had been given: panels are
+        shifted by the first row before any arithmetic, so the column
+        offsets (1e8 on data of spread 1e-3, say) never enter a rounding
+        error.
     random_state : int, default=0
         Seed of the Gaussian test matrix. Same seed, same input and same
         panel plan give the same factors on any number of workers.
@@ -180,10 +199,12 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     m_t, n_t = src.tall_shape
     chunk = src.tall_chunk if src.kind == "zarr" else 1
     bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
-    passes = 2 if resolved == "exact" else q + 2
+    passes = 2 if resolved == "exact" else q + 1
+    center_cols = center and not src.wide
     run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
-              center=center and not src.wide, center_rows=center and src.wide,
-              passes=passes, progress=progress, wide=src.wide)
+              center=center_cols, center_rows=center and src.wide,
+              passes=passes, progress=progress, wide=src.wide,
+              pivot=_pivot_row(src) if center_cols else None)
     if resolved == "exact":
         fac = exact_svd(run, k)
     else:
@@ -230,9 +251,9 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     mean = None
     if center:
         mean = run.row_means if src.wide else run.mean
-    total = run.total_energy
-    report = energy_report(sigma, total, shape=(m, n), method=resolved, center=center,
-                           s_all=fac["s_all"])
+    report = energy_report(sigma, run.total_sumsq, shape=(m, n), method=resolved,
+                           center=center, s_all=fac["s_all"], sigma_b=fac.get("sigma_b"),
+                           resid_ss=fac.get("resid_ss"))
     timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
     timings["total"] = round(time.perf_counter() - t_start, 6)
     report.update({"passes": n_passes, "n_oversamples": p, "n_iter": q,

@@ -1,12 +1,24 @@
 """Energy report of a truncated SVD.
 
 Everything is derived from the singular values and the total energy
-‖A‖_F² (or the total variance ‖A − 1μᵀ‖_F² when centred) measured exactly in
-the first pass. For orthonormal U, V with σ_i = u_iᵀ A v_i the Frobenius
-residual of the rank-r truncation is exactly
-``sqrt(total − Σ_{i≤r} σ_i²)`` (Pythagoras), so the report needs no extra
-pass; by Eckart–Young it is also the best rank-r error when the σ_i are the
-true leading singular values.
+‖A‖_F² (or the total variance ‖A − 1μᵀ‖_F² when centred), measured in the
+first pass as a scaled sum of squares (:func:`~._kernels.sumsq`), so nothing
+over- or underflows for any finite input: fractions are formed from σ/‖A‖_F,
+never from σ², and a quantity whose square is not representable in float64
+(``total_energy``, ``captured_energy``, ``explained_variance`` near 1e±170)
+is reported as null beside its always-finite norm (``frobenius_norm``).
+
+Residuals ‖A − A_r‖_F are computed without cancellation, never as
+``sqrt(total − Σσ²)`` (which loses half the digits, √ε·‖A‖_F):
+
+- ``exact``: the whole spectrum is known, so the residual of the rank-r
+  truncation is the tail norm sqrt(Σ_{i>r} σ_i²), accumulated from the
+  smallest σ up (:func:`~._kernels.tail_norms`). It is the optimal rank-r
+  error (Eckart–Young), accurate to a few ε·σ₁ in absolute terms (Weyl).
+- ``randomized``: ‖A − QB‖²_F is accumulated per panel in the last pass,
+  and the residual of the returned rank-r factors is
+  sqrt(‖A − QB‖²_F + Σ_{r<i≤l} σ_i(B)²) (Pythagoras: A − QB ⊥ range Q). It
+  is the achieved error of these factors, an upper bound on the optimal one.
 
 The ranks suggested for truncation are the largest ratios σ_r/σ_{r+1}
 (spectral gaps): a subspace is stable under perturbation in proportion to
@@ -19,9 +31,19 @@ import math
 
 import numpy as np
 
+from ._kernels import add_sumsq, sumsq_norm, tail_norms
+
 __all__ = ["energy_report", "ENERGY_LEVELS"]
 
 ENERGY_LEVELS = (0.9, 0.95, 0.99, 0.999)
+
+#: What the ``residual`` of each method means (``residual_kind`` in the report).
+RESIDUAL_KINDS = {
+    "exact": "optimal: the Frobenius error of the rank-r truncated SVD, "
+             "sqrt of the tail Σ_{i>r} σ_i², accurate to a few ε·σ₁",
+    "randomized": "achieved: the exact Frobenius error of the returned rank-r factors, "
+                  "an upper bound on the optimal error",
+}
 
 
 def _f(x):
@@ -29,22 +51,51 @@ def _f(x):
     return x if math.isfinite(x) else None
 
 
-def energy_report(sigma, total, *, shape, method, center, s_all=None, n_gaps=5):
+def _square(x):
+    """x² as a float, or None when it over- or underflows (to inf, 0 or a subnormal)."""
+    sq = float(x) * float(x)
+    if x == 0 or (math.isfinite(sq) and sq >= np.finfo(float).tiny):
+        return sq
+    return None
+
+
+def _residuals(sigma, method, s_all, sigma_b, resid_ss):
+    """‖A − A_r‖_F for r = 1..k (see the module docstring)."""
+    k = sigma.size
+    if method == "exact" and s_all is not None:
+        return tail_norms(s_all)[1 : k + 1]
+    if resid_ss is not None and sigma_b is not None:
+        tails = tail_norms(sigma_b)
+        out = np.empty(k)
+        for r in range(1, k + 1):
+            t = tails[r] if r < tails.size else 0.0
+            e = math.frexp(t)[1] if t > 0 else 0
+            out[r - 1] = sumsq_norm(add_sumsq(resid_ss, (e, (math.ldexp(t, -e)) ** 2)))
+        return out
+    raise ValueError("a residual needs the whole spectrum (exact) or ‖A − QB‖ (randomized)")
+
+
+def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b=None,
+                  resid_ss=None, n_gaps=5):
     """Build the JSON-serialisable energy report.
 
     Parameters
     ----------
     sigma : ndarray of shape (k,)
         Leading singular values, non-increasing.
-    total : float
-        Total energy measured in pass 1.
+    total_ss : (int, float)
+        Total energy measured in pass 1, a scaled :func:`~._kernels.sumsq` pair.
     shape : (m, n)
         Shape of the input as stored.
     method : {"exact", "randomized"}
     center : bool
     s_all : ndarray of shape (min(m, n),), optional
-        The full spectrum (exact method): gives κ₂ and the numerical rank
-        of A itself rather than of its rank-k part.
+        The full spectrum (exact method): gives κ₂, the numerical rank of A
+        itself rather than of its rank-k part, and the residuals.
+    sigma_b : ndarray of shape (l,), optional
+        Every singular value of B = QᵀA (randomized method).
+    resid_ss : (int, float), optional
+        ‖A − QB‖²_F as a scaled pair (randomized method).
     n_gaps : int, default=5
 
     Returns
@@ -55,27 +106,24 @@ def energy_report(sigma, total, *, shape, method, center, s_all=None, n_gaps=5):
     sigma = np.asarray(sigma, dtype=float)
     m, n = shape
     k = sigma.size
-    total = max(float(total), 0.0)
-    sq = sigma**2
-    cum = np.cumsum(sq)
-    # Round-off can push Σσ² a few ulps over the measured total: clip at 0.
-    resid = np.sqrt(np.maximum(total - cum, 0.0))
-    safe = total if total > 0 else 1.0
+    norm = sumsq_norm(total_ss)
+    resid = _residuals(sigma, method, s_all, sigma_b, resid_ss)
+    if norm > 0:
+        ratio = sigma / norm
+        frac = ratio**2
+        cum = np.minimum(np.cumsum(frac), 1.0)
+        rel = resid / norm
+    else:
+        frac = cum = rel = np.zeros(k)
     components = [
-        {
-            "rank": r + 1,
-            "sigma": float(sigma[r]),
-            "energy_fraction": float(sq[r] / safe) if total > 0 else 0.0,
-            "cumulative_fraction": float(min(cum[r] / safe, 1.0)) if total > 0 else 0.0,
-            "residual": float(resid[r]),
-            "relative_residual": float(resid[r] / math.sqrt(safe)) if total > 0 else 0.0,
-        }
+        {"rank": r + 1, "sigma": float(sigma[r]), "energy_fraction": float(frac[r]),
+         "cumulative_fraction": float(cum[r]), "residual": float(resid[r]),
+         "relative_residual": float(rel[r])}
         for r in range(k)
     ]
     ranks = []
-    frac = cum / safe if total > 0 else np.ones(k)
     for level in ENERGY_LEVELS:
-        hit = np.nonzero(frac >= level * (1 - 1e-12))[0]
+        hit = np.nonzero(cum >= level * (1 - 1e-12))[0] if norm > 0 else np.array([-1])
         if hit.size:
             r = int(hit[0]) + 1
             ranks.append({"fraction": level, "rank": r, "more_than_k": False,
@@ -95,11 +143,12 @@ def energy_report(sigma, total, *, shape, method, center, s_all=None, n_gaps=5):
     if spectrum.size > 1:
         upto = min(spectrum.size - 1, max(k, 1))
         num, den = spectrum[:upto], spectrum[1 : upto + 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(den > tol, num / np.where(den > 0, den, 1), np.inf)
-        ratio = np.where(num > tol, ratio, 1.0)  # a gap between two zeros is no gap
-        order = np.argsort(-ratio, kind="stable")[:n_gaps]
-        gaps = [{"rank": int(i) + 1, "ratio": _f(ratio[i])} for i in order if ratio[i] > 1]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            gap = np.where(den > tol, num / np.where(den > 0, den, 1), np.inf)
+        gap = np.where(num > tol, gap, 1.0)  # a gap between two zeros is no gap
+        order = np.argsort(-gap, kind="stable")[:n_gaps]
+        gaps = [{"rank": int(i) + 1, "ratio": _f(gap[i])} for i in order if gap[i] > 1]
+    captured = tail_norms(sigma)[0] if k else 0.0
     report = {
         "shape": [int(m), int(n)],
         "method": method,
@@ -108,8 +157,10 @@ def energy_report(sigma, total, *, shape, method, center, s_all=None, n_gaps=5):
         "singular_values": [float(x) for x in sigma],
         "singular_values_all": None if s_all is None else [float(x) for x in s_all],
         "energy_kind": "total_variance" if center else "sum_of_squares",
-        "total_energy": total,
-        "captured_energy": float(cum[-1]) if k else 0.0,
+        "frobenius_norm": norm,
+        "total_energy": _square(norm),
+        "captured_energy": _square(captured),
+        "residual_kind": RESIDUAL_KINDS[method],
         "components": components,
         "energy_ranks": ranks,
         "numerical_rank": numerical_rank,
@@ -123,6 +174,7 @@ def energy_report(sigma, total, *, shape, method, center, s_all=None, n_gaps=5):
     }
     if center:
         dof = max(m - 1, 1)
-        report["explained_variance"] = [float(x) for x in sq / dof]
-        report["explained_variance_ratio"] = [float(x) / safe if total > 0 else 0.0 for x in sq]
+        report["explained_variance"] = [
+            None if (sq := _square(x)) is None else sq / dof for x in sigma]
+        report["explained_variance_ratio"] = [float(x) for x in frac]
     return report

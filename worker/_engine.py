@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 
 from ._errors import WorkerLostError
-from ._source import read_panel
+from ._kernels import prepare_panel
+from ._source import PanelRef, read_panel
 
 __all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task"]
 
@@ -45,14 +46,17 @@ class Phase(str):
         return (Phase, (self.name, self.pass_no, self.passes))
 
 
-def panel_task(kernel, panel, center_rows, *args):
-    """Read one panel and run ``kernel(block, *args)`` on it.
+def panel_task(kernel, panel, center_rows, shift, *args):
+    """Read one panel, prepare it (:func:`~._kernels.prepare_panel`) and run
+    ``kernel(block, *args)`` on it.
 
     Returns
     -------
     (result, rows_read, row_means)
     """
-    block, row_means = read_panel(panel, center_rows)
+    block = read_panel(panel)
+    owned = isinstance(panel, PanelRef) or block is not panel
+    block, row_means = prepare_panel(block, shift=shift, center_rows=center_rows, owned=owned)
     return kernel(block, *args), block.shape[0], row_means
 
 
@@ -124,7 +128,7 @@ class _Engine:
         """Handle to ``handle[k1][k2]...`` (computed where the value lives)."""
         return self.submit(_pick, handle, *keys)
 
-    def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False,
+    def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False, shift=None,
                  progress=None, on_result=None):
         """Run ``kernel`` on every panel; report progress after each one.
 
@@ -135,6 +139,8 @@ class _Engine:
             Panel arguments (PanelRef, scattered block or delayed block).
         kernel : callable
             ``kernel(block, *args_for(i))``.
+        center_rows, shift :
+            How each panel is prepared (:func:`~._kernels.prepare_panel`).
         on_result : callable, optional
             ``on_result(i, handle)`` as panel ``i`` finishes, before progress
             is reported (used for early NaN detection).
@@ -145,7 +151,7 @@ class _Engine:
         """
         t0 = time.perf_counter()
         self.phase = phase
-        handles = [self.submit(panel_task, kernel, p, center_rows, *args_for(i))
+        handles = [self.submit(panel_task, kernel, p, center_rows, shift, *args_for(i))
                    for i, p in enumerate(panels)]
         rows = [self.part(h, 1) for h in handles]
         try:

@@ -6,14 +6,29 @@ cluster. The graph plumbing lives in :mod:`._engine`; the algorithms that
 chain these kernels into passes live in :mod:`._tsqr` and :mod:`._rsvd`.
 
 Notation: a panel ``a`` is an ``ndarray of shape (rows, n)`` in float64.
+When the tall view is centred (PCA), ``a`` has already been shifted by a
+common pivot row ``p`` (``a = A_i − 1pᵀ``, see :func:`prepare_panel`),
+so that an offset common to all rows never enters a rounding error.
+
+Sums of squares are carried scaled, as LAPACK's ``dlassq`` does: a pair
+``(e, s)`` stands for ``s·4**e`` (see :func:`sumsq`), so ‖A‖²_F of a matrix
+with entries near 1e±300 neither overflows nor underflows.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy.linalg import qr_multiply
 
 __all__ = [
+    "sumsq",
+    "add_sumsq",
+    "scale_sumsq",
+    "sumsq_norm",
+    "tail_norms",
+    "prepare_panel",
     "panel_stats",
     "merge_stats",
     "qr_r",
@@ -23,65 +38,218 @@ __all__ = [
     "tsqr_merge",
     "split_down",
     "power_leaf",
-    "range_leaf",
-    "project_leaf",
+    "sketch_leaf",
+    "sketch_project",
+    "sketch_residual",
+    "sketch_tall",
     "tall_block",
     "orthonormalize",
     "svd_flip_rows",
     "block_argmax",
 ]
 
+#: Rows per block in the blocked loops (keeps temporaries in cache).
+_BLOCK = 1024
+
+
+# --------------------------------------------------------------------------- scaled sums of squares
+
+
+def _normal(e, s):
+    """Renormalise ``s·4**e`` so that ``s`` lies in [0.5, 2) (or is 0)."""
+    if s == 0.0:
+        return (0, 0.0)
+    mant, x = math.frexp(s)
+    if x % 2:
+        mant, x = mant * 2.0, x - 1
+    return (int(e) + x // 2, mant)
+
+
+def sumsq(x, amax=None):
+    """Scaled sum of squares Σx² as ``(e, s)`` with Σx² = s·4**e (LAPACK ``dlassq``).
+
+    Parameters
+    ----------
+    x : ndarray of any shape
+    amax : float, optional
+        An upper bound of max|x| (computed when omitted).
+
+    Returns
+    -------
+    (int, float)
+        ``s`` in [0.5, 2) or 0. Exact scaling by powers of two: within
+        2**±300 the squares are summed unscaled (the common case costs one
+        dot product), outside it ``x`` is first multiplied by 2**-e.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return (0, 0.0)
+    if amax is None:
+        amax = float(np.max(np.abs(x)))
+    if amax == 0.0:
+        return (0, 0.0)
+    if 2.0**-300 < amax < 2.0**300:
+        return _normal(0, _dot_self(x))
+    e = math.frexp(amax)[1]
+    return _normal(e, _dot_self(np.ldexp(x, -e)))
+
+
+def _dot_self(x):
+    """Σx² in one BLAS-speed read (no temporary for 1-D and 2-D input)."""
+    if x.ndim == 2:
+        return float(np.einsum("ij,ij->", x, x))
+    flat = x.reshape(-1)
+    return float(flat @ flat)
+
+
+def add_sumsq(a, b):
+    """Sum of two :func:`sumsq` pairs (exact rescaling by powers of two)."""
+    (ea, sa), (eb, sb) = a, b
+    if sa == 0.0:
+        return (eb, sb)
+    if sb == 0.0:
+        return (ea, sa)
+    e = max(ea, eb)
+    return _normal(e, math.ldexp(sa, 2 * (ea - e)) + math.ldexp(sb, 2 * (eb - e)))
+
+
+def scale_sumsq(a, c):
+    """``c·(Σx²)`` for a :func:`sumsq` pair and a non-negative float ``c``."""
+    e, s = a
+    return _normal(e, s * c)
+
+
+def sumsq_norm(a):
+    """sqrt(Σx²) of a :func:`sumsq` pair: finite whenever the norm is representable."""
+    e, s = a
+    return math.ldexp(math.sqrt(s), e)
+
+
+def tail_norms(s):
+    """``t[r] = ‖s[r:]‖₂`` for r = 0..len(s), without over- or underflow.
+
+    Accumulated from the smallest entry up with a running scale (``dlassq``),
+    so a tail of tiny values is exact to rounding, never the difference of
+    two large sums.
+
+    Parameters
+    ----------
+    s : ndarray of shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (n + 1,)
+    """
+    s = np.abs(np.asarray(s, dtype=np.float64))
+    out = np.zeros(s.size + 1)
+    scale, ssq = 0.0, 0.0
+    for r in range(s.size - 1, -1, -1):
+        v = float(s[r])
+        if v > 0.0:
+            if v > scale:
+                ssq = 1.0 + ssq * (scale / v) ** 2
+                scale = v
+            else:
+                ssq += (v / scale) ** 2
+        out[r] = scale * math.sqrt(ssq)
+    return out
+
+
+# --------------------------------------------------------------------------- panel preparation
+
+
+def prepare_panel(a, *, shift=None, center_rows=False, owned=False):
+    """Shift or row-centre a panel before any kernel sees it.
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n), float64
+    shift : ndarray of shape (n,), optional
+        The pivot row p of a column-centred run: returns ``a − 1pᵀ``. The
+        difference of two nearby floats is exact (Sterbenz) and any other is
+        correctly rounded relative to itself, so a common offset never enters
+        a rounding error again.
+    center_rows : bool
+        Centre each row by its own mean (PCA of a wide matrix, whose tall
+        view has the samples along the rows), shifting by the row's first
+        entry first for the same reason.
+    owned : bool
+        ``a`` is a fresh buffer that may be overwritten.
+
+    Returns
+    -------
+    block : ndarray of shape (rows, n)
+    row_means : ndarray of shape (rows,) or None
+    """
+    if shift is not None:
+        a = np.subtract(a, shift, out=a if owned else None)
+    if not center_rows:
+        return a, None
+    first = a[:, :1].copy()
+    a = np.subtract(a, first, out=a if owned else None)
+    means = a.mean(axis=1)
+    a -= means[:, None]
+    return a, first[:, 0] + means
+
 
 # --------------------------------------------------------------------------- stats
 
 
-def panel_stats(a):
+def _abs_max(a):
+    """max|a| in two reads and no temporary; NaN if ``a`` holds a NaN."""
+    return float(max(a.max(), -a.min())) if a.size else 0.0
+
+
+def panel_stats(a, center=False):
     """First-pass statistics of one panel.
 
     Parameters
     ----------
     a : ndarray of shape (rows, n)
+        The panel (already shifted by the pivot row when ``center``).
+    center : bool
+        Sum the squares about the panel's own column means (total variance)
+        instead of the raw squares.
 
     Returns
     -------
     dict
-        ``finite`` (bool), ``count`` (rows), ``sumsq`` (Σ a_ij²), ``mean``
-        (ndarray of shape (n,)) and ``m2`` (ndarray of shape (n,), the
-        column sums of squares about the panel mean). Means and ``m2`` are
-        merged across panels with :func:`merge_stats` (Chan, Golub & LeVeque
-        1979), which avoids the cancellation of ``Σa² − m μ²``.
+        ``finite`` (bool), ``count`` (rows), ``mean`` (ndarray of shape
+        (n,)), ``amax`` (max|a|), ``center`` and ``ss`` (a :func:`sumsq`
+        pair: Σa², or Σ(a − 1 meanᵀ)² when centred). Merged across panels
+        with :func:`merge_stats` (Chan, Golub & LeVeque 1979), which avoids
+        the cancellation of ``Σa² − m μ²``.
     """
-    finite = bool(np.isfinite(a).all())
-    n = a.shape[1]
-    if not finite or a.shape[0] == 0:
-        return {"finite": finite, "count": a.shape[0], "sumsq": 0.0,
-                "mean": np.zeros(n), "m2": np.zeros(n)}
-    mean = a.mean(axis=0)
-    d = a - mean
-    return {
-        "finite": True,
-        "count": a.shape[0],
-        "sumsq": float(np.einsum("ij,ij->", a, a)),
-        "mean": mean,
-        "m2": np.einsum("ij,ij->j", d, d),
-    }
+    rows, n = a.shape
+    amax = _abs_max(a)
+    out = {"finite": math.isfinite(amax), "count": rows, "mean": np.zeros(n),
+           "amax": amax, "center": bool(center), "ss": (0, 0.0)}
+    if not out["finite"] or rows == 0:
+        return out
+    out["mean"] = a.mean(axis=0)
+    out["ss"] = sumsq(a - out["mean"], 2 * amax) if center else sumsq(a, amax)
+    return out
 
 
 def merge_stats(x, y):
     """Merge two :func:`panel_stats` results (pairwise update of Chan et al.)."""
     na, nb = x["count"], y["count"]
-    n = na + nb
     if na == 0:
         return dict(y)
     if nb == 0:
         return dict(x)
+    n = na + nb
     delta = y["mean"] - x["mean"]
+    ss = add_sumsq(x["ss"], y["ss"])
+    if x["center"]:
+        ss = add_sumsq(ss, scale_sumsq(sumsq(delta), na * nb / n))
     return {
         "finite": x["finite"] and y["finite"],
         "count": n,
-        "sumsq": x["sumsq"] + y["sumsq"],
         "mean": x["mean"] + delta * (nb / n),
-        "m2": x["m2"] + y["m2"] + delta**2 * (na * nb / n),
+        "amax": max(x["amax"], y["amax"]),
+        "center": x["center"],
+        "ss": ss,
     }
 
 
@@ -96,6 +264,14 @@ def _positive_diag(q, r):
     if q is not None:
         q = q * d[None, :]
     return q, r
+
+
+def _with_ones(a):
+    """``[1, a]``: the panel behind a column of ones, in one new buffer."""
+    out = np.empty((a.shape[0], a.shape[1] + 1))
+    out[:, 0] = 1.0
+    out[:, 1:] = a
+    return out
 
 
 def qr_r(a):
@@ -145,82 +321,137 @@ def qr_full(a):
     return _positive_diag(q, r)
 
 
-def tsqr_leaf(a, with_ones):
+def _centred_leaf(r_aug, rows):
+    """Leaf of a centred TSQR from the R factor of ``[1, a]``.
+
+    A Householder QR of ``[1, a]`` = ``[q₀, Q'] [[ρ, ρμᵀ], [0, R]]`` centres
+    the panel stably: ``a − 1μᵀ = Q'R`` with ``Q' ⊥ 1`` to working precision.
+    """
+    return {"r": r_aug[1:, 1:], "mean": r_aug[0, 1:] / r_aug[0, 0], "count": rows}
+
+
+def tsqr_leaf(a, center):
     """Leaf of a TSQR tree (Benson, Gleich & Demmel 2013, Alg. 1).
 
     Parameters
     ----------
     a : ndarray of shape (rows, c)
-    with_ones : bool
-        Also return ``s = Qᵀ1``, the projection of the all-ones vector on the
-        panel's Q factor, used to apply a rank-one centring correction to the
-        finished factorisation (see :func:`svdserve.worker._tsqr.centre_correction`).
+    center : bool
+        Factor the panel centred by its own column means, through the QR
+        of ``[1, a]`` (see :func:`tsqr_merge` for how centred leaves merge).
 
     Returns
     -------
-    dict with ``r`` (ndarray of shape (min(rows, c), c)) and ``s``
-    (ndarray of shape (min(rows, c),) or None).
+    dict with ``r`` (ndarray of shape (r, c)), ``mean`` (ndarray of shape
+    (c,), or None when not centred) and ``count`` (rows).
     """
-    if with_ones:
-        s, r = qr_multiply(a, np.ones((1, a.shape[0])), mode="right")
-        return {"r": r[: min(a.shape)], "s": s[0]}
-    return {"r": qr_r(a), "s": None}
+    if center:
+        return _centred_leaf(qr_r(_with_ones(a)), a.shape[0])
+    return {"r": qr_r(a), "mean": None, "count": a.shape[0]}
 
 
 def tsqr_merge(left, right):
     """Internal TSQR node: QR of two stacked R factors.
 
+    For centred children (Chan, Golub & LeVeque's pairwise update in matrix
+    form) the stack gains the row ``sqrt(n_a n_b / n)·(μ_a − μ_b)ᵀ``: with
+    e = [(n_b/n)·1_a; −(n_a/n)·1_b], ‖e‖² = n_a n_b/n, the two subtrees
+    centred by their common mean are exactly
+    ``[Q_a ⊕ Q_b, e/‖e‖] · [R_a; R_b; ‖e‖(μ_a − μ_b)ᵀ]``, and e ⊥ 1, Q_a, Q_b.
+
     Parameters
     ----------
     left, right : dict
-        Children as returned by :func:`tsqr_leaf` or this function:
-        ``r`` of shape (ra, c) and (rb, c), ``s`` or None.
+        Children as returned by :func:`tsqr_leaf` or this function.
 
     Returns
     -------
-    dict with ``q`` (ndarray of shape (ra + rb, r)) kept for the downward
-    sweep, ``r`` (ndarray of shape (r, c)), ``s`` (ndarray of shape (r,) or
-    None) and ``split`` (ra, the row where the right child starts in ``q``).
+    dict with ``q`` (ndarray of shape (ra + rb [+ 1], r)) kept for the
+    downward sweep, ``r`` (ndarray of shape (r, c)), ``mean``, ``count``,
+    ``split`` ((ra, ra + rb): where the right child and the mean row start
+    in ``q``) and ``coef`` (the constant e/‖e‖ takes on the left and right
+    rows, or None).
     """
-    stacked = np.vstack([left["r"], right["r"]])
-    q, r = qr_full(stacked)
-    s = None
-    if left["s"] is not None:
-        s = q.T @ np.concatenate([left["s"], right["s"]])
-    return {"q": q, "r": r, "s": s, "split": left["r"].shape[0]}
+    ra, rb = left["r"].shape[0], right["r"].shape[0]
+    blocks = [left["r"], right["r"]]
+    mean = coef = None
+    na, nb = left["count"], right["count"]
+    n = na + nb
+    if left["mean"] is not None:
+        delta = left["mean"] - right["mean"]
+        blocks.append(math.sqrt(na * nb / n) * delta[None, :])
+        mean = right["mean"] + delta * (na / n)
+        coef = (math.sqrt(nb / (na * n)), -math.sqrt(na / (nb * n)))
+    q, r = qr_full(np.vstack(blocks))
+    return {"q": q, "r": r, "mean": mean, "count": n, "split": (ra, ra + rb), "coef": coef}
 
 
-def split_down(node, w):
+def split_down(node, wc):
     """Downward sweep of TSQR: coefficients of the children from the parent's.
 
     Parameters
     ----------
     node : dict
         A :func:`tsqr_merge` result.
-    w : ndarray of shape (r, k)
-        Coefficients of the wanted tall factor in the node's Q basis.
+    wc : (ndarray of shape (r, k), ndarray of shape (k,) or None)
+        Coefficients ``w`` of the wanted tall factor in the node's basis,
+        and the constant row ``c`` added to every row below the node
+        (centred trees), so the factor's rows are ``Q_node w + 1cᵀ``.
 
     Returns
     -------
-    (w_left, w_right) : ndarrays of shape (ra, k) and (rb, k)
+    (wc_left, wc_right) : pairs of the same form for the two children.
     """
+    w, c = wc
     qw = node["q"] @ w
-    return qw[: node["split"]], qw[node["split"]:]
+    i, j = node["split"]
+    if node["coef"] is None:
+        return (qw[:i], c), (qw[i:j], c)
+    last = qw[j]
+    return (qw[:i], c + node["coef"][0] * last), (qw[i:j], c + node["coef"][1] * last)
+
+
+def tall_block(a, wc, center):
+    """Rows of the orthonormal tall factor, ``Q_i w + 1cᵀ``, Q_i rebuilt from ``a``.
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, c_in)
+        The same panel (same bits) as the leaf was built from.
+    wc : (ndarray of shape (r_i, k), ndarray of shape (k,) or None)
+        This leaf's pair from the downward sweep (:func:`split_down`).
+    center : bool
+        The leaf was centred (:func:`tsqr_leaf`).
+
+    Returns
+    -------
+    ndarray of shape (rows, k)
+    """
+    w, c = wc
+    if center:
+        t = qr_apply(_with_ones(a), np.vstack([np.zeros((1, w.shape[1])), w]))
+    else:
+        t = qr_apply(a, w)
+    if c is not None:
+        t += c
+    return t
 
 
 # --------------------------------------------------------------------------- randomized
 
 
-def _centred_product(a, g, mu):
-    """(a − 1μᵀ) g without forming the centred panel; ``mu`` may be None."""
-    y = a @ g
-    if mu is not None:
-        y -= mu @ g
-    return y
+def _exponent(x):
+    """e with max|x| < 2**e (0 for an all-zero block): an exact power-of-two scale."""
+    amax = _abs_max(x)
+    return math.frexp(amax)[1] if amax > 0 and math.isfinite(amax) else 0
 
 
 def power_leaf(a, g, mu):
     """One fused power-iteration step on a panel: A_iᵀ (A_i G), centred implicitly.
+
+    The product is returned scaled by a power of two, ``z·2**e``, so that
+    it neither overflows nor underflows for entries near 1e±300 (only the
+    direction of the sum matters: the caller re-orthonormalises it).
 
     Parameters
     ----------
@@ -231,64 +462,118 @@ def power_leaf(a, g, mu):
 
     Returns
     -------
-    ndarray of shape (n, l)
+    dict with ``z`` (ndarray of shape (n, l)) and ``e`` (int): the product is
+    ``z·2**e``.
     """
-    y = _centred_product(a, g, mu)
+    y = a @ g
+    if mu is not None:
+        y -= mu @ g
+    e = _exponent(y)
+    y = np.ldexp(y, -e)
     z = a.T @ y
     if mu is not None:
         z -= np.outer(mu, y.sum(axis=0))
-    return z
+    return {"z": z, "e": e}
 
 
-def range_leaf(a, g, mu, with_ones):
-    """Range-pass leaf: TSQR leaf of Y_i = (A_i − 1μᵀ) G.
+def _residual_sumsq(a, q, c):
+    """‖a − q c‖²_F as a :func:`sumsq` pair, formed block by block (no cancellation)."""
+    acc = (0, 0.0)
+    for s in range(0, a.shape[0], _BLOCK):
+        r = a[s:s + _BLOCK] - q[s:s + _BLOCK] @ c
+        acc = add_sumsq(acc, sumsq(r))
+    return acc
 
-    Returns
-    -------
-    dict as :func:`tsqr_leaf`.
-    """
-    return tsqr_leaf(_centred_product(a, g, mu), with_ones)
 
+def sketch_leaf(a, g, center):
+    """Last randomized pass on one panel: range, local QR and projection in one read.
 
-def project_leaf(a, g, mu, w, c):
-    """Projection-pass leaf: rebuild Q_i of Y = AG and form B_i = Q_iᵀ(A_i − 1μᵀ).
+    Y_i = A_i G is factored locally, Y_i = Q_i R_i (for a centred run the QR of
+    ``[1, Y_i]``, which centres Y stably as in :func:`tsqr_leaf`), and the
+    panel is projected on that local basis, C_i = Q_iᵀA_i. Once the R factors
+    are reduced in a tree, the global basis is Q_i M_i and B = Σ M_iᵀC_i
+    (:func:`sketch_project`). The panel's own residual ‖A_i − Q_iC_i‖²_F is
+    accumulated here; with the second term of :func:`sketch_residual` it
+    gives ‖A − QB‖²_F exactly, with no subtraction of large numbers.
 
     Parameters
     ----------
     a : ndarray of shape (rows, n)
     g : ndarray of shape (n, l)
-    mu : ndarray of shape (n,) or None
-        Means already known when Y was factored (power passes ran first).
-    w : ndarray of shape (min(rows, l), l)
-        This panel's coefficients from the TSQR downward sweep.
-    c : ndarray of shape (l,) or None
-        Rank-one centring correction: Q_i = Q_i^loc w + 1cᵀ.
+    center : bool
 
     Returns
     -------
-    dict with ``q`` (ndarray of shape (rows, l)), ``b`` (ndarray of shape (l, n))
-    and ``qsum`` (ndarray of shape (l,), ``Q_iᵀ1``).
+    dict with ``tree`` (a :func:`tsqr_leaf`-like dict for the R tree),
+    ``q`` (ndarray of shape (rows, l')), ``c`` (ndarray of shape (l', n)),
+    ``ones`` (``Q_iᵀ1``, ndarray of shape (l',)), ``lead`` (the R entry of the
+    ones column, or None) and ``local`` (a :func:`sumsq` pair).
     """
-    q = tall_block(_centred_product(a, g, mu), w, c)
-    return {"q": q, "b": q.T @ a, "qsum": q.sum(axis=0)}
+    y = a @ g
+    q, r = np.linalg.qr(_with_ones(y) if center else y, mode="reduced")
+    c = q.T @ a
+    if center:
+        tree, lead = _centred_leaf(r, a.shape[0]), float(r[0, 0])
+    else:
+        tree, lead = {"r": r, "mean": None, "count": a.shape[0]}, None
+    return {"tree": tree, "q": q, "c": c, "ones": q.sum(axis=0), "lead": lead,
+            "local": _residual_sumsq(a, q, c)}
 
 
-def tall_block(a, w, c):
-    """Rows of an orthonormal tall factor: Q_i^loc w + 1cᵀ, Q_i^loc rebuilt from ``a``.
+def _coefficients(leaf, wc):
+    """M_i with global basis rows Q_i^glob = Q_i M_i (a leading row for the ones column)."""
+    w, c = wc
+    if leaf["lead"] is None:
+        return w
+    return np.vstack([leaf["lead"] * c[None, :], w])
+
+
+def sketch_project(leaf, wc):
+    """This panel's share of B = QᵀA: ``(M_iᵀC_i, M_iᵀ(Q_iᵀ1))``.
+
+    Returns
+    -------
+    (ndarray of shape (l, n), ndarray of shape (l,))
+    """
+    m = _coefficients(leaf, wc)
+    return m.T @ leaf["c"], m.T @ leaf["ones"]
+
+
+def sketch_residual(leaf, wc, b, mu):
+    """This panel's ‖A_i − Q_i^glob B‖²_F as a :func:`sumsq` pair.
+
+    A_i − Q_i M_i B = (A_i − Q_iC_i) + Q_i(C_i − M_i B): two orthogonal terms,
+    the first accumulated in the pass (:func:`sketch_leaf`), the second small.
 
     Parameters
     ----------
-    a : ndarray of shape (rows, c_in)
-    w : ndarray of shape (min(rows, c_in), k)
-    c : ndarray of shape (k,) or None
+    leaf : dict from :func:`sketch_leaf`
+    wc : the leaf's pair from the downward sweep
+    b : ndarray of shape (l, n)
+    mu : ndarray of shape (n,) or None
+        Column means of the (shifted) panel rows, when centred.
+    """
+    c = leaf["c"] if mu is None else leaf["c"] - np.outer(leaf["ones"], mu)
+    return add_sumsq(leaf["local"], sumsq(c - _coefficients(leaf, wc) @ b))
+
+
+def sketch_tall(leaf, wc, uk, const=None):
+    """Rows of the left factor, Q_i M_i Ũ_k (+ 1 constᵀ).
+
+    Parameters
+    ----------
+    uk : ndarray of shape (l, k)
+    const : ndarray of shape (k,), optional
+        A constant row added to every row (the 1/√m direction of a centred
+        basis, see :func:`svdserve.worker._tsqr.with_ones_direction`).
 
     Returns
     -------
     ndarray of shape (rows, k)
     """
-    t = qr_apply(a, w)
-    if c is not None:
-        t += c
+    t = leaf["q"] @ (_coefficients(leaf, wc) @ uk)
+    if const is not None:
+        t += const
     return t
 
 

@@ -4,54 +4,96 @@ Halko, Martinsson & Tropp, "Finding structure with randomness", SIAM Review
 53(2), 2011: Alg. 4.4 (randomized subspace iteration, re-orthonormalised at
 every step) followed by Alg. 5.1 (direct SVD of B = QᵀA).
 
-Passes over A: **q + 2** for ``n_iter = q``.
+Passes over A: **q + 1** for ``n_iter = q``.
 
 - Power pass (×q): each panel is read once for Z_i = A_iᵀ(A_i G); the sum
   Z (n×l) is small and local, and G ← orth(Z) re-orthonormalises it. This
   is the fused form of one step of Alg. 4.4 (the intermediate m×l block
-  A G is never stored).
-- Range pass: Y = A G factored by TSQR (:mod:`._tsqr`), so the basis Q is
-  orthonormal to working precision (no normal equations).
-- Projection pass: each panel rebuilds its Q_i (same bits as the range pass)
-  and contributes B_i = Q_iᵀ A_i; B = Σ B_i (l×n); svd(B) = Ũ Σ Vᵀ. The tall
-  factor U = Q Ũ_k is then formed from the Q_i blocks kept on the workers,
-  without reading A again.
+  A G is never stored). Each Z_i comes scaled by a power of two, so the
+  sum neither overflows nor underflows for entries near 1e±300.
+- Last pass, range and projection fused: each panel computes Y_i = A_i G,
+  its local QR Y_i = Q_i R_i and C_i = Q_iᵀA_i in one read. The R factors are
+  reduced in a TSQR tree (:mod:`._tsqr`), whose downward sweep gives each
+  panel's coefficients M_i of the global orthonormal basis Q_i M_i (never
+  normal equations), and B = Σ M_iᵀC_i (l×n); svd(B) = Ũ Σ Vᵀ, U = Q M Ũ_k
+  from the blocks kept on the workers, without reading A again.
 
-The first pass also measures ‖A‖_F², column means and finiteness. Centring
-(PCA) is implicit: (A − 1μᵀ)G = AG − 1(μᵀG). In the first pass μ is not yet
-known, so it is applied afterwards: to the power sum as
-Aᵀ A G − m μ(μᵀG), or, when ``n_iter=0`` makes the range pass the first one,
-to the TSQR of Y as a rank-one correction (:func:`._tsqr.centre_correction`).
+The first pass also measures ‖A‖_F² (scaled), column means and finiteness.
+Residuals are exact for the returned factors: ‖A − QB‖²_F is accumulated per
+panel as ‖A_i − Q_iC_i‖² + ‖C_i − M_iB‖² (two orthogonal parts, no
+cancellation), and the rank-r residual is sqrt(that + Σ_{r<i≤l} σ_i²).
 
-Memory: a worker holds one panel, O(n·l) for G and Z, and its share of the
-m×l basis Q.
+Centring (PCA) is implicit and exact in one pass. Panels arrive shifted by
+a common pivot row (see :mod:`._tsqr`). A first power pass centres each
+panel by its own mean and adds Σ n_i δ_i δ_iᵀ G with δ_i = μ_i − μ once μ is
+known; later power passes use (A_i − 1μᵀ) directly; the last pass factors
+``[1, Y_i]`` so that the basis is orthogonal to 1 and B needs only μ.
+
+Memory: a worker holds one panel, O(n·l) for G, Z and C_i, and its share of
+the m×l basis Q.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ._kernels import orthonormalize, power_leaf, project_leaf, range_leaf, svd_flip_rows
-from ._tsqr import centre_correction, tsqr_down, tsqr_up
+from ._kernels import (
+    add_sumsq,
+    orthonormalize,
+    power_leaf,
+    sketch_leaf,
+    sketch_project,
+    sketch_residual,
+    sketch_tall,
+    svd_flip_rows,
+)
+from ._tsqr import split_ones_direction, tsqr_down, tsqr_up, with_ones_direction
 
 __all__ = ["randomized_svd"]
 
 
-def _times(q, z):
-    return q @ z
-
-
-def _sum(engine, handles):
-    """Sum small per-panel blocks in panel order (bitwise the same on any cluster)."""
-    parts = engine.gather(handles)
+def _sum(parts):
+    """Sum small blocks in panel order (bitwise the same on any cluster)."""
     total = parts[0].copy()
     for p in parts[1:]:
         total += p
     return total
 
 
+def _sum_scaled(parts):
+    """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e."""
+    e = max(p["e"] for p in parts)
+    return _sum([np.ldexp(p["z"], p["e"] - e) for p in parts]), e
+
+
+def _between_panel_term(stats, mu, g):
+    """Σ n_i δ_i (δ_iᵀ G) with δ_i = μ_i − μ, scaled as ``(t, e)``: t·2**e.
+
+    What the panels' own centring left out of (A − 1μᵀ)ᵀ(A − 1μᵀ)G.
+    """
+    deltas = [s["mean"] - mu for s in stats]
+    amax = max((float(np.max(np.abs(d))) for d in deltas), default=0.0)
+    f = math.frexp(amax)[1] if amax > 0 else 0
+    t = np.zeros((mu.size, g.shape[1]))
+    for s, d in zip(stats, deltas):
+        d = np.ldexp(d, -f)
+        t += s["count"] * np.outer(d, d @ g)
+    return t, 2 * f
+
+
+def _power_sum(parts, extra=None):
+    z, e = _sum_scaled(parts)
+    if extra is not None:
+        t, f = extra
+        top = max(e, f)
+        z = np.ldexp(z, e - top) + np.ldexp(t, f - top)
+    return z
+
+
 def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
-    """Randomized rank-k SVD of the tall view (n_iter + 2 passes).
+    """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
 
     Parameters
     ----------
@@ -68,54 +110,57 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
     -------
     dict with ``t`` (handles to ndarray of shape (rows_i, k)), ``sigma``
     (ndarray of shape (k,)), ``v`` (ndarray of shape (n, k)), ``l`` (sketch
-    width used) and ``s_all`` (None: the spectrum beyond l is not computed).
+    width used), ``s_all`` (None: the spectrum beyond l is not computed),
+    ``sigma_b`` (every singular value of B, ndarray of shape (l,)) and
+    ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq` pair).
     """
     eng = run.engine
-    m, n = run.m, run.n
+    n = run.n
     ell = min(k + n_oversamples, n)
     rng = np.random.default_rng(random_state)
     g = orthonormalize(rng.standard_normal((n, ell)))
 
-    mu_y = None  # the means applied inside Y = (A − 1μᵀ)G, once known
     for it in range(n_iter):
         g_h = eng.scatter(g)
         if it == 0:
-            outs = run.first_pass("power", power_leaf, lambda i: (g_h, None))
-            z = _sum(eng, outs)
+            outs = run.first_pass("power", power_leaf, lambda i: (g_h,), local_mean=True)
+            extra = None
             if run.center:
-                mu = run.mean
-                z -= m * np.outer(mu, mu @ g)
+                extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
+            z = _power_sum(eng.gather(outs), extra)
         else:
-            outs = [eng.part(h, 0) for h in run.run_pass("power", power_leaf,
-                                                           lambda i: (g_h, run.mean))]
-            z = _sum(eng, outs)
+            mu_h = eng.scatter(run.shifted_mean) if run.center else None
+            handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h))
+            z = _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
         g = orthonormalize(z)
-    if n_iter > 0:
-        mu_y = run.mean
 
     g_h = eng.scatter(g)
-    correct = run.center and mu_y is None
     if n_iter == 0:
-        leaves = run.first_pass("range", range_leaf, lambda i: (g_h, None, correct))
+        leaves = run.first_pass("range+project", sketch_leaf, lambda i: (g_h, run.center))
     else:
         leaves = [eng.part(h, 0) for h in run.run_pass(
-            "range", range_leaf, lambda i: (g_h, mu_y, correct))]
-    root, nodes = tsqr_up(eng, leaves)
-    if correct:
-        _, to_basis = centre_correction(root["r"], root["s"], g.T @ run.mean, m)
-        w_root, c = to_basis(np.eye(ell))
-    else:
-        w_root, c = np.eye(root["r"].shape[0], ell), None
-    ws = tsqr_down(eng, nodes, len(run.panels), w_root)
-
-    handles = run.run_pass("project", project_leaf, lambda i: (g_h, mu_y, ws[i], c))
-    b = _sum(eng, [eng.part(h, 0, "b") for h in handles])
-    if run.center:
-        b -= np.outer(_sum(eng, [eng.part(h, 0, "qsum") for h in handles]), run.mean)
+            "range+project", sketch_leaf, lambda i: (g_h, run.center))]
+    phase = run.phase("factor", reads=False)
+    root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
+    width = root["r"].shape[0]
+    ws = tsqr_down(eng, nodes, len(leaves), np.eye(width),
+                   np.zeros(width) if run.center else None)
+    shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
+    b = _sum([s[0] for s in shares])
+    mu = run.shifted_mean if run.center else None
+    if mu is not None:
+        b -= np.outer(_sum([s[1] for s in shares]), mu)
+    b_h, mu_h = eng.scatter(b), eng.scatter(mu)
+    resid = (0, 0.0)
+    for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)
+                            for h, w in zip(leaves, ws)]):
+        resid = add_sumsq(resid, part)
+    b, extra = with_ones_direction(b, k, run.center)
     u_b, sigma, vt = np.linalg.svd(b, full_matrices=False)
     u_b, vt = svd_flip_rows(u_b, vt)
-    phase = run.phase("factor", reads=False)
-    uk = eng.scatter(u_b[:, :k])
-    t = [eng.submit(_times, eng.part(h, 0, "q"), uk) for h in handles]
+    uk, const = split_ones_direction(u_b[:, :k], extra, run.m, run.center)
+    uk_h, const_h = eng.scatter(uk), eng.scatter(const)
+    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)]
     run.report(phase, 1, 1)
-    return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None}
+    return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None,
+            "sigma_b": sigma, "resid_ss": resid}

@@ -15,22 +15,27 @@ from ._kernels import merge_stats, panel_stats
 __all__ = ["Run", "with_stats"]
 
 
-def with_stats(kernel):
+def with_stats(kernel, *, center=False, local_mean=False):
     """Wrap a first-pass kernel so it also returns :func:`panel_stats`.
 
     A panel holding NaN/Inf skips the kernel (LAPACK must not see it).
+    With ``local_mean`` the kernel gets the panel's own column means (or
+    None when not centring) as its last argument.
     """
-    return _WithStats(kernel)
+    return _WithStats(kernel, center, local_mean)
 
 
 class _WithStats:
-    def __init__(self, kernel):
-        self.kernel = kernel
+    def __init__(self, kernel, center, local_mean):
+        self.kernel, self.center, self.local_mean = kernel, center, local_mean
 
     def __call__(self, block, *args):
-        stats = panel_stats(block)
-        out = self.kernel(block, *args) if stats["finite"] else None
-        return {"stats": stats, "out": out}
+        stats = panel_stats(block, self.center)
+        if not stats["finite"]:
+            return {"stats": stats, "out": None}
+        if self.local_mean:
+            args = (*args, stats["mean"] if self.center else None)
+        return {"stats": stats, "out": self.kernel(block, *args)}
 
 
 class Run:
@@ -54,16 +59,23 @@ class Run:
     wide : bool
         The stored matrix is the transpose of the tall view (row ranges in
         error messages are then column ranges of the stored matrix).
+    pivot : ndarray of shape (n,), optional
+        With ``center``: the common row every panel is shifted by before any
+        arithmetic (the tall view's first row), so that the column offsets
+        never enter a rounding error.
     """
 
     def __init__(self, engine, panels, bounds, tall_shape, *, center, center_rows,
-                 passes, progress, wide):
+                 passes, progress, wide, pivot=None):
         self.engine, self.panels, self.bounds = engine, panels, bounds
         self.m, self.n = tall_shape
         self.center, self.center_rows = center, center_rows
         self.passes, self.progress, self.wide = passes, progress, wide
+        self.pivot = pivot if center else None
+        self._shift = engine.scatter(self.pivot) if self.pivot is not None else None
         self.pass_no = 0
         self.stats = None
+        self.panel_stats = None
         self.row_means = None
 
     def phase(self, name, reads=True):
@@ -78,9 +90,10 @@ class Run:
     def run_pass(self, name, kernel, args_for=lambda i: ()):
         """A pass over A; returns per-panel handles to ``(result, rows, row_means)``."""
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
-                                    center_rows=self.center_rows, progress=self.progress)
+                                    center_rows=self.center_rows, shift=self._shift,
+                                    progress=self.progress)
 
-    def first_pass(self, name, kernel, args_for=lambda i: ()):
+    def first_pass(self, name, kernel, args_for=lambda i: (), *, local_mean=False):
         """Pass 1: the kernel plus statistics; stops at the first non-finite panel.
 
         Returns
@@ -104,12 +117,14 @@ class Run:
                     rows=(start, stop))
             stats[i] = s
 
-        handles = eng.run_pass(phase, self.panels, with_stats(kernel), args_for,
-                               center_rows=self.center_rows, progress=self.progress,
-                               on_result=check)
-        merged = stats[0]
-        for i in range(1, len(handles)):
-            merged = merge_stats(merged, stats[i])
+        handles = eng.run_pass(phase, self.panels,
+                               with_stats(kernel, center=self.center, local_mean=local_mean),
+                               args_for, center_rows=self.center_rows, shift=self._shift,
+                               progress=self.progress, on_result=check)
+        self.panel_stats = [stats[i] for i in range(len(handles))]
+        merged = self.panel_stats[0]
+        for s in self.panel_stats[1:]:
+            merged = merge_stats(merged, s)
         self.stats = merged
         if self.center_rows:
             means = eng.gather([eng.part(h, 2) for h in handles])
@@ -117,13 +132,17 @@ class Run:
         return [eng.part(h, 0, "out") for h in handles]
 
     @property
-    def mean(self):
-        """Column means of the tall view (tall centring) -- None otherwise."""
+    def shifted_mean(self):
+        """Column means of the panels as the kernels see them (after the pivot shift)."""
         return self.stats["mean"] if self.center else None
 
     @property
-    def total_energy(self):
-        """‖A‖_F², or ‖A − 1μᵀ‖_F² when centred, from pass 1."""
-        if self.center:
-            return float(np.sum(self.stats["m2"]))
-        return float(self.stats["sumsq"])
+    def mean(self):
+        """Column means of the tall view (tall centring) -- None otherwise."""
+        return self.pivot + self.stats["mean"] if self.center else None
+
+    @property
+    def total_sumsq(self):
+        """‖A‖_F², or ‖A − 1μᵀ‖_F² when centred, from pass 1, as a scaled
+        :func:`~._kernels.sumsq` pair."""
+        return self.stats["ss"]

@@ -275,24 +275,16 @@ class PanelRef:
         return block
 
 
-def read_panel(panel, center_rows):
-    """Materialise a panel as float64; optionally centre its rows.
+def read_panel(panel):
+    """Materialise a panel as float64.
 
     Parameters
     ----------
     panel : PanelRef or ndarray of shape (rows, n)
-    center_rows : bool
-        Subtract each row's mean (PCA of a wide matrix: the tall view's rows
-        are the original columns, so column-centring is local to the panel).
 
     Returns
     -------
-    block : ndarray of shape (rows, n), float64
-    row_means : ndarray of shape (rows,) or None
+    ndarray of shape (rows, n), float64 (the input itself when it already is)
     """
     block = panel.read() if isinstance(panel, PanelRef) else panel
-    block = np.asarray(block, dtype=np.float64)
-    if center_rows:
-        means = block.mean(axis=1) if np.isfinite(block).all() else np.zeros(block.shape[0])
-        return block - means[:, None], means
-    return block, None
+    return np.asarray(block, dtype=np.float64)

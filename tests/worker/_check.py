@@ -64,6 +64,36 @@ def check_svd(res, A, k, *, center=False, exact=True, sigma_rtol=None):
     return ref
 
 
+def centred_exactly(A):
+    """A − 1 meanᵀ to within ε of each centred entry, whatever the offset.
+
+    np.longdouble is not enough as a reference: at an offset of 1e10 its
+    spacing is ~1e-9, far above the spread of data worth centring. Here each
+    column mean is formed exactly (a sum of Fractions), split into a float
+    and its remainder, and subtracted in two steps: ``(a − hi) − lo``, the
+    first exact by Sterbenz's lemma when the offset dominates.
+    """
+    from fractions import Fraction
+
+    A = np.asarray(A, dtype=np.float64)
+    out = np.empty_like(A)
+    for j, mean in enumerate(_exact_means(A)):
+        hi = float(mean)
+        out[:, j] = (A[:, j] - hi) - float(mean - Fraction(hi))
+    return out
+
+
+def _exact_means(A):
+    from fractions import Fraction
+
+    return [sum(Fraction(v) for v in col.tolist()) / col.size for col in np.asarray(A).T]
+
+
+def exact_mean(A):
+    """Column means of A correctly rounded to float64 (exact sums of Fractions)."""
+    return np.array([float(x) for x in _exact_means(A)])
+
+
 def decaying(m, n, *, seed=0, decay=0.8, noise=0.0):
     """A matrix with σ_i = decay**i (plus optional noise): a clear spectrum to check against."""
     rng = np.random.default_rng(seed)

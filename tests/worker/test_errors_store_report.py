@@ -168,9 +168,11 @@ def test_report_identities(dask_client, method):
 
 def test_report_more_than_k_and_gaps():
     from svdserve.worker import energy_report
+    from svdserve.worker._kernels import sumsq
 
-    rep = energy_report(np.array([10.0, 9.0, 1.0]), 1000.0, shape=(100, 50),
-                        method="randomized", center=False)
+    sigma = np.array([10.0, 9.0, 1.0])
+    rep = energy_report(sigma, sumsq(np.sqrt([1000.0])), shape=(100, 50), method="randomized",
+                        center=False, sigma_b=sigma, resid_ss=sumsq(np.sqrt([1000.0 - 182])))
     assert all(e["more_than_k"] and e["rank"] is None for e in rep["energy_ranks"])
     assert rep["spectral_gaps"][0] == {"rank": 2, "ratio": 9.0}
 

@@ -1,33 +1,97 @@
 """Pure NumPy kernels, tested without a cluster."""
 
+import math
+
 import numpy as np
 import pytest
 
 from svdserve.worker import _kernels as K
-from svdserve.worker._tsqr import centre_correction
 
-from ._check import EPS
+from ._check import EPS, centred_exactly
 
 rng = np.random.default_rng(42)
+
+
+def _tree(leaves):
+    """Reduce leaves pairwise like the engine, keeping nodes for the downward sweep."""
+    level = [(leaf, (i, i + 1)) for i, leaf in enumerate(leaves)]
+    nodes = []
+    while len(level) > 1:
+        nxt = []
+        for j in range(0, len(level) - 1, 2):
+            (a, ra), (b, rb) = level[j], level[j + 1]
+            node = K.tsqr_merge(a, b)
+            nodes.append((node, ra, rb))
+            nxt.append((node, (ra[0], rb[1])))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0][0], nodes
+
+
+def _down(nodes, n_leaves, w, c):
+    wmap = {(0, n_leaves): (w, c)}
+    for node, ra, rb in reversed(nodes):
+        wmap[ra], wmap[rb] = K.split_down(node, wmap.pop((ra[0], rb[1])))
+    return [wmap[(i, i + 1)] for i in range(n_leaves)]
 
 
 def test_merge_stats_equals_whole_matrix():
     A = rng.standard_normal((101, 7)) + 1e6  # large mean: the naive Σa² − mμ² would lose ~12 digits
     parts = [A[:13], A[13:60], A[60:]]
-    merged = K.panel_stats(parts[0])
+    merged = K.panel_stats(parts[0], True)
     for p in parts[1:]:
-        merged = K.merge_stats(merged, K.panel_stats(p))
+        merged = K.merge_stats(merged, K.panel_stats(p, True))
     C = A - A.mean(axis=0)
     np.testing.assert_allclose(merged["mean"], A.mean(axis=0), rtol=10 * EPS)
-    # Chan et al.'s update keeps the centred sum of squares to ~ε relative to itself.
-    np.testing.assert_allclose(merged["m2"], (C**2).sum(axis=0), rtol=1e-9)
+    # Chan et al.'s update keeps the centred sum of squares to ~ε·(offset/spread)
+    # relative to itself without a pivot shift: 1e6·ε ≈ 2e-10, so 1e-9.
+    assert K.sumsq_norm(merged["ss"]) ** 2 == pytest.approx((C**2).sum(), rel=1e-9)
     assert merged["count"] == 101 and merged["finite"]
 
 
 def test_panel_stats_flags_non_finite():
-    A = np.ones((4, 3))
-    A[2, 1] = np.inf
-    assert not K.panel_stats(A)["finite"]
+    for bad in (np.inf, -np.inf, np.nan):
+        A = np.ones((4, 3))
+        A[2, 1] = bad
+        assert not K.panel_stats(A)["finite"]
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1.0, 1e170, 1e300])
+def test_sumsq_never_over_or_underflows(scale):
+    x = rng.standard_normal((300, 7))
+    ref = np.linalg.norm(x)  # of the unscaled matrix: finite and exact to ~ε
+    pair = K.sumsq(x * scale)
+    # Scaling by powers of two is exact, so only the sum's own rounding
+    # (~√N·ε relative, N = 2100) remains; 1e-13 is ample.
+    assert K.sumsq_norm(pair) == pytest.approx(ref * scale, rel=1e-13)
+    halves = K.add_sumsq(K.sumsq(x[:100] * scale), K.sumsq(x[100:] * scale))
+    assert K.sumsq_norm(halves) == pytest.approx(ref * scale, rel=1e-13)
+
+
+def test_tail_norms_accurate_for_tiny_tails():
+    s = np.array([1.0] * 10 + [1e-9] * 50 + [1e-200] * 3)
+    t = K.tail_norms(s)
+    assert t[0] == pytest.approx(math.sqrt(10 + 50e-18), rel=1e-15)
+    # A tail of 50 values 1e-9 next to 1.0s: exact to rounding, not √ε·‖s‖ ≈ 1e-8.
+    assert t[10] == pytest.approx(math.sqrt(50) * 1e-9, rel=1e-14)
+    assert t[60] == pytest.approx(math.sqrt(3) * 1e-200, rel=1e-14)
+    assert t[-1] == 0.0
+
+
+def test_prepare_panel_shift_and_row_centring():
+    A = 1e8 + rng.standard_normal((6, 5))
+    p = A[0].copy()
+    out, means = K.prepare_panel(A, shift=p)
+    assert means is None and out is not A  # not owned: the input is left alone
+    np.testing.assert_array_equal(out, A - p)
+    B = A.copy()
+    out, means = K.prepare_panel(B, center_rows=True, owned=True)
+    assert out is B  # owned: centred in place
+    # Each row is shifted by its first entry (exact by Sterbenz), so the means
+    # are those of numbers of spread 1: rows centred to ~ε, not to ε·1e8.
+    np.testing.assert_allclose(out, centred_exactly(A.T).T, rtol=0, atol=10 * EPS)
+    np.testing.assert_allclose(means, A.mean(axis=1), rtol=10 * EPS)
 
 
 @pytest.mark.parametrize("shape", [(50, 8), (3, 8), (8, 8), (1, 1)])
@@ -36,51 +100,98 @@ def test_panel_qr_is_reproducible_and_consistent(shape):
     r = K.qr_r(A)
     # Bit-for-bit the same factorisation on every call: the second TSQR pass relies on it.
     assert np.array_equal(r, K.qr_r(A.copy()))
-    assert np.array_equal(r, K.tsqr_leaf(A, True)["r"])
+    assert np.array_equal(r, K.tsqr_leaf(A, False)["r"])
     q = K.qr_apply(A, np.eye(min(shape)))
     np.testing.assert_allclose(q @ r, A, atol=50 * max(shape) * EPS * np.abs(A).max())
     np.testing.assert_allclose(q.T @ q, np.eye(min(shape)), atol=50 * max(shape) * EPS)
 
 
-def test_tsqr_tree_gives_r_of_stacked_matrix():
-    A = rng.standard_normal((90, 6))
-    leaves = [K.tsqr_leaf(A[i:i + 30], True) for i in range(0, 90, 30)]
-    node = K.tsqr_merge(K.tsqr_merge(leaves[0], leaves[1]), leaves[2])
-    # RᵀR = AᵀA and s = Qᵀ1 whatever the tree: check through the Gram matrix.
-    np.testing.assert_allclose(node["r"].T @ node["r"], A.T @ A, atol=1e3 * EPS * np.abs(A.T @ A).max())
-    # s is Qᵀ1 for the tree's implicit Q: ‖s‖² = ‖proj of 1 on range(A)‖², basis-free.
-    q, _ = np.linalg.qr(A)
-    assert np.linalg.norm(node["s"]) == pytest.approx(np.linalg.norm(q.T @ np.ones(90)), rel=1e-12)
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("cuts", [(30, 60), (1, 2, 50, 89), (45,)], ids=["even", "ragged", "two"])
+def test_tsqr_tree_factors_the_stacked_matrix(center, cuts):
+    A = rng.standard_normal((90, 6)) * 3 + 5.0
+    edges = [0, *cuts, 90]
+    panels = [A[a:b] for a, b in zip(edges, edges[1:])]
+    root, nodes = _tree([K.tsqr_leaf(p, center) for p in panels])
+    C = A - A.mean(axis=0) if center else A
+    tol = 1e3 * EPS * np.abs(A.T @ A).max()
+    # RᵀR = CᵀC whatever the tree.
+    np.testing.assert_allclose(root["r"].T @ root["r"], C.T @ C, atol=tol)
+    if center:
+        np.testing.assert_allclose(root["mean"], A.mean(axis=0), rtol=1e-14)
+    # The downward sweep builds an orthonormal Q with Q R = C, Q ⊥ 1 when centred.
+    width = root["r"].shape[0]
+    wcs = _down(nodes, len(panels), np.eye(width), np.zeros(width) if center else None)
+    Q = np.vstack([K.tall_block(p, wc, center) for p, wc in zip(panels, wcs)])
+    np.testing.assert_allclose(Q.T @ Q, np.eye(width), atol=100 * EPS)
+    np.testing.assert_allclose(Q @ root["r"], C, atol=100 * EPS * np.abs(A).max())
+    if center:
+        assert np.abs(Q.sum(axis=0)).max() <= 100 * EPS * math.sqrt(90)
+
+
+def test_centred_tree_with_huge_offset_is_exact_to_the_spread():
+    # Offset 1e10, spread 1e-3..1: the shift by a pivot row plus the centred
+    # tree give R of the centred matrix to ε relative to the *spread*.
+    X = 1e10 + rng.standard_normal((400, 5)) * np.logspace(-3, 0, 5)
+    C = centred_exactly(X)
+    shifted = X - X[0]
+    root, _ = _tree([K.tsqr_leaf(shifted[i:i + 50], True) for i in range(0, 400, 50)])
+    s = np.linalg.svd(root["r"], compute_uv=False)
+    ref = np.linalg.svd(C, compute_uv=False)
+    # Weyl: |δσ| ≤ ‖E‖₂ with E the backward error of Householder QR on the
+    # shifted data, c·√n·ε·σ₁; 10·√n·ε·σ₁ as in the issue's bar.
+    np.testing.assert_array_less(np.abs(s - ref), 10 * math.sqrt(5) * EPS * ref[0])
 
 
 def test_tsqr_leaf_short_panel():
     A = rng.standard_normal((3, 8))  # fewer rows than columns: R is 3×8
-    leaf = K.tsqr_leaf(A, False)
-    assert leaf["r"].shape == (3, 8)
+    assert K.tsqr_leaf(A, False)["r"].shape == (3, 8)
+    assert K.tsqr_leaf(A, True)["r"].shape == (2, 8)  # one row went to the mean
 
 
-def test_power_leaf_centres_implicitly():
+def test_power_leaf_centres_implicitly_and_scales():
     A = rng.standard_normal((40, 9)) + 3.0
     G = rng.standard_normal((9, 4))
     mu = rng.standard_normal(9)
     C = A - mu
-    np.testing.assert_allclose(K.power_leaf(A, G, mu), C.T @ (C @ G), rtol=1e-12, atol=1e-10)
-    np.testing.assert_allclose(K.power_leaf(A, G, None), A.T @ (A @ G), rtol=1e-12)
+
+    def value(out):
+        return np.ldexp(out["z"], out["e"])
+
+    np.testing.assert_allclose(value(K.power_leaf(A, G, mu)), C.T @ (C @ G), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(value(K.power_leaf(A, G, None)), A.T @ (A @ G), rtol=1e-12)
+    # At 1e±200 the product AᵀAG is out of range, but z·2^e carries it.
+    for scale in (1e-200, 1e200):
+        out = K.power_leaf(A * scale, G, None)
+        assert np.all(np.isfinite(out["z"])) and np.abs(out["z"]).max() > 0
+        ref = A.T @ (A @ G)
+        got = out["z"] / np.abs(out["z"]).max()
+        np.testing.assert_allclose(got, ref / np.abs(ref).max(), rtol=1e-12, atol=1e-14)
 
 
-def test_centre_correction_factors_the_centred_matrix():
-    A = rng.standard_normal((60, 5)) + 10.0
-    r = K.qr_r(A)
-    q = K.qr_apply(A, np.eye(5))
-    mu = A.mean(axis=0)
-    rc, to_basis = centre_correction(r, q.sum(axis=0), mu, 60)
-    C = A - mu
-    np.testing.assert_allclose(rc.T @ rc, C.T @ C, atol=1e3 * EPS * np.abs(A.T @ A).max())
-    W, c = to_basis(np.eye(rc.shape[0]))
-    Qc = q @ W + c
-    # [Q, r̂] Q_M is orthonormal and reproduces C with R_c.
-    np.testing.assert_allclose(Qc.T @ Qc, np.eye(5), atol=1e-12)
-    np.testing.assert_allclose(Qc @ rc, C, atol=1e-10)
+@pytest.mark.parametrize("center", [False, True])
+def test_sketch_kernels_give_b_and_the_exact_residual(center):
+    A = rng.standard_normal((120, 10)) + (7.0 if center else 0.0)
+    G = np.linalg.qr(rng.standard_normal((10, 4)))[0]
+    panels = [A[:50], A[50:90], A[90:]]
+    mu = A.mean(axis=0) if center else None
+    leaves = [K.sketch_leaf(p, G, center) for p in panels]
+    root, nodes = _tree([leaf["tree"] for leaf in leaves])
+    width = root["r"].shape[0]
+    wcs = _down(nodes, 3, np.eye(width), np.zeros(width) if center else None)
+    shares = [K.sketch_project(leaf, wc) for leaf, wc in zip(leaves, wcs)]
+    B = sum(s[0] for s in shares)
+    if center:
+        B = B - np.outer(sum(s[1] for s in shares), mu)
+    P = A - mu if center else A
+    Q = np.vstack([K.sketch_tall(leaf, wc, np.eye(width)) for leaf, wc in zip(leaves, wcs)])
+    np.testing.assert_allclose(Q.T @ Q, np.eye(width), atol=100 * EPS)
+    np.testing.assert_allclose(B, Q.T @ P, atol=1e3 * EPS * np.abs(A).max())
+    resid = K.add_sumsq(K.add_sumsq(*[K.sketch_residual(leaf, wc, B, mu)
+                                      for leaf, wc in zip(leaves[:2], wcs[:2])]),
+                        K.sketch_residual(leaves[2], wcs[2], B, mu))
+    # ‖P − QB‖_F formed directly, no cancellation: agreement to ~ε·‖P‖.
+    assert K.sumsq_norm(resid) == pytest.approx(np.linalg.norm(P - Q @ B), abs=1e3 * EPS * np.linalg.norm(P))
 
 
 def test_svd_flip_rows_makes_largest_entry_positive():
@@ -103,4 +214,4 @@ def test_block_argmax_global_index():
 def test_tall_block_reproduces_q(rows):
     A = rng.standard_normal((rows, 5))
     w = rng.standard_normal((min(rows, 5), 2))
-    np.testing.assert_array_equal(K.tall_block(A, w, None), K.qr_apply(A, w))
+    np.testing.assert_array_equal(K.tall_block(A, (w, None), False), K.qr_apply(A, w))

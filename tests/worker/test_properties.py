@@ -37,4 +37,4 @@ def test_any_shape_and_chunking(problem, method, center):
         # With l = min(m, n) the randomized range is the whole column space, so
         # both methods are exact up to backward error and share the exact checks.
         check_svd(res, A, k, center=center)
-        assert res.passes == (2 if method == "exact" else 4)
+        assert res.passes == (2 if method == "exact" else 3)  # default n_iter=2: q + 1
