@@ -91,15 +91,26 @@ class EnergyReport(Mapping):
         return None if s is None else np.asarray(s, dtype=np.float64)
 
     @property
+    def frobenius_norm(self) -> float:
+        """‖A‖_F (or ‖A − 1μᵀ‖_F when centred), measured in pass 1; finite for any finite input."""
+        return float(self._data["frobenius_norm"])
+
+    @property
     def total_energy(self) -> float:
-        """‖A‖_F² (or ‖A − 1μᵀ‖_F² when centred), measured exactly in pass 1."""
-        return float(self._data["total_energy"])
+        """‖A‖_F² (or ‖A − 1μᵀ‖_F² when centred), measured exactly in pass 1.
+
+        The report stores null where the square is not representable in float64
+        (entries near 1e±170); this is then ``frobenius_norm ** 2`` (inf or 0).
+        """
+        value = self._data["total_energy"]
+        return float(value) if value is not None else self.frobenius_norm**2
 
     @property
     def captured_fraction(self) -> float:
-        total = self.total_energy
-        captured = float(self._data.get("captured_energy", np.sum(self.singular_values**2)))
-        return captured / total if total > 0 else 1.0
+        """Σ_{i≤k} σ_i² / total (1.0 for an all-zero matrix)."""
+        if self.frobenius_norm == 0:
+            return 1.0
+        return float(self.cumulative_fraction[-1]) if self.rank else 0.0
 
     @property
     def energy_fraction(self) -> np.ndarray:
@@ -131,15 +142,17 @@ class EnergyReport(Mapping):
         return int(idx[0]) + 1 if idx.size else None
 
     def residual(self, rank: int) -> float:
-        """Exact Frobenius residual ``sqrt(total − Σ_{i≤r} σ_i²)`` of the rank-``rank`` truncation.
+        """Frobenius residual ‖A − A_r‖_F of the rank-``rank`` truncation.
 
-        Ranks above k need the whole spectrum (``method="exact"``).
+        From the report (see its ``residual_kind``); ranks above k need the
+        whole spectrum (``method="exact"``) and are the tail norm of the
+        singular values beyond ``rank``, never ``sqrt(total − Σσ²)``.
         """
         rank = int(rank)
         if rank < 0:
             raise ValueError(f"rank must be >= 0, got {rank!r}")
         if rank == 0:
-            return math.sqrt(max(self.total_energy, 0.0))
+            return self.frobenius_norm
         if rank <= self.rank:
             return float(self._data["components"][rank - 1]["residual"])
         s_all = self.singular_values_all
@@ -150,7 +163,9 @@ class EnergyReport(Mapping):
             )
         if rank > s_all.size:
             raise ValueError(f"rank {rank} exceeds min(m, n) = {s_all.size}")
-        return math.sqrt(max(self.total_energy - float(np.sum(s_all[:rank] ** 2)), 0.0))
+        tail = s_all[rank:]
+        top = float(np.max(tail)) if tail.size else 0.0
+        return top * math.sqrt(float(np.sum((tail / top) ** 2))) if top > 0 else 0.0
 
     # -- presentation ----------------------------------------------------------------------
 
@@ -168,7 +183,8 @@ class EnergyReport(Mapping):
         lines = [
             f"shape {m} x {n}   method {d.get('method', '?')}   rank {self.rank}   "
             f"passes {d.get('passes', '?')}   center {bool(d.get('center', False))}",
-            f"{kind} {self.total_energy:.6g}   captured {100 * self.captured_fraction:.4f} %",
+            f"{kind} {self.total_energy:.6g} (‖·‖_F {self.frobenius_norm:.6g})   "
+            f"captured {100 * self.captured_fraction:.4f} %",
         ]
         cond = d.get("condition_number")
         est = d.get("condition_estimate")

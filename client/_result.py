@@ -9,7 +9,6 @@ storage or over HTTP from the service (read-only Zarr, same bearer token).
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -243,8 +242,8 @@ class SVDResult:
         r = self._check_rank(rank)
         err = self.report.residual(r)
         if relative:
-            total = math.sqrt(max(self.report.total_energy, 0.0))
-            return err / total if total > 0 else 0.0
+            norm = self.report.frobenius_norm
+            return err / norm if norm > 0 else 0.0
         return err
 
     def to_zarr(

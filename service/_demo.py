@@ -152,8 +152,9 @@ def print_report(report: dict, *, rows: int = 20) -> None:
     """The energy report as tables."""
     print(f"\nEnergy report: {report['shape'][0]} x {report['shape'][1]} matrix, "
           f"method {report['method']}, rank {report['rank']}, {report['passes']} passes over A")
-    print(f"total energy {report['total_energy']:.6g} ({report['energy_kind']}), "
-          f"captured {report['captured_energy'] / report['total_energy']:.4%}\n")
+    captured = report["components"][-1]["cumulative_fraction"] if report["components"] else 0.0
+    print(f"‖A‖_F {report['frobenius_norm']:.6g} ({report['energy_kind']}), "
+          f"captured {captured:.4%}\n")
     comp = [[str(c["rank"]), f"{c['sigma']:.6g}", f"{c['energy_fraction']:.4%}",
              f"{c['cumulative_fraction']:.4%}", f"{c['relative_residual']:.3e}"]
             for c in report["components"][:rows]]

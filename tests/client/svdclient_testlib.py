@@ -35,48 +35,24 @@ def dense_svd(A, k, *, center=False):
     return U[:, :k], s[:k], Vt[:k], mean, s, float(np.sum(X * X))
 
 
-def make_report(shape, s_k, total, *, center=False, method="exact", s_all=None, n_samples=None):
-    """An energy report with every key of the contract, computed densely."""
-    m, n = shape
+def make_report(shape, s_k, total, *, center=False, method="exact", s_all=None):
+    """The worker's own energy report for given singular values and ‖X‖²_F ``total``.
+
+    ``s_all`` is the whole spectrum when known; otherwise the energy beyond
+    ``s_k`` is taken as ``total − Σ s_k²`` (fine for a fake, not for a real job).
+    """
+    from svdserve.worker import energy_report
+    from svdserve.worker._kernels import sumsq
+
     s_k = np.asarray(s_k, dtype=np.float64)
-    k = s_k.size
-    cum = np.cumsum(s_k**2)
-    comps = []
-    for r in range(1, k + 1):
-        resid = float(np.sqrt(max(total - cum[r - 1], 0.0)))
-        comps.append({
-            "rank": r, "sigma": float(s_k[r - 1]),
-            "energy_fraction": float(s_k[r - 1] ** 2 / total),
-            "cumulative_fraction": float(cum[r - 1] / total),
-            "residual": resid, "relative_residual": resid / np.sqrt(total),
-        })
-    ranks = []
-    for frac in (0.9, 0.95, 0.99, 0.999):
-        hit = np.flatnonzero(cum / total >= frac)
-        r = int(hit[0]) + 1 if hit.size else None
-        ranks.append({"fraction": frac, "rank": r, "more_than_k": r is None,
-                      "storage_ratio": None if r is None else r * (m + n + 1) / (m * n)})
-    ratios = s_k[:-1] / np.where(s_k[1:] > 0, s_k[1:], np.inf)
-    order = np.argsort(-ratios)[:5]
-    tol = float(s_k[0] * max(m, n) * EPS) if k else 0.0
-    ev = (s_k**2 / (m - 1)).tolist() if center else None
-    return {
-        "shape": [m, n], "method": method, "rank": k, "center": center,
-        "n_oversamples": 10, "n_iter": 2, "random_state": 0, "passes": 2,
-        "timings": {"stats+qr": 0.01, "total": 0.02},
-        "singular_values": s_k.tolist(),
-        "singular_values_all": None if s_all is None else np.asarray(s_all).tolist(),
-        "energy_kind": "total_variance" if center else "sum_of_squares",
-        "total_energy": float(total), "captured_energy": float(cum[-1]) if k else 0.0,
-        "components": comps, "energy_ranks": ranks,
-        "numerical_rank": int(np.count_nonzero(s_k > tol)), "numerical_rank_tol": tol,
-        "condition_estimate": float(s_k[0] / s_k[-1]) if k and s_k[-1] > 0 else None,
-        "condition_number": None,
-        "spectral_gaps": [{"rank": int(i) + 1, "ratio": float(ratios[i])} for i in order],
-        "n_samples": n_samples or m,
-        "explained_variance": ev,
-        "explained_variance_ratio": (np.asarray(ev) * (m - 1) / total).tolist() if center else None,
-    }
+    spectrum = s_k if s_all is None else np.asarray(s_all, dtype=np.float64)
+    leftover = 0.0 if s_all is not None else max(total - float(np.sum(s_k**2)), 0.0)
+    report = energy_report(s_k, sumsq(np.sqrt([total])), shape=shape, method=method,
+                           center=center, s_all=spectrum if s_all is not None else None,
+                           sigma_b=spectrum, resid_ss=sumsq(np.sqrt([leftover])))
+    report.update({"n_oversamples": 10, "n_iter": 2, "random_state": 0, "passes": 2,
+                   "timings": {"stats+qr": 0.01, "total": 0.02}})
+    return report
 
 
 def write_result(path, A, k, *, center=False, method="exact", row_chunk=None):
@@ -91,8 +67,7 @@ def write_result(path, A, k, *, center=False, method="exact", row_chunk=None):
     grp.create_array("Vt", data=Vt, chunks=(k, n))
     if center:
         grp.create_array("mean", data=mean, chunks=(n,))
-    report = make_report((m, n), s, total, center=center, method=method,
-                         s_all=s_all if method == "exact" else None)
+    report = make_report((m, n), s, total, center=center, method=method, s_all=s_all)
     grp.attrs.update({"report": report, "svdserve": {"fake": True}})
     arrays = {name: {"shape": list(grp[name].shape), "dtype": "float64"}
               for name in ("U", "S", "Vt", "mean") if name in grp}

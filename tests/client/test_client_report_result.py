@@ -40,7 +40,7 @@ def tall(tmp_path):
 
 def test_report_mapping_and_views():
     s = np.array([4.0, 2.0, 1.0])
-    rep = EnergyReport(make_report((10, 5), s, total=25.0, s_all=[4.0, 2.0, 1.0, 2.0**0.5, 0.0]))
+    rep = EnergyReport(make_report((10, 5), s, total=25.0, s_all=[4.0, 2.0, 1.0, 2.0**0.5, 2.0**0.5]))
     assert rep["rank"] == 3 and len(rep) > 10 and "components" in rep
     assert rep.shape == (10, 5) and rep.rank == 3
     np.testing.assert_array_equal(rep.singular_values, s)
@@ -50,7 +50,7 @@ def test_report_mapping_and_views():
     assert rep.rank_for(0.9) is None  # more than k
     assert rep.residual(0) == pytest.approx(5.0)
     assert rep.residual(2) == pytest.approx(np.sqrt(5.0))
-    # beyond k with the full spectrum (exact method): sqrt(25 - 16 - 4 - 1 - 2)
+    # beyond k with the full spectrum (exact method): the tail norm of σ_5 = √2
     assert rep.residual(4) == pytest.approx(np.sqrt(2.0))
     with pytest.raises(ValueError, match="exceeds min"):
         rep.residual(6)
