@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import uuid
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ._kernels import block_argmax
 from ._rsvd import randomized_svd
 from ._run import Run
 from ._source import PanelRef, open_source, plan_panels
+
+#: Default share of a worker's memory limit for cached panels (see :mod:`._cache`).
+DEFAULT_PANEL_CACHE = 0.3
 from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
 
@@ -93,7 +97,8 @@ def _pivot_row(src):
 
 def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
-        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0):
+        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
+        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -152,12 +157,23 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         Seconds a pass may wait on a cluster with no worker at all before
         failing with :class:`WorkerLostError`. Workers that die while others
         remain cost only recomputation (noted in ``res.events``).
+    compute_u : bool, default=True
+        False: σ and V only (``U`` is None). ``exact`` then makes **one** pass;
+        ``randomized`` skips forming U. For a wide matrix U is the small
+        factor and is returned anyway (it costs nothing).
+    panel_cache : float, default=0.3
+        Fraction of each worker's memory limit that may hold decoded panels
+        between passes (:mod:`._cache`); later passes then read from memory
+        instead of storage. 0 streams every pass. Never lets a worker pass
+        60 % of its limit, so it cannot make one spill, pause or die.
 
     Returns
     -------
     SVDResult
-        ``U`` of shape (m, k), ``S`` of shape (k,), ``Vt`` of shape (k, n),
-        ``mean`` of shape (n,) or None, ``report``, ``passes``, ``method``.
+        ``U`` of shape (m, k) (None without ``compute_u``), ``S`` of shape
+        (k,), ``Vt`` of shape (k, n), ``mean`` of shape (n,) or None,
+        ``report``, ``passes`` (passes over A), ``reads`` (of them, how many
+        came from storage rather than the panel cache), ``method``.
 
     Raises
     ------
@@ -199,16 +215,23 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     m_t, n_t = src.tall_shape
     chunk = src.tall_chunk if src.kind == "zarr" else 1
     bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
-    passes = 2 if resolved == "exact" else q + 1
+    compute_u = bool(compute_u) or src.wide  # the tall factor of a wide matrix is its V
+    passes = (1 + compute_u) if resolved == "exact" else q + 1
     center_cols = center and not src.wide
+    token = uuid.uuid4().hex
     run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
               center=center_cols, center_rows=center and src.wide,
               passes=passes, progress=progress, wide=src.wide,
-              pivot=_pivot_row(src) if center_cols else None)
-    if resolved == "exact":
-        fac = exact_svd(run, k)
-    else:
-        fac = randomized_svd(run, k, n_oversamples=p, n_iter=q, random_state=seed)
+              pivot=_pivot_row(src) if center_cols else None,
+              cache=(token, float(panel_cache)) if panel_cache else None)
+    try:
+        if resolved == "exact":
+            fac = exact_svd(run, k, compute_u=compute_u)
+        else:
+            fac = randomized_svd(run, k, n_oversamples=p, n_iter=q, random_state=seed,
+                                 compute_u=compute_u)
+    finally:
+        engine.release_cache(token)
     t_blocks, sigma, v = fac["t"], fac["sigma"], fac["v"]
 
     if src.wide:
@@ -229,25 +252,27 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     if out is not None:
         opts = storage_options if out_storage_options is None else out_storage_options
         chunk_out = src.tall_chunk if src.kind == "zarr" else bounds[0][1] - bounds[0][0]
-        writer = ResultWriter(out, opts, (m, n), k, chunk_out, src.wide, center)
+        writer = ResultWriter(out, opts, (m, n), k, chunk_out, src.wide, center,
+                              with_tall=t_blocks is not None)
         sg = engine.scatter(signs)
         writes = [engine.submit(_write_signed, h, sg, writer.url, writer.options_key,
                                 writer.tall_name, s, e, src.wide)
-                  for h, (s, e) in zip(t_blocks, bounds)]
+                  for h, (s, e) in zip(t_blocks or (), bounds)]
         for done, _ in enumerate(engine.completed(writes), start=1):
             if progress is not None:
                 progress(done, len(writes), phase_w)
         tall = None
         url = writer.url
     else:
-        tall = np.concatenate(engine.gather(t_blocks), axis=0) * signs
+        tall = None if t_blocks is None else np.concatenate(engine.gather(t_blocks)) * signs
         if progress is not None:
             progress(1, 1, phase_w)
     engine.timings["write"] = time.perf_counter() - t_w
 
-    rows = engine.rows_read
+    rows = engine.rows_done
     n_passes = rows // m_t
     assert rows == n_passes * m_t, f"panel reads {rows} are not whole passes of {m_t} rows"
+    reads = engine.rows_read / m_t
     mean = None
     if center:
         mean = run.row_means if src.wide else run.mean
@@ -256,8 +281,10 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
                            resid_ss=fac.get("resid_ss"))
     timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
     timings["total"] = round(time.perf_counter() - t_start, 6)
-    report.update({"passes": n_passes, "n_oversamples": p, "n_iter": q,
+    report.update({"passes": n_passes, "reads": reads, "n_oversamples": p, "n_iter": q,
                    "random_state": seed, "timings": timings})
+    if resolved == "exact":
+        report["u_route"] = fac["u_route"]
     if resolved == "randomized":
         report["n_oversamples_used"] = fac["l"] - k
     provenance = {
@@ -265,8 +292,9 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
                   "dtype": src.info.dtype, "chunks": list(src.info.chunks),
                   "zarr_format": src.info.zarr_format},
         "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
-                   "center": center, "random_state": seed, "panel_bytes": panel_bytes},
-        "method": resolved, "passes": n_passes, "panels": len(bounds),
+                   "center": center, "random_state": seed, "panel_bytes": panel_bytes,
+                   "compute_u": compute_u, "panel_cache": panel_cache},
+        "method": resolved, "passes": n_passes, "reads": reads, "panels": len(bounds),
         "versions": _versions(), "timings": timings, "events": list(engine.events),
     }
     if src.wide:
@@ -277,12 +305,12 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         writer.finish(S=sigma, small=u_small if src.wide else vt, mean=mean,
                       attrs={"svdserve": provenance, "report": report})
         grp = writer.group
-        u_out, vt_out = grp["U"], grp["Vt"]
+        u_out, vt_out = (grp["U"] if "U" in grp else None), grp["Vt"]
     else:
         u_out, vt_out = (u_small, tall.T) if src.wide else (tall, vt)
     return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=n_passes, method=resolved, url=url,
-                     provenance=provenance, events=list(engine.events))
+                     provenance=provenance, events=list(engine.events), reads=reads)
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

@@ -8,14 +8,17 @@ Two engines share one small interface, so the algorithms are written once:
 - :class:`LocalEngine` runs the same tasks lazily in this process (used when
   no client is given and there is no default client).
 
-Each panel task returns ``(result, rows_read)``; :meth:`Engine.run_pass`
-adds up ``rows_read``, which is how passes over A are counted.
+Each panel task returns ``(result, rows, row_means, rows_read)``;
+:meth:`Engine.run_pass` adds up ``rows`` (how passes over A are counted) and
+``rows_read`` (rows that came from storage rather than the panel cache,
+:mod:`._cache`).
 """
 
 from __future__ import annotations
 
 import time
 
+from . import _cache
 from ._errors import WorkerLostError
 from ._kernels import prepare_panel
 from ._source import PanelRef, read_panel
@@ -46,18 +49,38 @@ class Phase(str):
         return (Phase, (self.name, self.pass_no, self.passes))
 
 
-def panel_task(kernel, panel, center_rows, shift, *args):
-    """Read one panel, prepare it (:func:`~._kernels.prepare_panel`) and run
-    ``kernel(block, *args)`` on it.
+def _load(panel, cache):
+    """A panel's block from the cache or the source: ``(block, rows_read, owned)``."""
+    if cache is None or not isinstance(panel, PanelRef):
+        block = read_panel(panel)
+        return block, block.shape[0], isinstance(panel, PanelRef) or block is not panel
+    token, fraction = cache
+    key = (token, panel.start, panel.stop)
+    block = _cache.lookup(key)
+    if block is not None:
+        return block, 0, False
+    block = read_panel(panel)
+    return block, block.shape[0], not _cache.offer(key, block, fraction)
+
+
+def panel_task(kernel, panel, center_rows, shift, cache, *args):
+    """Load one panel (:mod:`._cache` or storage), prepare it
+    (:func:`~._kernels.prepare_panel`) and run ``kernel(block, *args)`` on it.
+
+    ``cache`` is ``(token, fraction)`` or None. A cached block is shared, so it
+    is shifted or centred into a copy, never in place.
 
     Returns
     -------
-    (result, rows_read, row_means)
+    (result, rows, row_means, rows_read)
     """
-    block = read_panel(panel)
-    owned = isinstance(panel, PanelRef) or block is not panel
+    block, rows_read, owned = _load(panel, cache)
     block, row_means = prepare_panel(block, shift=shift, center_rows=center_rows, owned=owned)
-    return kernel(block, *args), block.shape[0], row_means
+    return kernel(block, *args), block.shape[0], row_means, rows_read
+
+
+#: Picks ``(rows, rows_read)`` out of a panel task's result.
+_COUNTS = slice(1, None, 2)
 
 
 def _identity(x):
@@ -96,6 +119,7 @@ class _Engine:
     """Shared logic: passes with progress and cancellation, tree reductions."""
 
     def __init__(self):
+        self.rows_done = 0
         self.rows_read = 0
         self.timings = {}
         self.events = []
@@ -123,13 +147,24 @@ class _Engine:
         """Make a large in-memory block available to tasks."""
         return value
 
+    def submit_panel(self, i, fn, *args):
+        """Submit panel ``i``'s task (where its cached block lives, if known)."""
+        return self.submit(fn, *args)
+
+    def learn_homes(self, handles):
+        """Note where each panel's task ran, for :meth:`submit_panel`."""
+
+    def release_cache(self, token):
+        """Drop a job's cached panels everywhere."""
+        _cache.release(token)
+
     # shared --------------------------------------------------------------
     def part(self, handle, *keys):
         """Handle to ``handle[k1][k2]...`` (computed where the value lives)."""
         return self.submit(_pick, handle, *keys)
 
     def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False, shift=None,
-                 progress=None, on_result=None):
+                 cache=None, progress=None, on_result=None):
         """Run ``kernel`` on every panel; report progress after each one.
 
         Parameters
@@ -141,28 +176,35 @@ class _Engine:
             ``kernel(block, *args_for(i))``.
         center_rows, shift :
             How each panel is prepared (:func:`~._kernels.prepare_panel`).
+        cache : (token, fraction) or None
+            Keep decoded panels in worker memory (:mod:`._cache`).
         on_result : callable, optional
             ``on_result(i, handle)`` as panel ``i`` finishes, before progress
             is reported (used for early NaN detection).
 
         Returns
         -------
-        list of handles to ``(result, rows, row_means)`` per panel.
+        list of handles to ``(result, rows, row_means, rows_read)`` per panel.
         """
         t0 = time.perf_counter()
         self.phase = phase
-        handles = [self.submit(panel_task, kernel, p, center_rows, shift, *args_for(i))
+        handles = [self.submit_panel(i, panel_task, kernel, p, center_rows, shift, cache,
+                                     *args_for(i))
                    for i, p in enumerate(panels)]
-        rows = [self.part(h, 1) for h in handles]
+        counts = [self.part(h, _COUNTS) for h in handles]
         try:
             for done, i in enumerate(self.completed(handles), start=1):
                 if on_result is not None:
                     on_result(i, handles[i])
                 if progress is not None:
                     progress(done, len(panels), phase)
-            self.rows_read += sum(self.gather(rows))
+            for rows, read in self.gather(counts):
+                self.rows_done += rows
+                self.rows_read += read
+            if cache is not None:
+                self.learn_homes(handles)
         except BaseException:
-            self.abort(handles + rows)
+            self.abort(handles + counts)
             raise
         self.timings[phase.name] = self.timings.get(phase.name, 0.0) + time.perf_counter() - t0
         return handles
@@ -239,13 +281,40 @@ class DaskEngine(_Engine):
         self._workers = None
         self._checked = 0.0
         self._empty_since = None
+        self.homes = {}
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, workers=None):
         from dask.delayed import Delayed, delayed
 
         if any(isinstance(a, Delayed) for a in args):
             return self.client.compute(delayed(fn, pure=False)(*args))
+        if workers:
+            return self.client.submit(fn, *args, pure=False, workers=workers,
+                                      allow_other_workers=True)
         return self.client.submit(fn, *args, pure=False)
+
+    def submit_panel(self, i, fn, *args):
+        home = self.homes.get(i)
+        return self.submit(fn, *args, workers=[home] if home else None)
+
+    def learn_homes(self, handles):
+        missing = [i for i in range(len(handles)) if i not in self.homes]
+        if not missing:
+            return
+        try:
+            where = self.client.who_has([handles[i] for i in missing])
+        except Exception:  # noqa: BLE001 - only a placement hint
+            return
+        for i in missing:
+            addrs = where.get(handles[i].key) or ()
+            if addrs:
+                self.homes[i] = sorted(addrs)[0]
+
+    def release_cache(self, token):
+        try:
+            self.client.run(_cache.release, token)
+        except Exception:  # noqa: BLE001 - best effort on a dying cluster
+            pass
 
     def gather(self, handles):
         # A finished future can still be lost (its worker killed) before its

@@ -43,6 +43,8 @@ __all__ = [
     "sketch_residual",
     "sketch_tall",
     "tall_block",
+    "gemm_leaf",
+    "gemm_tall",
     "orthonormalize",
     "svd_flip_rows",
     "block_argmax",
@@ -437,6 +439,39 @@ def tall_block(a, wc, center):
     return t
 
 
+def gemm_leaf(a, w, mu_w):
+    """Y_i = (A_i − 1μᵀ) W and its local QR: U_k = A V_k Σ_k⁻¹, re-orthonormalised by TSQR.
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n)
+    w : ndarray of shape (n, k)
+        V_k Σ_k⁻¹.
+    mu_w : ndarray of shape (k,) or None
+        μᵀW, computed once by the caller (see :func:`power_leaf` on gemv).
+
+    Returns
+    -------
+    dict with ``tree`` (a TSQR leaf of Y_i, R with non-negative diagonal) and
+    ``q`` (ndarray of shape (rows, min(rows, k))).
+    """
+    y = a @ w
+    if mu_w is not None:
+        y -= mu_w
+    q, r = qr_full(y)
+    return {"tree": {"r": r, "mean": None, "count": a.shape[0]}, "q": q}
+
+
+def gemm_tall(leaf, wc):
+    """Rows of U_k from a :func:`gemm_leaf` and its downward-sweep pair.
+
+    Returns
+    -------
+    ndarray of shape (rows, k)
+    """
+    return leaf["q"] @ wc[0]
+
+
 # --------------------------------------------------------------------------- randomized
 
 
@@ -446,7 +481,7 @@ def _exponent(x):
     return math.frexp(amax)[1] if amax > 0 and math.isfinite(amax) else 0
 
 
-def power_leaf(a, g, mu):
+def power_leaf(a, g, mu, mu_g=None):
     """One fused power-iteration step on a panel: A_iᵀ (A_i G), centred implicitly.
 
     The product is returned scaled by a power of two, ``z·2**e``, so that
@@ -459,6 +494,12 @@ def power_leaf(a, g, mu):
     g : ndarray of shape (n, l)
     mu : ndarray of shape (n,) or None
         Column means for implicit centring, (A − 1μᵀ)ᵀ(A − 1μᵀ)G.
+    mu_g : ndarray of shape (l,), optional
+        μᵀG, computed once by the caller. When omitted, ``mu`` is this
+        panel's own mean and μᵀG is the mean of the rows of A_iG (equal in
+        exact arithmetic). Either way no vector-matrix product runs here:
+        BLAS ``gemv`` may sum in an order that depends on memory alignment,
+        and factors must not depend on where an array landed.
 
     Returns
     -------
@@ -467,7 +508,7 @@ def power_leaf(a, g, mu):
     """
     y = a @ g
     if mu is not None:
-        y -= mu @ g
+        y -= y.mean(axis=0) if mu_g is None else mu_g
     e = _exponent(y)
     y = np.ldexp(y, -e)
     z = a.T @ y
@@ -536,7 +577,8 @@ def sketch_project(leaf, wc):
     (ndarray of shape (l, n), ndarray of shape (l,))
     """
     m = _coefficients(leaf, wc)
-    return m.T @ leaf["c"], m.T @ leaf["ones"]
+    # Σ_j m_ji·ones_j elementwise: no gemv (see power_leaf).
+    return m.T @ leaf["c"], (m * leaf["ones"][:, None]).sum(axis=0)
 
 
 def sketch_residual(leaf, wc, b, mu):

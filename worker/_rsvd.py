@@ -92,7 +92,7 @@ def _power_sum(parts, extra=None):
     return z
 
 
-def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
+def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=True):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
 
     Parameters
@@ -105,6 +105,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
         Power (subspace) iterations q.
     random_state : int
         Seed of the Gaussian test matrix (NumPy ``default_rng``).
+    compute_u : bool, default=True
+        Form the tall factor from the kept blocks (no pass either way).
 
     Returns
     -------
@@ -129,8 +131,9 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
                 extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
             z = _power_sum(eng.gather(outs), extra)
         else:
-            mu_h = eng.scatter(run.shifted_mean) if run.center else None
-            handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h))
+            mu = run.shifted_mean
+            mu_h, mu_g = (eng.scatter(mu), eng.scatter(mu @ g)) if run.center else (None, None)
+            handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h, mu_g))
             z = _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
         g = orthonormalize(z)
 
@@ -160,7 +163,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state):
     u_b, vt = svd_flip_rows(u_b, vt)
     uk, const = split_ones_direction(u_b[:, :k], extra, run.m, run.center)
     uk_h, const_h = eng.scatter(uk), eng.scatter(const)
-    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)]
+    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)] \
+        if compute_u else None
     run.report(phase, 1, 1)
     return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None,
             "sigma_b": sigma, "resid_ss": resid}

@@ -63,15 +63,18 @@ class Run:
         With ``center``: the common row every panel is shifted by before any
         arithmetic (the tall view's first row), so that the column offsets
         never enter a rounding error.
+    cache : (token, fraction), optional
+        Keep decoded panels in worker memory between passes (:mod:`._cache`).
     """
 
     def __init__(self, engine, panels, bounds, tall_shape, *, center, center_rows,
-                 passes, progress, wide, pivot=None):
+                 passes, progress, wide, pivot=None, cache=None):
         self.engine, self.panels, self.bounds = engine, panels, bounds
         self.m, self.n = tall_shape
         self.center, self.center_rows = center, center_rows
         self.passes, self.progress, self.wide = passes, progress, wide
         self.pivot = pivot if center else None
+        self.cache = cache
         self._shift = engine.scatter(self.pivot) if self.pivot is not None else None
         self.pass_no = 0
         self.stats = None
@@ -91,7 +94,7 @@ class Run:
         """A pass over A; returns per-panel handles to ``(result, rows, row_means)``."""
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
                                     center_rows=self.center_rows, shift=self._shift,
-                                    progress=self.progress)
+                                    cache=self.cache, progress=self.progress)
 
     def first_pass(self, name, kernel, args_for=lambda i: (), *, local_mean=False):
         """Pass 1: the kernel plus statistics; stops at the first non-finite panel.
@@ -120,7 +123,7 @@ class Run:
         handles = eng.run_pass(phase, self.panels,
                                with_stats(kernel, center=self.center, local_mean=local_mean),
                                args_for, center_rows=self.center_rows, shift=self._shift,
-                               progress=self.progress, on_result=check)
+                               cache=self.cache, progress=self.progress, on_result=check)
         self.panel_stats = [stats[i] for i in range(len(handles))]
         merged = self.panel_stats[0]
         for s in self.panel_stats[1:]:

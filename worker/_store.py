@@ -43,7 +43,7 @@ class SVDResult:
     report : dict
         The energy report (``docs/contracts.md`` section 3).
     passes : int
-        Reads of A made, counted by the panel reader.
+        Passes over A made, counted by the panel reader.
     method : str
         ``"exact"`` or ``"randomized"``.
     url : str or None
@@ -53,6 +53,9 @@ class SVDResult:
     events : list of str
         What happened to the cluster during the run (workers lost and
         recomputed from lineage).
+    reads : float
+        Of those passes, how many came from storage (the rest from the
+        panel cache), in passes' worth of rows.
     """
 
     U: object
@@ -65,6 +68,7 @@ class SVDResult:
     url: str | None = None
     provenance: dict = field(default_factory=dict)
     events: list = field(default_factory=list)
+    reads: float = 0.0
 
     @property
     def rank(self):
@@ -130,9 +134,13 @@ class ResultWriter:
         Chunk length of the input along its long side.
     wide : bool
     center : bool
+    with_tall : bool, default=True
+        Create the tall factor (U, or Vt for wide input); False for a
+        ``compute_u=False`` result, which then has no ``U``.
     """
 
-    def __init__(self, url, storage_options, shape, k, tall_chunk, wide, center):
+    def __init__(self, url, storage_options, shape, k, tall_chunk, wide, center,
+                 with_tall=True):
         self.url, self.storage_options = str(url).rstrip("/"), storage_options
         self.options_key = json.dumps(storage_options or {}, sort_keys=True, default=str)
         m, n = shape
@@ -146,7 +154,8 @@ class ResultWriter:
                 grp.create_array("U", shape=(m, k), chunks=(m, k), dtype="f8")
                 grp.create_array("Vt", shape=(k, n), chunks=(k, tall_chunk), dtype="f8")
             else:
-                grp.create_array("U", shape=(m, k), chunks=(tall_chunk, k), dtype="f8")
+                if with_tall:
+                    grp.create_array("U", shape=(m, k), chunks=(tall_chunk, k), dtype="f8")
                 grp.create_array("Vt", shape=(k, n), chunks=(k, n), dtype="f8")
             grp.create_array("S", shape=(k,), chunks=(k,), dtype="f8")
             if center:
@@ -217,8 +226,9 @@ def load(url, storage_options=None):
     attrs = dict(grp.attrs)
     prov = attrs.get("svdserve", {})
     return SVDResult(
-        U=grp["U"], S=np.asarray(grp["S"][:]), Vt=grp["Vt"],
+        U=grp["U"] if "U" in manifest["arrays"] else None, S=np.asarray(grp["S"][:]),
+        Vt=grp["Vt"],
         mean=np.asarray(grp["mean"][:]) if "mean" in manifest["arrays"] else None,
         report=attrs.get("report", {}), passes=int(prov.get("passes", 0)),
         method=prov.get("method", ""), url=url, provenance=prov,
-        events=list(prov.get("events", [])))
+        events=list(prov.get("events", [])), reads=float(prov.get("reads", 0.0)))

@@ -3,17 +3,28 @@
 Benson, Gleich & Demmel, "Direct QR factorizations for tall-and-skinny
 matrices in MapReduce architectures", IEEE BigData 2013 (Alg. "Direct TSQR").
 
-Passes over A: **2**.
+Passes over A: **2** (**1** with ``compute_u=False``: σ and V only).
 
 1. Pass 1 reads every panel once: a local Householder QR per panel, R
    factors reduced in a binary tree (on the workers), plus ‖A‖_F² (scaled),
    column means and the finite-value check. The root R (n×n) has the
    singular values and right singular vectors of A: R = U_R Σ Vᵀ.
-2. Pass 2 reads every panel again, rebuilds its local Q (the same ``geqrf``
-   call on the same bits gives the same factor) and forms
-   U_i = Q_i W_i, where W_i is this panel's slice of the tree's Q factors
-   times U_R[:, :k] (the downward sweep). U is orthonormal to working
-   precision however ill-conditioned A is: it is never formed as A V Σ⁻¹.
+2. Pass 2 forms U_k, by one of two routes chosen from κ_k = σ₁/σ_k:
+
+   - κ_k ≤ :data:`GEMM_MAX_COND`: U_k = A V_k Σ_k⁻¹, one GEMM per panel
+     (n·k flops a row instead of a Householder QR's ~2n²), re-orthonormalised
+     by a TSQR of that m×k block. The columns of A V_k Σ_k⁻¹ carry rounding
+     errors of about √n·ε·σ₁/σ_i (the product's error relative to σ_i), so
+     before re-orthonormalisation they are orthonormal to √n·ε·κ_k; the TSQR
+     makes them orthonormal to ε and moves them by that much. With
+     κ_k ≤ 1e3 that is ≤ 1e3·√n·ε: the accuracy of LAPACK's own singular
+     vectors, whose error is ε·σ₁/gap, whenever the gap to the next σ is not
+     above σ_k — the normal case.
+   - κ_k above it: every panel is read again, its local Q rebuilt (the same
+     ``geqrf`` call on the same bits gives the same factor) and applied to
+     its slice of the tree's Q factors times U_R[:, :k] (the downward
+     sweep). U is then orthonormal to working precision however
+     ill-conditioned A is: it is never formed as A V Σ⁻¹.
 
 Centring (PCA) is exact in the same pass and never forms the centred
 matrix. Every panel is first shifted by one common pivot row p (so an offset
@@ -32,9 +43,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import split_down, svd_flip_rows, tall_block, tsqr_leaf, tsqr_merge
+from ._kernels import (
+    gemm_leaf,
+    gemm_tall,
+    split_down,
+    svd_flip_rows,
+    tall_block,
+    tsqr_leaf,
+    tsqr_merge,
+)
 
-__all__ = ["tsqr_up", "tsqr_down", "exact_svd", "with_ones_direction", "split_ones_direction"]
+__all__ = ["tsqr_up", "tsqr_down", "exact_svd", "with_ones_direction", "split_ones_direction",
+           "GEMM_MAX_COND"]
+
+#: Largest σ₁/σ_k for which U_k is formed as A V_k Σ_k⁻¹ plus a TSQR (see the module docstring).
+GEMM_MAX_COND = 1e3
 
 
 def tsqr_up(engine, leaves):
@@ -107,20 +130,23 @@ def split_ones_direction(w, extra, m, center):
     return w[:-1], w[-1] / np.sqrt(m)
 
 
-def exact_svd(run, k):
-    """Exact rank-k SVD of the tall view by TSQR (2 passes).
+def exact_svd(run, k, *, compute_u=True):
+    """Exact rank-k SVD of the tall view by TSQR (2 passes, 1 without U).
 
     Parameters
     ----------
     run : svdserve.worker._run.Run
     k : int
+    compute_u : bool, default=True
+        Form the tall factor (a second pass); False gives σ and V only.
 
     Returns
     -------
     dict with ``t`` (list of handles to ndarray of shape (rows_i, k), the tall
-    factor per panel), ``s_all`` (every singular value, ndarray of shape
-    (n,)), ``sigma`` (ndarray of shape (k,)), ``v`` (ndarray of shape (n, k),
-    right factor of the tall view).
+    factor per panel, or None), ``s_all`` (every singular value, ndarray of
+    shape (n,)), ``sigma`` (ndarray of shape (k,)), ``v`` (ndarray of shape
+    (n, k), right factor of the tall view) and ``u_route`` (``"gemm"``,
+    ``"reapply"`` or None).
     """
     eng = run.engine
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
@@ -130,10 +156,23 @@ def exact_svd(run, k):
     u_r, sigma, vt = np.linalg.svd(r, full_matrices=False)
     u_r, vt = svd_flip_rows(u_r, vt)
     run.report(t_factor, 1, 1)
+    s_all = np.zeros(run.n)
+    s_all[: sigma.size] = sigma[: run.n]
+    out = {"t": None, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T, "u_route": None}
+    if not compute_u:
+        return out
+    if s_all[k - 1] > 0 and s_all[0] <= GEMM_MAX_COND * s_all[k - 1] and not extra:
+        w = vt[:k].T / s_all[:k]
+        mu_w = eng.scatter(run.shifted_mean @ w) if run.center else None
+        w = eng.scatter(w)
+        handles = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
+        gemm = [eng.part(h, 0) for h in handles]
+        groot, gnodes = tsqr_up(eng, [eng.part(h, "tree") for h in gemm])
+        ws = tsqr_down(eng, gnodes, len(gemm), np.eye(groot["r"].shape[0]))
+        out.update(t=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)], u_route="gemm")
+        return out
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
     handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center))
-    t = [eng.part(h, 0) for h in handles]
-    s_all = np.zeros(run.n)
-    s_all[: sigma.size] = sigma[: run.n]
-    return {"t": t, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T}
+    out.update(t=[eng.part(h, 0) for h in handles], u_route="reapply")
+    return out

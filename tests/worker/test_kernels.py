@@ -158,7 +158,12 @@ def test_power_leaf_centres_implicitly_and_scales():
     def value(out):
         return np.ldexp(out["z"], out["e"])
 
-    np.testing.assert_allclose(value(K.power_leaf(A, G, mu)), C.T @ (C @ G), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(value(K.power_leaf(A, G, mu, mu @ G)), C.T @ (C @ G),
+                               rtol=1e-12, atol=1e-10)
+    # Without μᵀG the panel's own mean is meant: the rows of AG are centred.
+    D = A - A.mean(axis=0)
+    np.testing.assert_allclose(value(K.power_leaf(A, G, A.mean(axis=0))), D.T @ (D @ G),
+                               rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(value(K.power_leaf(A, G, None)), A.T @ (A @ G), rtol=1e-12)
     # At 1e±200 the product AᵀAG is out of range, but z·2^e carries it.
     for scale in (1e-200, 1e200):
