@@ -5,8 +5,11 @@
 
 Contestants share one LocalCluster (2 worker processes × 1 thread):
 
-- bare pass: Σ a_ij² through dask -- the I/O floor, one read of A;
-- svdserve exact (TSQR, 2 passes) and randomized (rank 20, n_iter 2, 4 passes);
+- decode floor: numcodecs decoding each chunk file's bytes into a preallocated
+  buffer on every worker (per core × cores): what no reader can beat;
+- bare pass: Σ a_ij² through dask, and through svdserve's own panel reader;
+- svdserve exact (TSQR, 2 passes, 1 read with the panel cache) and randomized
+  (rank 20, n_iter 2, 3 passes, 1 read);
 - dask.array.linalg.svd (tsqr) and svd_compressed(k=20, n_power_iter=2);
 - scikit-learn randomized_svd(n_iter=2) and NumPy/LAPACK svd, in memory.
 
@@ -35,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--memory-limit", default="6GiB", help="per worker")
     ap.add_argument("--skip-memory", action="store_true", help="skip sklearn/NumPy in memory")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the m/4 RSS run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds; contestants alternate within a round, the best is quoted")
     args = ap.parse_args(argv)
 
     import dask.array as da
@@ -61,19 +66,30 @@ def main(argv=None):
             client.run(_gc)
             with RSSSampler(client) as rss:
                 out, sec = timed(fn)
-            results[name] = (out, sec, passes, rss.peak_mib)
+            best = results.get(name)
+            if best is None or sec < best[1]:
+                results[name] = (out, sec, passes, rss.peak_mib)
             print(f"{name}: {sec:.1f}s, peak worker RSS {rss.peak_mib:.0f} MiB", flush=True)
 
         x = da.from_zarr(path)
-        run("bare pass (Σa² via dask)", lambda: float((x**2).sum().compute()), 1)
-        run("svdserve exact", lambda: svd(path, k, method="exact", client=client).S, 2)
-        run("svdserve randomized", lambda: svd(path, k, method="randomized", n_iter=2,
-                                                 client=client).S, 4)
         xs = x.rechunk({0: args.chunk_rows * 8, 1: -1})
-        run("dask linalg.svd (tsqr)",
-            lambda: da.linalg.svd(xs)[1][:k].compute(), "1 + U in memory")
-        run("dask svd_compressed", lambda: da.linalg.svd_compressed(
-            x, k=k, n_power_iter=2, seed=0)[1].compute(), "2q+2 = 6")
+        contestants = [
+            ("decode floor (numcodecs into a buffer, per core × cores)",
+             lambda: decode_floor(client, path), 1),
+            ("bare pass (Σa² via dask)", lambda: float((x**2).sum().compute()), 1),
+            ("bare pass (Σa², svdserve reader)", lambda: bare_pass(client, path), 1),
+            ("svdserve exact", lambda: svd(path, k, method="exact", client=client).S,
+             "2 (1 read)"),
+            ("svdserve randomized", lambda: svd(path, k, method="randomized", n_iter=2,
+                                                client=client).S, "3 (1 read)"),
+            ("dask linalg.svd (tsqr)", lambda: da.linalg.svd(xs)[1][:k].compute(),
+             "1 + U in memory"),
+            ("dask svd_compressed", lambda: da.linalg.svd_compressed(
+                x, k=k, n_power_iter=2, seed=0)[1].compute(), "2q+2 = 6"),
+        ]
+        for rnd in range(args.repeat):
+            for name, fn, passes in (contestants if rnd % 2 == 0 else contestants[::-1]):
+                run(name, fn, passes)
 
         if not args.skip_memory:
             from sklearn.utils.extmath import randomized_svd
@@ -89,10 +105,10 @@ def main(argv=None):
                                                                   float("nan"))
             print(f"sklearn: {sec:.1f}s", flush=True)
             del A
-        bare = results["bare pass (Σa² via dask)"][1]
+        bare = results["bare pass (Σa², svdserve reader)"][1]
         ref_k = ref[:k] if ref is not None else results["svdserve exact"][0]
         for name, (out, sec, passes, peak) in results.items():
-            err = "" if name.startswith("bare") else \
+            err = "" if name.startswith(("bare", "decode")) else \
                 f"{np.max(np.abs(np.asarray(out)[:k] - ref_k) / ref_k):.1e}"
             rows.append([name, f"{sec:.1f}", f"{sec / bare:.2f}", passes,
                          "" if peak != peak else f"{peak:.0f}", err])
@@ -112,14 +128,59 @@ def main(argv=None):
 
     print()
     print(f"Matrix {m:,} × {n} float64 ({m * n * 8 / 2**30:.1f} GiB Zarr, row chunks of "
-          f"{args.chunk_rows}), rank {k}; LocalCluster 2 workers × 1 thread.")
+          f"{args.chunk_rows}), rank {k}; LocalCluster 2 workers × 1 thread; best of "
+          f"{args.repeat} alternating round(s).")
     print()
-    print(fmt_table(rows, ["contestant", "wall s", "× bare pass", "passes over A",
+    print(fmt_table(rows, ["contestant", "wall s", "× svdserve bare pass", "passes over A",
                            "peak worker RSS MiB", "max rel σ err (top 20)"]))
     if scaling:
         print()
         print(fmt_table(scaling, ["svdserve", "m", "peak RSS MiB", "wall s", "4m",
                                   "peak RSS MiB", "wall s"]))
+
+
+def bare_pass(client, path):
+    """Σa² over every panel through svdserve's engine and reader (one pass, no cache)."""
+    from svdserve.worker._api import _panels_for
+    from svdserve.worker._engine import DaskEngine, Phase
+    from svdserve.worker._source import open_source, plan_panels
+
+    src = open_source(path)
+    engine = DaskEngine(client)
+    bounds = plan_panels(*src.tall_shape, src.tall_chunk)
+    handles = engine.run_pass(Phase("bare", 1, 1), _panels_for(src, bounds, engine),
+                              _sum_squares, lambda i: ())
+    return sum(engine.gather([engine.part(h, 0) for h in handles]))
+
+
+def _sum_squares(block):
+    return float(np.einsum("ij,ij->", block, block))
+
+
+def decode_floor(client, path):
+    """Decode every chunk file's bytes into one preallocated buffer, chunks split over workers."""
+    import zarr
+
+    z = zarr.open_array(path, mode="r")
+    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(path, "c"))
+                   for f in fs)
+    workers = sorted(client.scheduler_info()["workers"])
+    shares = [files[i::len(workers)] for i in range(len(workers))]
+    chunk_bytes = int(np.prod(z.chunks)) * z.dtype.itemsize
+    futs = [client.submit(_decode_files, share, chunk_bytes, workers=[w], pure=False)
+            for w, share in zip(workers, shares)]
+    return sum(client.gather(futs))
+
+
+def _decode_files(files, chunk_bytes):
+    from numcodecs import Zstd
+
+    codec, out, total = Zstd(), bytearray(chunk_bytes), 0
+    for name in files:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+        total += len(codec.decode(raw, out=out))
+    return total
 
 
 def _gc():

