@@ -155,6 +155,7 @@ class Client:
         n_iter: int = 2,
         center: bool = False,
         random_state: int = 0,
+        compute_u: bool = True,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
@@ -179,6 +180,9 @@ class Client:
         center : bool, default=False
             Remove column means first (PCA).
         random_state : int, default=0
+        compute_u : bool, default=True
+            False: σ and V only (one pass over A for ``exact``); the result has
+            no ``U``, so ``reconstruct`` and ``lstsq`` are unavailable.
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
@@ -197,6 +201,7 @@ class Client:
             "n_iter": n_iter,
             "center": bool(center),
             "random_state": random_state,
+            "compute_u": bool(compute_u),
         }
         key = idempotency_key or str(uuid.uuid4())
         response = self._http.request(

@@ -101,14 +101,17 @@ class SVDResult:
             raise StorageError(f"the result at {url!r} has no energy report attribute")
         self.report = EnergyReport(report)
         self.S = np.asarray(group["S"][...], dtype=np.float64)
-        self.U = da.from_zarr(group["U"])
+        #: Left singular vectors, shape (m, k); None for a ``compute_u=False`` job.
+        self.U = da.from_zarr(group["U"]) if "U" in group else None
         self.Vt = da.from_zarr(group["Vt"])
         self.mean = np.asarray(group["mean"][...], dtype=np.float64) if "mean" in group else None
-        self.shape = (int(self.U.shape[0]), int(self.Vt.shape[1]))
+        m = int(self.U.shape[0]) if self.U is not None else int(self.report["shape"][0])
+        self.shape = (m, int(self.Vt.shape[1]))
         self.rank = int(self.S.shape[0])
-        if self.U.shape[1] != self.rank or self.Vt.shape[0] != self.rank:
+        if (self.U is not None and self.U.shape[1] != self.rank) or self.Vt.shape[0] != self.rank:
             raise StorageError(
-                f"inconsistent result at {url!r}: U {self.U.shape}, S {self.S.shape}, "
+                f"inconsistent result at {url!r}: U {getattr(self.U, 'shape', None)}, "
+                f"S {self.S.shape}, "
                 f"Vt {self.Vt.shape}"
             )
         for name, meta in (self.manifest.get("arrays") or {}).items():
@@ -169,6 +172,14 @@ class SVDResult:
     def method(self) -> str:
         return str(self.report.get("method", ""))
 
+    def _u(self) -> "dask.array.Array":
+        if self.U is None:
+            raise ValueError(
+                "this result has no U: the job ran with compute_u=False (σ and V only); "
+                "submit it again with compute_u=True to reconstruct rows or solve least squares"
+            )
+        return self.U
+
     @property
     def V(self) -> "dask.array.Array":
         """Right singular vectors as columns, shape (n, k)."""
@@ -210,7 +221,7 @@ class SVDResult:
         dask.array.Array of shape (len(rows), n)
         """
         r = self._check_rank(rank)
-        U = self.U if rows is None else self.U[rows]
+        U = self._u() if rows is None else self._u()[rows]
         if U.ndim == 1:  # an integer row index
             U = U[None, :]
         out = (U[:, :r] * self.S[:r]) @ self.Vt[:r]
@@ -262,7 +273,7 @@ class SVDResult:
         the reconstruction is never held in memory at once.
         """
         if chunks is None:
-            chunks = int(self.U.chunks[0][0]) if self.U.chunks[0] else None
+            chunks = int(self._u().chunks[0][0]) if self._u().chunks[0] else None
         return write_array(
             self.reconstruct(rank),
             os.fspath(url),
@@ -362,8 +373,9 @@ class SVDResult:
             raise ValueError(
                 f"b must have shape ({m},) or ({m}, p) to match A's {m} rows, got {bd.shape}"
             )
-        bd = bd.astype(np.float64).rechunk({0: self.U.chunks[0]})
-        beta = np.asarray((self.U.T @ bd).compute(), dtype=np.float64)
-        perp = bd - self.U @ beta
+        U = self._u()
+        bd = bd.astype(np.float64).rechunk({0: U.chunks[0]})
+        beta = np.asarray((U.T @ bd).compute(), dtype=np.float64)
+        perp = bd - U @ beta
         perp2 = np.asarray((perp**2).sum(axis=0).compute(), dtype=np.float64)
         return _lstsq.solve(beta, self.S, self._vt(), perp2, m, rank=rank, alpha=alpha, rcond=rcond)

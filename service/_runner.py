@@ -214,6 +214,8 @@ class Runner:
             res = svd(source, params["rank"], array=params.get("array"),
                       method=req["method"], n_oversamples=params["n_oversamples"],
                       n_iter=req["n_iter"], center=req["center"],
+                      compute_u=req.get("compute_u", True),
+                      panel_cache=self.settings.panel_cache,
                       random_state=req["random_state"], client=self.cluster.sync_client,
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,

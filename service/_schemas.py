@@ -90,9 +90,12 @@ class JobCreate(BaseModel):
     n_oversamples: JsonInt = Field(default=10, strict=True, ge=0, le=10_000,
                                description="Extra sketch columns p (randomized).")
     n_iter: JsonInt = Field(default=2, strict=True, ge=0, le=50,
-                        description="Power iterations q (randomized); q + 2 passes over A.")
+                        description="Power iterations q (randomized); q + 1 passes over A.")
     center: bool = Field(default=False, strict=True,
                          description="Subtract column means first (PCA), implicitly.")
+    compute_u: bool = Field(default=True, strict=True,
+                            description="Form the left factor U; false gives σ and V only "
+                                        "(one pass over A for the exact method).")
     random_state: JsonInt = Field(default=0, strict=True, ge=0, le=2**32 - 1,
                               description="Seed of the random test matrix.")
 

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         A job interrupted by service restarts this many times is failed.
     panel_bytes : int or None, default=None
         Panel byte budget passed to the core (None: its default, 128 MiB).
+    panel_cache : float, default=0.3
+        Share of each worker's memory limit that may keep decoded panels
+        between passes (0 streams every pass; see ``svdserve.worker._cache``).
     max_body_bytes : int, default=65536
         Larger request bodies are refused with 413.
     progress_interval : float, default=0.2
@@ -134,6 +137,7 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=100, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     panel_bytes: int | None = Field(default=None, ge=1)
+    panel_cache: float = Field(default=0.3, ge=0.0, le=0.5)
     max_body_bytes: int = Field(default=65536, ge=1024)
     progress_interval: float = Field(default=0.2, ge=0)
     connect_timeout: float = Field(default=30.0, gt=0)

@@ -349,3 +349,18 @@ def test_client_never_imports_the_service():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_compute_u_false_gives_sigma_and_v_in_one_pass(client, data_dir):
+    """σ and V only: one pass for the exact method, no U stored, a clear error on reconstruct."""
+    A = np.random.default_rng(4).standard_normal((600, 12))
+    url = client.upload(A, data_dir / "A.zarr", chunks=100)
+    res = client.submit(url, rank=4, method="exact", compute_u=False).result(timeout=120)
+    assert res.U is None and res.report["passes"] == 1
+    ref = np.linalg.svd(A, compute_uv=False)
+    # LAPACK-level σ (Weyl: a few √n·ε·σ₁), V orthonormal.
+    np.testing.assert_allclose(res.S, ref[:4], rtol=0, atol=100 * np.sqrt(12) * EPS * ref[0])
+    Vt = np.asarray(res.Vt)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(4), atol=100 * EPS)
+    with pytest.raises(ValueError, match="compute_u=False"):
+        res.reconstruct(2)
