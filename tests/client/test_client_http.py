@@ -91,7 +91,7 @@ def test_submit_sends_the_contract_body_and_headers(tmp_path, monkeypatch):
     body = json.loads(req.content)
     assert body == {"source": {"url": str(tmp_path / "A.zarr"), "array": "X"}, "rank": 7,
                     "method": "exact", "n_oversamples": 10, "n_iter": 3, "center": True,
-                    "random_state": 5}
+                    "random_state": 5, "compute_u": True}
     assert req.headers["Authorization"] == "Bearer s3cret"
     assert req.headers["Idempotency-Key"] == "key-1"
     assert req.headers["User-Agent"].startswith("svdserve-client/")

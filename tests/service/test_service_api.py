@@ -276,12 +276,9 @@ def test_idempotency_key(service):
         assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
         # a key still being created (reserved, no job yet) answers 409
         store = c.app_state.services.store
-        import hashlib
-        import json
-        h = hashlib.sha256(json.dumps(
-            {"source": {"url": "A.zarr", "array": None}, "rank": 4, "method": "auto",
-             "n_oversamples": 10, "n_iter": 2, "center": False, "random_state": 0},
-            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        from svdserve.service._routes import _body_hash
+        from svdserve.service._schemas import JobCreate
+        h = _body_hash(JobCreate.model_validate({"source": {"url": "A.zarr"}, "rank": 4}))
         assert store.reserve_key("default", "in-flight", h) == ("new", None)
         assert_problem(submit(c, headers={"Idempotency-Key": "in-flight"}), 409)
         # a key whose request failed validation can be used again
