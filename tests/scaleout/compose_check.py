@@ -158,7 +158,8 @@ class Run:
     def sh(self, cmd: list[str], *, check_rc: bool = True, timeout: float = 600,
            quiet: bool = False) -> subprocess.CompletedProcess:
         if not quiet:
-            self.log("$ " + " ".join(shlex.quote(c) for c in cmd))
+            shown = [c if "\n" not in c else "'<script>'" for c in cmd]
+            self.log("$ " + " ".join(c if c == "'<script>'" else shlex.quote(c) for c in shown))
         proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
         if check_rc and proc.returncode != 0:
