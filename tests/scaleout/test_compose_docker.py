@@ -33,8 +33,10 @@ def _unavailable() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"no Docker engine: `{docker} info` could not run ({exc})"
     if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"no Docker engine answers `{docker} info`: {last}"
+        lines = (info.stdout + info.stderr).splitlines()
+        why = next((ln.strip() for ln in lines if "cannot connect" in ln.lower()),
+                   lines[-1].strip() if lines else "no output")
+        return f"no Docker engine answers `{docker} info`: {why}"
     compose = compose_command()
     try:
         version = subprocess.run([*compose, "version"], capture_output=True, text=True, timeout=30)
