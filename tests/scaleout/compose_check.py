@@ -398,18 +398,21 @@ class Run:
 
     def measure_scaling(self, client: Client) -> None:
         """Wall time of the same job on 1 and on 3 worker containers (nothing else changing)."""
-        walls = {}
-        for n in (1, 3):
-            self.compose("up", "-d", "--no-build", "--scale", f"worker={n}", timeout=300)
-            self.wait_workers(n)
-            t = time.monotonic()
-            job = client.submit("/data/A.zarr", rank=self.args.rank, method="exact")
-            job.wait(timeout=self.args.job_timeout)
-            walls[n] = time.monotonic() - t
-            check(job.state == "succeeded", f"job on {n} workers: {job.state} {job.error}")
-            self.log(f"  measured: one job on {n} worker container(s): {walls[n]:.1f} s wall")
-        self.log(f"  measured: speed-up 1 -> 3 workers: {walls[1] / walls[3]:.2f}x "
-                 f"(on {os.cpu_count()} cores)")
+        walls: dict[int, list[float]] = {1: [], 3: []}
+        for _ in range(self.args.scaling_repeats):
+            for n in (1, 3):
+                self.compose("up", "-d", "--no-build", "--scale", f"worker={n}", timeout=300)
+                self.wait_workers(n)
+                t = time.monotonic()
+                job = client.submit("/data/A.zarr", rank=self.args.rank, method="exact")
+                job.wait(timeout=self.args.job_timeout)
+                walls[n].append(time.monotonic() - t)
+                check(job.state == "succeeded", f"job on {n} workers: {job.state} {job.error}")
+                self.log(f"  measured: one job on {n} worker container(s): {walls[n][-1]:.1f} s wall")
+        best = {n: min(w) for n, w in walls.items()}
+        self.log(f"  measured (best of {self.args.scaling_repeats}): 1 worker {best[1]:.1f} s, "
+                 f"3 workers {best[3]:.1f} s, speed-up {best[1] / best[3]:.2f}x "
+                 f"on {os.cpu_count()} cores")
         self.compose("up", "-d", "--no-build", "--scale", "worker=1", timeout=300)
         self.wait_workers(1)
 
@@ -545,6 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--job-timeout", type=float, default=600)
     ap.add_argument("--measure-scaling", action="store_true",
                     help="also time one job on 1 and on 3 worker containers")
+    ap.add_argument("--scaling-repeats", type=int, default=2, help="with --measure-scaling")
     ap.add_argument("--no-cache", action="store_true", help="build the image from scratch")
     ap.add_argument("--keep", action="store_true", help="leave the project running (debugging)")
     return ap.parse_args(argv)
