@@ -412,7 +412,8 @@ class Run:
         best = {n: min(w) for n, w in walls.items()}
         self.log(f"  measured (best of {self.args.scaling_repeats}): 1 worker {best[1]:.1f} s, "
                  f"3 workers {best[3]:.1f} s, speed-up {best[1] / best[3]:.2f}x "
-                 f"on {os.cpu_count()} cores")
+                 f"on {os.cpu_count()} cores (load average now "
+                 f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")
         self.compose("up", "-d", "--no-build", "--scale", "worker=1", timeout=300)
         self.wait_workers(1)
 
