@@ -36,7 +36,7 @@ PYTHON_IMAGE ?= python:3.11-slim
 compose-check: $(STAMP)
 	PYTHON_IMAGE='$(PYTHON_IMAGE)' PIP_INDEX_URL='$(PIP_INDEX_URL)' \
 	PIP_EXTRA_INDEX_URL='$(PIP_EXTRA_INDEX_URL)' PIP_TRUSTED_HOST='$(PIP_TRUSTED_HOST)' \
-	$(PY) tests/scaleout/compose_check.py $(COMPOSE_CHECK_ARGS)
+	$(PY) -m tests.scaleout.compose_check $(COMPOSE_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -18,9 +18,9 @@ import sys
 
 import pytest
 
+from ._helpers import REPO
 from .compose_check import compose_command, docker_binary
 
-CHECK = os.path.join(os.path.dirname(__file__), "compose_check.py")
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,8 @@ def test_make_compose_check_passes_on_a_real_docker_engine():
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    proc = subprocess.run([sys.executable, CHECK], capture_output=True, text=True, timeout=1700)
+    proc = subprocess.run([sys.executable, "-m", "tests.scaleout.compose_check"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1700)
     out = proc.stdout + proc.stderr
     print(out)  # shown by pytest on failure (and with -s)
     assert proc.returncode == 0, out[-15000:]
