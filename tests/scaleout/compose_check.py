@@ -112,12 +112,14 @@ class Run:
         self.project = f"svdservecheck{os.getpid()}"
         self.api_port = free_port()
         self.dashboard_port = free_port()
-        self.image = f"svdserve:{os.environ.get('SVDSERVE_VERSION', '0.1.0')}"
+        version = os.environ.get("SVDSERVE_VERSION") or "0.1.0"
+        self.image = f"svdserve:{version}"
         self.panel_bytes = args.chunk_rows * args.cols * 8  # one chunk per panel
         self.env = dict(os.environ)
         for key in [k for k in self.env if k.startswith("SVDSERVE_")]:
             del self.env[key]  # only what this run sets reaches the compose file
         self.env.update({
+            "SVDSERVE_VERSION": version,
             "SVDSERVE_API_PORT": str(self.api_port),
             "SVDSERVE_DASHBOARD_PORT": str(self.dashboard_port),
             "SVDSERVE_PANEL_BYTES": str(self.panel_bytes),
@@ -126,6 +128,10 @@ class Run:
         })
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.tmp = Path(tempfile.mkdtemp(prefix="svdserve-compose-check-"))
+        # An empty env file: a .env next to docker-compose.yml (tokens, ports...)
+        # does not reach this run.
+        self.env_file = self.tmp / "empty.env"
+        self.env_file.touch()
         self.t0 = time.monotonic()
         self.step_no = 0
         self.timings: list[tuple[str, float]] = []
@@ -168,7 +174,8 @@ class Run:
         return proc
 
     def compose(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.sh([*self.compose_cmd, "-f", str(COMPOSE_FILE), "-p", self.project, *args], **kw)
+        return self.sh([*self.compose_cmd, "-f", str(COMPOSE_FILE), "-p", self.project,
+                        "--env-file", str(self.env_file), *args], **kw)
 
     def containers(self, service: str, *, all_: bool = False) -> list[dict]:
         """This project's containers of ``service`` (running ones unless ``all_``), by number."""
