@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # svdserve: one image for the Dask scheduler, the Dask workers and the job API.
 # docker-compose.yml chooses the command of each service; the default command
 # runs the API. Everything is installed at build time: a container never
@@ -14,6 +12,13 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # Wheels of svdserve and of every dependency, resolved against the exact pins
 # of pyproject.toml. Only this stage talks to the package index.
 FROM ${PYTHON_IMAGE} AS build
+# The package index, when it is not pip's default: passed through from the
+# building machine's environment (`make compose-check` does so when they are
+# set there). Build with `--network host` so that pip reaches what the host
+# reaches. Nothing of these ends up in the runtime stage.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -32,9 +37,13 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Installed from the wheels of the build stage only (--no-index): no network.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "svdserve[dashboard]" \
- && python -c "import svdserve.worker, svdserve.service, svdserve.client, distributed"
+# COPY --from (not RUN --mount) so that the legacy builder, BuildKit and
+# `docker-compose build` all build this file, and no `# syntax=` frontend image
+# has to be pulled. The cost: the wheels stay in the COPY layer of the image.
+COPY --from=build /wheels /wheels
+RUN pip install --no-index --find-links=/wheels "svdserve[dashboard]" \
+ && rm -rf /wheels \
+ && python -c "import svdserve.worker, svdserve.service, svdserve.client, distributed, bokeh"
 
 # A non-root user. The mount points exist in the image and belong to it, so a
 # named volume mounted there starts out writable by that user.

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean compose-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 2; }
@@ -25,6 +25,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/compare.py
+
+# docker-compose.yml run for real on a Docker engine (../shared/docker/local-engine.sh
+# sets one up): build, scale under a running job, lose a worker, check the
+# result, `down -v` at the end. The build args default from the environment:
+# PYTHON_IMAGE (base image), PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST
+# (pip's package index inside the build; passed only when set).
+# COMPOSE_CHECK_ARGS: e.g. --measure-scaling, --no-cache, --keep.
+PYTHON_IMAGE ?= python:3.11-slim
+compose-check: $(STAMP)
+	PYTHON_IMAGE='$(PYTHON_IMAGE)' PIP_INDEX_URL='$(PIP_INDEX_URL)' \
+	PIP_EXTRA_INDEX_URL='$(PIP_EXTRA_INDEX_URL)' PIP_TRUSTED_HOST='$(PIP_TRUSTED_HOST)' \
+	$(PY) -m tests.scaleout.compose_check $(COMPOSE_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,8 +1,9 @@
 """The deployment files themselves: compose schema, topology, Dockerfile, build context.
 
-No Docker engine runs here, so these checks read the files; what the
-services actually do is proven by test_topology.py and test_s3.py, which run
-the same commands as processes.
+These checks read the files and need no Docker engine. What the services
+actually do is proven by test_topology.py and test_s3.py, which run the same
+commands as processes, and, where a Docker engine answers, by
+test_compose_docker.py (``make compose-check``), which runs them in containers.
 """
 
 from __future__ import annotations
@@ -243,6 +244,52 @@ def test_dockerfile_installs_everything_at_build_time(dockerfile):
             assert not re.search(r"\b(pip|curl|wget|apt-get|uv)\b", " ".join(argv)), argv
     cmd = json.loads(next(a for w, a in reversed(stage) if w == "CMD"))
     assert cmd[:2] == ["svdserve", "serve"] and "0.0.0.0" in cmd and "8000" in cmd
+
+
+def test_dockerfile_builds_with_any_builder(dockerfile):
+    """The legacy builder, BuildKit and ``docker-compose build`` all build it, with no registry.
+
+    A ``# syntax=`` line makes BuildKit pull that frontend image; ``RUN
+    --mount`` needs BuildKit. The wheels come over with ``COPY --from``.
+    """
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a # syntax= frontend line"
+    assert not re.search(r"^#\s*escape\s*=", text, re.M | re.I)
+    assert not any("--mount" in a for w, a in dockerfile if w == "RUN"), "RUN --mount needs BuildKit"
+    stage = final_stage(dockerfile)
+    copies = [a for w, a in stage if w == "COPY" and a.startswith("--from=build ")]
+    assert copies, "the runtime stage does not copy the wheels from the build stage"
+    # Both stages on the same base, chosen by one build arg (no registry: a local image).
+    assert dockerfile[0] == ("ARG", "PYTHON_IMAGE=python:3.11-slim")
+    assert [a for w, a in dockerfile if w == "FROM"] == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
+    # pip's index comes from build args only in the build stage, never from a fixed host.
+    build_stage = dockerfile[:len(dockerfile) - len(stage)]
+    build_args = {a.split("=")[0] for w, a in build_stage if w == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= build_args
+    assert not re.search(r"https?://", " ".join(a for w, a in dockerfile if w != "LABEL"))
+
+
+def test_scheduler_health_check_asks_its_http_health_endpoint(compose):
+    """``/health`` on the dashboard port: a bare TCP connect to 8786 logs
+    "closed before handshake completed" at every probe."""
+    scheduler = compose["services"]["scheduler"]
+    test = " ".join(scheduler["healthcheck"]["test"])
+    assert "http://127.0.0.1:8787/health" in test, test
+    assert "8786" not in test
+    assert "--dashboard-address" in scheduler["command"]
+    assert scheduler["command"][scheduler["command"].index("--dashboard-address") + 1] == ":8787"
+
+
+def test_worker_memory_limit_follows_its_container(compose):
+    """One setting, the container's memory (cgroup); the Dask worker takes a fraction of it."""
+    worker = compose["services"]["worker"]
+    limit = worker["mem_limit"]
+    assert re.fullmatch(r"\d+[bkmg]?", str(limit)), f"docker cannot parse mem_limit {limit!r}"
+    command = worker["command"]
+    fraction = float(command[command.index("--memory-limit") + 1])
+    assert 0.5 <= fraction < 1, "Dask's limit must leave room for the nanny in the cgroup"
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["worker"]
+    assert raw["mem_limit"] == "${SVDSERVE_WORKER_MEMORY:-4g}"
 
 
 def test_dockerfile_exposes_the_service_ports(dockerfile):
