@@ -29,7 +29,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RSSSampler, add_matrix_args, ensure_matrix, fmt_table, matrix_path, timed  # noqa: E402
+from _common import (  # noqa: E402
+    RSSSampler,
+    add_matrix_args,
+    bare_pass,
+    decode_floor,
+    ensure_matrix,
+    fmt_table,
+    matrix_path,
+    timed,
+)
 
 
 def main(argv=None):
@@ -137,50 +146,6 @@ def main(argv=None):
         print()
         print(fmt_table(scaling, ["svdserve", "m", "peak RSS MiB", "wall s", "4m",
                                   "peak RSS MiB", "wall s"]))
-
-
-def bare_pass(client, path):
-    """Σa² over every panel through svdserve's engine and reader (one pass, no cache)."""
-    from svdserve.worker._api import _panels_for
-    from svdserve.worker._engine import DaskEngine, Phase
-    from svdserve.worker._source import open_source, plan_panels
-
-    src = open_source(path)
-    engine = DaskEngine(client)
-    bounds = plan_panels(*src.tall_shape, src.tall_chunk)
-    handles = engine.run_pass(Phase("bare", 1, 1), _panels_for(src, bounds, engine),
-                              _sum_squares, lambda i: ())
-    return sum(engine.gather([engine.part(h, 0) for h in handles]))
-
-
-def _sum_squares(block):
-    return float(np.einsum("ij,ij->", block, block))
-
-
-def decode_floor(client, path):
-    """Decode every chunk file's bytes into one preallocated buffer, chunks split over workers."""
-    import zarr
-
-    z = zarr.open_array(path, mode="r")
-    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(path, "c"))
-                   for f in fs)
-    workers = sorted(client.scheduler_info()["workers"])
-    shares = [files[i::len(workers)] for i in range(len(workers))]
-    chunk_bytes = int(np.prod(z.chunks)) * z.dtype.itemsize
-    futs = [client.submit(_decode_files, share, chunk_bytes, workers=[w], pure=False)
-            for w, share in zip(workers, shares)]
-    return sum(client.gather(futs))
-
-
-def _decode_files(files, chunk_bytes):
-    from numcodecs import Zstd
-
-    codec, out, total = Zstd(), bytearray(chunk_bytes), 0
-    for name in files:
-        with open(name, "rb") as fh:
-            raw = fh.read()
-        total += len(codec.decode(raw, out=out))
-    return total
 
 
 def _gc():

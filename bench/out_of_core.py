@@ -16,7 +16,18 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RSSSampler, add_matrix_args, ensure_matrix, fmt_table, matrix_path, timed  # noqa: E402
+from _common import (  # noqa: E402
+    RSSSampler,
+    add_matrix_args,
+    bare_pass,
+    ensure_matrix,
+    fmt_table,
+    matrix_path,
+    timed,
+)
+
+#: Phases of a job that read A (one pass each, or several for "power").
+READING = ("stats+qr", "tall", "power", "range+project")
 
 
 def main(argv=None):
@@ -46,6 +57,8 @@ def main(argv=None):
         print(f"matrix {size_mib:.0f} MiB; cluster memory limit {total_limit} MiB "
               f"({size_mib / total_limit:.1f}× smaller than the matrix)", flush=True)
         workers0 = set(client.scheduler_info()["workers"])
+        _, bare = timed(lambda: bare_pass(client, path, panel_bytes=args.panel_mib * 2**20))
+        print(f"bare pass (svdserve reader): {bare:.1f}s", flush=True)
         for method in ("exact", "randomized"):
             paused = set()
 
@@ -60,7 +73,10 @@ def main(argv=None):
                                              progress=watch))
             workers = set(client.scheduler_info()["workers"])
             peaks = sorted(v / 2**20 for v in rss.peak.values())
-            rows.append([method, f"{sec:.1f}", res.passes,
+            timings = res.report["timings"]
+            per_pass = sum(timings.get(p, 0.0) for p in READING) / res.passes
+            rows.append([method, f"{sec:.1f}", res.passes, f"{res.reads:.2f}",
+                         f"{per_pass:.1f}", f"{per_pass / bare:.2f}",
                          " / ".join(f"{p:.0f}" for p in peaks), args.memory_limit_mib,
                          "no" if workers == workers0 else "YES", "yes" if paused else "no"])
             print(rows[-1], flush=True)
@@ -69,7 +85,11 @@ def main(argv=None):
           f"{args.memory_limit_mib} MiB limit each ({size_mib / total_limit:.1f}× the cluster's "
           f"memory); panels of {args.panel_mib} MiB.")
     print()
-    print(fmt_table(rows, ["method", "wall s", "passes", "peak RSS per worker MiB",
+    print(f"bare pass through svdserve's reader: {bare:.1f} s "
+          f"({size_mib / 1024 / bare:.2f} GiB/s).")
+    print()
+    print(fmt_table(rows, ["method", "wall s", "passes", "reads", "s per pass",
+                           "× bare pass", "peak RSS per worker MiB",
                            "limit MiB", "worker restarted", "worker paused"]))
 
 
