@@ -7,7 +7,8 @@
 Modules: :mod:`._kernels` (pure NumPy panel kernels), :mod:`._engine` (Dask
 futures, tree reductions, progress), :mod:`._tsqr` (exact, Benson et al.),
 :mod:`._rsvd` (randomized, Halko et al.), :mod:`._energy` (the report),
-:mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels).
+:mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels),
+:mod:`._cache` (decoded panels kept in worker memory between passes).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 

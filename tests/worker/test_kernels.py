@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from svdserve.worker import _kernels as K
+from svdserve.worker._engine import LocalEngine
+from svdserve.worker._tsqr import tsqr_down, tsqr_up
 
 from ._check import EPS, centred_exactly
 
@@ -13,27 +15,13 @@ rng = np.random.default_rng(42)
 
 
 def _tree(leaves):
-    """Reduce leaves pairwise like the engine, keeping nodes for the downward sweep."""
-    level = [(leaf, (i, i + 1)) for i, leaf in enumerate(leaves)]
-    nodes = []
-    while len(level) > 1:
-        nxt = []
-        for j in range(0, len(level) - 1, 2):
-            (a, ra), (b, rb) = level[j], level[j + 1]
-            node = K.tsqr_merge(a, b)
-            nodes.append((node, ra, rb))
-            nxt.append((node, (ra[0], rb[1])))
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0][0], nodes
+    """Reduce leaves like a run does, in this process (LocalEngine): (root, nodes)."""
+    return tsqr_up(LocalEngine(), leaves)
 
 
 def _down(nodes, n_leaves, w, c):
-    wmap = {(0, n_leaves): (w, c)}
-    for node, ra, rb in reversed(nodes):
-        wmap[ra], wmap[rb] = K.split_down(node, wmap.pop((ra[0], rb[1])))
-    return [wmap[(i, i + 1)] for i in range(n_leaves)]
+    eng = LocalEngine()
+    return eng.gather(tsqr_down(eng, nodes, n_leaves, w, c))
 
 
 def test_merge_stats_equals_whole_matrix():
