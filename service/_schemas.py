@@ -103,7 +103,7 @@ class JobCreate(BaseModel):
 class Progress(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    phase: str = Field(description="stats+qr, power, range, project, factor or write")
+    phase: str = Field(description="stats+qr, power, range+project, tall, factor or write")
     pass_: int = Field(alias="pass", description="Pass over A this step belongs to.")
     passes: int = Field(description="Passes over A the job makes.")
     done: int = Field(description="Panels finished in this step.")

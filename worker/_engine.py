@@ -32,7 +32,7 @@ class Phase(str):
     Attributes
     ----------
     name : str
-        ``"stats+qr"``, ``"power"``, ``"range"``, ``"project"``, ``"factor"`` or ``"write"``.
+        ``"stats+qr"``, ``"power"``, ``"range+project"``, ``"tall"``, ``"factor"`` or ``"write"``.
     pass_no : int
         The pass over A this step belongs to (for steps that do not read A,
         the last pass made).
