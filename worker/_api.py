@@ -13,7 +13,7 @@ from ._errors import InvalidInputError
 from ._kernels import block_argmax
 from ._rsvd import randomized_svd
 from ._run import Run
-from ._source import PanelRef, open_source, plan_panels
+from ._source import PanelRef, PanelRefs, open_source, plan_panels
 from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
 
@@ -65,8 +65,9 @@ def _panels_for(src, bounds, engine):
     """Panel arguments for each (start, stop) of the tall view."""
     wide = src.wide
     if src.kind == "zarr":
-        ref = src.zarr_ref
-        return [PanelRef(s, e, wide, ref, None if ref else src.obj) for s, e in bounds]
+        if src.pin is not None:  # read through the pin, made lazily per panel
+            return PanelRefs(src.pin, bounds, wide)
+        return [PanelRef(s, e, wide, array=src.obj) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
         return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
@@ -78,7 +79,8 @@ def _panels_for(src, bounds, engine):
 
 def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
-        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0):
+        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
+        allow_missing_chunks=False):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -87,10 +89,13 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
 
     Parameters
     ----------
-    source : zarr.Array, str, os.PathLike, ndarray or dask.array.Array
+    source : zarr.Array, str, os.PathLike, SourcePin, ndarray or dask.array.Array
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
-        a Zarr (format 2 or 3) array or group. Any real dtype; computed in
-        float64.
+        a Zarr (format 2 or 3) array or group, or a source pinned earlier
+        with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
+        source on storage is pinned (metadata digest, chunk stamps): it is
+        read exactly as validated, re-listed before the first read and
+        after the last, and a change fails with :class:`SourceChangedError`.
     rank : int
         Number of singular triplets k, ``1 <= k <= min(m, n)``.
     array : str, optional
@@ -133,6 +138,10 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         Seconds a pass may wait on a cluster with no worker at all before
         failing with :class:`WorkerLostError`. Workers that die while others
         remain cost only recomputation (noted in ``res.events``).
+    allow_missing_chunks : bool, default=False
+        Read chunks that the metadata implies but the store lacks as the
+        fill value (arrays sparse on purpose). By default such a chunk fails
+        with :class:`InvalidInputError` naming it and its row range.
 
     Returns
     -------
@@ -143,13 +152,16 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     Raises
     ------
     InvalidInputError
-        Bad parameter or matrix (``.field`` names which).
+        Bad parameter or matrix (``.field`` names which), a chunk missing
+        from the store, or a layout beyond the sanity limits.
     SourceNotFoundError
         The path, URL or array does not exist.
     NonFiniteError
         NaN/Inf found in pass 1 (``.rows`` gives the first bad panel).
     StorageError
-        Reading or writing failed.
+        Reading or writing failed (a corrupt chunk is named);
+        :class:`SourceChangedError` when the source changed, vanished or
+        now leads outside the allowed roots.
     WorkerLostError
         Workers kept dying, or the scheduler went away.
 
@@ -161,7 +173,8 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     Memory per worker: one panel plus O(n·l), whatever m is.
     """
     t_start = time.perf_counter()
-    src = open_source(source, array=array, storage_options=storage_options)
+    src = open_source(source, array=array, storage_options=storage_options,
+                      allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes)
     m, n = src.shape
     k = _int_param(rank, "rank", 1)
     if k > min(m, n):
@@ -202,6 +215,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         signs = np.ones(k)
     v = v * signs
 
+    src.verify()  # after the last read: the source is still exactly what was pinned
     url = None
     phase_w = Phase("write", run.pass_no, passes)
     t_w = time.perf_counter()
