@@ -133,6 +133,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             n_iter=args.n_iter,
             center=args.center,
             random_state=args.seed,
+            allow_missing_chunks=args.allow_missing_chunks,
             idempotency_key=args.idempotency_key,
         )
         if not args.wait:
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="power iterations (randomized)")
     p.add_argument("--center", action="store_true", help="remove column means (PCA)")
     p.add_argument("--seed", type=int, default=0, help="random_state")
+    p.add_argument("--allow-missing-chunks", action="store_true",
+                   help="read chunks missing from the store as the fill value "
+                        "(default: a missing chunk fails the job)")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")

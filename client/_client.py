@@ -155,6 +155,7 @@ class Client:
         n_iter: int = 2,
         center: bool = False,
         random_state: int = 0,
+        allow_missing_chunks: bool = False,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
@@ -179,6 +180,10 @@ class Client:
         center : bool, default=False
             Remove column means first (PCA).
         random_state : int, default=0
+        allow_missing_chunks : bool, default=False
+            Read chunks the array's metadata implies but its store lacks as
+            the fill value. By default such a chunk fails the job with
+            ``invalid_input``, naming the chunk and its row range.
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
@@ -198,6 +203,8 @@ class Client:
             "center": bool(center),
             "random_state": random_state,
         }
+        if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
+            body["allow_missing_chunks"] = True
         key = idempotency_key or str(uuid.uuid4())
         response = self._http.request(
             "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}

@@ -251,9 +251,13 @@ class SourcePin:
         raise InvalidInputError(_missing_message(self.ref, where, n_missing),
                                 field="source")
 
-    def with_options(self, *, allow_missing=None, name=None):
-        """A copy with ``allow_missing`` / ``name`` replaced."""
+    def with_options(self, *, allow_missing=None, name=None, storage_options=None):
+        """A copy with ``allow_missing`` / ``name`` / ``storage_options`` replaced."""
+        from ._source import _options_key
+
         kw = {}
+        if storage_options is not None and self.ref.remote:
+            kw["options_key"] = _options_key(storage_options)
         if allow_missing is not None:
             kw["allow_missing"] = bool(allow_missing)
         if name is not None:
@@ -313,7 +317,11 @@ class SourcePin:
 
     # ---------------------------------------------------------------- storage
     def to_json(self):
-        """A JSON-able dict (stamps compressed); :meth:`from_json` inverts it."""
+        """A JSON-able dict (stamps compressed); :meth:`from_json` inverts it.
+
+        Storage options (credentials) are left out: give them again with
+        :meth:`with_options` after :meth:`from_json`.
+        """
         buf = io.BytesIO()
         np.save(buf, self.stamps, allow_pickle=False)
         ref = self.ref
@@ -322,7 +330,7 @@ class SourcePin:
             "meta_digest": ref.meta_digest, "shape": list(ref.shape),
             "key_chunks": list(ref.key_chunks), "listing_digest": ref.listing_digest,
             "roots": list(ref.guard.roots), "forbidden": list(ref.guard.forbidden),
-            "options_key": ref.options_key, "allow_missing": ref.allow_missing,
+            "allow_missing": ref.allow_missing,
             "name": ref.name, "info": _info_json(self.info),
             "stamps": base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii"),
         }
@@ -338,7 +346,7 @@ class SourcePin:
             meta_digest=data["meta_digest"], shape=tuple(data["shape"]),
             key_chunks=tuple(data["key_chunks"]), listing_digest=data["listing_digest"],
             guard=Guard(tuple(data["roots"]), tuple(data["forbidden"])),
-            options_key=data["options_key"], allow_missing=data["allow_missing"],
+            allow_missing=data["allow_missing"],
             name=data["name"])
         info = data["info"]
         return cls(ref, stamps, SourceInfo(tuple(info["shape"]), info["dtype"],
