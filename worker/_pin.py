@@ -20,8 +20,9 @@ missing at rest raises :class:`InvalidInputError` unless
 :meth:`SourcePin.verify` re-lists the whole source; :func:`svd` calls it
 before the first read and after the last.
 
-Cost: pinning lists the array's directory once (one ``stat`` per chunk
-file, a ``realpath`` only for symlinks) and is bounded by the chunk-count
+Cost: pinning looks only at the chunk keys the metadata implies (one
+``lstat`` each, a ``realpath`` per directory and per symlinked chunk);
+nothing else under the array is walked. It is bounded by the chunk-count
 limit, which is checked from the metadata *before* anything is listed.
 The only thing cached on a worker is parsed metadata, keyed by the
 document's digest.
@@ -40,6 +41,8 @@ import hashlib
 import io
 import json
 import os
+import posixpath
+import stat
 import zlib
 from dataclasses import dataclass, field, replace
 
@@ -468,46 +471,41 @@ def _read_meta(ref, *, at_pin):
         os.close(fd)
 
 
-def _walk(ref, *, at_pin):
-    """``{key: (size, mtime_ns, inode)}`` of every file under the array's directory."""
-    out = {}
-    seen = {os.path.realpath(ref.url)}
-    stack = [(ref.url, "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for e in entries:
-            key = prefix + e.name
-            try:
-                if e.is_symlink():
-                    real = os.path.realpath(e.path)
-                    why = ref.guard.violation(real)
-                    if why is not None:
-                        if at_pin:
-                            raise SourceAccessError(
-                                f"{key!r} inside {ref.name} is a symlink that {why}; sources "
-                                "must lie inside the data roots.", field="source.url")
-                        raise SourceChangedError(
-                            f"{ref.name} changed since the job was submitted: {key!r} is now "
-                            f"a symlink that {why}.")
-                    if os.path.isdir(real):
-                        if real not in seen:
-                            seen.add(real)
-                            stack.append((e.path, key + "/"))
-                        continue
-                    st = os.stat(e.path)
-                elif e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, key + "/"))
-                    continue
-                else:
-                    st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:  # removed while listing
-                continue
-            out[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
+def _escape(ref, what, why, *, at_pin):
+    if at_pin:
+        return SourceAccessError(f"{what} inside {ref.name} {why}; sources must lie inside the "
+                                 "data roots.", field="source.url")
+    return SourceChangedError(f"{ref.name} changed since the job was submitted: {what} "
+                              f"now {why}.")
+
+
+def _local_stamp(ref, key, dirs, *, at_pin):
+    """``(size, mtime_ns, inode)`` of one chunk file, or None when missing.
+
+    Only the key's own path is looked at: its directory is resolved once
+    (cached in ``dirs``) and the file itself resolved only if it is a symlink.
+    """
+    parent = posixpath.dirname(key)
+    if parent not in dirs:
+        real = os.path.realpath(os.path.join(ref.url, parent))
+        why = ref.guard.violation(real)
+        if why is not None:
+            raise _escape(ref, f"directory {parent!r}", why, at_pin=at_pin)
+        dirs[parent] = real
+    path = os.path.join(ref.url, key)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            why = ref.guard.violation(real)
+            if why is not None:
+                raise _escape(ref, f"chunk {key!r} is a symlink that", why, at_pin=at_pin)
+            st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _stamps(ref, meta, *, at_pin):
@@ -520,12 +518,12 @@ def _stamps(ref, meta, *, at_pin):
             for j in range(gc):
                 out[i, j] = listing.get(meta.encode_chunk_key((i, j)), "")
         return out.astype(str) if out.size else np.zeros((gr, gc), dtype="<U1")
-    listing = _walk(ref, at_pin=at_pin)
     out = np.full((gr, gc, 3), -1, dtype=np.int64)
     out[..., 1:] = 0
+    dirs = {}
     for i in range(gr):
         for j in range(gc):
-            st = listing.get(meta.encode_chunk_key((i, j)))
+            st = _local_stamp(ref, meta.encode_chunk_key((i, j)), dirs, at_pin=at_pin)
             if st is not None:
                 out[i, j] = st
     return out
