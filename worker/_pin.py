@@ -21,7 +21,7 @@ missing at rest raises :class:`InvalidInputError` unless
 before the first read and after the last.
 
 Cost: pinning looks only at the chunk keys the metadata implies (one
-``lstat`` each, a ``realpath`` per directory and per symlinked chunk);
+``lstat`` per key and per directory, a ``realpath`` only for a symlink);
 nothing else under the array is walked. It is bounded by the chunk-count
 limit, which is checked from the metadata *before* anything is listed.
 The only thing cached on a worker is parsed metadata, keyed by the
@@ -479,20 +479,49 @@ def _escape(ref, what, why, *, at_pin):
                               f"now {why}.")
 
 
+def _real_dir(ref, rel, dirs, *, at_pin):
+    """Real path of directory ``rel`` under the array (None if it is missing).
+
+    Resolved one component at a time from its parent (memoised in ``dirs``):
+    one ``lstat`` per directory, a full ``realpath`` only for a symlink.
+    """
+    if rel in dirs:
+        return dirs[rel]
+    if rel == "":
+        real = os.path.realpath(ref.url)
+    else:
+        parent, name = posixpath.split(rel)
+        base = _real_dir(ref, parent, dirs, at_pin=at_pin)
+        real = None
+        if base is not None:
+            path = f"{base}/{name}"
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+            elif st is not None and stat.S_ISDIR(st.st_mode):
+                real = path
+    if real is not None:
+        why = ref.guard.violation(real)
+        if why is not None:
+            raise _escape(ref, f"directory {rel or '.'!r}", why, at_pin=at_pin)
+    dirs[rel] = real
+    return real
+
+
 def _local_stamp(ref, key, dirs, *, at_pin):
     """``(size, mtime_ns, inode)`` of one chunk file, or None when missing.
 
     Only the key's own path is looked at: its directory is resolved once
-    (cached in ``dirs``) and the file itself resolved only if it is a symlink.
+    (memoised in ``dirs``) and the file itself resolved only if it is a symlink.
     """
-    parent = posixpath.dirname(key)
-    if parent not in dirs:
-        real = os.path.realpath(os.path.join(ref.url, parent))
-        why = ref.guard.violation(real)
-        if why is not None:
-            raise _escape(ref, f"directory {parent!r}", why, at_pin=at_pin)
-        dirs[parent] = real
-    path = os.path.join(ref.url, key)
+    parent, name = posixpath.split(key)
+    base = _real_dir(ref, parent, dirs, at_pin=at_pin)
+    if base is None:
+        return None
+    path = f"{base}/{name}"
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
@@ -518,15 +547,14 @@ def _stamps(ref, meta, *, at_pin):
             for j in range(gc):
                 out[i, j] = listing.get(meta.encode_chunk_key((i, j)), "")
         return out.astype(str) if out.size else np.zeros((gr, gc), dtype="<U1")
-    out = np.full((gr, gc, 3), -1, dtype=np.int64)
-    out[..., 1:] = 0
+    rows = []
     dirs = {}
+    missing = (-1, 0, 0)
     for i in range(gr):
         for j in range(gc):
             st = _local_stamp(ref, meta.encode_chunk_key((i, j)), dirs, at_pin=at_pin)
-            if st is not None:
-                out[i, j] = st
-    return out
+            rows.append(missing if st is None else st)
+    return np.array(rows, dtype=np.int64).reshape(gr, gc, 3)
 
 
 def _listing_digest(stamps):
