@@ -774,37 +774,38 @@ def _byte_range(byte_range, size):
     raise TypeError(f"unexpected byte range {byte_range!r}")
 
 
-def _make_local_store(ref, expect):
+@functools.lru_cache(maxsize=1)
+def _store_classes():
+    """The guarded store classes (defined once, on first use: zarr imports lazily)."""
     from zarr.core.buffer.core import default_buffer_prototype
-    from zarr.storage import LocalStore
+    from zarr.storage import FsspecStore, LocalStore
 
     class PinnedLocalStore(LocalStore):
-        """A read-only LocalStore that reads only what the pin allows."""
+        """A read-only LocalStore that reads only what the pin allows (:func:`_local_get`)."""
+
+        def __init__(self, ref, expect):
+            super().__init__(ref.url, read_only=True)
+            self._ref, self._expect = ref, expect
 
         async def get(self, key, prototype=None, byte_range=None):
             prototype = prototype or default_buffer_prototype()
-            data = await asyncio.to_thread(_local_get, ref, expect, key, byte_range)
+            data = await asyncio.to_thread(_local_get, self._ref, self._expect, key, byte_range)
             return None if data is None else prototype.buffer.from_bytes(data)
 
         async def get_partial_values(self, prototype, key_ranges):
             return [await self.get(k, prototype, r) for k, r in key_ranges]
 
-    store = PinnedLocalStore.__new__(PinnedLocalStore)
-    LocalStore.__init__(store, ref.url, read_only=True)
-    return store
-
-
-def _make_remote_store(ref, expect):
-    from zarr.storage import FsspecStore
-
-    base = FsspecStore.from_url(ref.url, storage_options=json.loads(ref.options_key),
-                                read_only=True)
-
     class PinnedFsspecStore(FsspecStore):
         """A read-only FsspecStore failing on missing chunks (ETags checked per run)."""
 
+        def __init__(self, ref, expect, base):
+            super().__init__(fs=base.fs, path=base.path, read_only=True,
+                             allowed_exceptions=base.allowed_exceptions)
+            self._ref, self._expect = ref, expect
+
         async def get(self, key, prototype=None, byte_range=None):
-            hit = expect.get(key)
+            ref = self._ref
+            hit = self._expect.get(key)
             out = await super().get(key, prototype, byte_range)
             if hit is None or out is not None:
                 return out
@@ -818,8 +819,18 @@ def _make_remote_store(ref, expect):
         async def get_partial_values(self, prototype, key_ranges):
             return [await self.get(k, prototype, r) for k, r in key_ranges]
 
-    return PinnedFsspecStore(fs=base.fs, path=base.path, read_only=True,
-                             allowed_exceptions=base.allowed_exceptions)
+    return PinnedLocalStore, PinnedFsspecStore
+
+
+def _make_store(ref, expect):
+    local_cls, remote_cls = _store_classes()
+    if not ref.remote:
+        return local_cls(ref, expect)
+    from zarr.storage import FsspecStore
+
+    base = FsspecStore.from_url(ref.url, storage_options=json.loads(ref.options_key),
+                                read_only=True)
+    return remote_cls(ref, expect, base)
 
 
 def open_pinned(ref, expect):
@@ -840,7 +851,7 @@ def open_pinned(ref, expect):
             f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> {digest[:12]}…). "
             "Resubmit to decompose the new array.")
     meta = _parse_meta(ref.zarr_format, digest, doc)
-    store = (_make_remote_store if ref.remote else _make_local_store)(ref, expect)
+    store = _make_store(ref, expect)
     return zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, "")))
 
 
