@@ -43,6 +43,7 @@ import json
 import os
 import posixpath
 import stat
+import threading
 import zlib
 from dataclasses import dataclass, field, replace
 
@@ -609,6 +610,7 @@ def _parsed(zarr_format, digest, doc):
 
 
 _BY_DIGEST: dict = {}
+_BY_DIGEST_LOCK = threading.Lock()
 
 
 def _parse_meta(zarr_format, digest, doc):
@@ -616,9 +618,10 @@ def _parse_meta(zarr_format, digest, doc):
     if doc is None:
         return _BY_DIGEST[(zarr_format, digest)]
     meta = _parsed(zarr_format, digest, bytes(doc))
-    _BY_DIGEST[(zarr_format, digest)] = meta
-    if len(_BY_DIGEST) > 256:
-        _BY_DIGEST.pop(next(iter(_BY_DIGEST)))
+    with _BY_DIGEST_LOCK:
+        _BY_DIGEST[(zarr_format, digest)] = meta
+        while len(_BY_DIGEST) > 256:
+            _BY_DIGEST.pop(next(iter(_BY_DIGEST)))
     return meta
 
 
