@@ -225,3 +225,40 @@ def test_ready_shows_workers_not_the_scheduler_address(service, dask_client):
         body = c.get("/v1/ready").json()
         assert body == {"ready": True, "workers": 2}
         assert dask_client.scheduler.address.split("://")[1] not in c.get("/v1/ready").text
+
+
+# ---------------------------------------------------------------- case 8, external scheduler
+def test_external_scheduler_over_tls(service, tmp_path, wait):
+    """Case 8 for scale-out: a TLS-only scheduler admits the service when it is given
+    the cluster's CA and a client certificate (SVDSERVE_TLS_*), and nobody without."""
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    sec = Security.temporary()  # stands in for certificates made with the cluster's CA
+    files = {}
+    for name, pem in (("ca", sec.tls_ca_file), ("cert", sec.tls_client_cert),
+                      ("key", sec.tls_client_key)):
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text(pem)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, security=sec,
+                      protocol="tls://", host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        with service(scheduler=cluster.scheduler_address, tls_ca_file=str(files["ca"]),
+                     tls_cert_file=str(files["cert"]), tls_key_file=str(files["key"])) as c:
+            assert c.get("/v1/ready").json() == {"ready": True, "workers": 1}
+            job = c.post("/v1/jobs", json={"source": {"url": "small.zarr"}, "rank": 2}).json()
+            assert wait(c, job["id"])["state"] == "succeeded"
+        with service(scheduler=cluster.scheduler_address, connect_timeout=1) as c:
+            assert c.get("/v1/ready").status_code == 503  # no certificate, no admission
+
+
+def test_tls_settings_go_together(tmp_path):
+    from pydantic import ValidationError
+
+    from svdserve.service import Settings
+
+    with pytest.raises(ValidationError, match="all three or none"):
+        Settings(scheduler="tls://127.0.0.1:8786", tls_ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(ValidationError, match="must be a tls:// address"):
+        Settings(scheduler="tcp://127.0.0.1:8786", tls_ca_file="a", tls_cert_file="b",
+                 tls_key_file="c")
