@@ -684,6 +684,22 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     ------
     SourceNotFoundError, SourceAccessError, InvalidInputError, StorageError
     """
+    ref, meta, info = _inspect(url, array, storage_options=storage_options, roots=roots,
+                               forbidden=forbidden, allow_missing_chunks=allow_missing_chunks,
+                               panel_bytes=panel_bytes, limits=limits)
+    stamps = _stamps(ref, meta, at_pin=True)
+    ref = replace(ref, listing_digest=_listing_digest(stamps))
+    return SourcePin(ref, stamps, info)
+
+
+def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
+             allow_missing_chunks=False, panel_bytes=None, limits=None):
+    """Locate, read and check the metadata (no chunk is looked at).
+
+    Returns
+    -------
+    (SourceRef without listing digest, parsed metadata, SourceInfo)
+    """
     from ._source import SourceInfo, _check_matrix, _options_key
 
     url = str(os.fspath(url))
@@ -708,10 +724,13 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     check_limits(shape, read_chunks, panel_bytes, limits, what=name)
     check_limits(shape, key_chunks, panel_bytes, limits, what=name)
     ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=key_chunks)
-    stamps = _stamps(ref, meta, at_pin=True)
-    ref = replace(ref, listing_digest=_listing_digest(stamps))
-    info = SourceInfo(shape, dt, read_chunks, url, array, fmt)
-    return SourcePin(ref, stamps, info)
+    return ref, meta, SourceInfo(shape, dt, read_chunks, url, array, fmt)
+
+
+def inspect_pinnable(url, array=None, *, storage_options=None, panel_bytes=None, limits=None):
+    """:class:`SourceInfo` of a Zarr array from its metadata alone (limits checked)."""
+    return _inspect(url, array, storage_options=storage_options, panel_bytes=panel_bytes,
+                    limits=limits)[2]
 
 
 def _inner_chunks(meta):

@@ -251,8 +251,9 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
 def inspect_source(source, *, array=None, storage_options=None):
     """Open only the metadata of ``source`` and validate it.
 
-    Zarr sources are pinned and checked as :func:`open_source` does, so
-    this lists the chunk keys once; a chunk missing at rest is allowed here.
+    A Zarr path or URL is checked as :func:`open_source` checks it (2-D,
+    real dtype, chunk sizes and the sanity limits) without looking at any
+    chunk.
 
     Returns
     -------
@@ -262,6 +263,10 @@ def inspect_source(source, *, array=None, storage_options=None):
     ------
     SourceNotFoundError, InvalidInputError, StorageError
     """
+    if hasattr(source, "__fspath__") or isinstance(source, str):
+        from ._pin import inspect_pinnable
+
+        return inspect_pinnable(source, array, storage_options=storage_options)
     return open_source(source, array=array, storage_options=storage_options,
                        allow_missing_chunks=True).info
 
