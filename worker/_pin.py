@@ -722,7 +722,10 @@ def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     key_chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
     read_chunks = tuple(int(c) for c in (meta.chunks if fmt == 2 else _inner_chunks(meta)))
     check_limits(shape, read_chunks, panel_bytes, limits, what=name)
-    check_limits(shape, key_chunks, panel_bytes, limits, what=name)
+    if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
+        lim = limits or Limits()
+        check_limits(shape, key_chunks, panel_bytes, replace(
+            lim, max_panels=2**62, max_band_bytes=2**62), what=name)
     ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=key_chunks)
     return ref, meta, SourceInfo(shape, dt, read_chunks, url, array, fmt)
 

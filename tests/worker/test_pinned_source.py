@@ -296,3 +296,18 @@ def test_s3_source_is_pinned_by_etags(s3):
     fs.rm("issue9-pins/A.zarr/c/2/0")
     with pytest.raises(InvalidInputError, match=r"chunk 'c/2/0' .*is missing"):
         svd("s3://issue9-pins/A.zarr", 2, storage_options=so)
+
+
+def test_sharded_array_is_pinned_by_shard(tmp_path):
+    """Sharded arrays: the stored keys are shards (read by byte ranges through the
+    guard); a missing shard names its rows."""
+    a = matrix(400, 12)
+    z = zarr.create_array(str(tmp_path / "sh.zarr"), shape=a.shape, chunks=(20, 12),
+                          shards=(100, 12), dtype="f8")
+    z[...] = a
+    res = svd(str(tmp_path / "sh.zarr"), 3, method="exact", panel_bytes=20 * 12 * 8)
+    np.testing.assert_allclose(res.S, np.linalg.svd(a, compute_uv=False)[:3], rtol=1e-10)
+    assert res.provenance["panels"] == 20  # panels follow the inner chunks
+    os.remove(chunk_file(tmp_path / "sh.zarr", 2, 0))
+    with pytest.raises(InvalidInputError, match=r"chunk 'c/2/0' .*\(rows 200:300"):
+        svd(str(tmp_path / "sh.zarr"), 3)
