@@ -5,7 +5,8 @@ started here) shared by a direct call and by a real ``svdserve serve``
 subprocess pointed at it with ``SVDSERVE_SCHEDULER``:
 
 1. latency of ``GET /v1/jobs/{id}`` (p50 / p99) under N concurrent pollers
-   (default 50) while a job runs;
+   (default 50) while a job runs, and the same pollers on the finished job
+   (idle cluster) for comparison;
 2. overhead of a job through the API (``POST`` to ``succeeded`` seen by a
    long poll) against ``svdserve.worker.svd(..., client=...)`` called
    directly on the same cluster with the same parameters and output, as a
@@ -171,6 +172,8 @@ def main(argv=None):
                 poll_while_running(server.url, job_id, args.pollers, min_seconds=3.0))
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 job = http.get(f"/v1/jobs/{job_id}").json()
+            idle, idle_wall, _ = asyncio.run(
+                poll_while_running(server.url, job_id, args.pollers, min_seconds=3.0))
             loaded = (None if not job["finished_at"] else
                       _seconds(job["started_at"], job["finished_at"]))
         finally:
@@ -189,6 +192,9 @@ def main(argv=None):
         "poll_p50_ms": 1e3 * _percentile(latencies, 0.50),
         "poll_p99_ms": 1e3 * _percentile(latencies, 0.99),
         "poll_throughput_rps": len(latencies) / wall,
+        "idle_poll_p50_ms": 1e3 * _percentile(idle, 0.50),
+        "idle_poll_p99_ms": 1e3 * _percentile(idle, 0.99),
+        "idle_poll_throughput_rps": len(idle) / idle_wall,
         "job_seconds_under_polling": loaded,
     }
     print()
@@ -199,6 +205,9 @@ def main(argv=None):
     print(f"  p50 {figures['poll_p50_ms']:.1f} ms   p99 {figures['poll_p99_ms']:.1f} ms   "
           f"{figures['poll_throughput_rps']:.0f} req/s   ({len(latencies)} requests, "
           f"{running} answered 'running')")
+    print(f"  the same pollers once it finished (idle): p50 {figures['idle_poll_p50_ms']:.1f} ms"
+          f"   p99 {figures['idle_poll_p99_ms']:.1f} ms   "
+          f"{figures['idle_poll_throughput_rps']:.0f} req/s")
     if loaded is not None:
         print(f"  the job itself took {loaded:.2f} s under that load "
               f"(unloaded API median {a:.2f} s)")

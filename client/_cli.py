@@ -134,6 +134,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             center=args.center,
             random_state=args.seed,
             compute_u=not args.no_u,
+            allow_missing_chunks=args.allow_missing_chunks,
             idempotency_key=args.idempotency_key,
         )
         if not args.wait:
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random_state")
     p.add_argument("--no-u", action="store_true",
                    help="σ and V only (compute_u=false): one pass for the exact method")
+    p.add_argument("--allow-missing-chunks", action="store_true",
+                   help="read chunks missing from the store as the fill value "
+                        "(default: a missing chunk fails the job)")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")

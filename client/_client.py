@@ -156,6 +156,7 @@ class Client:
         center: bool = False,
         random_state: int = 0,
         compute_u: bool = True,
+        allow_missing_chunks: bool = False,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
@@ -183,6 +184,10 @@ class Client:
         compute_u : bool, default=True
             False: σ and V only (one pass over A for ``exact``); the result has
             no ``U``, so ``reconstruct`` and ``lstsq`` are unavailable.
+        allow_missing_chunks : bool, default=False
+            Read chunks the array's metadata implies but its store lacks as
+            the fill value. By default such a chunk fails the job with
+            ``invalid_input``, naming the chunk and its row range.
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
@@ -203,6 +208,8 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
+        if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
+            body["allow_missing_chunks"] = True
         key = idempotency_key or str(uuid.uuid4())
         response = self._http.request(
             "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}

@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         results = Results(settings.results_root, options)
         metrics = Metrics(store.count_by_state)
         cluster = Cluster(settings)
-        runner = Runner(settings, store, results, cluster, metrics)
+        runner = Runner(settings, store, results, cluster, metrics, guard=sandbox.guard())
         app.state.services = Services(settings=settings, store=store, sandbox=sandbox,
                                       results=results, runner=runner, cluster=cluster,
                                       metrics=metrics, feed=feed)

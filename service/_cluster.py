@@ -8,6 +8,13 @@
   the background until the scheduler answers; ``/v1/ready`` says 503 and no
   job starts until then.
 
+The embedded cluster admits only the service: its scheduler and workers
+listen on ``tls://`` with a temporary self-signed certificate
+(``distributed.security.Security.temporary()``, kept in memory) and require
+it of every client, so another local process cannot connect and run code on
+the workers. An external scheduler is reached over TLS when
+``SVDSERVE_TLS_CA_FILE``/``_CERT_FILE``/``_KEY_FILE`` are set.
+
 Two clients share the scheduler: an asynchronous one on the service's loop
 (readiness probes) and a synchronous one used by the job threads, since
 :func:`svdserve.worker.svd` blocks.
@@ -19,6 +26,7 @@ import asyncio
 import logging
 
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from ._settings import Settings
 
@@ -47,6 +55,13 @@ class Cluster:
         self.sync_client: Client | None = None
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.security: Security | None = None
+        s = settings
+        if s.scheduler is not None and s.tls_ca_file is not None:
+            self.security = Security(tls_ca_file=str(s.tls_ca_file),
+                                     tls_client_cert=str(s.tls_cert_file),
+                                     tls_client_key=str(s.tls_key_file),
+                                     require_encryption=True)
 
     @property
     def embedded(self) -> bool:
@@ -56,9 +71,13 @@ class Cluster:
         """Start the embedded cluster (and wait for it), or start connecting."""
         if self.embedded:
             s = self.settings
+            # TLS with a certificate only this process holds: no other local
+            # process can join as a client and run code on the workers.
+            self.security = await asyncio.to_thread(Security.temporary)
             self.local = await asyncio.to_thread(
                 LocalCluster, n_workers=s.n_workers, threads_per_worker=s.threads_per_worker,
                 processes=s.worker_processes, dashboard_address=None,
+                security=self.security, protocol="tls://", host="127.0.0.1",
                 # the scheduler's own HTTP endpoints: loopback, any free port
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.WARNING)
@@ -76,9 +95,10 @@ class Cluster:
     async def _connect(self) -> None:
         timeout = self.settings.connect_timeout
         self.aclient = await Client(self.address, asynchronous=True, timeout=timeout,
-                                    set_as_default=False)
+                                    set_as_default=False, security=self.security)
         self.sync_client = await asyncio.to_thread(
-            Client, self.address, timeout=timeout, set_as_default=False)
+            Client, self.address, timeout=timeout, set_as_default=False,
+            security=self.security)
         self.connected.set()
 
     async def _connect_forever(self) -> None:

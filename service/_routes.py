@@ -16,7 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
-from svdserve.worker import InvalidInputError, SourceNotFoundError, inspect_source
+from svdserve.worker import (
+    InvalidInputError,
+    SourceAccessError,
+    SourceNotFoundError,
+    choose_method,
+    pin_source,
+)
 
 from ._auth import Tenant
 from ._cluster import Cluster
@@ -133,7 +139,10 @@ def _encode_cursor(seq: int | None) -> str | None:
 
 
 def _body_hash(body: JobCreate) -> str:
-    text = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = body.model_dump(mode="json")
+    if not data.get("allow_missing_chunks"):  # bodies without the field hash as before
+        data.pop("allow_missing_chunks", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -142,19 +151,31 @@ def _location(response: Response, job_id: str) -> None:
 
 
 # ---------------------------------------------------------------------- submit
-async def _validate_source(svc: Services, body: JobCreate) -> tuple[dict, list[str]]:
-    """Sandbox, metadata and rank checks; returns the stored params and notes."""
+async def _validate_source(svc: Services, body: JobCreate
+                           ) -> tuple[dict, list[str], dict]:
+    """Sandbox, pin, metadata, limits and rank checks.
+
+    Returns the stored params, the notes and the pinned identity of the
+    source (:meth:`svdserve.worker.SourcePin.to_json`).
+    """
     try:
         resolved = await asyncio.to_thread(svc.sandbox.resolve, body.source.url,
                                            body.source.array)
     except SandboxError as exc:
         raise ProblemError(exc.status, str(exc),
                            errors=[{"field": exc.field, "message": str(exc)}]) from exc
+    roots, forbidden = svc.sandbox.guard()
+    settings = svc.settings
     try:
-        info = await asyncio.to_thread(inspect_source, resolved.url, array=resolved.array,
-                                       storage_options=resolved.storage_options)
+        pin = await asyncio.to_thread(
+            pin_source, resolved.url, resolved.array, storage_options=resolved.storage_options,
+            roots=roots, forbidden=forbidden, allow_missing_chunks=body.allow_missing_chunks,
+            panel_bytes=settings.panel_bytes, limits=settings.limits())
     except SourceNotFoundError as exc:
         raise ProblemError(404, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    except SourceAccessError as exc:
+        raise ProblemError(403, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
@@ -163,6 +184,7 @@ async def _validate_source(svc: Services, body: JobCreate) -> tuple[dict, list[s
         message = f"the source could not be opened as a Zarr array: {exc}"
         raise ProblemError(422, message, errors=[{"field": "body.source.url",
                                                   "message": message}]) from exc
+    info = pin.info
     m, n = info.shape
     short = min(m, n)
     if body.rank > short:
@@ -173,12 +195,14 @@ async def _validate_source(svc: Services, body: JobCreate) -> tuple[dict, list[s
     n_oversamples = body.n_oversamples
     if body.rank + n_oversamples > short:
         n_oversamples = short - body.rank
-        notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} so "
-                     f"that rank + n_oversamples <= min(m, n) = {short}")
+        # only randomized jobs use oversampling: an exact job gets no note
+        if choose_method(body.method, (m, n), body.rank, n_oversamples) == "randomized":
+            notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} "
+                         f"so that rank + n_oversamples <= min(m, n) = {short}")
     params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
               "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
               "chunks": list(info.chunks)}
-    return params, notes
+    return params, notes, pin.to_json()
 
 
 @router.post(
@@ -197,7 +221,11 @@ async def submit_job(
     """Validate the source and parameters, store the job (state `queued`) and answer 202.
 
     The row is committed before the answer. `rank > min(m, n)` is a 422;
-    `rank + n_oversamples > min(m, n)` clips `n_oversamples` and adds a note.
+    `rank + n_oversamples > min(m, n)` clips `n_oversamples` and adds a note
+    (randomized jobs only). The source is pinned here: the job reads exactly
+    the metadata and chunk files checked now, or fails with `storage_error`.
+    A layout beyond the sanity limits (`SVDSERVE_MAX_CHUNKS`, `_MAX_PANELS`,
+    `_MAX_BAND_BYTES`) or a chunk size < 1 is a 422 naming `body.source`.
     """
     key_reserved = False
     if idempotency_key is not None:
@@ -220,11 +248,11 @@ async def submit_job(
                                     "processed; retry shortly", headers={"Retry-After": "1"})
         key_reserved = outcome == "new"
     try:
-        params, notes = await _validate_source(svc, body)
+        params, notes, pin = await _validate_source(svc, body)
         row = await asyncio.to_thread(
             svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,
             idempotency_key=idempotency_key if key_reserved else None,
-            max_queued=svc.settings.max_queued_jobs)
+            max_queued=svc.settings.max_queued_jobs, pin=pin)
     except QueueFull as exc:
         if key_reserved:
             await asyncio.to_thread(svc.store.release_key, tenant, idempotency_key)
@@ -385,11 +413,13 @@ async def health() -> Health:
 @ops_router.get("/v1/ready", response_model=Ready, summary="Readiness",
                 responses=problems(401, 503))
 async def ready(request: Request, tenant: Tenant, svc: Svc) -> Any:
-    """Ready when the scheduler answers and has at least one worker."""
+    """Ready when the scheduler answers and has at least one worker.
+
+    Tenants see the number of workers, never the scheduler's address.
+    """
     reachable, workers = await svc.cluster.probe()
     svc.metrics.workers.set(workers)
-    body = {"ready": reachable and workers > 0, "scheduler": svc.cluster.address,
-            "workers": workers}
+    body = {"ready": reachable and workers > 0, "workers": workers}
     if body["ready"]:
         return body
     why = "the scheduler is not reachable" if not reachable else "the cluster has no workers"

@@ -16,6 +16,8 @@ to the queue as the next attempt.
 Outcomes::
 
     svd returns, manifest present   -> succeeded (cancelled if a cancel won the race)
+    SourceChangedError              -> failed, storage_error (the pinned source changed,
+                                       vanished or now leads out of the data roots)
     JobCancelled                    -> cancelled, partial result removed
     ServiceStopping                 -> queued again as attempt + 1
     NonFiniteError                  -> failed, non_finite_values (row range in the message)
@@ -36,7 +38,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from svdserve.worker import NonFiniteError, SVDError, WorkerLostError, svd
+from svdserve.worker import (
+    NonFiniteError,
+    SourcePin,
+    SVDError,
+    WorkerLostError,
+    pin_source,
+    svd,
+)
 
 from ._cluster import Cluster
 from ._metrics import Metrics
@@ -79,10 +88,14 @@ class Runner:
     results : Results
     cluster : Cluster
     metrics : Metrics
+    guard : tuple of (roots, forbidden), optional
+        Local real paths reads must stay inside / out of, for jobs stored
+        without a pinned source (:meth:`Sandbox.guard`).
     """
 
     def __init__(self, settings: Settings, store: JobStore, results: Results,
-                 cluster: Cluster, metrics: Metrics):
+                 cluster: Cluster, metrics: Metrics, guard: tuple = ((), ())):
+        self.guard = guard
         self.settings, self.store, self.results = settings, store, results
         self.cluster, self.metrics = cluster, metrics
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs,
@@ -207,11 +220,25 @@ class Runner:
 
         source = params["url"]
         options = self.settings.fs_options() if source.startswith("s3://") else None
+        allow_missing = bool(req.get("allow_missing_chunks", False))
         try:
             if ctl.cancel.is_set():
                 raise JobCancelled(f"job {job.id} cancelled")
             self.results.prepare(out)
-            res = svd(source, params["rank"], array=params.get("array"),
+            # The source pinned at submit: svd re-lists it before the first read
+            # and after the last, and every read checks its chunk against it.
+            pinned = self.store.get_pin(job.id)
+            if pinned is not None:
+                source = SourcePin.from_json(pinned).with_options(storage_options=options)
+            else:  # a job stored before pins existed: pin it now, inside the roots
+                roots, forbidden = self.guard
+                source = pin_source(source, params.get("array"), storage_options=options,
+                                    roots=roots, forbidden=forbidden,
+                                    allow_missing_chunks=allow_missing,
+                                    panel_bytes=self.settings.panel_bytes,
+                                    limits=self.settings.limits())
+            res = svd(source, params["rank"], array=None,
+                      allow_missing_chunks=allow_missing,
                       method=req["method"], n_oversamples=params["n_oversamples"],
                       n_iter=req["n_iter"], center=req["center"],
                       compute_u=req.get("compute_u", True),

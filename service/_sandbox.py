@@ -12,8 +12,12 @@ A source URL is checked *before anything is opened*:
   inside the root: there is no honest reason to send one.
 - the database file and the results root are never readable, even when they
   lie inside a data root.
-- symlinks *inside* a source directory that lead out of the data roots
-  refuse the whole source.
+
+This resolves the name once and walks nothing. What lies *inside* the
+source is checked where it is read: :func:`svdserve.worker.pin_source`
+(at submit, given :meth:`Sandbox.guard`) lists the chunk keys once and
+refuses a symlink among them that leads out of the roots, and every read
+on a worker checks the file it actually opened against the same roots.
 
 :meth:`Sandbox.resolve` raises :class:`SandboxError` carrying the HTTP status
 (403 outside the roots, 422 malformed, 404 missing) and the field at fault.
@@ -163,7 +167,6 @@ class Sandbox:
             if array and not os.path.exists(target):
                 raise SandboxError(404, f"the group at {path!r} has no array {array!r}",
                                    field=ARRAY_FIELD)
-            self._check_symlinks(real)
         return ResolvedSource(url=real, array=array, storage_options=None)
 
     def _check_local(self, real: str, field: str, *, original: str) -> None:
@@ -177,16 +180,14 @@ class Sandbox:
                     403, f"{original!r} overlaps the service's own database or results; "
                          "they are not readable as sources", field=field)
 
-    def _check_symlinks(self, real: str) -> None:
-        """Refuse a source directory holding a symlink that leads out of the roots."""
-        if not os.path.isdir(real):
-            return
-        for dirpath, dirnames, filenames in os.walk(real, followlinks=False):
-            for name in dirnames + filenames:
-                full = os.path.join(dirpath, name)
-                if os.path.islink(full):
-                    self._check_local(os.path.realpath(full), URL_FIELD,
-                                      original=os.path.relpath(full, real))
+    def guard(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(roots, forbidden)``: the local real paths reads must stay inside / out of.
+
+        Passed to :func:`svdserve.worker.pin_source`, which checks them at
+        submit and on every read.
+        """
+        return (tuple(self.local_roots),
+                tuple(f for f in self.forbidden if not f.startswith("s3://")))
 
     # ------------------------------------------------------------------ s3
     def _resolve_s3(self, url: str, array: str | None) -> ResolvedSource:

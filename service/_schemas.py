@@ -98,6 +98,11 @@ class JobCreate(BaseModel):
                                         "(one pass over A for the exact method).")
     random_state: JsonInt = Field(default=0, strict=True, ge=0, le=2**32 - 1,
                               description="Seed of the random test matrix.")
+    allow_missing_chunks: bool = Field(
+        default=False, strict=True,
+        description="Read chunks that the metadata implies but the store lacks as the fill "
+                    "value (arrays sparse on purpose). By default a missing chunk fails the "
+                    "job with `invalid_input`, naming the chunk and its row range.")
 
 
 class Progress(BaseModel):
@@ -181,8 +186,7 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
-    scheduler: str
-    workers: int
+    workers: int = Field(description="Dask workers connected to the scheduler.")
 
 
 Report = dict[str, Any]

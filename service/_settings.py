@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     no_workers_timeout : float, default=60
         Seconds a running job waits while the cluster has no worker at all
         before it fails with ``worker_lost``.
+    max_chunks : int, default=1_000_000
+        A source whose metadata implies more chunk keys is refused at submit
+        (422 naming ``body.source``); each key is stat-ed once when pinned.
+    max_panels : int, default=1_000_000
+        A source whose panel plan has more panels is refused at submit.
+    max_band_bytes : int, default=4 GiB
+        A source whose smallest panel (one chunk's worth of rows across the
+        short side, as float64) is larger is refused at submit.
+    tls_ca_file, tls_cert_file, tls_key_file : path or None, default=None
+        TLS for an external scheduler (``SVDSERVE_SCHEDULER=tls://...``): the
+        CA that signed the scheduler's and workers' certificates, and this
+        service's client certificate and key. Required together. The
+        embedded cluster always uses TLS with a temporary certificate.
     log_level : str, default="info"
     """
 
@@ -142,9 +155,16 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=0.2, ge=0)
     connect_timeout: float = Field(default=30.0, gt=0)
     no_workers_timeout: float = Field(default=60.0, gt=0)
+    max_chunks: int = Field(default=1_000_000, ge=1)
+    max_panels: int = Field(default=1_000_000, ge=1)
+    max_band_bytes: int = Field(default=4 * 2**30, ge=1)
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     log_level: str = "info"
 
-    @field_validator("scheduler", "s3_endpoint", mode="before")
+    @field_validator("scheduler", "s3_endpoint", "tls_ca_file", "tls_cert_file",
+                     "tls_key_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -174,6 +194,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
         self.tenant_tokens()  # raises ValueError on a malformed entry
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if any(f is not None for f in files) and not all(f is not None for f in files):
+            raise ValueError("SVDSERVE_TLS_CA_FILE, SVDSERVE_TLS_CERT_FILE and "
+                             "SVDSERVE_TLS_KEY_FILE go together: set all three or none")
+        if self.scheduler and any(files) and not self.scheduler.startswith("tls://"):
+            raise ValueError("with TLS files set, SVDSERVE_SCHEDULER must be a tls:// address")
         return self
 
     # ------------------------------------------------------------------ derived
@@ -207,6 +237,13 @@ class Settings(BaseSettings):
         if self.s3_endpoint:
             options.setdefault("endpoint_url", self.s3_endpoint)
         return options
+
+    def limits(self):
+        """The sanity limits on sources (:class:`svdserve.worker.Limits`)."""
+        from svdserve.worker import Limits
+
+        return Limits(max_chunks=self.max_chunks, max_panels=self.max_panels,
+                      max_band_bytes=self.max_band_bytes)
 
     @property
     def local_data_roots(self) -> list[str]:

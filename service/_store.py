@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs (tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS pins (
+    job_id  TEXT PRIMARY KEY,
+    pin     TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant     TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -235,6 +239,12 @@ class JobStore:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more and rows else None)
 
+    def get_pin(self, job_id: str) -> dict | None:
+        """The pinned source identity stored with the job, or None (older jobs)."""
+        with self._lock:
+            r = self._db.execute("SELECT pin FROM pins WHERE job_id = ?", (job_id,)).fetchone()
+        return None if r is None else json.loads(r["pin"])
+
     def count_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         with self._lock:
@@ -278,8 +288,14 @@ class JobStore:
 
     # ------------------------------------------------------------------ writes
     def create(self, tenant: str, request: dict, params: dict, *, notes: list | None = None,
-               idempotency_key: str | None = None, max_queued: int | None = None) -> JobRow:
+               idempotency_key: str | None = None, max_queued: int | None = None,
+               pin: dict | None = None) -> JobRow:
         """Insert a queued job (and bind its idempotency key) in one transaction.
+
+        ``pin`` (the source's identity, :meth:`svdserve.worker.SourcePin.to_json`)
+        is stored beside the row, not in it: it can be large and is read
+        once per attempt (:meth:`get_pin`). ``created_at`` is stamped under
+        the write lock, so creation times follow ``seq``.
 
         Raises
         ------
@@ -287,8 +303,8 @@ class JobStore:
             When ``max_queued`` jobs are queued already.
         """
         job_id = uuid.uuid4().hex
-        ts = now()
         with self._tx() as db:
+            ts = now()
             if max_queued is not None:
                 queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
                                     ).fetchone()[0]
@@ -298,6 +314,8 @@ class JobStore:
                 "INSERT INTO jobs (id, tenant, state, attempt, request, params, notes, "
                 "created_at, updated_at) VALUES (?, ?, 'queued', 1, ?, ?, ?, ?, ?)",
                 (job_id, tenant, _dump(request), _dump(params), _dump(notes or []), ts, ts))
+            if pin is not None:
+                db.execute("INSERT INTO pins (job_id, pin) VALUES (?, ?)", (job_id, _dump(pin)))
             if idempotency_key is not None:
                 db.execute("UPDATE idempotency SET job_id = ? WHERE tenant = ? AND key = ?",
                            (job_id, tenant, idempotency_key))
@@ -307,8 +325,8 @@ class JobStore:
 
     def claim_next(self) -> JobRow | None:
         """Move the oldest queued job to ``running``; None when the queue is empty."""
-        ts = now()
         with self._tx() as db:
+            ts = now()
             r = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
                            ).fetchone()
             if r is None:
@@ -348,9 +366,9 @@ class JobStore:
         ``notes`` are appended to the job's notes.
         """
         assert state in TERMINAL
-        ts = now()
         marks = ",".join("?" * len(from_states))
         with self._tx() as db:
+            ts = now()
             current = self._get(job_id)
             all_notes = (current.notes if current else []) + list(notes or [])
             cur = db.execute(
@@ -367,8 +385,8 @@ class JobStore:
 
     def requeue(self, job_id: str, attempt: int, note: str) -> JobRow | None:
         """Put a running job back in the queue as attempt + 1."""
-        ts = now()
         with self._tx() as db:
+            ts = now()
             row = self._get(job_id)
             if row is None or row.attempt != attempt or row.state != "running":
                 return None
@@ -385,8 +403,8 @@ class JobStore:
 
         Returns None for an unknown job; raises :class:`Conflict` for a finished one.
         """
-        ts = now()
         with self._tx() as db:
+            ts = now()
             row = self._get(job_id)
             if row is None or row.tenant != tenant:
                 return None
@@ -421,6 +439,7 @@ class JobStore:
             if not row.finished:
                 raise Conflict(f"job {job_id} is {row.state}; cancel it first", row)
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM pins WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))
             self._touch(job_id)
         return row
@@ -435,9 +454,9 @@ class JobStore:
         -------
         list of (before, after) rows for every job touched.
         """
-        ts = now()
         touched = []
         with self._tx() as db:
+            ts = now()
             db.execute("DELETE FROM idempotency WHERE job_id IS NULL")
             rows = [_row(r) for r in db.execute(
                 "SELECT * FROM jobs WHERE state IN ('running', 'cancelling') ORDER BY seq")]

@@ -9,6 +9,7 @@ futures, tree reductions, progress), :mod:`._tsqr` (exact, Benson et al.),
 :mod:`._rsvd` (randomized, Halko et al.), :mod:`._energy` (the report),
 :mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels),
 :mod:`._cache` (decoded panels kept in worker memory between passes).
+:mod:`._pin` (pinned inputs: read exactly what was validated).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 
@@ -18,12 +19,15 @@ from ._engine import Phase
 from ._errors import (
     InvalidInputError,
     NonFiniteError,
+    SourceAccessError,
+    SourceChangedError,
     SourceNotFoundError,
     StorageError,
     SVDError,
     WorkerLostError,
 )
-from ._source import DEFAULT_PANEL_BYTES, SourceInfo, inspect_source, plan_panels
+from ._pin import Limits, SourcePin, check_limits, pin_source
+from ._source import DEFAULT_PANEL_BYTES, PanelPlan, SourceInfo, inspect_source, plan_panels
 from ._store import SVDResult, load
 
 __all__ = [
@@ -33,6 +37,11 @@ __all__ = [
     "choose_method",
     "energy_report",
     "plan_panels",
+    "PanelPlan",
+    "pin_source",
+    "SourcePin",
+    "Limits",
+    "check_limits",
     "SVDResult",
     "SourceInfo",
     "Phase",
@@ -41,6 +50,8 @@ __all__ = [
     "SVDError",
     "InvalidInputError",
     "SourceNotFoundError",
+    "SourceAccessError",
+    "SourceChangedError",
     "NonFiniteError",
     "StorageError",
     "WorkerLostError",

@@ -14,12 +14,12 @@ from ._errors import InvalidInputError
 from ._kernels import block_argmax
 from ._rsvd import randomized_svd
 from ._run import Run
-from ._source import PanelRef, open_source, plan_panels
+from ._source import PanelRef, PanelRefs, open_source, plan_panels, read_panel
+from ._store import ResultWriter, SVDResult, write_tall_block
+from ._tsqr import exact_svd
 
 #: Default share of a worker's memory limit for cached panels (see :mod:`._cache`).
 DEFAULT_PANEL_CACHE = 0.3
-from ._store import ResultWriter, SVDResult, write_tall_block
-from ._tsqr import exact_svd
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
 
@@ -69,8 +69,9 @@ def _panels_for(src, bounds, engine):
     """Panel arguments for each (start, stop) of the tall view."""
     wide = src.wide
     if src.kind == "zarr":
-        ref = src.zarr_ref
-        return [PanelRef(s, e, wide, ref, None if ref else src.obj) for s, e in bounds]
+        if src.pin is not None:  # read through the pin, made lazily per panel
+            return PanelRefs(src.pin, bounds, wide)
+        return [PanelRef(s, e, wide, array=src.obj) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
         return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
@@ -88,6 +89,8 @@ def _pivot_row(src):
     """
     if src.kind == "dask":
         row = src.obj[0].compute()
+    elif src.pin is not None:  # through the pin, like every other read
+        row = read_panel(PanelRefs(src.pin, [(0, 1)], False)[0])[0]
     else:
         row = src.obj[0]
     row = np.asarray(row, dtype=np.float64).copy()
@@ -98,7 +101,7 @@ def _pivot_row(src):
 def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
-        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE):
+        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -107,10 +110,13 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
 
     Parameters
     ----------
-    source : zarr.Array, str, os.PathLike, ndarray or dask.array.Array
+    source : zarr.Array, str, os.PathLike, SourcePin, ndarray or dask.array.Array
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
-        a Zarr (format 2 or 3) array or group. Any real dtype; computed in
-        float64.
+        a Zarr (format 2 or 3) array or group, or a source pinned earlier
+        with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
+        source on storage is pinned (metadata digest, chunk stamps): it is
+        read exactly as validated, re-listed before the first read and
+        after the last, and a change fails with :class:`SourceChangedError`.
     rank : int
         Number of singular triplets k, ``1 <= k <= min(m, n)``.
     array : str, optional
@@ -166,6 +172,10 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         between passes (:mod:`._cache`); later passes then read from memory
         instead of storage. 0 streams every pass. Never lets a worker pass
         60 % of its limit, so it cannot make one spill, pause or die.
+    allow_missing_chunks : bool, default=False
+        Read chunks that the metadata implies but the store lacks as the
+        fill value (arrays sparse on purpose). By default such a chunk fails
+        with :class:`InvalidInputError` naming it and its row range.
 
     Returns
     -------
@@ -178,13 +188,16 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     Raises
     ------
     InvalidInputError
-        Bad parameter or matrix (``.field`` names which).
+        Bad parameter or matrix (``.field`` names which), a chunk missing
+        from the store, or a layout beyond the sanity limits.
     SourceNotFoundError
         The path, URL or array does not exist.
     NonFiniteError
         NaN/Inf found in pass 1 (``.rows`` gives the first bad panel).
     StorageError
-        Reading or writing failed.
+        Reading or writing failed (a corrupt chunk is named);
+        :class:`SourceChangedError` when the source changed, vanished or
+        now leads outside the allowed roots.
     WorkerLostError
         Workers kept dying, or the scheduler went away.
 
@@ -196,7 +209,8 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     Memory per worker: one panel plus O(n·l), whatever m is.
     """
     t_start = time.perf_counter()
-    src = open_source(source, array=array, storage_options=storage_options)
+    src = open_source(source, array=array, storage_options=storage_options,
+                      allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes)
     m, n = src.shape
     k = _int_param(rank, "rank", 1)
     if k > min(m, n):
@@ -246,6 +260,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         signs = np.ones(k)
     v = v * signs
 
+    src.verify()  # after the last read: the source is still exactly what was pinned
     url = None
     phase_w = Phase("write", run.pass_no, passes)
     t_w = time.perf_counter()

@@ -5,9 +5,11 @@ standard-library type a caller would naturally catch::
 
     SVDError                              .type
     ├── InvalidInputError (ValueError)    "invalid_input"      .field names the bad parameter
-    │   └── SourceNotFoundError (FileNotFoundError)
+    │   ├── SourceNotFoundError (FileNotFoundError)
+    │   └── SourceAccessError (PermissionError)   a path leads out of the allowed roots
     ├── NonFiniteError (ValueError)       "non_finite_values"  .rows = (start, stop) of the first bad panel
     ├── StorageError (OSError)            "storage_error"
+    │   └── SourceChangedError                the pinned source changed, vanished or escaped
     └── WorkerLostError (RuntimeError)    "worker_lost"
 
 ``.type`` is the machine-readable code the job service stores with a failed
@@ -20,8 +22,10 @@ __all__ = [
     "SVDError",
     "InvalidInputError",
     "SourceNotFoundError",
+    "SourceAccessError",
     "NonFiniteError",
     "StorageError",
+    "SourceChangedError",
     "WorkerLostError",
 ]
 
@@ -57,6 +61,18 @@ class SourceNotFoundError(InvalidInputError, FileNotFoundError):
         InvalidInputError.__init__(self, message, field=field)
 
 
+class SourceAccessError(InvalidInputError, PermissionError):
+    """A path of the source (or a symlink in it) resolves outside the allowed roots.
+
+    Raised when a source is pinned (:func:`svdserve.worker.pin_source` with
+    ``roots``); the same escape found while a job reads is a
+    :class:`StorageError`, since the source changed after it was checked.
+    """
+
+    def __init__(self, message: str, *, field: str = "source"):
+        InvalidInputError.__init__(self, message, field=field)
+
+
 class NonFiniteError(SVDError, ValueError):
     """The matrix holds NaN or Inf; found during the first pass.
 
@@ -78,6 +94,12 @@ class StorageError(SVDError, OSError):
     """Reading the input or writing the result failed."""
 
     type = "storage_error"
+
+
+class SourceChangedError(StorageError):
+    """The source is no longer what was pinned: its metadata or a chunk changed,
+    a chunk vanished or appeared, or a path now resolves outside the allowed roots.
+    The message names what changed."""
 
 
 class WorkerLostError(SVDError, RuntimeError):

@@ -3,7 +3,13 @@
 A *source* is a Zarr array (format 2 or 3, local or any fsspec URL such as
 ``s3://``), a NumPy array or a dask array. :func:`open_source` validates it
 once and returns a :class:`Source`; :func:`plan_panels` cuts it into row
-bands aligned with its chunk boundaries.
+bands aligned with its chunk boundaries (a lazy :class:`PanelPlan`: no
+per-panel object however many panels there are).
+
+A Zarr source given by path or URL (or a ``zarr.Array`` on local disk) is
+*pinned* (:mod:`._pin`): workers read exactly the metadata and chunks that
+were validated, and a change, a vanished chunk or a chunk missing at rest
+fails the run with a typed error.
 
 A wide matrix (m < n) is decomposed through its transpose: the *tall view*
 has ``m_t = max(m, n)`` rows, and a panel of it is a band of columns of the
@@ -14,15 +20,16 @@ adds them up into the pass count.
 
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import dataclass, field
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import InvalidInputError, SourceNotFoundError, StorageError
+from ._errors import InvalidInputError, SourceNotFoundError, StorageError, SVDError
 
-__all__ = ["SourceInfo", "Source", "PanelRef", "open_source", "inspect_source",
+__all__ = ["SourceInfo", "Source", "PanelRef", "PanelPlan", "open_source", "inspect_source",
            "plan_panels", "read_panel", "DEFAULT_PANEL_BYTES"]
 
 DEFAULT_PANEL_BYTES = 128 * 2**20
@@ -56,13 +63,22 @@ class SourceInfo:
 
 @dataclass
 class Source:
-    """A validated input. ``kind`` is ``"zarr"``, ``"numpy"`` or ``"dask"``."""
+    """A validated input. ``kind`` is ``"zarr"``, ``"numpy"`` or ``"dask"``.
+
+    ``pin`` (a :class:`~._pin.SourcePin`) is set for Zarr arrays read from a
+    path or URL: panels are then read through it on the workers.
+    """
 
     info: SourceInfo
     kind: str
-    obj: object  # zarr.Array, ndarray or dask array
+    obj: object  # zarr.Array (unpinned only), ndarray or dask array
     storage_options: dict | None = None
-    zarr_ref: tuple | None = field(default=None)  # (url, array, storage_options json)
+    pin: object = None
+
+    def verify(self):
+        """Re-list a pinned source; raise :class:`SourceChangedError` if it changed."""
+        if self.pin is not None:
+            self.pin.verify()
 
     @property
     def shape(self):
@@ -108,11 +124,6 @@ def _options_key(storage_options):
     return json.dumps(storage_options or {}, sort_keys=True, default=str)
 
 
-@functools.lru_cache(maxsize=32)
-def _open_zarr_cached(url, array, options_key):
-    return _open_zarr(url, array, json.loads(options_key))
-
-
 def _open_zarr(url, array, storage_options):
     import zarr
 
@@ -152,17 +163,35 @@ def _open_zarr(url, array, storage_options):
     return node, array
 
 
-def open_source(source, *, array=None, storage_options=None):
-    """Validate an input and describe it.
+def _local_path_of(node):
+    """The directory of a ``zarr.Array`` on a local store, else None."""
+    from zarr.storage import LocalStore
+
+    store = getattr(node, "store", None)
+    if isinstance(store, LocalStore):
+        return os.path.join(str(store.root), node.path) if node.path else str(store.root)
+    return None
+
+
+def open_source(source, *, array=None, storage_options=None, allow_missing_chunks=False,
+                panel_bytes=None, limits=None):
+    """Validate an input and describe it; pin Zarr sources read from storage.
 
     Parameters
     ----------
-    source : zarr.Array, str, os.PathLike, ndarray or dask array
-        The matrix, or a path/URL of a Zarr array or group.
+    source : SourcePin, zarr.Array, str, os.PathLike, ndarray or dask array
+        The matrix, a path/URL of a Zarr array or group, or a source pinned
+        earlier with :func:`pin_source` (then re-checked against storage).
     array : str, optional
         Path of the array inside a group.
     storage_options : dict, optional
         fsspec options (credentials, ``endpoint_url``) for remote URLs.
+    allow_missing_chunks : bool, default=False
+        Read chunks missing from the store as the fill value instead of failing.
+    panel_bytes : int, optional
+        Panel budget (for the panel-count limit).
+    limits : Limits, optional
+        Sanity limits (default :class:`~._pin.Limits`).
 
     Returns
     -------
@@ -170,17 +199,34 @@ def open_source(source, *, array=None, storage_options=None):
 
     Raises
     ------
-    SourceNotFoundError, InvalidInputError, StorageError
+    SourceNotFoundError, SourceAccessError, InvalidInputError, StorageError
+        ``InvalidInputError`` also when a chunk is missing at rest (unless
+        allowed); ``SourceChangedError`` when a pinned source changed.
     """
     import zarr
+
+    from ._pin import SourcePin, check_limits, pin_source
 
     try:
         import dask.array as da
     except ImportError:  # pragma: no cover - dask is a dependency
         da = None
 
+    if isinstance(source, SourcePin):
+        pin = source.with_options(allow_missing=allow_missing_chunks or source.ref.allow_missing)
+        pin.verify()
+        pin.check_missing()
+        return Source(pin.info, "zarr", None, storage_options, pin=pin)
     if isinstance(source, zarr.Array):
+        path = _local_path_of(source)
+        if path is not None:
+            return open_source(pin_source(path, allow_missing_chunks=allow_missing_chunks,
+                                          panel_bytes=panel_bytes, limits=limits),
+                               storage_options=storage_options)
         dt = _check_matrix(source.shape, source.dtype, "the Zarr array")
+        if len(source.shape) == 2:
+            check_limits(source.shape, source.chunks, panel_bytes, limits,
+                         what="the Zarr array")
         info = SourceInfo(tuple(source.shape), dt, tuple(source.chunks), None, None,
                           source.metadata.zarr_format)
         return Source(info, "zarr", source, storage_options)
@@ -193,12 +239,10 @@ def open_source(source, *, array=None, storage_options=None):
         return Source(SourceInfo(tuple(source.shape), dt, tuple(source.shape)), "numpy", source)
     if hasattr(source, "__fspath__") or isinstance(source, str):
         url = str(source.__fspath__() if hasattr(source, "__fspath__") else source)
-        node, array = _open_zarr(url, array, storage_options)
-        dt = _check_matrix(node.shape, node.dtype, f"array {array or url!r}")
-        info = SourceInfo(tuple(node.shape), dt, tuple(node.chunks), url, array,
-                          node.metadata.zarr_format)
-        return Source(info, "zarr", node, storage_options,
-                      zarr_ref=(url, array, _options_key(storage_options)))
+        pin = pin_source(url, array, storage_options=storage_options,
+                         allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
+                         limits=limits)
+        return open_source(pin, storage_options=storage_options)
     raise InvalidInputError(
         f"source must be a Zarr array, a path or URL of one, or a NumPy/dask array; "
         f"got {type(source).__name__}.", field="source")
@@ -206,6 +250,10 @@ def open_source(source, *, array=None, storage_options=None):
 
 def inspect_source(source, *, array=None, storage_options=None):
     """Open only the metadata of ``source`` and validate it.
+
+    A Zarr path or URL is checked as :func:`open_source` checks it (2-D,
+    real dtype, chunk sizes and the sanity limits) without looking at any
+    chunk.
 
     Returns
     -------
@@ -215,10 +263,55 @@ def inspect_source(source, *, array=None, storage_options=None):
     ------
     SourceNotFoundError, InvalidInputError, StorageError
     """
-    return open_source(source, array=array, storage_options=storage_options).info
+    if hasattr(source, "__fspath__") or isinstance(source, str):
+        from ._pin import inspect_pinnable
+
+        return inspect_pinnable(source, array, storage_options=storage_options)
+    return open_source(source, array=array, storage_options=storage_options,
+                       allow_missing_chunks=True).info
 
 
 # --------------------------------------------------------------------------- panels
+
+
+class PanelPlan(Sequence):
+    """The panels of a plan as ``(start, stop)`` pairs, computed on demand.
+
+    A sequence (``len``, indexing, iteration, ``==`` with a list of pairs)
+    that holds three integers, whatever the number of panels.
+    """
+
+    __slots__ = ("n_rows", "step")
+
+    def __init__(self, n_rows, step):
+        self.n_rows, self.step = int(n_rows), int(step)
+
+    def __len__(self):
+        return -(-self.n_rows // self.step)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"panel {i} out of range (the plan has {n} panels)")
+        s = i * self.step
+        return (s, min(s + self.step, self.n_rows))
+
+    def __eq__(self, other):
+        if isinstance(other, PanelPlan):
+            return (self.n_rows, self.step) == (other.n_rows, other.step)
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(
+                tuple(a) == b for a, b in zip(other, self))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"PanelPlan({len(self)} panels of {self.step} rows over {self.n_rows} rows)"
 
 
 def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
@@ -236,7 +329,8 @@ def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
 
     Returns
     -------
-    list of (start, stop)
+    PanelPlan
+        A lazy sequence of ``(start, stop)``; ``list(plan)`` gives the pairs.
     """
     budget = DEFAULT_PANEL_BYTES if panel_bytes is None else int(panel_bytes)
     if budget <= 0:
@@ -244,35 +338,61 @@ def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
                                 field="panel_bytes")
     chunk = max(1, min(int(chunk), n_rows))
     chunks_per_panel = max(1, budget // max(1, chunk * n_cols * itemsize))
-    step = chunk * chunks_per_panel
-    return [(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+    return PanelPlan(n_rows, chunk * chunks_per_panel)
+
+
+class PanelRefs(Sequence):
+    """The :class:`PanelRef` of each panel of a pinned source, made on demand."""
+
+    def __init__(self, pin, bounds, wide):
+        self.pin, self.bounds, self.wide = pin, bounds, wide
+
+    def __len__(self):
+        return len(self.bounds)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        s, e = self.bounds[i]
+        return PanelRef(s, e, self.wide, ref=self.pin.ref,
+                        expect=self.pin.panel_expect(s, e, self.wide))
 
 
 @dataclass(frozen=True)
 class PanelRef:
-    """A panel to be read on a worker: rows ``start:stop`` of the tall view."""
+    """A panel to be read on a worker: rows ``start:stop`` of the tall view.
+
+    ``ref`` and ``expect`` (a pinned source and the stamps of this panel's
+    chunk keys) are set for pinned sources; ``array`` (a ``zarr.Array``)
+    otherwise.
+    """
 
     start: int
     stop: int
     wide: bool
-    zarr_ref: tuple | None = None  # (url, array, options json): reopened on the worker
-    array: object = None  # a zarr.Array when no URL is known
+    ref: object = None  # SourceRef
+    expect: tuple = ()  # ((key, ((i, j), stamp)), ...)
+    array: object = None  # a zarr.Array when the source is not pinned
 
     def read(self):
-        if self.zarr_ref is not None:
-            url, array, key = self.zarr_ref
-            node = _open_zarr_cached(url, array, key)[0]
+        from ._pin import open_pinned, read_region
+
+        sel = ((slice(None), slice(self.start, self.stop)) if self.wide
+               else (slice(self.start, self.stop), slice(None)))
+        what = f"{'columns' if self.wide else 'rows'} {self.start}:{self.stop}"
+        if self.ref is not None:
+            expect = dict(self.expect)
+            block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)
         else:
-            node = self.array
-        try:
-            if self.wide:
-                block = np.asarray(node[:, self.start:self.stop]).T
-            else:
-                block = np.asarray(node[self.start:self.stop, :])
-        except (OSError, ValueError, KeyError) as exc:
-            raise StorageError(
-                f"reading rows {self.start}:{self.stop} failed: {exc}") from exc
-        return block
+            try:
+                block = np.asarray(self.array[sel])
+            except (SVDError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - codec, decompression, I/O
+                raise StorageError(
+                    f"reading {what} of the Zarr array failed: {type(exc).__name__}: {exc}"
+                ) from exc
+        return block.T if self.wide else block
 
 
 def read_panel(panel):

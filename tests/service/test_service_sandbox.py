@@ -86,10 +86,11 @@ def test_symlinks(roots):
     sb = sandbox(data)
     assert refused(sb, "out.zarr").status == 403
     assert sb.resolve("in.zarr").url == os.path.realpath(data / "m.zarr")
-    # a symlink deep inside a source directory that leaves the roots
+    # a symlink deep inside a source directory is not walked for here (issue 9:
+    # the sandbox resolves the name once); pin_source checks what will be read
     (data / "deep.zarr" / "c" / "0").mkdir(parents=True)
     os.symlink(other / "x.zarr", data / "deep.zarr" / "c" / "0" / "0")
-    assert refused(sb, "deep.zarr").status == 403
+    assert sb.resolve("deep.zarr").url == os.path.realpath(data / "deep.zarr")
     # the array path is checked after resolving too
     os.symlink(other, data / "m.zarr" / "leak")
     err = refused(sb, "m.zarr", "leak")

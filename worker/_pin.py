@@ -1,0 +1,908 @@
+"""Pinned sources: a Zarr array identified once, then read exactly as identified.
+
+:func:`pin_source` resolves a Zarr array (a local path, or an fsspec URL
+such as ``s3://``) once and records what identifies it:
+
+- its real location, symlinks resolved: never a name that can be re-pointed;
+- the SHA-256 digest of its metadata document (``zarr.json`` or ``.zarray``),
+  which is also the document the array is validated and decoded from;
+- one stamp per chunk key the metadata implies: ``(size, mtime_ns, inode)``
+  of the file for local stores, the ETag for object storage, *missing* for
+  a key the store lacks.
+
+Reads on the workers go through a guarded store. For every chunk it opens
+the pinned location, checks that the file it holds open (``/proc/self/fd``,
+symlinks resolved) lies inside the allowed roots, compares the open file's
+stamp with the pin and reads exactly that many bytes. Anything else raises
+:class:`SourceChangedError` naming the chunk and what changed. A chunk
+missing at rest raises :class:`InvalidInputError` unless
+``allow_missing_chunks`` (then it reads as the fill value, like Zarr).
+:meth:`SourcePin.verify` re-lists the whole source; :func:`svd` calls it
+before the first read and after the last.
+
+Cost: pinning looks only at the chunk keys the metadata implies (one
+``lstat`` per key and per directory, a ``realpath`` only for a symlink);
+nothing else under the array is walked. It is bounded by the chunk-count
+limit, which is checked from the metadata *before* anything is listed.
+The only thing cached on a worker is parsed metadata, keyed by the
+document's digest.
+
+Object storage: the ETags are compared before the first read and after the
+last (a per-read check would double the requests); a chunk that vanishes
+mid-run fails the read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import io
+import json
+import os
+import posixpath
+import stat
+import threading
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ._errors import (
+    InvalidInputError,
+    SourceAccessError,
+    SourceChangedError,
+    SourceNotFoundError,
+    StorageError,
+    SVDError,
+)
+
+__all__ = ["Guard", "SourceRef", "SourcePin", "pin_source", "Limits", "check_limits",
+           "open_pinned", "chunk_region"]
+
+_META = {3: "zarr.json", 2: ".zarray"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sanity limits on a source, checked from its metadata alone.
+
+    Attributes
+    ----------
+    max_chunks : int, default=1_000_000
+        Chunk keys the metadata may imply (each is stat-ed once when pinned).
+    max_panels : int, default=1_000_000
+        Panels of the plan (one task per panel and pass).
+    max_band_bytes : int, default=4 GiB
+        Bytes of the smallest panel -- one chunk's worth of rows across the
+        whole short side, as float64 -- that a worker must hold.
+    """
+
+    max_chunks: int = 1_000_000
+    max_panels: int = 1_000_000
+    max_band_bytes: int = 4 * 2**30
+
+
+def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the source"):
+    """Refuse a shape/chunk layout that is degenerate or too large, from metadata alone.
+
+    Parameters
+    ----------
+    shape, chunks : tuple of int
+        ``(m, n)`` and the chunk shape of the stored array.
+    panel_bytes : int, optional
+        Panel byte budget (default: the core's).
+    limits : Limits, optional
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="source"``; the message gives the numbers.
+    """
+    from ._source import plan_panels
+
+    limits = limits or Limits()
+    m, n = (int(x) for x in shape)
+    if len(chunks) != 2 or any(int(c) < 1 for c in chunks):
+        raise InvalidInputError(
+            f"{what} has chunk shape {list(chunks)}; every chunk size must be >= 1. "
+            "Rewrite the array with positive chunk sizes.", field="source")
+    cm, cn = (int(c) for c in chunks)
+    n_chunks = -(-m // cm) * -(-n // cn)
+    if n_chunks > limits.max_chunks:
+        raise InvalidInputError(
+            f"{what} (shape {[m, n]}, chunks {[cm, cn]}) has {n_chunks:.4g} chunks; at most "
+            f"{limits.max_chunks} are accepted. Rewrite it with larger chunks.", field="source")
+    wide = m < n
+    m_t, n_t, c_t = (n, m, cn) if wide else (m, n, cm)
+    band = min(c_t, m_t) * n_t * 8
+    if band > limits.max_band_bytes:
+        raise InvalidInputError(
+            f"{what} (shape {[m, n]}, chunks {[cm, cn]}): one chunk's worth of "
+            f"{'columns' if wide else 'rows'} is {band / 2**20:.4g} MiB as float64, more than "
+            f"the {limits.max_band_bytes / 2**20:.4g} MiB a worker may hold; rewrite it with "
+            f"smaller chunks along the {'columns' if wide else 'rows'}.", field="source")
+    n_panels = len(plan_panels(m_t, n_t, c_t, panel_bytes))
+    if n_panels > limits.max_panels:
+        raise InvalidInputError(
+            f"{what} (shape {[m, n]}, chunks {[cm, cn]}) makes {n_panels:.4g} panels; at most "
+            f"{limits.max_panels} are accepted.", field="source")
+    return n_chunks, n_panels
+
+
+# --------------------------------------------------------------------------- sandbox at read time
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Where reads may land: inside ``roots`` (if any), never inside ``forbidden``.
+
+    Paths are real paths (symlinks resolved). An empty ``roots`` allows any
+    local path (the core used as a library).
+    """
+
+    roots: tuple = ()
+    forbidden: tuple = ()
+
+    def violation(self, real: str) -> str | None:
+        """Why ``real`` may not be read, or None."""
+        if self.roots and not any(_within(real, r) for r in self.roots):
+            return f"resolves to {real!r}, outside the data roots"
+        for bad in self.forbidden:
+            if _within(real, bad) or _within(bad, real):
+                return f"resolves to {real!r}, inside the service's own database or results"
+        return None
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """What a worker needs to open a pinned array (shipped with every panel).
+
+    Attributes
+    ----------
+    url : str
+        The array's own location: a real local path or an fsspec URL.
+    remote : bool
+    zarr_format : int
+    meta_digest : str
+        SHA-256 of the metadata document.
+    shape, key_chunks : tuple of int
+        Array shape and the chunk shape of its *stored keys* (the shard shape
+        for sharded arrays).
+    listing_digest : str
+        SHA-256 of the chunk stamps.
+    guard : Guard
+    options_key : str
+        fsspec storage options as JSON (remote only).
+    allow_missing : bool
+        A chunk missing at rest reads as the fill value.
+    name : str
+        How messages name the array (the URL as given, plus the array path).
+    """
+
+    url: str
+    remote: bool
+    zarr_format: int
+    meta_digest: str
+    shape: tuple
+    key_chunks: tuple
+    listing_digest: str
+    guard: Guard = field(default_factory=Guard)
+    options_key: str = "{}"
+    allow_missing: bool = False
+    name: str = ""
+
+    @property
+    def grid(self):
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.key_chunks))
+
+    @property
+    def meta_key(self):
+        return _META[self.zarr_format]
+
+
+def chunk_region(ref, i, j):
+    """``"rows a:b, columns c:d"`` of stored chunk ``(i, j)``."""
+    (m, n), (cm, cn) = ref.shape, ref.key_chunks
+    return (f"rows {i * cm}:{min((i + 1) * cm, m)}, "
+            f"columns {j * cn}:{min((j + 1) * cn, n)}")
+
+
+@dataclass(frozen=True, eq=False)
+class SourcePin:
+    """A pinned Zarr array: :class:`SourceRef` plus one stamp per chunk key.
+
+    Attributes
+    ----------
+    ref : SourceRef
+    stamps : ndarray
+        Local: int64 of shape (gr, gc, 3), ``(size, mtime_ns, inode)``, size
+        -1 for a missing chunk. Remote: str of shape (gr, gc), the ETag,
+        ``""`` for a missing chunk.
+    info : SourceInfo
+    """
+
+    ref: SourceRef
+    stamps: np.ndarray
+    info: object
+
+    # ---------------------------------------------------------------- state
+    def missing_mask(self):
+        return self.stamps[..., 0] < 0 if not self.ref.remote else self.stamps == ""
+
+    def first_missing(self):
+        """``(i, j)`` of the first chunk key the store lacks (row-major), or None."""
+        mask = self.missing_mask()
+        if not mask.any():
+            return None
+        i, j = np.argwhere(mask)[0]
+        return int(i), int(j)
+
+    def check_missing(self):
+        """Raise :class:`InvalidInputError` for a chunk missing at rest (unless allowed)."""
+        where = self.first_missing()
+        if where is None or self.ref.allow_missing:
+            return
+        n_missing = int(self.missing_mask().sum())
+        raise InvalidInputError(_missing_message(self.ref, where, n_missing),
+                                field="source")
+
+    def with_options(self, *, allow_missing=None, name=None, storage_options=None):
+        """A copy with ``allow_missing`` / ``name`` / ``storage_options`` replaced."""
+        from ._source import _options_key
+
+        kw = {}
+        if storage_options is not None and self.ref.remote:
+            kw["options_key"] = _options_key(storage_options)
+        if allow_missing is not None:
+            kw["allow_missing"] = bool(allow_missing)
+        if name is not None:
+            kw["name"] = name
+        return replace(self, ref=replace(self.ref, **kw)) if kw else self
+
+    def verify(self):
+        """Re-list the source and compare it with the pin.
+
+        Raises
+        ------
+        SourceChangedError
+            The location now resolves elsewhere (or outside the roots), the
+            metadata document changed, or a chunk changed, vanished or appeared.
+        """
+        ref = self.ref
+        if not ref.remote:
+            real = os.path.realpath(ref.url)
+            if real != ref.url:
+                why = ref.guard.violation(real) or f"now resolves to {real!r}"
+                raise SourceChangedError(
+                    f"{ref.name} changed since the job was submitted: its location {ref.url!r} "
+                    f"{why}. Resubmit once the input is final.")
+        doc = _read_meta(ref, at_pin=False)
+        digest = hashlib.sha256(doc).hexdigest()
+        if digest != ref.meta_digest:
+            raise SourceChangedError(
+                f"{ref.name} changed since the job was submitted: its metadata document "
+                f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> "
+                f"{digest[:12]}…). Resubmit to decompose the new array.")
+        meta = _parse_meta(ref.zarr_format, digest, doc)
+        now = _stamps(ref, meta, at_pin=False)
+        if not np.array_equal(now, self.stamps):
+            diff = np.argwhere(now != self.stamps if ref.remote
+                               else (now != self.stamps).any(axis=-1))
+            i, j = (int(x) for x in diff[0])
+            raise SourceChangedError(_change_message(
+                ref, meta.encode_chunk_key((i, j)), (i, j), self.stamps[i, j], now[i, j],
+                n_changed=len(diff)))
+
+    def panel_expect(self, start, stop, wide):
+        """Stamps of the chunk keys covering rows ``start:stop`` of the tall view.
+
+        Returns
+        -------
+        tuple of (key, ((i, j), stamp)), in grid order (``dict()`` of it maps keys)
+        """
+        ref = self.ref
+        meta = _meta_of(ref)
+        gr, gc = ref.grid
+        axis_chunk = ref.key_chunks[1] if wide else ref.key_chunks[0]
+        lo, hi = start // axis_chunk, -(-stop // axis_chunk)
+        cells = ([(i, j) for i in range(gr) for j in range(lo, hi)] if wide
+                 else [(i, j) for i in range(lo, hi) for j in range(gc)])
+        return tuple((meta.encode_chunk_key(c), (c, _stamp_value(self.stamps[c], ref.remote)))
+                     for c in cells)
+
+    # ---------------------------------------------------------------- storage
+    def to_json(self):
+        """A JSON-able dict (stamps compressed); :meth:`from_json` inverts it.
+
+        Storage options (credentials) are left out: give them again with
+        :meth:`with_options` after :meth:`from_json`.
+        """
+        buf = io.BytesIO()
+        np.save(buf, self.stamps, allow_pickle=False)
+        ref = self.ref
+        return {
+            "v": 1, "url": ref.url, "remote": ref.remote, "zarr_format": ref.zarr_format,
+            "meta_digest": ref.meta_digest, "shape": list(ref.shape),
+            "key_chunks": list(ref.key_chunks), "listing_digest": ref.listing_digest,
+            "roots": list(ref.guard.roots), "forbidden": list(ref.guard.forbidden),
+            "allow_missing": ref.allow_missing,
+            "name": ref.name, "info": _info_json(self.info),
+            "stamps": base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, data):
+        from ._source import SourceInfo
+
+        stamps = np.load(io.BytesIO(zlib.decompress(base64.b64decode(data["stamps"]))),
+                         allow_pickle=False)
+        ref = SourceRef(
+            url=data["url"], remote=data["remote"], zarr_format=data["zarr_format"],
+            meta_digest=data["meta_digest"], shape=tuple(data["shape"]),
+            key_chunks=tuple(data["key_chunks"]), listing_digest=data["listing_digest"],
+            guard=Guard(tuple(data["roots"]), tuple(data["forbidden"])),
+            allow_missing=data["allow_missing"],
+            name=data["name"])
+        info = data["info"]
+        return cls(ref, stamps, SourceInfo(tuple(info["shape"]), info["dtype"],
+                                           tuple(info["chunks"]), info["url"], info["array"],
+                                           info["zarr_format"]))
+
+
+def _info_json(info):
+    return {"shape": list(info.shape), "dtype": info.dtype, "chunks": list(info.chunks),
+            "url": info.url, "array": info.array, "zarr_format": info.zarr_format}
+
+
+def _stamp_value(value, remote):
+    return str(value) if remote else tuple(int(x) for x in value)
+
+
+def _missing_message(ref, where, n_missing):
+    i, j = where
+    meta = _meta_of(ref)
+    key = meta.encode_chunk_key((i, j))
+    more = f" ({n_missing} chunks are missing in all)" if n_missing > 1 else ""
+    return (f"chunk {key!r} of {ref.name} ({chunk_region(ref, i, j)}) is missing from the "
+            f"store{more}; an incomplete upload? Finish writing the array, or submit with "
+            "allow_missing_chunks=true to read missing chunks as the fill value.")
+
+
+def _describe(stamp, remote):
+    if remote:
+        return "missing" if stamp == "" else f"ETag {stamp}"
+    size, mtime, ino = (int(x) for x in stamp)
+    if size < 0:
+        return "missing"
+    return f"{size} bytes, mtime_ns {mtime}, inode {ino}"
+
+
+def _change_message(ref, key, where, before, after, n_changed=1):
+    before_s, after_s = _describe(before, ref.remote), _describe(after, ref.remote)
+    if after_s == "missing":
+        what = "vanished"
+    elif before_s == "missing":
+        what = "appeared"
+    else:
+        what = "changed"
+    more = f"; {n_changed} chunks differ in all" if n_changed > 1 else ""
+    return (f"{ref.name} changed since the job was submitted: chunk {key!r} "
+            f"({chunk_region(ref, *where)}) {what} (was {before_s}, now {after_s}){more}. "
+            "Resubmit once the input is final.")
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def _fd_path(fd, path):
+    """The real path of an open file (Linux: exact; elsewhere: realpath of ``path``)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _open_guarded(ref, path, what, *, at_pin):
+    """Open ``path`` read-only; the file actually opened must pass the guard."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        real = _fd_path(fd, path)
+        why = ref.guard.violation(real)
+        if why is not None:
+            if at_pin:
+                raise SourceAccessError(f"{what} of {ref.name} {why}; sources must lie inside "
+                                        "the data roots.", field="source.url")
+            raise SourceChangedError(f"{ref.name} changed since the job was submitted: {what} "
+                                     f"{why}. It was not read.")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_fd(fd, size, offset=0):
+    parts, got = [], 0
+    while got < size:
+        chunk = os.pread(fd, size - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _read_meta(ref, *, at_pin):
+    """The metadata document's bytes, read through the guard."""
+    if ref.remote:
+        fs, path = _remote_fs(ref)
+        try:
+            return fs.cat_file(f"{path}/{ref.meta_key}")
+        except FileNotFoundError as exc:
+            if at_pin:
+                raise SourceNotFoundError(f"no Zarr array at {ref.name}.",
+                                          field="source.url") from exc
+            raise SourceChangedError(
+                f"{ref.name} vanished since the job was submitted: its metadata document "
+                f"{ref.meta_key} is gone.") from exc
+    path = os.path.join(ref.url, ref.meta_key)
+    try:
+        fd = _open_guarded(ref, path, f"the metadata document {ref.meta_key}", at_pin=at_pin)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if at_pin:
+            raise SourceNotFoundError(f"no Zarr array at {ref.name}.",
+                                      field="source.url") from exc
+        raise SourceChangedError(
+            f"{ref.name} vanished since the job was submitted: {path!r} is gone.") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size > 16 * 2**20:
+            raise InvalidInputError(f"the metadata document of {ref.name} is {size} bytes; "
+                                    "that is not Zarr array metadata.", field="source")
+        return _read_fd(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _escape(ref, what, why, *, at_pin):
+    if at_pin:
+        return SourceAccessError(f"{what} inside {ref.name} {why}; sources must lie inside the "
+                                 "data roots.", field="source.url")
+    return SourceChangedError(f"{ref.name} changed since the job was submitted: {what} "
+                              f"now {why}.")
+
+
+def _real_dir(ref, rel, dirs, *, at_pin):
+    """Real path of directory ``rel`` under the array (None if it is missing).
+
+    Resolved one component at a time from its parent (memoised in ``dirs``):
+    one ``lstat`` per directory, a full ``realpath`` only for a symlink.
+    """
+    if rel in dirs:
+        return dirs[rel]
+    if rel == "":
+        real = os.path.realpath(ref.url)
+    else:
+        parent, name = posixpath.split(rel)
+        base = _real_dir(ref, parent, dirs, at_pin=at_pin)
+        real = None
+        if base is not None:
+            path = f"{base}/{name}"
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+            elif st is not None and stat.S_ISDIR(st.st_mode):
+                real = path
+    if real is not None:
+        why = ref.guard.violation(real)
+        if why is not None:
+            raise _escape(ref, f"directory {rel or '.'!r}", why, at_pin=at_pin)
+    dirs[rel] = real
+    return real
+
+
+def _local_stamp(ref, key, dirs, *, at_pin):
+    """``(size, mtime_ns, inode)`` of one chunk file, or None when missing.
+
+    Only the key's own path is looked at: its directory is resolved once
+    (memoised in ``dirs``) and the file itself resolved only if it is a symlink.
+    """
+    parent, name = posixpath.split(key)
+    base = _real_dir(ref, parent, dirs, at_pin=at_pin)
+    if base is None:
+        return None
+    path = f"{base}/{name}"
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            why = ref.guard.violation(real)
+            if why is not None:
+                raise _escape(ref, f"chunk {key!r} is a symlink that", why, at_pin=at_pin)
+            st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stamps(ref, meta, *, at_pin):
+    """The stamp of every chunk key the metadata implies, in grid order."""
+    gr, gc = ref.grid
+    if ref.remote:
+        listing = _remote_listing(ref)
+        out = np.full((gr, gc), "", dtype=object)
+        for i in range(gr):
+            for j in range(gc):
+                out[i, j] = listing.get(meta.encode_chunk_key((i, j)), "")
+        return out.astype(str) if out.size else np.zeros((gr, gc), dtype="<U1")
+    rows = []
+    dirs = {}
+    missing = (-1, 0, 0)
+    for i in range(gr):
+        for j in range(gc):
+            st = _local_stamp(ref, meta.encode_chunk_key((i, j)), dirs, at_pin=at_pin)
+            rows.append(missing if st is None else st)
+    return np.array(rows, dtype=np.int64).reshape(gr, gc, 3)
+
+
+def _listing_digest(stamps):
+    h = hashlib.sha256(repr(stamps.shape).encode())
+    h.update(stamps.tobytes() if stamps.dtype != object else "\n".join(stamps.ravel()).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- object storage
+
+
+def _remote_fs(ref):
+    import fsspec
+
+    options = json.loads(ref.options_key)
+    fs, path = fsspec.core.url_to_fs(ref.url, **options)
+    return fs, path.rstrip("/")
+
+
+def _remote_listing(ref):
+    fs, path = _remote_fs(ref)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        found = {}
+    out = {}
+    for full, info in found.items():
+        key = full[len(path):].lstrip("/")
+        etag = info.get("ETag") or info.get("etag") or info.get("e_tag")
+        if etag is None:  # a store without ETags: size and mtime stand in
+            etag = f"{info.get('size')}@{info.get('LastModified') or info.get('mtime')}"
+        out[key] = str(etag).strip('"')
+    return out
+
+
+# --------------------------------------------------------------------------- pinning
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(zarr_format, digest, doc):
+    from zarr.core.array import parse_array_metadata
+
+    data = json.loads(doc)
+    if not isinstance(data, dict):
+        raise ValueError("the metadata document is not a JSON object")
+    data.setdefault("zarr_format", zarr_format)
+    if zarr_format == 2:
+        data.setdefault("attributes", {})
+    elif data.get("node_type") != "array":
+        raise ValueError(f"node_type is {data.get('node_type')!r}, not 'array'")
+    return parse_array_metadata(data)
+
+
+_BY_DIGEST: dict = {}
+_BY_DIGEST_LOCK = threading.Lock()
+
+
+def _parse_meta(zarr_format, digest, doc):
+    """Parsed metadata of a document, cached by its digest (and only by it)."""
+    if doc is None:
+        return _BY_DIGEST[(zarr_format, digest)]
+    meta = _parsed(zarr_format, digest, bytes(doc))
+    with _BY_DIGEST_LOCK:
+        _BY_DIGEST[(zarr_format, digest)] = meta
+        while len(_BY_DIGEST) > 256:
+            _BY_DIGEST.pop(next(iter(_BY_DIGEST)))
+    return meta
+
+
+def _meta_of(ref):
+    """Parsed metadata of a pinned array: from the digest-keyed cache, else read and checked."""
+    cached = _BY_DIGEST.get((ref.zarr_format, ref.meta_digest))
+    if cached is not None:
+        return cached
+    doc = _read_meta(ref, at_pin=False)
+    digest = hashlib.sha256(doc).hexdigest()
+    if digest != ref.meta_digest:
+        raise SourceChangedError(
+            f"{ref.name} changed since the job was submitted: its metadata document "
+            f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> {digest[:12]}…). "
+            "Resubmit to decompose the new array.")
+    return _parse_meta(ref.zarr_format, digest, doc)
+
+
+def _locate(url, array, storage_options):
+    """The array's own location and name, its Zarr format (groups resolved)."""
+    from ._source import _open_zarr
+
+    remote = "://" in str(url) and not str(url).startswith("file://")
+    node, array = _open_zarr(url, array, storage_options)
+    fmt = node.metadata.zarr_format
+    if remote:
+        loc = str(url).rstrip("/") + (f"/{array}" if array else "")
+    else:
+        base = str(url)[len("file://"):] if str(url).startswith("file://") else str(url)
+        loc = os.path.realpath(os.path.join(base, array) if array else base)
+    return loc, array, fmt, remote
+
+
+def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
+               allow_missing_chunks=False, panel_bytes=None, limits=None):
+    """Resolve a Zarr array once and record what identifies it.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Path or fsspec URL of a Zarr array or group.
+    array : str, optional
+        Path of the array inside a group.
+    storage_options : dict, optional
+        fsspec options (remote URLs).
+    roots, forbidden : sequence of str, optional
+        Real local paths reads must stay inside / out of (checked now and at
+        every read); empty ``roots`` allows any path.
+    allow_missing_chunks : bool, default=False
+        Read chunks missing at rest as the fill value instead of failing.
+    panel_bytes : int, optional
+        Panel budget, for the panel-count limit.
+    limits : Limits, optional
+
+    Returns
+    -------
+    SourcePin
+
+    Raises
+    ------
+    SourceNotFoundError, SourceAccessError, InvalidInputError, StorageError
+    """
+    ref, meta, info = _inspect(url, array, storage_options=storage_options, roots=roots,
+                               forbidden=forbidden, allow_missing_chunks=allow_missing_chunks,
+                               panel_bytes=panel_bytes, limits=limits)
+    stamps = _stamps(ref, meta, at_pin=True)
+    ref = replace(ref, listing_digest=_listing_digest(stamps))
+    return SourcePin(ref, stamps, info)
+
+
+def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
+             allow_missing_chunks=False, panel_bytes=None, limits=None):
+    """Locate, read and check the metadata (no chunk is looked at).
+
+    Returns
+    -------
+    (SourceRef without listing digest, parsed metadata, SourceInfo)
+    """
+    from ._source import SourceInfo, _check_matrix, _options_key
+
+    url = str(os.fspath(url))
+    loc, array, fmt, remote = _locate(url, array, storage_options)
+    name = repr(url) + (f" array {array!r}" if array else "")
+    ref = SourceRef(url=loc, remote=remote, zarr_format=fmt, meta_digest="", shape=(),
+                    key_chunks=(), listing_digest="",
+                    guard=Guard(tuple(roots), tuple(os.path.realpath(f) for f in forbidden)),
+                    options_key=_options_key(storage_options if remote else None),
+                    allow_missing=bool(allow_missing_chunks), name=name)
+    doc = _read_meta(ref, at_pin=True)
+    digest = hashlib.sha256(doc).hexdigest()
+    try:
+        meta = _parse_meta(fmt, digest, doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
+                                f"{exc}", field="source") from exc
+    shape = tuple(int(s) for s in meta.shape)
+    dt = _check_matrix(shape, meta.dtype, f"array {array or url!r}")
+    key_chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+    read_chunks = tuple(int(c) for c in (meta.chunks if fmt == 2 else _inner_chunks(meta)))
+    check_limits(shape, read_chunks, panel_bytes, limits, what=name)
+    if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
+        lim = limits or Limits()
+        check_limits(shape, key_chunks, panel_bytes, replace(
+            lim, max_panels=2**62, max_band_bytes=2**62), what=name)
+    ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=key_chunks)
+    return ref, meta, SourceInfo(shape, dt, read_chunks, url, array, fmt)
+
+
+def inspect_pinnable(url, array=None, *, storage_options=None, panel_bytes=None, limits=None):
+    """:class:`SourceInfo` of a Zarr array from its metadata alone (limits checked)."""
+    return _inspect(url, array, storage_options=storage_options, panel_bytes=panel_bytes,
+                    limits=limits)[2]
+
+
+def _inner_chunks(meta):
+    try:
+        return meta.chunks
+    except (AttributeError, NotImplementedError, ValueError):
+        return meta.chunk_grid.chunk_shape
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _local_get(ref, expect, key, byte_range):
+    """Bytes of one key, checked against the pin; None for an allowed missing chunk."""
+    hit = expect.get(key)
+    path = os.path.join(ref.url, key)
+    if hit is None:  # not a chunk of this panel: metadata or a key zarr probes
+        if key == ref.meta_key:
+            return _read_meta(ref, at_pin=False)
+        raise SourceChangedError(f"unexpected read of key {key!r} of {ref.name}")
+    where, stamp = hit
+    region = chunk_region(ref, *where)
+    try:
+        fd = _open_guarded(ref, path, f"chunk {key!r} ({region})", at_pin=False)
+    except (FileNotFoundError, NotADirectoryError):
+        if stamp[0] < 0:
+            if ref.allow_missing:
+                return None
+            raise InvalidInputError(_missing_message(ref, where, 1), field="source") from None
+        raise SourceChangedError(_change_message(ref, key, where, stamp, (-1, 0, 0))) from None
+    try:
+        st = os.fstat(fd)
+        now = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if now != stamp:
+            raise SourceChangedError(_change_message(ref, key, where, stamp, now))
+        size = st.st_size
+        if byte_range is None:
+            start, length = 0, size
+        else:
+            start, length = _byte_range(byte_range, size)
+        data = _read_fd(fd, length, start)
+        if len(data) != length:
+            raise SourceChangedError(
+                f"{ref.name} changed while it was read: chunk {key!r} ({region}) gave "
+                f"{len(data)} of {length} bytes.")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _byte_range(byte_range, size):
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+    if isinstance(byte_range, RangeByteRequest):
+        start = min(byte_range.start, size)
+        return start, max(0, min(byte_range.end, size) - start)
+    if isinstance(byte_range, OffsetByteRequest):
+        start = min(byte_range.offset, size)
+        return start, size - start
+    if isinstance(byte_range, SuffixByteRequest):
+        start = max(0, size - byte_range.suffix)
+        return start, size - start
+    raise TypeError(f"unexpected byte range {byte_range!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _store_classes():
+    """The guarded store classes (defined once, on first use: zarr imports lazily)."""
+    from zarr.core.buffer.core import default_buffer_prototype
+    from zarr.storage import FsspecStore, LocalStore
+
+    class PinnedLocalStore(LocalStore):
+        """A read-only LocalStore that reads only what the pin allows (:func:`_local_get`)."""
+
+        def __init__(self, ref, expect):
+            super().__init__(ref.url, read_only=True)
+            self._ref, self._expect = ref, expect
+
+        async def get(self, key, prototype=None, byte_range=None):
+            prototype = prototype or default_buffer_prototype()
+            data = await asyncio.to_thread(_local_get, self._ref, self._expect, key, byte_range)
+            return None if data is None else prototype.buffer.from_bytes(data)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    class PinnedFsspecStore(FsspecStore):
+        """A read-only FsspecStore failing on missing chunks (ETags checked per run)."""
+
+        def __init__(self, ref, expect, base):
+            super().__init__(fs=base.fs, path=base.path, read_only=True,
+                             allowed_exceptions=base.allowed_exceptions)
+            self._ref, self._expect = ref, expect
+
+        async def get(self, key, prototype=None, byte_range=None):
+            ref = self._ref
+            hit = self._expect.get(key)
+            out = await super().get(key, prototype, byte_range)
+            if hit is None or out is not None:
+                return out
+            where, stamp = hit
+            if stamp == "":
+                if ref.allow_missing:
+                    return None
+                raise InvalidInputError(_missing_message(ref, where, 1), field="source")
+            raise SourceChangedError(_change_message(ref, key, where, stamp, ""))
+
+        async def get_partial_values(self, prototype, key_ranges):
+            return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    return PinnedLocalStore, PinnedFsspecStore
+
+
+def _make_store(ref, expect):
+    local_cls, remote_cls = _store_classes()
+    if not ref.remote:
+        return local_cls(ref, expect)
+    from zarr.storage import FsspecStore
+
+    base = FsspecStore.from_url(ref.url, storage_options=json.loads(ref.options_key),
+                                read_only=True)
+    return remote_cls(ref, expect, base)
+
+
+def open_pinned(ref, expect):
+    """A ``zarr.Array`` over a guarded store that reads only the keys in ``expect``.
+
+    The metadata document is read (through the guard) and must match the
+    pinned digest; the array is built from exactly that document.
+    """
+    import zarr
+    from zarr.core.array import AsyncArray
+    from zarr.storage import StorePath
+
+    doc = _read_meta(ref, at_pin=False)
+    digest = hashlib.sha256(doc).hexdigest()
+    if digest != ref.meta_digest:
+        raise SourceChangedError(
+            f"{ref.name} changed since the job was submitted: its metadata document "
+            f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> {digest[:12]}…). "
+            "Resubmit to decompose the new array.")
+    meta = _parse_meta(ref.zarr_format, digest, doc)
+    store = _make_store(ref, expect)
+    return zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, "")))
+
+
+def read_region(ref, expect, node, sel, what):
+    """``node[sel]`` with every failure typed: a decode error names the chunk."""
+    try:
+        return np.asarray(node[sel])
+    except SVDError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - codec, decompression, truncation, I/O
+        meta = _meta_of(ref)
+        for key, (where, _stamp) in expect.items():
+            (m, n), (cm, cn) = ref.shape, ref.key_chunks
+            i, j = where
+            one = (slice(i * cm, min((i + 1) * cm, m)), slice(j * cn, min((j + 1) * cn, n)))
+            try:
+                node[one]
+            except SVDError:
+                raise
+            except Exception as inner:  # noqa: BLE001
+                raise StorageError(
+                    f"chunk {meta.encode_chunk_key(where)!r} of {ref.name} "
+                    f"({chunk_region(ref, i, j)}) could not be read: "
+                    f"{type(inner).__name__}: {inner}. The stored chunk is corrupt or "
+                    "truncated; rewrite the array.") from inner
+        raise StorageError(f"reading {what} of {ref.name} failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
