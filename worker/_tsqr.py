@@ -113,11 +113,12 @@ def exact_svd(run, k):
     Parameters
     ----------
     run : svdserve.worker._run.Run
-    k : int
+    k : int or callable
+        The rank, or ``k(sigma) -> int`` choosing it from every singular value.
 
     Returns
     -------
-    dict with ``t`` (list of handles to ndarray of shape (rows_i, k), the tall
+    dict with ``k`` (the rank), ``t`` (list of handles to ndarray of shape (rows_i, k), the tall
     factor per panel), ``s_all`` (every singular value, ndarray of shape
     (n,)), ``sigma`` (ndarray of shape (k,)), ``v`` (ndarray of shape (n, k),
     right factor of the tall view).
@@ -126,9 +127,11 @@ def exact_svd(run, k):
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
     t_factor = run.phase("factor", reads=False)
     root, nodes = tsqr_up(eng, leaves)
-    r, extra = with_ones_direction(root["r"], k, run.center)
+    r, extra = with_ones_direction(root["r"], 1 if callable(k) else k, run.center)
     u_r, sigma, vt = np.linalg.svd(r, full_matrices=False)
     u_r, vt = svd_flip_rows(u_r, vt)
+    if callable(k):  # rank chosen from the whole spectrum (energy target)
+        k = min(k(sigma), sigma.size)
     run.report(t_factor, 1, 1)
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
@@ -136,4 +139,4 @@ def exact_svd(run, k):
     t = [eng.part(h, 0) for h in handles]
     s_all = np.zeros(run.n)
     s_all[: sigma.size] = sigma[: run.n]
-    return {"t": t, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T}
+    return {"t": t, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T, "k": k}
