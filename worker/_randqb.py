@@ -173,12 +173,11 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         history.append({"block": blocks, "basis_width": ell, "indicator": 1.0 - frac,
                         "rank": min(r, ell)})
         met = frac >= energy and r <= ell
-        if (met and r + n_oversamples <= ell) or ell >= width_cap or frac >= 1.0 \
-                or (met and ell >= width_cap):
+        if (met and r + n_oversamples <= ell) or ell >= width_cap or frac >= 1.0:
             break
         eye = np.eye(width)
         basis = [eng.submit(sketch_tall, h, w, eye) for h, w in zip(leaves, ws)]
-    reached = bool(frac >= energy and r <= ell)
+    reached = bool(frac >= energy and r <= min(ell, max_rank))
     k = max(1, min(r, ell, max_rank))
     b_h, mu_h = eng.scatter(b_mat), eng.scatter(run.shifted_mean if run.center else None)
     resid = (0, 0.0)
