@@ -268,3 +268,56 @@ def test_denoise_rank_more_than_k_and_centred():
     assert d["rank"] == 2 and d["more_than_k"]
     d = denoise_rank(np.array([10.0]), shape=(100, 50), center=True, residual=1.0)
     assert d["noise_sigma"] == pytest.approx(1.0 / math.sqrt(98 * 49))
+
+
+# ------------------------------------------------------------------ kernels, no cluster
+
+
+def test_qb_kernels_extend_a_basis_and_deflate():
+    from svdserve.worker import _kernels as K
+
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((90, 12))
+    q0, _ = np.linalg.qr(rng.standard_normal((90, 3)))
+    b0 = q0.T @ A
+    g = rng.standard_normal((12, 2))
+    # One panel: the local QR of [Q0, AG − Q0(B0G)] spans [Q0, AG].
+    leaf = K.sketch_leaf(A, g, False, rng.standard_normal((12, 4)), q0, b0 @ g)
+    q = leaf["q"]
+    np.testing.assert_allclose(q.T @ q, np.eye(5), atol=100 * EPS)
+    proj = q @ (q.T @ np.hstack([q0, A @ g]))
+    np.testing.assert_allclose(proj, np.hstack([q0, A @ g]), atol=1e3 * EPS * np.abs(A).max())
+    # (A − Q0B0)ᵀ(A − Q0B0)G, z·2**e, split over two panels.
+    mu = None
+    parts = [K.deflated_power_leaf(A[s], g, mu, q0[s], b0 @ g, b0) for s in (slice(0, 40), slice(40, 90))]
+    z = sum(p["z"] * 2.0 ** p["e"] for p in parts)
+    E = A - q0 @ b0
+    np.testing.assert_allclose(z, E.T @ (E @ g), rtol=1e-12, atol=1e-12 * np.abs(z).max())
+
+
+def test_probe_sumsq_every_rank():
+    from svdserve.worker import _kernels as K
+
+    rng = np.random.default_rng(6)
+    y, t, c = rng.standard_normal((50, 3)), rng.standard_normal((50, 4)), rng.standard_normal((4, 3))
+    e, s = K.probe_sumsq(y, t, c, cumulative=True)
+    for r in range(5):
+        want = np.sum((y - t[:, :r] @ c[:r]) ** 2, axis=0)
+        np.testing.assert_allclose(s[r] * 4.0**e, want, rtol=1e-13)
+    e, s = K.probe_sumsq(y * 1e200, t * 1e100, c * 1e100, shift=np.ones(3))
+    assert np.all(np.isfinite(s)) and s.max() > 0
+
+
+def test_stream_leaf_is_deterministic_per_panel_and_sums():
+    from svdserve.worker import _kernels as K
+
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((30, 7))
+    om, psi, pr = rng.standard_normal((7, 3)), rng.standard_normal((7, 5)), rng.standard_normal((7, 2))
+    a = K.stream_leaf(A[:10], om, psi, pr, 4, 0, 10)
+    b = K.stream_leaf(A[:10], om, psi, pr, 4, 0, 10)
+    assert all(np.array_equal(a[key], b[key]) for key in a)
+    c = K.stream_leaf(A[10:], om, psi, pr, 4, 10, 30)
+    ups = np.hstack([K.panel_tests(4, 0, 10, 3, 5)[0], K.panel_tests(4, 10, 30, 3, 5)[0]])
+    np.testing.assert_allclose(a["x"] + c["x"], ups @ A, rtol=1e-13, atol=1e-13)
+    assert not np.array_equal(K.panel_tests(4, 0, 10, 3, 5)[0], K.panel_tests(5, 0, 10, 3, 5)[0])
