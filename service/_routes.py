@@ -165,20 +165,39 @@ async def _validate_source(svc: Services, body: JobCreate) -> tuple[dict, list[s
                                                   "message": message}]) from exc
     m, n = info.shape
     short = min(m, n)
-    if body.rank > short:
+    for message, field in _rank_problems(body, short):
+        raise ProblemError(422, message, errors=[{"field": field, "message": message}])
+    if body.rank is not None and body.rank > short:
         message = (f"rank {body.rank} exceeds min(m, n) = {short} of the {m}x{n} matrix; "
                    f"ask for at most {short} components")
         raise ProblemError(422, message, errors=[{"field": "body.rank", "message": message}])
     notes = []
     n_oversamples = body.n_oversamples
-    if body.rank + n_oversamples > short:
+    if body.rank is not None and body.rank + n_oversamples > short:
         n_oversamples = short - body.rank
         notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} so "
                      f"that rank + n_oversamples <= min(m, n) = {short}")
     params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
+              "energy": body.energy, "max_rank": body.max_rank,
               "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
               "chunks": list(info.chunks)}
     return params, notes
+
+
+def _rank_problems(body: JobCreate, short: int) -> list[tuple[str, str]]:
+    """`rank` xor `energy`; `max_rank` only with `energy`, within the matrix; sketch needs a rank."""
+    if body.rank is not None and body.energy is not None:
+        return [("rank and energy are exclusive; send one of them", "body.energy")]
+    if body.rank is None and body.energy is None:
+        return [("send rank (components) or energy (a fraction such as 0.99)", "body.rank")]
+    if body.max_rank is not None and body.energy is None:
+        return [("max_rank caps an energy target; send energy with it", "body.max_rank")]
+    if body.max_rank is not None and body.max_rank > short:
+        return [(f"max_rank {body.max_rank} exceeds min(m, n) = {short}", "body.max_rank")]
+    if body.energy is not None and body.method == "sketch":
+        return [("method 'sketch' needs a rank (one pass cannot adapt it); use 'randomized' "
+                 "or 'auto' with energy", "body.method")]
+    return []
 
 
 @router.post(

@@ -211,7 +211,8 @@ class Runner:
             if ctl.cancel.is_set():
                 raise JobCancelled(f"job {job.id} cancelled")
             self.results.prepare(out)
-            res = svd(source, params["rank"], array=params.get("array"),
+            res = svd(source, params["rank"], energy=params.get("energy"),
+                      max_rank=params.get("max_rank"), array=params.get("array"),
                       method=req["method"], n_oversamples=params["n_oversamples"],
                       n_iter=req["n_iter"], center=req["center"],
                       random_state=req["random_state"], client=self.cluster.sync_client,
@@ -245,7 +246,7 @@ class Runner:
             return
 
         result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
-                  "shape": list(params["shape"]), "rank": int(params["rank"]),
+                  "shape": list(params["shape"]), "rank": int(res.S.size),
                   "method": str(getattr(res, "method", req["method"]))}
         report = _jsonable(getattr(res, "report", None))
         events = [str(e) for e in (getattr(res, "events", None) or [])]
