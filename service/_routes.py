@@ -133,7 +133,11 @@ def _encode_cursor(seq: int | None) -> str | None:
 
 
 def _body_hash(body: JobCreate) -> str:
-    text = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = body.model_dump(mode="json")
+    for key in ("energy", "max_rank"):  # added later: unset, they leave old hashes alone
+        if data.get(key) is None:
+            data.pop(key, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
