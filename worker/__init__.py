@@ -6,7 +6,9 @@
 
 Modules: :mod:`._kernels` (pure NumPy panel kernels), :mod:`._engine` (Dask
 futures, tree reductions, progress), :mod:`._tsqr` (exact, Benson et al.),
-:mod:`._rsvd` (randomized, Halko et al.), :mod:`._energy` (the report),
+:mod:`._rsvd` (randomized, Halko et al.), :mod:`._randqb` (rank by energy
+target, Yu, Gu & Li), :mod:`._sketch` (one pass, Tropp et al.),
+:mod:`._energy` (the report, Gavish–Donoho denoising rank),
 :mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """

@@ -240,7 +240,11 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
               passes=passes, progress=progress, wide=src.wide,
               pivot=_pivot_row(src) if center_cols else None)
     if resolved == "exact":
-        fac = exact_svd(run, k if energy is None else _rank_by_energy(run, energy, cap))
+        choose = None if energy is None else _rank_by_energy(run, energy, cap)
+        fac = exact_svd(run, k if choose is None else choose)
+        if choose is not None:
+            fac["qb"] = {"energy": energy, "max_rank": cap, "blocks": 0,
+                         "reached": choose.wanted <= cap}
     elif resolved == "sketch":
         fac = sketch_svd(run, k, random_state=seed, n_probes=probes,
                          sizes=_sizes_param(sketch_sizes))
@@ -307,8 +311,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     if resolved == "sketch":
         report["sketch_sizes"] = fac["sizes"]
     if energy is not None:
-        report["energy_target"] = fac.get("qb") or {
-            "energy": energy, "max_rank": cap, "blocks": 0, "reached": True}
+        report["energy_target"] = fac["qb"]
         report["energy_target"]["passes"] = n_passes
         report["energy_target"]["reads"] = rows // m_t
         report["suggested_rank"]["energy"] = int(k)
@@ -372,9 +375,9 @@ def _rank_by_energy(run, energy, cap):
     """For the exact method: the rank from every singular value and the pass-1 total."""
     def choose(sigma):
         e, s = run.total_sumsq
-        if s == 0.0:
-            return 1
-        return max(1, min(energy_rank(np.ldexp(sigma, -e), np.sqrt(s), energy), cap))
+        choose.wanted = 1 if s == 0.0 else energy_rank(np.ldexp(sigma, -e), np.sqrt(s), energy)
+        return max(1, min(choose.wanted, cap))
+    choose.wanted = 0
     return choose
 
 
