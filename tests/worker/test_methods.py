@@ -127,6 +127,17 @@ def test_energy_rank_synthetic_spectra(dask_client, decay, center, shape):
     assert checked >= 2
 
 
+@pytest.mark.parametrize("seed", [1, 7, 2**31 - 1])
+def test_energy_any_seed_and_deterministic(dask_client, seed):
+    A = decaying(600, 50, seed=2, decay=0.8, noise=1e-4)
+    cum, s = _cum(A)
+    kw = dict(energy=0.99, method="randomized", random_state=seed, panel_bytes=50 * 8 * 100)
+    res = svd(A, client=dask_client, **kw)
+    assert _check_energy_rank(res.S, cum, np.sum(s**2), 0.99)
+    local = svd(A, client=None, **kw)  # same seed and panel plan: the same bits in-process
+    assert np.array_equal(res.S, local.S) and np.array_equal(res.U, local.U)
+
+
 def test_energy_residual_tiny_without_cancellation(dask_client):
     # Six σ = 1 and six σ = 1e-6; energy = 1 − 1e-13 needs all twelve, the cap
     # is 6. The residual √6·1e-6 formed as sqrt(‖A‖² − ‖B‖²) would carry an
