@@ -91,8 +91,11 @@ def _job_line(job) -> str:
     err = job.get("error")
     if err:
         extra = f"{err.get('type')}: {err.get('message')}"
+    want = req.get("rank")
+    if want is None:
+        want = f"e{req['energy']:g}" if req.get("energy") is not None else "?"
     return (
-        f"{job.get('id')}  {job.get('state', '?'):<10} k={req.get('rank', '?'):<4} "
+        f"{job.get('id')}  {job.get('state', '?'):<10} k={want!s:<4} "
         f"{req.get('method', '?'):<10} {shape_s:<12} {job.get('created_at', '')}  {src}"
         + (f"  {extra}" if extra else "")
     )
@@ -127,6 +130,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job = client.submit(
             args.source,
             args.rank,
+            energy=args.energy,
+            max_rank=args.max_rank,
             array=args.array,
             method=args.method,
             n_oversamples=args.n_oversamples,
@@ -162,7 +167,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         req = job.get("request") or {}
         src = req.get("source") or {}
         print(f"source    {src.get('url')}" + (f" [{src.get('array')}]" if src.get("array") else ""))
-        print(f"request   rank={req.get('rank')} method={req.get('method')} "
+        target = (f"energy={req.get('energy')}" if req.get("energy") is not None
+                  else f"rank={req.get('rank')}")
+        print(f"request   {target} method={req.get('method')} "
               f"center={req.get('center')} n_iter={req.get('n_iter')}")
         if job.get("progress") and job.state not in ("succeeded", "failed", "cancelled"):
             print(f"progress  {_progress_text(job)}")
@@ -289,6 +296,16 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.99, got {text!r}")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < F < 1, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -338,9 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("submit", "submit a truncated-SVD job; prints its id", cmd_submit)
     p.add_argument("source", help="Zarr array/group: path in a data root, file:// or s3:// URL")
-    p.add_argument("-k", "--rank", type=_positive_int, required=True, help="components k")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("-k", "--rank", type=_positive_int, help="components k")
+    which.add_argument("--energy", type=_fraction, metavar="F",
+                       help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
+                            "the energy (of the variance with --center)")
+    p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", help="array inside the group at SOURCE")
-    p.add_argument("--method", choices=("auto", "exact", "randomized"), default="auto")
+    p.add_argument("--method", choices=("auto", "exact", "randomized", "sketch"),
+                   default="auto", help="sketch: one pass over A (Tropp et al. 2019)")
     p.add_argument("--n-oversamples", type=_nonneg_int, default=10, metavar="P")
     p.add_argument("--n-iter", type=_nonneg_int, default=2, metavar="Q",
                    help="power iterations (randomized)")

@@ -23,7 +23,7 @@ __all__ = ["Client", "DEFAULT_URL"]
 
 #: Where the client looks when neither ``base_url`` nor ``SVDSERVE_URL`` is given.
 DEFAULT_URL = "http://localhost:8000"
-_METHODS = ("auto", "exact", "randomized")
+_METHODS = ("auto", "exact", "randomized", "sketch")
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, str | None]:
@@ -147,10 +147,10 @@ class Client:
     def submit(
         self,
         source: str | os.PathLike,
-        rank: int,
+        rank: int | None = None,
         *,
         array: str | None = None,
-        method: Literal["auto", "exact", "randomized"] = "auto",
+        method: Literal["auto", "exact", "randomized", "sketch"] = "auto",
         n_oversamples: int = 10,
         n_iter: int = 2,
         center: bool = False,
@@ -158,6 +158,8 @@ class Client:
         compute_u: bool = True,
         allow_missing_chunks: bool = False,
         idempotency_key: str | None = None,
+        energy: float | None = None,
+        max_rank: int | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -168,13 +170,14 @@ class Client:
             (absolute, or relative to its first data root), a ``file://`` URL,
             or ``s3://bucket/key``. A relative path that exists here is sent
             as its absolute path.
-        rank : int
-            Components k ≥ 1 (≤ min(m, n)).
+        rank : int or None
+            Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
         array : str or None, default=None
             Array inside the group at ``source``.
-        method : {"auto", "exact", "randomized"}, default="auto"
+        method : {"auto", "exact", "randomized", "sketch"}, default="auto"
             ``exact`` (TSQR, every singular value), ``randomized`` (Halko et
-            al.), ``auto`` lets the service pick.
+            al.), ``sketch`` (one pass, Tropp et al. 2019), ``auto`` lets
+            the service pick.
         n_oversamples : int, default=10
         n_iter : int, default=2
             Power iterations of the randomized method.
@@ -191,6 +194,13 @@ class Client:
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
+        energy : float or None, default=None
+            Instead of ``rank``: the smallest rank capturing this fraction of
+            ‖A‖²_F (of the total variance with ``center``), as
+            ``PCA(n_components=energy)``; the report's ``energy_target`` says
+            how it was found.
+        max_rank : int or None, default=None
+            With ``energy``: the largest rank returned.
 
         Returns
         -------
@@ -198,6 +208,9 @@ class Client:
         """
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if (rank is None) == (energy is None):
+            raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
+                             f"energy={energy!r}")
         body = {
             "source": {"url": normalize_source(source), "array": array},
             "rank": rank,
@@ -210,6 +223,11 @@ class Client:
         }
         if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
             body["allow_missing_chunks"] = True
+        if energy is not None:
+            del body["rank"]
+            body["energy"] = energy
+            if max_rank is not None:
+                body["max_rank"] = max_rank
         key = idempotency_key or str(uuid.uuid4())
         response = self._http.request(
             "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}

@@ -132,6 +132,18 @@ class EnergyReport(Mapping):
         r = self._data.get("explained_variance_ratio")
         return None if r is None else np.asarray(r, dtype=float)
 
+    @property
+    def error_estimate(self) -> dict[str, Any] | None:
+        """``{"spectral", "probability", "probes", ...}``: a bound on ‖A − U S Vᵀ‖₂
+        (randomized, sketch; σ_{k+1} itself for exact), or None in older reports."""
+        return self._data.get("error_estimate")
+
+    @property
+    def denoise_rank(self) -> int | None:
+        """Gavish–Donoho hard-threshold rank (``suggested_rank["denoise"]["rank"]``)."""
+        entry = (self._data.get("suggested_rank") or {}).get("denoise")
+        return None if entry is None else int(entry["rank"])
+
     def rank_for(self, fraction: float) -> int | None:
         """Smallest rank r ≤ k with cumulative energy ≥ ``fraction``, or None if more than k."""
         for entry in self._data.get("energy_ranks") or []:
@@ -202,6 +214,25 @@ class EnergyReport(Mapping):
                     for g in gaps
                 )
             )
+        est = d.get("error_estimate")
+        if est:
+            lines.append(
+                f"error estimate ‖A − USVᵀ‖₂ ≤ {_num(est.get('spectral'), '.4g')} "
+                f"(probability {_num(est.get('probability'), '.10g')}, "
+                f"{est.get('probes', '?')} probes)")
+        den = (d.get("suggested_rank") or {}).get("denoise")
+        if den:
+            more = " (more than k: the computed rank is below it)" if den.get("more_than_k") else ""
+            lines.append(
+                f"denoising rank {den.get('rank')}{more}: threshold "
+                f"{_num(den.get('threshold'), '.4g')}, noise σ ≈ "
+                f"{_num(den.get('noise_sigma'), '.4g')} ({den.get('noise_estimator')})")
+        tgt = d.get("energy_target")
+        if tgt:
+            lines.append(
+                f"energy target {100 * float(tgt.get('energy', 0)):.4g} %: rank {self.rank}"
+                f"{'' if tgt.get('reached', True) else ' (max_rank reached first)'}, "
+                f"{tgt.get('blocks', 0)} blocks, {tgt.get('passes', '?')} passes")
         total_time = (d.get("timings") or {}).get("total")
         if isinstance(total_time, (int, float)):
             lines.append(f"time {total_time:.3f} s")

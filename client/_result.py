@@ -9,6 +9,7 @@ storage or over HTTP from the service (read-only Zarr, same bearer token).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -228,6 +229,40 @@ class SVDResult:
         if self.mean is not None:
             out = out + self.mean[None, :]
         return out
+
+    def denoise_rank(self, noise: float | None = None) -> int:
+        """Gavish & Donoho's (2014) optimal hard-threshold rank.
+
+        Parameters
+        ----------
+        noise : float or None, default=None
+            The noise level σ of A = X + σZ, when known: the threshold is then
+            λ*(β)·sqrt(max(m, n))·σ (4/√3·sqrt(n)·σ for a square matrix). When
+            None, the report's ``suggested_rank["denoise"]`` is used (noise
+            estimated by the job, see its ``noise_estimator``).
+        """
+        if noise is None:
+            entry = (self.report.get("suggested_rank") or {}).get("denoise")
+            if entry is None:
+                raise ValueError("this report has no denoising rank (a result written before "
+                                 "it was added); pass noise=")
+            return int(entry["rank"])
+        m, n = self.shape
+        if self.center:
+            m -= 1
+        beta = min(m, n) / max(m, n)
+        lam = math.sqrt(2 * (beta + 1) + 8 * beta / ((beta + 1) + math.sqrt(beta**2 + 14 * beta + 1)))
+        tau = lam * math.sqrt(max(m, n)) * float(noise)
+        return int(np.sum(self.S > tau))
+
+    def denoise(self, noise: float | None = None, rows=None) -> "dask.array.Array":
+        """The reconstruction at the denoising rank (:meth:`denoise_rank`), lazily.
+
+        Hard-thresholds the singular values at Gavish & Donoho's optimal
+        threshold: for a low-rank signal in white noise this beats any other
+        truncation in mean squared error (asymptotically).
+        """
+        return self.reconstruct(self.denoise_rank(noise), rows=rows)
 
     def storage_ratio(self, rank: int | None = None) -> float:
         """Numbers stored by a rank-r truncation relative to A: ``r (m + n + 1) / (m n)``.

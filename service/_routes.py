@@ -140,8 +140,11 @@ def _encode_cursor(seq: int | None) -> str | None:
 
 def _body_hash(body: JobCreate) -> str:
     data = body.model_dump(mode="json")
-    if not data.get("allow_missing_chunks"):  # bodies without the field hash as before
-        data.pop("allow_missing_chunks", None)
+    # Fields added later leave old hashes alone while they hold their defaults.
+    for key, default in (("allow_missing_chunks", False), ("compute_u", True),
+                         ("energy", None), ("max_rank", None)):
+        if data.get(key) == default:
+            data.pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -187,22 +190,41 @@ async def _validate_source(svc: Services, body: JobCreate
     info = pin.info
     m, n = info.shape
     short = min(m, n)
-    if body.rank > short:
+    for message, field in _rank_problems(body, short):
+        raise ProblemError(422, message, errors=[{"field": field, "message": message}])
+    if body.rank is not None and body.rank > short:
         message = (f"rank {body.rank} exceeds min(m, n) = {short} of the {m}x{n} matrix; "
                    f"ask for at most {short} components")
         raise ProblemError(422, message, errors=[{"field": "body.rank", "message": message}])
     notes = []
     n_oversamples = body.n_oversamples
-    if body.rank + n_oversamples > short:
+    if body.rank is not None and body.rank + n_oversamples > short:
         n_oversamples = short - body.rank
         # only randomized jobs use oversampling: an exact job gets no note
         if choose_method(body.method, (m, n), body.rank, n_oversamples) == "randomized":
             notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} "
                          f"so that rank + n_oversamples <= min(m, n) = {short}")
     params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
+              "energy": body.energy, "max_rank": body.max_rank,
               "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
               "chunks": list(info.chunks)}
     return params, notes, pin.to_json()
+
+
+def _rank_problems(body: JobCreate, short: int) -> list[tuple[str, str]]:
+    """`rank` xor `energy`; `max_rank` only with `energy`, within the matrix; sketch needs a rank."""
+    if body.rank is not None and body.energy is not None:
+        return [("rank and energy are exclusive; send one of them", "body.energy")]
+    if body.rank is None and body.energy is None:
+        return [("send rank (components) or energy (a fraction such as 0.99)", "body.rank")]
+    if body.max_rank is not None and body.energy is None:
+        return [("max_rank caps an energy target; send energy with it", "body.max_rank")]
+    if body.max_rank is not None and body.max_rank > short:
+        return [(f"max_rank {body.max_rank} exceeds min(m, n) = {short}", "body.max_rank")]
+    if body.energy is not None and body.method == "sketch":
+        return [("method 'sketch' needs a rank (one pass cannot adapt it); use 'randomized' "
+                 "or 'auto' with energy", "body.method")]
+    return []
 
 
 @router.post(

@@ -239,6 +239,7 @@ class Runner:
                                     limits=self.settings.limits())
             res = svd(source, params["rank"], array=None,
                       allow_missing_chunks=allow_missing,
+                      energy=params.get("energy"), max_rank=params.get("max_rank"),
                       method=req["method"], n_oversamples=params["n_oversamples"],
                       n_iter=req["n_iter"], center=req["center"],
                       compute_u=req.get("compute_u", True),
@@ -274,7 +275,7 @@ class Runner:
             return
 
         result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
-                  "shape": list(params["shape"]), "rank": int(params["rank"]),
+                  "shape": list(params["shape"]), "rank": int(res.S.size),
                   "method": str(getattr(res, "method", req["method"]))}
         report = _jsonable(getattr(res, "report", None))
         events = [str(e) for e in (getattr(res, "events", None) or [])]

@@ -81,12 +81,21 @@ class JobCreate(BaseModel):
          "n_oversamples": 10, "n_iter": 2, "center": False, "random_state": 0}]})
 
     source: Source
-    rank: JsonInt = Field(strict=True, ge=1, le=100_000,
-                      description="Number of singular triplets to compute (k >= 1).")
-    method: Literal["auto", "exact", "randomized"] = Field(
+    rank: JsonInt | None = Field(default=None, strict=True, ge=1, le=100_000,
+                             description="Number of singular triplets to compute (k >= 1); "
+                                         "exactly one of `rank` and `energy`.")
+    energy: float | None = Field(
+        default=None, strict=True, gt=0, lt=1,
+        description="Instead of `rank`: the smallest rank capturing this fraction of ‖A‖²_F "
+                    "(of the total variance when centred), as PCA(n_components=energy).")
+    max_rank: JsonInt | None = Field(default=None, strict=True, ge=1, le=100_000,
+                                 description="With `energy`: the largest rank returned.")
+    method: Literal["auto", "exact", "randomized", "sketch"] = Field(
         default="auto",
-        description="`exact` (TSQR: every singular value), `randomized` (Halko et al.), "
-                    "or `auto` (exact for narrow matrices, randomized otherwise).")
+        description="`exact` (TSQR: every singular value), `randomized` (Halko et al.; "
+                    "with `energy` the blocked QB of Yu, Gu & Li), `sketch` (one pass, "
+                    "Tropp et al. 2019), or `auto` (exact for narrow matrices, randomized "
+                    "otherwise).")
     n_oversamples: JsonInt = Field(default=10, strict=True, ge=0, le=10_000,
                                description="Extra sketch columns p (randomized).")
     n_iter: JsonInt = Field(default=2, strict=True, ge=0, le=50,
@@ -124,7 +133,7 @@ class JobResult(BaseModel):
     url: str = Field(description="Storage URL of result.zarr (for readers sharing storage).")
     http: str = Field(description="The result group served read-only over HTTP.")
     shape: list[int]
-    rank: int
+    rank: int = Field(description="Components computed (chosen by the job when it gave `energy`).")
     method: str
 
 

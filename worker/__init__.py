@@ -6,9 +6,11 @@
 
 Modules: :mod:`._kernels` (pure NumPy panel kernels), :mod:`._engine` (Dask
 futures, tree reductions, progress), :mod:`._tsqr` (exact, Benson et al.),
-:mod:`._rsvd` (randomized, Halko et al.), :mod:`._energy` (the report),
+:mod:`._rsvd` (randomized, Halko et al.), :mod:`._randqb` (rank by energy
+target, Yu, Gu & Li), :mod:`._sketch` (one pass, Tropp et al.),
+:mod:`._energy` (the report, Gavish–Donoho denoising rank),
 :mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels),
-:mod:`._cache` (decoded panels kept in worker memory between passes).
+:mod:`._cache` (decoded panels kept in worker memory between passes),
 :mod:`._pin` (pinned inputs: read exactly what was validated).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """

@@ -8,12 +8,14 @@ import uuid
 
 import numpy as np
 
-from ._energy import energy_report
+from ._energy import energy_report, spectral_estimate
 from ._engine import Phase, make_engine
 from ._errors import InvalidInputError
 from ._kernels import block_argmax
+from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
+from ._sketch import sketch_svd
 from ._source import PanelRef, PanelRefs, open_source, plan_panels, read_panel
 from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
@@ -30,7 +32,7 @@ __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
 #: nothing.
 EXACT_MAX_COLUMNS = 2048
 
-_METHODS = ("auto", "exact", "randomized")
+_METHODS = ("auto", "exact", "randomized", "sketch")
 
 
 def _int_param(value, name, low):
@@ -98,10 +100,11 @@ def _pivot_row(src):
     return row
 
 
-def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
+def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
-        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False):
+        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False,
+        energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -117,16 +120,21 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         source on storage is pinned (metadata digest, chunk stamps): it is
         read exactly as validated, re-listed before the first read and
         after the last, and a change fails with :class:`SourceChangedError`.
-    rank : int
-        Number of singular triplets k, ``1 <= k <= min(m, n)``.
+    rank : int, optional
+        Number of singular triplets k, ``1 <= k <= min(m, n)``. Exactly one
+        of ``rank`` and ``energy`` is given.
     array : str, optional
         Path of the array inside a group (may be omitted when the group
         holds exactly one array).
-    method : {"auto", "exact", "randomized"}, default="auto"
+    method : {"auto", "exact", "randomized", "sketch"}, default="auto"
         ``exact``: TSQR, 2 passes, the whole spectrum (:mod:`._tsqr`).
         ``randomized``: Halko et al., ``n_iter + 1`` passes (:mod:`._rsvd`).
+        ``sketch``: Tropp et al. 2019, exactly 1 pass (:mod:`._sketch`).
         ``auto``: exact when ``min(m, n) <= 2048`` or the sketch would be
-        at least half the short side, else randomized.
+        at least half the short side, else randomized. With ``energy``,
+        ``randomized`` (and ``auto`` on a wide short side) means the
+        blocked QB of :mod:`._randqb`; ``exact`` picks the rank from the
+        whole spectrum.
     n_oversamples : int, default=10
         Extra random test vectors (randomized only); clipped so that
         ``rank + n_oversamples <= min(m, n)``.
@@ -176,6 +184,24 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         Read chunks that the metadata implies but the store lacks as the
         fill value (arrays sparse on purpose). By default such a chunk fails
         with :class:`InvalidInputError` naming it and its row range.
+    energy : float, optional
+        Instead of ``rank``: the smallest rank capturing this fraction
+        (0 < energy < 1) of ‖A‖²_F (of the total variance when centred),
+        the rank ``sklearn.decomposition.PCA(n_components=energy)`` picks.
+        Randomized: blocks of ``block_size`` columns, ``n_iter + 1`` passes
+        each, until the pass-1 total says the target is met (Yu, Gu & Li
+        2018); ``report["energy_target"]`` says how many.
+    max_rank : int, optional
+        With ``energy``: the largest rank returned (default min(m, n)).
+    block_size : int, default=16
+        With ``energy`` (randomized): basis columns added per block.
+    sketch_sizes : (int, int), optional
+        ``method="sketch"``: range and core sketch sizes (default 4k + 1
+        and 2(4k + 1) + 1, Tropp et al. 2019 §5.4).
+    n_probes : int, default=10
+        Gaussian probes of the a-posteriori error estimate of randomized
+        and sketch results (``report["error_estimate"]``: a bound on
+        ‖A − U S Vᵀ‖₂ failing with probability 10**-n_probes).
 
     Returns
     -------
@@ -212,17 +238,25 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     src = open_source(source, array=array, storage_options=storage_options,
                       allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes)
     m, n = src.shape
-    k = _int_param(rank, "rank", 1)
+    energy, cap = _energy_params(rank, energy, max_rank, method, (m, n))
+    k = cap if energy is not None else _int_param(rank, "rank", 1)
     if k > min(m, n):
         raise InvalidInputError(
             f"rank must be <= min(m, n) = {min(m, n)} for a {m}×{n} matrix; got {k}.",
             field="rank")
     p = _int_param(n_oversamples, "n_oversamples", 0)
     q = _int_param(n_iter, "n_iter", 0)
+    bsz = _int_param(block_size, "block_size", 1)
+    probes = _int_param(n_probes, "n_probes", 0)
     if random_state is None:
         random_state = 0
     seed = _int_param(random_state, "random_state", 0)
-    resolved = choose_method(method, (m, n), k, p)
+    if energy is not None and method == "auto":
+        resolved = "exact" if min(m, n) <= EXACT_MAX_COLUMNS else "randqb"
+    else:
+        resolved = choose_method(method, (m, n), k, p)
+        if energy is not None and resolved == "randomized":
+            resolved = "randqb"
     center = bool(center)
 
     engine = make_engine(client, no_workers_timeout=no_workers_timeout)
@@ -230,7 +264,7 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     chunk = src.tall_chunk if src.kind == "zarr" else 1
     bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
     compute_u = bool(compute_u) or src.wide  # the tall factor of a wide matrix is its V
-    passes = (1 + compute_u) if resolved == "exact" else q + 1
+    passes = {"exact": 1 + compute_u, "sketch": 1}.get(resolved, q + 1)
     center_cols = center and not src.wide
     token = uuid.uuid4().hex
     run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
@@ -239,14 +273,13 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
               pivot=_pivot_row(src) if center_cols else None,
               cache=(token, float(panel_cache)) if panel_cache else None)
     try:
-        if resolved == "exact":
-            fac = exact_svd(run, k, compute_u=compute_u)
-        else:
-            fac = randomized_svd(run, k, n_oversamples=p, n_iter=q, random_state=seed,
-                                 compute_u=compute_u)
+        fac = _factor(run, resolved, k, energy=energy, cap=cap, compute_u=compute_u,
+                      n_oversamples=p, n_iter=q, seed=seed, probes=probes, block_size=bsz,
+                      sketch_sizes=sketch_sizes)
     finally:
         engine.release_cache(token)
     t_blocks, sigma, v = fac["t"], fac["sigma"], fac["v"]
+    k = fac.get("k", k)
 
     if src.wide:
         # Vt is the tall factor's transpose: fix signs on its columns.
@@ -293,7 +326,9 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         mean = run.row_means if src.wide else run.mean
     report = energy_report(sigma, run.total_sumsq, shape=(m, n), method=resolved,
                            center=center, s_all=fac["s_all"], sigma_b=fac.get("sigma_b"),
-                           resid_ss=fac.get("resid_ss"))
+                           resid_ss=fac.get("resid_ss"), resid_est=fac.get("resid_est"),
+                           error_estimate=None if fac.get("probe_norms") is None
+                           else spectral_estimate(fac["probe_norms"]))
     timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
     timings["total"] = round(time.perf_counter() - t_start, 6)
     report.update({"passes": n_passes, "reads": reads, "n_oversamples": p, "n_iter": q,
@@ -302,13 +337,22 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         report["u_route"] = fac["u_route"]
     if resolved == "randomized":
         report["n_oversamples_used"] = fac["l"] - k
+    if resolved == "sketch":
+        report["sketch_sizes"] = fac["sizes"]
+    if energy is not None:
+        report["energy_target"] = fac["qb"]
+        report["energy_target"]["passes"] = n_passes
+        report["energy_target"]["reads"] = reads
+        report["suggested_rank"]["energy"] = int(k)
     provenance = {
         "input": {"url": src.info.url, "array": src.info.array, "shape": [m, n],
                   "dtype": src.info.dtype, "chunks": list(src.info.chunks),
                   "zarr_format": src.info.zarr_format},
         "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
                    "center": center, "random_state": seed, "panel_bytes": panel_bytes,
-                   "compute_u": compute_u, "panel_cache": panel_cache},
+                   "compute_u": compute_u, "panel_cache": panel_cache,
+                   "energy": energy, "max_rank": cap if energy is not None else None,
+                   "block_size": bsz, "n_probes": probes},
         "method": resolved, "passes": n_passes, "reads": reads, "panels": len(bounds),
         "versions": _versions(), "timings": timings, "events": list(engine.events),
     }
@@ -326,6 +370,79 @@ def svd(source, rank, *, array=None, method="auto", n_oversamples=10, n_iter=2,
     return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=n_passes, method=resolved, url=url,
                      provenance=provenance, events=list(engine.events), reads=reads)
+
+
+def _factor(run, resolved, k, *, energy, cap, compute_u, n_oversamples, n_iter, seed, probes,
+            block_size, sketch_sizes):
+    """Run the resolved algorithm; the factors as a dict (``t`` None without U)."""
+    if resolved == "exact":
+        choose = None if energy is None else _rank_by_energy(run, energy, cap)
+        fac = exact_svd(run, k if choose is None else choose, compute_u=compute_u)
+        if choose is not None:
+            fac["qb"] = {"energy": energy, "max_rank": cap, "blocks": 0,
+                         "reached": choose.wanted <= cap}
+        return fac
+    if resolved == "sketch":
+        fac = sketch_svd(run, k, random_state=seed, n_probes=probes,
+                         sizes=_sizes_param(sketch_sizes))
+    elif resolved == "randqb":
+        fac = randqb_svd(run, energy=energy, max_rank=cap, block_size=block_size,
+                         n_oversamples=n_oversamples, n_iter=n_iter, random_state=seed,
+                         n_probes=probes)
+    else:
+        fac = randomized_svd(run, k, n_oversamples=n_oversamples, n_iter=n_iter,
+                             random_state=seed, n_probes=probes, compute_u=compute_u)
+    if not compute_u:
+        fac["t"] = None
+    return fac
+
+
+def _energy_params(rank, energy, max_rank, method, shape):
+    """Validate ``rank`` / ``energy`` / ``max_rank``; returns (energy or None, rank cap)."""
+    short = min(shape)
+    if energy is None:
+        if rank is None:
+            raise InvalidInputError("give rank= (components) or energy= (a fraction such as "
+                                    "0.99); got neither.", field="rank")
+        if max_rank is not None:
+            raise InvalidInputError("max_rank caps an energy target; give energy= with it, "
+                                    "or drop it and use rank=.", field="max_rank")
+        return None, None
+    if rank is not None:
+        raise InvalidInputError(f"rank and energy are exclusive; got rank={rank!r} and "
+                                f"energy={energy!r}. Drop one.", field="energy")
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) \
+            or not 0.0 < float(energy) < 1.0:
+        raise InvalidInputError(f"energy must be a fraction with 0 < energy < 1; got "
+                                f"{energy!r}.", field="energy")
+    if method == "sketch":
+        raise InvalidInputError("method='sketch' needs a rank (one pass cannot adapt it); "
+                                "use method='randomized' or 'auto' with energy=.",
+                                field="method")
+    cap = short if max_rank is None else _int_param(max_rank, "max_rank", 1)
+    if cap > short:
+        raise InvalidInputError(f"max_rank must be <= min(m, n) = {short}; got {cap}.",
+                                field="max_rank")
+    return float(energy), cap
+
+
+def _rank_by_energy(run, energy, cap):
+    """For the exact method: the rank from every singular value and the pass-1 total."""
+    def choose(sigma):
+        e, s = run.total_sumsq
+        choose.wanted = 1 if s == 0.0 else energy_rank(np.ldexp(sigma, -e), np.sqrt(s), energy)
+        return max(1, min(choose.wanted, cap))
+    choose.wanted = 0
+    return choose
+
+
+def _sizes_param(sizes):
+    if sizes is None:
+        return None
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+        raise InvalidInputError(f"sketch_sizes must be a pair (range, core); got {sizes!r}.",
+                                field="sketch_sizes")
+    return (_int_param(sizes[0], "sketch_sizes", 1), _int_param(sizes[1], "sketch_sizes", 1))
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

@@ -20,9 +20,32 @@ Residuals ‖A − A_r‖_F are computed without cancellation, never as
   sqrt(‖A − QB‖²_F + Σ_{r<i≤l} σ_i(B)²) (Pythagoras: A − QB ⊥ range Q). It
   is the achieved error of these factors, an upper bound on the optimal one.
 
+- ``sketch``: A is read once, so no exact residual exists; the residual
+  of the rank-r factors is estimated from Gaussian probes ω kept in that
+  pass: mean ‖(A − U_rS_rV_rᵀ)ω_j‖² is an unbiased estimate of the squared
+  Frobenius residual (relative standard deviation about sqrt(2/p) for p
+  probes).
+
 The ranks suggested for truncation are the largest ratios σ_r/σ_{r+1}
 (spectral gaps): a subspace is stable under perturbation in proportion to
 its gap (Davis–Kahan / Wedin).
+
+Denoising rank (``suggested_rank.denoise``): Gavish & Donoho, "The optimal
+hard threshold for singular values is 4/√3", IEEE Trans. Inf. Theory 60(8),
+2014. For A = X + σZ (Z i.i.d. unit noise) of shape m×n, β = min/max, the
+optimal threshold is τ = λ*(β)·sqrt(max(m, n))·σ (λ*(1) = 4/√3). The noise σ
+is estimated:
+
+- ``median_singular_value`` (the exact method has the whole spectrum): from
+  the median singular value y_med, σ̂ = y_med / sqrt(max(m, n)·μ_β) with μ_β
+  the median of the Marchenko–Pastur law (GD eq. (20)); the threshold is
+  then ω(β)·y_med, as in GD's unknown-noise rule.
+- ``residual_energy`` (otherwise): σ̂² = ‖A − A_k‖²_F / ((m − k)(n − k)),
+  the residual energy per remaining degree of freedom. It assumes the k
+  computed components hold all of the signal (k above the signal rank) and
+  over-estimates σ otherwise; the report says which estimator was used.
+
+With ``center=True`` the rows lose one degree of freedom (m − 1 is used).
 """
 
 from __future__ import annotations
@@ -33,7 +56,8 @@ import numpy as np
 
 from ._kernels import add_sumsq, sumsq_norm, tail_norms
 
-__all__ = ["energy_report", "ENERGY_LEVELS"]
+__all__ = ["energy_report", "ENERGY_LEVELS", "gd_lambda", "gd_omega", "mp_median",
+           "denoise_rank", "spectral_estimate"]
 
 ENERGY_LEVELS = (0.9, 0.95, 0.99, 0.999)
 
@@ -43,7 +67,118 @@ RESIDUAL_KINDS = {
              "sqrt of the tail Σ_{i>r} σ_i², accurate to a few ε·σ₁",
     "randomized": "achieved: the exact Frobenius error of the returned rank-r factors, "
                   "an upper bound on the optimal error",
+    "randqb": "achieved: the exact Frobenius error of the returned rank-r factors, "
+              "an upper bound on the optimal error",
+    "sketch": "estimated: from Gaussian probes kept in the single pass, an unbiased "
+              "estimate of the squared Frobenius error of the returned rank-r factors "
+              "(relative standard deviation about sqrt(2/probes))",
 }
+
+#: α of Halko, Martinsson & Tropp 2011, Lemma 4.1 / eq. (4.3): the bound
+#: ‖E‖₂ ≤ α·sqrt(2/π)·max_j ‖Eω_j‖ fails with probability at most α**-p.
+ESTIMATE_ALPHA = 10.0
+
+
+def spectral_estimate(probe_norms):
+    """A-posteriori spectral-norm bound from p Gaussian probe residuals ‖Eω_j‖.
+
+    Halko, Martinsson & Tropp 2011, §4.3, eq. (4.3): for independent
+    standard Gaussian ω_j (independent of E), ‖E‖₂ ≤ 10·sqrt(2/π)·max_j ‖Eω_j‖
+    except with probability at most 10**-p. ``frobenius`` is
+    sqrt(mean_j ‖Eω_j‖²), an unbiased estimate of ‖E‖²_F under the root.
+
+    Parameters
+    ----------
+    probe_norms : ndarray of shape (p,)
+
+    Returns
+    -------
+    dict with ``spectral`` (the bound), ``probability`` (that it holds,
+    1 − 10**-p), ``failure_probability``, ``probes``, ``frobenius`` and ``kind``.
+    """
+    x = np.asarray(probe_norms, dtype=float)
+    p = int(x.size)
+    if p == 0:
+        return None
+    top = float(np.max(x))
+    frob = top * math.sqrt(float(np.mean((x / top) ** 2))) if top > 0 else 0.0
+    return {"spectral": _f(ESTIMATE_ALPHA * math.sqrt(2 / math.pi) * top),
+            "probability": 1.0 - ESTIMATE_ALPHA ** -p,
+            "failure_probability": ESTIMATE_ALPHA ** -p,
+            "probes": p, "frobenius": _f(frob),
+            "kind": "upper bound of ‖A − U_k S_k V_kᵀ‖₂ (Halko, Martinsson & Tropp 2011, "
+                    "eq. (4.3), α = 10)"}
+
+
+def gd_lambda(beta):
+    """λ*(β) of Gavish & Donoho 2014, eq. (11): the known-noise threshold factor (4/√3 at β = 1)."""
+    b = float(beta)
+    return math.sqrt(2 * (b + 1) + 8 * b / ((b + 1) + math.sqrt(b * b + 14 * b + 1)))
+
+
+def gd_omega(beta):
+    """ω(β) ≈ 0.56β³ − 0.95β² + 1.82β + 1.43 (Gavish & Donoho 2014, eq. (25)): τ = ω(β)·y_med."""
+    b = float(beta)
+    return 0.56 * b**3 - 0.95 * b**2 + 1.82 * b + 1.43
+
+
+def mp_median(beta):
+    """Median of the Marchenko–Pastur law of ratio β ∈ (0, 1] (unit variance)."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    b = float(beta)
+    lo, hi = (1 - math.sqrt(b)) ** 2, (1 + math.sqrt(b)) ** 2
+
+    def density(t):
+        return math.sqrt(max((hi - t) * (t - lo), 0.0)) / (2 * math.pi * b * t)
+
+    def cdf(x):
+        return quad(density, lo, x, limit=200)[0]
+
+    return brentq(lambda x: cdf(x) - 0.5, lo, hi, xtol=1e-12)
+
+
+def denoise_rank(sigma, *, shape, center, s_all=None, residual=None):
+    """Gavish–Donoho hard-threshold rank (see the module docstring).
+
+    Parameters
+    ----------
+    sigma : ndarray of shape (k,)
+    shape : (m, n) of the input as stored
+    center : bool
+    s_all : ndarray, optional
+        The whole spectrum (median estimator).
+    residual : float, optional
+        ‖A − A_k‖_F of the returned rank-k factors (residual-energy estimator).
+
+    Returns
+    -------
+    dict with ``rank``, ``threshold``, ``noise_sigma``, ``noise_estimator``,
+    ``beta``, ``more_than_k`` -- or None when no estimator applies.
+    """
+    m, n = shape
+    m_eff = max(m - 1, 1) if center else m
+    short, long_ = min(m_eff, n), max(m_eff, n)
+    beta = short / long_
+    sigma = np.asarray(sigma, dtype=float)
+    k = sigma.size
+    if s_all is not None:
+        spec = np.sort(np.asarray(s_all, dtype=float)[:short])[::-1]
+        y_med = float(np.median(spec))
+        tau = gd_omega(beta) * y_med
+        noise = y_med / math.sqrt(long_ * mp_median(beta))
+        kind = "median_singular_value"
+        more = False
+    elif residual is not None and (m_eff - k) > 0 and (n - k) > 0:
+        noise = float(residual) / math.sqrt((m_eff - k) * (n - k))
+        tau = gd_lambda(beta) * math.sqrt(long_) * noise
+        kind = "residual_energy"
+        more = bool(k and sigma[-1] > tau)
+    else:
+        return None
+    return {"rank": int(np.sum(sigma > tau)), "threshold": _f(tau), "noise_sigma": _f(noise),
+            "noise_estimator": kind, "beta": beta, "more_than_k": more}
 
 
 def _f(x):
@@ -59,9 +194,11 @@ def _square(x):
     return None
 
 
-def _residuals(sigma, method, s_all, sigma_b, resid_ss):
+def _residuals(sigma, method, s_all, sigma_b, resid_ss, resid_est=None):
     """‖A − A_r‖_F for r = 1..k (see the module docstring)."""
     k = sigma.size
+    if resid_est is not None:
+        return np.asarray(resid_est, dtype=float)
     if method == "exact" and s_all is not None:
         return tail_norms(s_all)[1 : k + 1]
     if resid_ss is not None and sigma_b is not None:
@@ -76,7 +213,7 @@ def _residuals(sigma, method, s_all, sigma_b, resid_ss):
 
 
 def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b=None,
-                  resid_ss=None, n_gaps=5):
+                  resid_ss=None, n_gaps=5, resid_est=None, error_estimate=None):
     """Build the JSON-serialisable energy report.
 
     Parameters
@@ -97,6 +234,11 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
     resid_ss : (int, float), optional
         ‖A − QB‖²_F as a scaled pair (randomized method).
     n_gaps : int, default=5
+    resid_est : ndarray of shape (k,), optional
+        Estimated residuals of the rank-r factors (sketch method).
+    error_estimate : dict, optional
+        :func:`spectral_estimate` of the returned factors (randomized and
+        sketch); for the exact method σ_{k+1} is reported instead.
 
     Returns
     -------
@@ -107,7 +249,7 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
     m, n = shape
     k = sigma.size
     norm = sumsq_norm(total_ss)
-    resid = _residuals(sigma, method, s_all, sigma_b, resid_ss)
+    resid = _residuals(sigma, method, s_all, sigma_b, resid_ss, resid_est)
     if norm > 0:
         ratio = sigma / norm
         frac = ratio**2
@@ -172,6 +314,15 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         "explained_variance": None,
         "explained_variance_ratio": None,
     }
+    if error_estimate is None and s_all is not None:
+        nxt = float(s_all[k]) if k < len(s_all) else 0.0
+        error_estimate = {"spectral": nxt, "probability": 1.0, "failure_probability": 0.0,
+                          "probes": 0, "frobenius": float(resid[-1]) if k else norm,
+                          "kind": "exact: σ_{k+1} of the whole spectrum"}
+    report["error_estimate"] = error_estimate
+    report["suggested_rank"] = {"denoise": denoise_rank(
+        sigma, shape=shape, center=center, s_all=s_all,
+        residual=float(resid[-1]) if k else None)}
     if center:
         dof = max(m - 1, 1)
         report["explained_variance"] = [

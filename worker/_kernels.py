@@ -42,6 +42,10 @@ __all__ = [
     "sketch_project",
     "sketch_residual",
     "sketch_tall",
+    "deflated_power_leaf",
+    "probe_sumsq",
+    "panel_tests",
+    "stream_leaf",
     "tall_block",
     "gemm_leaf",
     "gemm_tall",
@@ -554,7 +558,7 @@ def _residual_sumsq(a, q, c):
     return acc
 
 
-def sketch_leaf(a, g, center):
+def sketch_leaf(a, g, center, probes=None, prev=None, bg=None):
     """Last randomized pass on one panel: range, local QR and projection in one read.
 
     Y_i = A_i G is factored locally, Y_i = Q_i R_i (for a centred run the QR of
@@ -570,15 +574,32 @@ def sketch_leaf(a, g, center):
     a : ndarray of shape (rows, n)
     g : ndarray of shape (n, l)
     center : bool
+    probes : ndarray of shape (n, t), optional
+        Gaussian probes of the a-posteriori error estimate: A_i ω is kept
+        (``probe``) in the same product as A_i G, at no extra read.
+    prev : ndarray of shape (rows, l0), optional
+        This panel's rows of an orthonormal basis Q₀ found earlier (the
+        blocked QB of :mod:`._randqb`). The local QR is then of
+        ``[Q₀_i, A_i G − Q₀_i (B₀G)]``, so the global basis extends Q₀.
+    bg : ndarray of shape (l0, l), optional
+        B₀G with B₀ = Q₀ᵀA, with ``prev``.
 
     Returns
     -------
     dict with ``tree`` (a :func:`tsqr_leaf`-like dict for the R tree),
     ``q`` (ndarray of shape (rows, l')), ``c`` (ndarray of shape (l', n)),
     ``ones`` (``Q_iᵀ1``, ndarray of shape (l',)), ``lead`` (the R entry of the
-    ones column, or None) and ``local`` (a :func:`sumsq` pair).
+    ones column, or None), ``local`` (a :func:`sumsq` pair) and ``probe``
+    (ndarray of shape (rows, t), or None).
     """
-    y = a @ g
+    probe = None
+    if probes is None:
+        y = a @ g
+    else:
+        both = a @ np.hstack([g, probes])
+        y, probe = both[:, :g.shape[1]], both[:, g.shape[1]:]
+    if prev is not None:
+        y = np.hstack([prev, y - prev @ bg])
     q, r = np.linalg.qr(_with_ones(y) if center else y, mode="reduced")
     c = q.T @ a
     if center:
@@ -586,7 +607,124 @@ def sketch_leaf(a, g, center):
     else:
         tree, lead = {"r": r, "mean": None, "count": a.shape[0]}, None
     return {"tree": tree, "q": q, "c": c, "ones": q.sum(axis=0), "lead": lead,
-            "local": _residual_sumsq(a, q, c)}
+            "local": _residual_sumsq(a, q, c), "probe": probe}
+
+
+def deflated_power_leaf(a, g, mu, mu_g, q, bg, b):
+    """One power step on the residual of a QB approximation: (A_i − Q_iB)ᵀ(A_i − Q_iB)G.
+
+    The panel's share of ``(A − QB)ᵀ(A − QB)G`` (with A centred implicitly by
+    ``mu``), scaled by a power of two like :func:`power_leaf`.
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n)
+    g : ndarray of shape (n, l)
+    mu : ndarray of shape (n,) or None
+    mu_g : ndarray of shape (l,) or None
+        μᵀG, computed once by the caller (no per-panel gemv: see :func:`power_leaf`).
+    q : ndarray of shape (rows, l0)
+        This panel's rows of the basis Q (orthogonal to 1 when centred).
+    bg : ndarray of shape (l0, l)
+        B G.
+    b : ndarray of shape (l0, n)
+
+    Returns
+    -------
+    dict with ``z`` (ndarray of shape (n, l)) and ``e`` (int): the share is ``z·2**e``.
+    """
+    y = a @ g - q @ bg
+    if mu is not None:
+        y -= mu_g
+    e = _exponent(y)
+    y = np.ldexp(y, -e)
+    z = a.T @ y - b.T @ (q.T @ y)
+    if mu is not None:
+        z -= np.outer(mu, y.sum(axis=0))
+    return {"z": z, "e": e}
+
+
+def probe_sumsq(y, t, c, shift=None, cumulative=False):
+    """Squared norms of the probe residuals ``(A_i − U_i diag(S) Vᵀ)ω`` of one panel.
+
+    Parameters
+    ----------
+    y : ndarray of shape (rows, p)
+        A_i ω for p probes (kept from the last pass).
+    t : ndarray of shape (rows, k)
+        The panel's rows of U.
+    c : ndarray of shape (k, p)
+        diag(S) Vᵀ ω.
+    shift : ndarray of shape (p,), optional
+        μᵀω, subtracted from every row (implicit centring).
+    cumulative : bool
+        Return the norms for every rank r = 0..k (rank-one updates, the cost
+        of one product), not only for r = k.
+
+    Returns
+    -------
+    (e, s) : int and ndarray of shape (p,) (or (k + 1, p)): the squared
+        norms are ``s·4**e`` (scaled like :func:`sumsq`).
+    """
+    r = y - shift if shift is not None else y.copy()
+    e = _exponent(r)
+    if t.size:
+        e = max(e, _exponent(t) + _exponent(c))
+    r = np.ldexp(r, -e)
+    if not cumulative:
+        r -= t @ np.ldexp(c, -e)
+        return e, np.einsum("ij,ij->j", r, r)
+    c = np.ldexp(c, -e)
+    out = np.empty((t.shape[1] + 1, r.shape[1]))
+    out[0] = np.einsum("ij,ij->j", r, r)
+    for j in range(t.shape[1]):
+        r -= np.outer(t[:, j], c[j])
+        out[j + 1] = np.einsum("ij,ij->j", r, r)
+    return e, out
+
+
+def panel_tests(seed, start, stop, k, s):
+    """The left test matrices of one panel of the streaming sketch, Υ_i and Φ_i.
+
+    Drawn from a generator seeded by ``(seed, start, stop)``, so any worker
+    (and any later rebuild) gets the same bits for the same panel plan.
+
+    Returns
+    -------
+    ups : ndarray of shape (k, rows)
+    phi : ndarray of shape (s, rows)
+    """
+    rng = np.random.default_rng([int(seed), 0x5EC7, int(start), int(stop)])
+    rows = stop - start
+    return rng.standard_normal((k, rows)), rng.standard_normal((s, rows))
+
+
+def stream_leaf(a, omega, psi, probes, seed, start, stop):
+    """The single pass of the streaming sketch on one panel (Tropp et al. 2019, Alg. 2).
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n)
+    omega : ndarray of shape (n, k)
+        Range test matrix: Y_i = A_i Ω is kept on the worker.
+    psi : ndarray of shape (n, s)
+        Right core test matrix.
+    probes : ndarray of shape (n, p)
+        Error-estimate probes: A_i ω is kept.
+    seed, start, stop : int
+        Seed and row range of the panel for :func:`panel_tests`.
+
+    Returns
+    -------
+    dict with ``y`` (rows, k), ``probe`` (rows, p), ``x`` = Υ_i A_i (k, n),
+    ``z`` = Φ_i A_i Ψ (s, s), ``ups1`` = Υ_i 1 (k,), ``phi1`` = Φ_i 1 (s,).
+    """
+    k, s = omega.shape[1], psi.shape[1]
+    ups, phi = panel_tests(seed, start, stop, k, s)
+    both = a @ np.hstack([omega, psi, probes])
+    y, ap, probe = both[:, :k], both[:, k:k + s], both[:, k + s:]
+    return {"y": y, "probe": probe, "x": ups @ a, "z": phi @ ap,
+            "ups1": ups.sum(axis=1), "phi1": phi.sum(axis=1)}
 
 
 def _coefficients(leaf, wc):

@@ -19,6 +19,13 @@ Passes over A: **q + 1** for ``n_iter = q``.
   from the blocks kept on the workers, without reading A again.
 
 The first pass also measures ‖A‖_F² (scaled), column means and finiteness.
+
+A-posteriori error estimate (Halko et al. §4.3): the last pass also forms
+A_iω for p Gaussian probes ω drawn independently of G (one wider product,
+no extra read). Once U, S, V are known, each panel's rows of
+(A − U S Vᵀ)ω are formed from the kept A_iω, and
+10·sqrt(2/π)·max_j ‖(A − USVᵀ)ω_j‖ bounds ‖A − USVᵀ‖₂ except with
+probability 10**-p (:func:`~._energy.spectral_estimate`).
 Residuals are exact for the returned factors: ‖A − QB‖²_F is accumulated per
 panel as ‖A_i − Q_iC_i‖² + ‖C_i − M_iB‖² (two orthogonal parts, no
 cancellation), and the rank-r residual is sqrt(that + Σ_{r<i≤l} σ_i²).
@@ -43,6 +50,7 @@ from ._kernels import (
     add_sumsq,
     orthonormalize,
     power_leaf,
+    probe_sumsq,
     sketch_leaf,
     sketch_project,
     sketch_residual,
@@ -92,7 +100,45 @@ def _power_sum(parts, extra=None):
     return z
 
 
-def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=True):
+def probe_matrix(n, p, random_state):
+    """The p Gaussian error probes (n×p), from a stream independent of the test matrix."""
+    return np.random.default_rng([int(random_state), 0xE57]).standard_normal((n, p))
+
+
+def combine_scaled(parts):
+    """Σ s_i·4**e_i for :func:`~._kernels.probe_sumsq` outputs, as an ndarray (may be inf/0)."""
+    e = max(p[0] for p in parts)
+    total = _sum([np.ldexp(p[1], 2 * (p[0] - e)) for p in parts])
+    return np.sqrt(total) * 2.0**e
+
+
+def probe_norms(run, leaves, t, sigma, v, probes, *, cumulative=False):
+    """‖(A − U S Vᵀ)ω_j‖ from the probe products kept in ``leaves`` (no read of A).
+
+    Parameters
+    ----------
+    leaves : list of handles to dicts with a ``probe`` entry (rows_i, p)
+    t : list of handles to the tall factor's blocks (rows_i, k)
+    sigma : ndarray of shape (k,)
+    v : ndarray of shape (n, k)
+    probes : ndarray of shape (n, p)
+    cumulative : bool
+        Norms for every rank r = 0..k, ndarray of shape (k + 1, p).
+
+    Returns
+    -------
+    ndarray of shape (p,) (or (k + 1, p))
+    """
+    eng = run.engine
+    c_h = eng.scatter((sigma[:, None] * v.T) @ probes)
+    shift = eng.scatter(run.shifted_mean @ probes) if run.center else None
+    parts = eng.gather([eng.submit(probe_sumsq, eng.part(h, "probe"), tb, c_h, shift, cumulative)
+                        for h, tb in zip(leaves, t)])
+    return combine_scaled(parts)
+
+
+def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
+                   compute_u=True):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
 
     Parameters
@@ -105,8 +151,11 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=Tru
         Power (subspace) iterations q.
     random_state : int
         Seed of the Gaussian test matrix (NumPy ``default_rng``).
+    n_probes : int, default=10
+        Gaussian probes of the error estimate (0: none).
     compute_u : bool, default=True
-        Form the tall factor from the kept blocks (no pass either way).
+        Return the tall factor (formed from the kept blocks either way, since
+        the error estimate needs it; no pass).
 
     Returns
     -------
@@ -114,7 +163,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=Tru
     (ndarray of shape (k,)), ``v`` (ndarray of shape (n, k)), ``l`` (sketch
     width used), ``s_all`` (None: the spectrum beyond l is not computed),
     ``sigma_b`` (every singular value of B, ndarray of shape (l,)) and
-    ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq` pair).
+    ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq` pair) and
+    ``probe_norms`` (‖(A − U S Vᵀ)ω_j‖, ndarray of shape (n_probes,)).
     """
     eng = run.engine
     n = run.n
@@ -138,11 +188,14 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=Tru
         g = orthonormalize(z)
 
     g_h = eng.scatter(g)
+    probes = probe_matrix(n, n_probes, random_state) if n_probes else None
+    pr_h = eng.scatter(probes)
     if n_iter == 0:
-        leaves = run.first_pass("range+project", sketch_leaf, lambda i: (g_h, run.center))
+        leaves = run.first_pass("range+project", sketch_leaf,
+                                lambda i: (g_h, run.center, pr_h))
     else:
         leaves = [eng.part(h, 0) for h in run.run_pass(
-            "range+project", sketch_leaf, lambda i: (g_h, run.center))]
+            "range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))]
     phase = run.phase("factor", reads=False)
     root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
     width = root["r"].shape[0]
@@ -163,8 +216,11 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, compute_u=Tru
     u_b, vt = svd_flip_rows(u_b, vt)
     uk, const = split_ones_direction(u_b[:, :k], extra, run.m, run.center)
     uk_h, const_h = eng.scatter(uk), eng.scatter(const)
-    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)] \
-        if compute_u else None
+    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)]
+    norms = None
+    if probes is not None:
+        norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
     run.report(phase, 1, 1)
-    return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None,
-            "sigma_b": sigma, "resid_ss": resid}
+    return {"t": t if compute_u else None, "sigma": sigma[:k], "v": vt[:k].T, "l": ell,
+            "s_all": None,
+            "sigma_b": sigma, "resid_ss": resid, "probe_norms": norms}

@@ -136,29 +136,33 @@ def exact_svd(run, k, *, compute_u=True):
     Parameters
     ----------
     run : svdserve.worker._run.Run
-    k : int
+    k : int or callable
+        The rank, or ``k(sigma) -> int`` choosing it from every singular value.
     compute_u : bool, default=True
         Form the tall factor (a second pass); False gives σ and V only.
 
     Returns
     -------
-    dict with ``t`` (list of handles to ndarray of shape (rows_i, k), the tall
-    factor per panel, or None), ``s_all`` (every singular value, ndarray of
-    shape (n,)), ``sigma`` (ndarray of shape (k,)), ``v`` (ndarray of shape
-    (n, k), right factor of the tall view) and ``u_route`` (``"gemm"``,
-    ``"reapply"`` or None).
+    dict with ``k`` (the rank), ``t`` (list of handles to ndarray of shape
+    (rows_i, k), the tall factor per panel, or None), ``s_all`` (every
+    singular value, ndarray of shape (n,)), ``sigma`` (ndarray of shape (k,)),
+    ``v`` (ndarray of shape (n, k), right factor of the tall view) and
+    ``u_route`` (``"gemm"``, ``"reapply"`` or None).
     """
     eng = run.engine
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
     t_factor = run.phase("factor", reads=False)
     root, nodes = tsqr_up(eng, leaves)
-    r, extra = with_ones_direction(root["r"], k, run.center)
+    r, extra = with_ones_direction(root["r"], 1 if callable(k) else k, run.center)
     u_r, sigma, vt = np.linalg.svd(r, full_matrices=False)
     u_r, vt = svd_flip_rows(u_r, vt)
+    if callable(k):  # rank chosen from the whole spectrum (energy target)
+        k = min(k(sigma), sigma.size)
     run.report(t_factor, 1, 1)
     s_all = np.zeros(run.n)
     s_all[: sigma.size] = sigma[: run.n]
-    out = {"t": None, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T, "u_route": None}
+    out = {"t": None, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T, "u_route": None,
+           "k": k}
     if not compute_u:
         return out
     if s_all[k - 1] > 0 and s_all[0] <= GEMM_MAX_COND * s_all[k - 1] and not extra:

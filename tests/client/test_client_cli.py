@@ -47,7 +47,7 @@ def npy(data_dir):
 
 def test_usage_errors_exit_2(service, capsys):
     code, out, err = run(service, capsys, "submit", "x.zarr")  # missing --rank
-    assert code == 2 and "required: -k/--rank" in err
+    assert code == 2 and "-k/--rank" in err and "--energy" in err and "required" in err
     assert err.count("\n") == 1 and err.startswith("svdserve submit: error:")  # one line
     code, _, err = run(service, capsys, "submit", "x.zarr", "--rank", "zero")
     assert code == 2 and "positive integer" in err

@@ -1,0 +1,157 @@
+"""Single-pass streaming sketch of a tall matrix.
+
+Tropp, Yurtsever, Udell & Cevher, "Streaming low-rank matrix approximation
+with an application to scientific simulation", SIAM J. Sci. Comput. 41(4),
+2019: the sketch of their §3 (range, co-range and core sketches), the
+low-rank reconstruction of §4 (eq. (4.3)) and the fixed-rank truncation of
+§5.
+
+Passes over A: **1**. For storage where each read costs money (S3), or data
+read once.
+
+Each panel A_i (rows_i × n) is read once, and contributes
+
+- Y_i = A_i Ω (range sketch, rows_i × k), kept on the worker;
+- X += Υ_i A_i (co-range sketch, k × n);
+- Z += Φ_i A_i Ψ (core sketch, s × s);
+- A_i ω for p Gaussian error probes, kept on the worker.
+
+Ω (n×k), Ψ (n×s) and the probes ω (n×p) come from the seed; Υ_i (k×rows_i)
+and Φ_i (s×rows_i) from a generator seeded by the seed and the panel's row
+range (:func:`~._kernels.panel_tests`), so any worker, and any rebuild after
+a lost worker, draws the same bits: the result is deterministic per seed and
+panel plan.
+
+After the pass, without reading A again: Q = orth(Y) by a TSQR of the kept
+blocks, P = orth(Xᵀ), C = (ΦQ)† Z ((ΨᵀP)†)ᵀ (two small least-squares
+solves), Â = Q C Pᵀ; the rank-r SVD of C gives U = Q Ũ_r, S, V = P Ṽ_r.
+Default sizes are the paper's (§5.4): k = 4r + 1, s = 2k + 1.
+
+Centring (PCA) is exact and costs nothing: the sketches are linear, so the
+centred sketches are Y − 1(μᵀΩ) (the TSQR of Y centres it, as in
+:mod:`._tsqr`), X − (Υ1)μᵀ and Z − (Φ1)(μᵀΨ), with μ the pass-1 mean.
+
+Error estimate: with U, S, V known, each panel forms its rows of
+(A − U S Vᵀ)ω from the kept A_iω; 10·sqrt(2/π)·max_j ‖(A − USVᵀ)ω_j‖ bounds
+‖A − USVᵀ‖₂ except with probability 10**-p (Halko, Martinsson & Tropp 2011
+§4.3; Tropp et al. 2019 §6 use the same Gaussian probes for the Frobenius
+error). A is never read again, so the report's residuals are estimates:
+mean_j ‖(A − U_rS_rV_rᵀ)ω_j‖² is unbiased for ‖A − U_rS_rV_rᵀ‖²_F.
+
+Scaling: unlike the other methods, the products are not rescaled by powers
+of two: entries must stay within about 1e±150.
+
+Memory: a worker holds one panel and its blocks of Y and Aω (m×(k + p) over
+the cluster); the driver holds X (k×n), Z (s×s) and Ψ (n×s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels import panel_tests, stream_leaf, svd_flip_rows, tall_block, tsqr_leaf
+from ._rsvd import _sum, probe_matrix, probe_norms
+from ._tsqr import tsqr_down, tsqr_up
+
+__all__ = ["sketch_svd", "sketch_sizes"]
+
+
+def sketch_sizes(k, shape, center, sizes=None):
+    """Range and core sketch sizes (k_s, s_s): the paper's 4r + 1 and 2k + 1, clipped.
+
+    Parameters
+    ----------
+    k : int
+        Target rank r.
+    shape : (m, n) of the tall view
+    center : bool
+        A centred range holds at most m − 1 directions.
+    sizes : (int, int), optional
+        Overrides; each is still clipped to the matrix.
+    """
+    m, n = shape
+    short = min(m - 1 if center else m, n)
+    rng_k, core = (4 * k + 1, None) if sizes is None else sizes
+    rng_k = max(k, min(int(rng_k), short))
+    core = 2 * rng_k + 1 if core is None else int(core)
+    core = max(rng_k, min(core, min(m, n)))
+    return rng_k, core
+
+
+def _phi_q(seed, start, stop, k, s, q):
+    """Φ_i Q_i: this panel's share of ΦQ (Φ_i rebuilt from its seed)."""
+    return panel_tests(seed, start, stop, k, s)[1] @ q
+
+
+def _tall_times(y, wc, center, uk):
+    """Rows of Q Ũ_k: the TSQR factor of the kept range block, times Ũ_k."""
+    w, c = wc
+    return tall_block(y, (w @ uk, None if c is None else c @ uk), center)
+
+
+def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
+    """Rank-k SVD of the tall view from one pass (Tropp et al. 2019).
+
+    Parameters
+    ----------
+    run : svdserve.worker._run.Run
+    k : int
+    random_state : int
+    sizes : (int, int), optional
+        Range and core sketch sizes; default (4k + 1, 2(4k + 1) + 1).
+    n_probes : int, default=10
+        Gaussian probes of the error estimate (at least 1).
+
+    Returns
+    -------
+    dict with ``t`` (handles to the tall factor's blocks), ``sigma``, ``v``,
+    ``s_all`` (None), ``resid_est`` (estimated ‖A − A_r‖_F, r = 1..k),
+    ``probe_norms`` and ``sizes``.
+    """
+    eng = run.engine
+    n = run.n
+    kr, s = sketch_sizes(k, (run.m, n), run.center, sizes)
+    rng = np.random.default_rng(random_state)
+    omega = rng.standard_normal((n, kr))
+    psi = rng.standard_normal((n, s))
+    probes = probe_matrix(n, max(n_probes, 1), random_state)
+    om_h, psi_h, pr_h = eng.scatter(omega), eng.scatter(psi), eng.scatter(probes)
+    seed = int(random_state)
+    leaves = run.first_pass("sketch", stream_leaf,
+                            lambda i: (om_h, psi_h, pr_h, seed, *run.bounds[i]))
+    phase = run.phase("factor", reads=False)
+    parts = eng.gather([eng.submit(_small, h) for h in leaves])
+    x = _sum([p["x"] for p in parts])
+    z = _sum([p["z"] for p in parts])
+    if run.center:
+        mu = run.shifted_mean
+        x -= np.outer(_sum([p["ups1"] for p in parts]), mu)
+        z -= np.outer(_sum([p["phi1"] for p in parts]), mu @ psi)
+    ys = [eng.part(h, "y") for h in leaves]
+    root, nodes = tsqr_up(eng, [eng.submit(tsqr_leaf, y, run.center) for y in ys])
+    width = root["r"].shape[0]
+    ws = tsqr_down(eng, nodes, len(ys), np.eye(width), np.zeros(width) if run.center else None)
+    phi_q = _sum(eng.gather([
+        eng.submit(_phi_q, seed, start, stop, kr, s, eng.submit(tall_block, y, w, run.center))
+        for y, w, (start, stop) in zip(ys, ws, run.bounds)]))
+    p_mat = np.linalg.qr(x.T, mode="reduced")[0]
+    core = np.linalg.lstsq(phi_q, z, rcond=None)[0]
+    core = np.linalg.lstsq(psi.T @ p_mat, core.T, rcond=None)[0].T
+    u_c, sigma, vt_c = np.linalg.svd(core, full_matrices=False)
+    k = min(k, sigma.size)
+    u_c, sigma = u_c[:, :k], sigma[:k]
+    vt = vt_c[:k] @ p_mat.T
+    u_c, vt = svd_flip_rows(u_c, vt)
+    uk_h = eng.scatter(u_c)
+    t = [eng.submit(_tall_times, y, w, run.center, uk_h) for y, w in zip(ys, ws)]
+    norms = probe_norms(run, leaves, t, sigma, vt.T, probes, cumulative=True)
+    resid_est = np.sqrt(np.mean(norms[1:] ** 2, axis=1))
+    run.report(phase, 1, 1)
+    return {"t": t, "sigma": sigma, "v": vt.T, "s_all": None, "resid_est": resid_est,
+            "probe_norms": norms[-1][:n_probes] if n_probes else None,
+            "sizes": {"range": kr, "core": s}}
+
+
+def _small(leaf):
+    """The small parts of a :func:`~._kernels.stream_leaf` result (for the driver)."""
+    return {key: leaf[key] for key in ("x", "z", "ups1", "phi1")}
