@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: Rows per block in the blocked loops (keeps temporaries in cache).
-_BLOCK = 1024
+_BLOCK = 256
 
 
 # --------------------------------------------------------------------------- scaled sums of squares
@@ -91,7 +91,13 @@ def sumsq(x, amax=None):
     if x.size == 0:
         return (0, 0.0)
     if amax is None:
-        amax = float(np.max(np.abs(x)))
+        # One read in the common case: a finite sum well above the underflow
+        # range cannot have lost anything that matters (a lost square is
+        # below 2**-1074, the sum at least 2**-600).
+        s = _dot_self(x)
+        if math.isfinite(s) and s >= 2.0**-600:
+            return _normal(0, s)
+        amax = _abs_max(x)
     if amax == 0.0:
         return (0, 0.0)
     if 2.0**-300 < amax < 2.0**300:
@@ -550,10 +556,18 @@ def power_leaf(a, g, mu, mu_g=None):
 
 
 def _residual_sumsq(a, q, c):
-    """‖a − q c‖²_F as a :func:`sumsq` pair, formed block by block (no cancellation)."""
+    """‖a − q c‖²_F as a :func:`sumsq` pair, formed block by block (no cancellation).
+
+    One block-sized buffer is reused: a fresh temporary per block would cost
+    a page-faulted allocation each time on a Dask worker, whose allocator is
+    told to return memory to the system (``MALLOC_TRIM_THRESHOLD_``).
+    """
     acc = (0, 0.0)
+    buf = np.empty((min(_BLOCK, a.shape[0]), a.shape[1]))
     for s in range(0, a.shape[0], _BLOCK):
-        r = a[s:s + _BLOCK] - q[s:s + _BLOCK] @ c
+        r = buf[: min(_BLOCK, a.shape[0] - s)]
+        np.matmul(q[s:s + _BLOCK], c, out=r)
+        np.subtract(a[s:s + _BLOCK], r, out=r)
         acc = add_sumsq(acc, sumsq(r))
     return acc
 
