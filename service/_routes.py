@@ -190,8 +190,8 @@ async def _validate_source(svc: Services, body: JobCreate
     info = pin.info
     m, n = info.shape
     short = min(m, n)
-    for message, field in _rank_problems(body, short):
-        raise ProblemError(422, message, errors=[{"field": field, "message": message}])
+    for message, where in _rank_problems(body, short):
+        raise ProblemError(422, message, errors=[{"field": where, "message": message}])
     if body.rank is not None and body.rank > short:
         message = (f"rank {body.rank} exceeds min(m, n) = {short} of the {m}x{n} matrix; "
                    f"ask for at most {short} components")

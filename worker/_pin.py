@@ -630,6 +630,11 @@ def _meta_of(ref):
     cached = _BY_DIGEST.get((ref.zarr_format, ref.meta_digest))
     if cached is not None:
         return cached
+    return _read_checked_meta(ref)
+
+
+def _read_checked_meta(ref):
+    """Read the metadata document again, check it against the pinned digest, parse it."""
     doc = _read_meta(ref, at_pin=False)
     digest = hashlib.sha256(doc).hexdigest()
     if digest != ref.meta_digest:
@@ -868,14 +873,7 @@ def open_pinned(ref, expect):
     from zarr.core.array import AsyncArray
     from zarr.storage import StorePath
 
-    doc = _read_meta(ref, at_pin=False)
-    digest = hashlib.sha256(doc).hexdigest()
-    if digest != ref.meta_digest:
-        raise SourceChangedError(
-            f"{ref.name} changed since the job was submitted: its metadata document "
-            f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> {digest[:12]}…). "
-            "Resubmit to decompose the new array.")
-    meta = _parse_meta(ref.zarr_format, digest, doc)
+    meta = _read_checked_meta(ref)
     store = _make_store(ref, expect)
     return zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, "")))
 

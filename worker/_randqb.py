@@ -50,9 +50,7 @@ import numpy as np
 
 from ._kernels import (
     add_sumsq,
-    deflated_power_leaf,
     orthonormalize,
-    power_leaf,
     sketch_leaf,
     sketch_project,
     sketch_residual,
@@ -60,7 +58,7 @@ from ._kernels import (
     sumsq,
     svd_flip_rows,
 )
-from ._rsvd import _between_panel_term, _power_sum, _sum, probe_matrix, probe_norms
+from ._rsvd import _sum, power_step, probe_matrix, probe_norms
 from ._tsqr import tsqr_down, tsqr_up
 
 __all__ = ["randqb_svd", "energy_rank", "sumsq_ratio"]
@@ -125,26 +123,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         run.passes = max(run.passes, run.pass_no + n_iter + 1)
         g = orthonormalize(rng.standard_normal((n, bsz)))
         for _ in range(n_iter):
-            g_h = eng.scatter(g)
-            if run.stats is None:
-                outs = run.first_pass("power", power_leaf, lambda i: (g_h,), local_mean=True)
-                extra = None
-                if run.center:
-                    extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
-                z = _power_sum(eng.gather(outs), extra)
-            else:
-                mu = run.shifted_mean
-                mu_h, mu_g = ((eng.scatter(mu), eng.scatter(mu @ g)) if run.center
-                              else (None, None))
-                if basis is None:
-                    handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h, mu_g))
-                else:
-                    bg_h, b_h = eng.scatter(b_mat @ g), eng.scatter(b_mat)
-                    handles = run.run_pass(
-                        "power", deflated_power_leaf,
-                        lambda i: (g_h, mu_h, mu_g, basis[i], bg_h, b_h))
-                z = _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
-            g = orthonormalize(z)
+            g = orthonormalize(power_step(run, g, None if basis is None else (basis, b_mat)))
         g_h = eng.scatter(g)
         if run.stats is None:
             leaves = run.first_pass("range+project", sketch_leaf,

@@ -48,6 +48,7 @@ import numpy as np
 
 from ._kernels import (
     add_sumsq,
+    deflated_power_leaf,
     orthonormalize,
     power_leaf,
     probe_sumsq,
@@ -137,6 +138,43 @@ def probe_norms(run, leaves, t, sigma, v, probes, *, cumulative=False):
     return combine_scaled(parts)
 
 
+def power_step(run, g, deflate=None):
+    """One pass for (A − 1μᵀ)ᵀ(A − 1μᵀ)G (or of the residual A − QB), summed over panels.
+
+    The first pass over A also gathers the statistics (each panel centred by
+    its own mean, plus the between-panel term); later passes centre by μ.
+
+    Parameters
+    ----------
+    g : ndarray of shape (n, l)
+    deflate : (list of handles, ndarray of shape (l0, n)), optional
+        Each panel's rows of a basis Q and B = QᵀA: the step is then on the
+        residual, (A − QB)ᵀ(A − QB)G (:func:`~._kernels.deflated_power_leaf`).
+
+    Returns
+    -------
+    ndarray of shape (n, l), scaled by a power of two.
+    """
+    eng = run.engine
+    g_h = eng.scatter(g)
+    if run.stats is None:
+        outs = run.first_pass("power", power_leaf, lambda i: (g_h,), local_mean=True)
+        extra = None
+        if run.center:
+            extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
+        return _power_sum(eng.gather(outs), extra)
+    mu = run.shifted_mean
+    mu_h, mu_g = (eng.scatter(mu), eng.scatter(mu @ g)) if run.center else (None, None)
+    if deflate is None:
+        handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h, mu_g))
+    else:
+        basis, b_mat = deflate
+        bg_h, b_h = eng.scatter(b_mat @ g), eng.scatter(b_mat)
+        handles = run.run_pass("power", deflated_power_leaf,
+                               lambda i: (g_h, mu_h, mu_g, basis[i], bg_h, b_h))
+    return _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
+
+
 def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
                    compute_u=True):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
@@ -172,20 +210,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     rng = np.random.default_rng(random_state)
     g = orthonormalize(rng.standard_normal((n, ell)))
 
-    for it in range(n_iter):
-        g_h = eng.scatter(g)
-        if it == 0:
-            outs = run.first_pass("power", power_leaf, lambda i: (g_h,), local_mean=True)
-            extra = None
-            if run.center:
-                extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
-            z = _power_sum(eng.gather(outs), extra)
-        else:
-            mu = run.shifted_mean
-            mu_h, mu_g = (eng.scatter(mu), eng.scatter(mu @ g)) if run.center else (None, None)
-            handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h, mu_g))
-            z = _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
-        g = orthonormalize(z)
+    for _ in range(n_iter):
+        g = orthonormalize(power_step(run, g))
 
     g_h = eng.scatter(g)
     probes = probe_matrix(n, n_probes, random_state) if n_probes else None
