@@ -47,13 +47,15 @@ def test_exact_centring_beats_the_offset(dask_client, tmp_path, offset, panel_by
     bound = 10 * math.sqrt(n) * EPS * ref[0]
     s_all = np.asarray(res.report["singular_values_all"])
     np.testing.assert_array_less(np.abs(s_all - ref), bound)
-    # components_: a singular vector moves by at most ‖E‖/gap (Davis–Kahan, Wedin);
-    # ours and LAPACK's each carry such an error, hence the factor 2.
+    # components_: a singular vector moves by at most ‖E‖/gap (Davis–Kahan, Wedin),
+    # with ‖E‖ the same backward error: the bar, 10·√n·ε·σ₁/gap. Ours and
+    # LAPACK's each carry an error of that kind; measured, the difference is ≤ 0.03
+    # of the bar at every offset here, so the bar itself holds with room.
     gaps = _abs_gaps(ref)[:k]
     vt = np.asarray(res.Vt)
     signs = np.sign(np.sum(vt * ref_vt[:k], axis=1))
     err = np.linalg.norm(vt - signs[:, None] * ref_vt[:k], axis=1)
-    np.testing.assert_array_less(err, 2 * bound / gaps)
+    np.testing.assert_array_less(err, bound / gaps)
     # The mean is p + μ: μ exact to ε·spread, then one rounding of the sum, so
     # within an ulp or two of the correctly rounded mean (ε = 2 ulp-halves).
     np.testing.assert_allclose(res.mean, exact_mean(X), rtol=2 * EPS)
