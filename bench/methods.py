@@ -15,8 +15,8 @@ sketch (one pass), the energy target (the fraction whose PCA rank is k, so
 its rank is comparable) and dask ``svd_compressed`` at the same k (with
 n_power_iter = 2, as svdserve's default).
 
-Columns: passes over A, reads from storage (equal to passes here: no panel
-cache), wall time, ‖A − Â‖₂/σ_{k+1} (1 is optimal, Eckart–Young), and the
+Columns: passes over A, reads from storage (in passes' worth of rows; the
+panel cache serves the rest), wall time, ‖A − Â‖₂/σ_{k+1} (1 is optimal, Eckart–Young), and the
 a-posteriori error estimate over the truth (≥ 1 by design: a bound failing
 with probability 1e-10). Not a test: prints Markdown tables, asserts nothing.
 """
@@ -93,7 +93,7 @@ def main(argv=None):
                 kk = res.S.size
                 err = truth(res.U, res.S, res.Vt)
                 est = (res.report.get("error_estimate") or {}).get("spectral")
-                reads = res.report.get("reads", res.passes)
+                reads = f"{res.reads:.2f}"
                 out.append([name, label, kk, res.passes, reads, f"{wall:.2f}",
                             f"{err / sigma[kk]:.4f}",
                             "-" if est is None or res.method == "exact" else f"{est / err:.2f}"])
