@@ -285,14 +285,7 @@ class SourcePin:
                 raise SourceChangedError(
                     f"{ref.name} changed since the job was submitted: its location {ref.url!r} "
                     f"{why}. Resubmit once the input is final.")
-        doc = _read_meta(ref, at_pin=False)
-        digest = hashlib.sha256(doc).hexdigest()
-        if digest != ref.meta_digest:
-            raise SourceChangedError(
-                f"{ref.name} changed since the job was submitted: its metadata document "
-                f"{ref.meta_key} is different (sha256 {ref.meta_digest[:12]}… -> "
-                f"{digest[:12]}…). Resubmit to decompose the new array.")
-        meta = _parse_meta(ref.zarr_format, digest, doc)
+        meta = _read_checked_meta(ref)
         now = _stamps(ref, meta, at_pin=False)
         if not np.array_equal(now, self.stamps):
             diff = np.argwhere(now != self.stamps if ref.remote

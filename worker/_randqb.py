@@ -52,14 +52,12 @@ from ._kernels import (
     add_sumsq,
     orthonormalize,
     sketch_leaf,
-    sketch_project,
     sketch_residual,
     sketch_tall,
     sumsq,
     svd_flip_rows,
 )
-from ._rsvd import _sum, power_step, probe_matrix, probe_norms
-from ._tsqr import tsqr_down, tsqr_up
+from ._rsvd import power_step, probe_matrix, probe_norms, project_basis
 
 __all__ = ["randqb_svd", "energy_rank", "sumsq_ratio"]
 
@@ -136,14 +134,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
             leaves = [eng.part(h, 0) for h in run.run_pass(
                 "range+project", sketch_leaf,
                 lambda i: (g_h, run.center, pr_h, basis[i], bg_h))]
-        root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
-        width = root["r"].shape[0]
-        ws = tsqr_down(eng, nodes, len(leaves), np.eye(width),
-                       np.zeros(width) if run.center else None)
-        shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
-        b_mat = _sum([s[0] for s in shares])
-        if run.center:
-            b_mat -= np.outer(_sum([s[1] for s in shares]), run.shifted_mean)
+        b_mat, ws = project_basis(run, leaves)
         ell = b_mat.shape[0]
         total = run.total_sumsq
         norm_a = math.sqrt(total[1]) * 2.0 ** total[0] if total[1] else 0.0
@@ -156,7 +147,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         met = frac >= energy and r <= ell
         if (met and r + n_oversamples <= ell) or ell >= width_cap or frac >= 1.0:
             break
-        eye = np.eye(width)
+        eye = np.eye(ell)
         basis = [eng.submit(sketch_tall, h, w, eye) for h, w in zip(leaves, ws)]
     reached = bool(frac >= energy and r <= min(ell, max_rank))
     k = max(1, min(r, ell, max_rank))

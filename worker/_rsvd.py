@@ -175,6 +175,29 @@ def power_step(run, g, deflate=None):
     return _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
 
 
+def project_basis(run, leaves):
+    """B = QᵀA from the last pass's :func:`~._kernels.sketch_leaf` results.
+
+    The local R factors are reduced by TSQR; its downward sweep gives each
+    panel's pair (coefficients, constant row) of the global basis.
+
+    Returns
+    -------
+    b : ndarray of shape (l, n)
+    ws : list of handles to each leaf's pair from the downward sweep
+    """
+    eng = run.engine
+    root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
+    width = root["r"].shape[0]
+    ws = tsqr_down(eng, nodes, len(leaves), np.eye(width),
+                   np.zeros(width) if run.center else None)
+    shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
+    b = _sum([s[0] for s in shares])
+    if run.center:
+        b -= np.outer(_sum([s[1] for s in shares]), run.shifted_mean)
+    return b, ws
+
+
 def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
                    compute_u=True):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
@@ -223,15 +246,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
         leaves = [eng.part(h, 0) for h in run.run_pass(
             "range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))]
     phase = run.phase("factor", reads=False)
-    root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
-    width = root["r"].shape[0]
-    ws = tsqr_down(eng, nodes, len(leaves), np.eye(width),
-                   np.zeros(width) if run.center else None)
-    shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
-    b = _sum([s[0] for s in shares])
+    b, ws = project_basis(run, leaves)
     mu = run.shifted_mean if run.center else None
-    if mu is not None:
-        b -= np.outer(_sum([s[1] for s in shares]), mu)
     b_h, mu_h = eng.scatter(b), eng.scatter(mu)
     resid = (0, 0.0)
     for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)

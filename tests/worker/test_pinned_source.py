@@ -39,6 +39,16 @@ def matrix(m, n, seed=0):
     return rng.standard_normal((m, n)) @ np.diag(0.7 ** np.arange(n))
 
 
+def _inside_and_outside(tmp_path):
+    """A data root holding A.zarr and, outside it, another array S.zarr of the same shape."""
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    write(root / "A.zarr", matrix(100, 10), (50, 10))
+    write(outside / "S.zarr", matrix(100, 10, seed=9), (50, 10))
+    return root, outside
+
+
 def chunk_file(path, *coords):
     return os.path.join(str(path), "c", *map(str, coords))
 
@@ -104,11 +114,7 @@ def test_chunk_rewritten_after_pinning_is_named(tmp_path):
 def test_chunk_swapped_for_symlink_outside_roots_is_not_read(tmp_path):
     """Case 3 in the core: pinned inside the roots, a chunk then replaced by a
     symlink to a file outside them; the read-time check refuses it."""
-    root, outside = tmp_path / "data", tmp_path / "outside"
-    root.mkdir()
-    outside.mkdir()
-    write(root / "A.zarr", matrix(100, 10), (50, 10))
-    write(outside / "S.zarr", matrix(100, 10, seed=9), (50, 10))
+    root, outside = _inside_and_outside(tmp_path)
     pin = pin_source(str(root / "A.zarr"), roots=[str(root)])
     os.unlink(chunk_file(root / "A.zarr", 1, 0))
     os.symlink(chunk_file(outside / "S.zarr", 1, 0), chunk_file(root / "A.zarr", 1, 0))
@@ -117,11 +123,7 @@ def test_chunk_swapped_for_symlink_outside_roots_is_not_read(tmp_path):
 
 
 def test_array_directory_swapped_for_symlink_is_refused(tmp_path):
-    root, outside = tmp_path / "data", tmp_path / "outside"
-    root.mkdir()
-    outside.mkdir()
-    write(root / "A.zarr", matrix(100, 10), (50, 10))
-    write(outside / "S.zarr", matrix(100, 10, seed=9), (50, 10))
+    root, outside = _inside_and_outside(tmp_path)
     pin = pin_source(str(root / "A.zarr"), roots=[str(root)])
     os.rename(root / "A.zarr", root / "old.zarr")
     os.symlink(outside / "S.zarr", root / "A.zarr")
@@ -130,11 +132,7 @@ def test_array_directory_swapped_for_symlink_is_refused(tmp_path):
 
 
 def test_symlinked_chunk_outside_roots_refused_when_pinned(tmp_path):
-    root, outside = tmp_path / "data", tmp_path / "outside"
-    root.mkdir()
-    outside.mkdir()
-    write(root / "A.zarr", matrix(100, 10), (50, 10))
-    write(outside / "S.zarr", matrix(100, 10, seed=9), (50, 10))
+    root, outside = _inside_and_outside(tmp_path)
     os.unlink(chunk_file(root / "A.zarr", 1, 0))
     os.symlink(chunk_file(outside / "S.zarr", 1, 0), chunk_file(root / "A.zarr", 1, 0))
     with pytest.raises(SourceAccessError, match="'c/1/0'.*outside the data roots"):
