@@ -91,7 +91,7 @@ class Run:
             self.progress(done, total, phase)
 
     def run_pass(self, name, kernel, args_for=lambda i: ()):
-        """A pass over A; returns per-panel handles to ``(result, rows, row_means)``."""
+        """A pass over A; returns per-panel handles to ``(result, rows, row_means, rows_read)``."""
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
                                     center_rows=self.center_rows, shift=self._shift,
                                     cache=self.cache, progress=self.progress)
