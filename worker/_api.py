@@ -12,6 +12,8 @@ from ._energy import energy_report, spectral_estimate
 from ._engine import Phase, make_engine
 from ._errors import InvalidInputError
 from ._kernels import block_argmax
+from ._labels import read_labels
+from ._missing import check_mode, decide_mask, describe_feature, feature_counts
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
@@ -73,7 +75,7 @@ def _panels_for(src, bounds, engine):
     if src.kind == "zarr":
         if src.pin is not None:  # read through the pin, made lazily per panel
             return PanelRefs(src.pin, bounds, wide)
-        return [PanelRef(s, e, wide, array=src.obj) for s, e in bounds]
+        return [PanelRef(s, e, wide, array=src.obj, view=src.view) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
         return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
@@ -83,28 +85,48 @@ def _panels_for(src, bounds, engine):
     return list(x.to_delayed().ravel())
 
 
-def _pivot_row(src):
+def _pivot_row(src, markers=None):
     """The tall view's first row in float64: the common shift of a centred run.
 
-    Non-finite entries become 0, so a NaN in row 0 is reported for the first
-    panel only, not spread to every panel by the shift.
+    Non-finite entries (and missing-value ``markers``) become 0, so a NaN in
+    row 0 is reported for the first panel only, not spread to every panel by
+    the shift, and a masked feature stays exactly zero.
     """
     if src.kind == "dask":
         row = src.obj[0].compute()
     elif src.pin is not None:  # through the pin, like every other read
         row = read_panel(PanelRefs(src.pin, [(0, 1)], False)[0])[0]
+    elif src.view is not None:
+        row = read_panel(PanelRef(0, 1, False, array=src.obj, view=src.view))[0]
     else:
         row = src.obj[0]
     row = np.asarray(row, dtype=np.float64).copy()
     row[~np.isfinite(row)] = 0.0
+    for value in markers or ():
+        row[row == value] = 0.0
     return row
+
+
+def _missing_decider(src, bounds, k, labels, state):
+    """``decide_missing`` of a masked run: sets ``state["mask"]`` after pass 1."""
+    m_t, n_t = src.tall_shape
+    n_features, n_samples = (m_t, n_t) if src.wide else (n_t, m_t)
+    coords = labels["coords"] if labels else None
+
+    def decide(counts):
+        per_feature = feature_counts(counts, bounds, src.wide, n_features)
+        state["mask"] = decide_mask(
+            per_feature, n_samples, rank=k,
+            describe=lambda j: describe_feature(j, src.matrix_view, coords))
+    return decide
 
 
 def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
         compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False,
-        energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10):
+        energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10,
+        sample_dims=None, missing="error"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -202,6 +224,22 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         Gaussian probes of the a-posteriori error estimate of randomized
         and sketch results (``report["error_estimate"]``: a bound on
         ‖A − U S Vᵀ‖₂ failing with probability 10**-n_probes).
+    sample_dims : sequence of str, optional
+        Decompose an N-D variable (e.g. ``(time, lat, lon)`` of an
+        xarray-written store) as the matrix whose rows are these dimensions
+        (the samples) and whose columns are the other dimensions flattened
+        in C order (the features): EOF analysis with
+        ``sample_dims=("time",)``. Required when the array is not 2-D. The
+        result then records the dimensions and coordinates
+        (``SVDResult.to_xarray()`` in the client).
+    missing : {"error", "mask"}, default="error"
+        ``"error"``: NaN/Inf fail the job (:class:`NonFiniteError`).
+        ``"mask"``: features that are NaN (or the CF ``_FillValue``) in every
+        sample are masked: they read as 0, which changes no singular value
+        or other singular vector, and ``res.mask`` marks them; features
+        missing in only some samples fail the job (:class:`NonFiniteError`
+        naming them); a rank above the features kept fails after pass 1
+        (``InvalidInputError``, field ``rank``).
 
     Returns
     -------
@@ -235,8 +273,10 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     Memory per worker: one panel plus O(n·l), whatever m is.
     """
     t_start = time.perf_counter()
+    missing = check_mode(missing)
     src = open_source(source, array=array, storage_options=storage_options,
-                      allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes)
+                      allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
+                      sample_dims=sample_dims)
     m, n = src.shape
     energy, cap = _energy_params(rank, energy, max_rank, method, (m, n))
     k = cap if energy is not None else _int_param(rank, "rank", 1)
@@ -267,11 +307,17 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     passes = {"exact": 1 + compute_u, "sketch": 1}.get(resolved, q + 1)
     center_cols = center and not src.wide
     token = uuid.uuid4().hex
+    labels = read_labels(src)
+    markers = tuple(src.info.fill or ()) if missing == "mask" else None
+    masked = {}
     run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
               center=center_cols, center_rows=center and src.wide,
               passes=passes, progress=progress, wide=src.wide,
-              pivot=_pivot_row(src) if center_cols else None,
-              cache=(token, float(panel_cache)) if panel_cache else None)
+              pivot=_pivot_row(src, markers) if center_cols else None,
+              cache=(token, float(panel_cache)) if panel_cache else None,
+              missing=markers,
+              decide_missing=None if markers is None else _missing_decider(
+                  src, bounds, 1 if energy is not None else k, labels, masked))
     try:
         fac = _factor(run, resolved, k, energy=energy, cap=cap, compute_u=compute_u,
                       n_oversamples=p, n_iter=q, seed=seed, probes=probes, block_size=bsz,
@@ -339,6 +385,10 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         report["n_oversamples_used"] = fac["l"] - k
     if resolved == "sketch":
         report["sketch_sizes"] = fac["sizes"]
+    mask = masked.get("mask")
+    if mask is not None:
+        report["missing"] = {"mode": "mask", "masked": int(mask.sum()),
+                             "kept": int(mask.size - mask.sum()), "features": int(mask.size)}
     if energy is not None:
         report["energy_target"] = fac["qb"]
         report["energy_target"]["passes"] = n_passes
@@ -347,12 +397,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     provenance = {
         "input": {"url": src.info.url, "array": src.info.array, "shape": [m, n],
                   "dtype": src.info.dtype, "chunks": list(src.info.chunks),
-                  "zarr_format": src.info.zarr_format},
+                  "zarr_format": src.info.zarr_format,
+                  "sample_dims": None if labels is None else labels["sample_dims"]},
         "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
                    "center": center, "random_state": seed, "panel_bytes": panel_bytes,
                    "compute_u": compute_u, "panel_cache": panel_cache,
                    "energy": energy, "max_rank": cap if energy is not None else None,
-                   "block_size": bsz, "n_probes": probes},
+                   "block_size": bsz, "n_probes": probes, "missing": missing},
         "method": resolved, "passes": n_passes, "reads": reads, "panels": len(bounds),
         "versions": _versions(), "timings": timings, "events": list(engine.events),
     }
@@ -362,14 +413,16 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         u_small, vt = None, v.T
     if url is not None:
         writer.finish(S=sigma, small=u_small if src.wide else vt, mean=mean,
-                      attrs={"svdserve": provenance, "report": report})
+                      attrs={"svdserve": provenance, "report": report},
+                      mask=mask, labels=labels)
         grp = writer.group
         u_out, vt_out = (grp["U"] if "U" in grp else None), grp["Vt"]
     else:
         u_out, vt_out = (u_small, tall.T) if src.wide else (tall, vt)
     return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=n_passes, method=resolved, url=url,
-                     provenance=provenance, events=list(engine.events), reads=reads)
+                     provenance=provenance, events=list(engine.events), reads=reads,
+                     mask=mask, labels=labels)
 
 
 def _factor(run, resolved, k, *, energy, cap, compute_u, n_oversamples, n_iter, seed, probes,

@@ -8,7 +8,7 @@ Two engines share one small interface, so the algorithms are written once:
 - :class:`LocalEngine` runs the same tasks lazily in this process (used when
   no client is given and there is no default client).
 
-Each panel task returns ``(result, rows, row_means, rows_read)``;
+Each panel task returns ``(result, rows, row_means, rows_read, missing)``;
 :meth:`Engine.run_pass` adds up ``rows`` (how passes over A are counted) and
 ``rows_read`` (rows that came from storage rather than the panel cache,
 :mod:`._cache`).
@@ -20,7 +20,7 @@ import time
 
 from . import _cache
 from ._errors import WorkerLostError
-from ._kernels import prepare_panel
+from ._kernels import mask_missing, prepare_panel
 from ._source import PanelRef, read_panel
 
 __all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task"]
@@ -49,38 +49,57 @@ class Phase(str):
         return (Phase, (self.name, self.pass_no, self.passes))
 
 
-def _load(panel, cache):
-    """A panel's block from the cache or the source: ``(block, rows_read, owned)``."""
+def _read(panel, missing):
+    """Read a panel; with ``missing`` (markers) replace missing entries by 0.
+
+    Returns ``(block, owned, counts)`` (counts: :func:`~._kernels.mask_missing`).
+    """
+    block = read_panel(panel)
+    owned = isinstance(panel, PanelRef) or block is not panel
+    if missing is None:
+        return block, owned, None
+    masked, counts = mask_missing(block, missing, owned=owned)
+    return masked, owned or masked is not block, counts
+
+
+def _load(panel, cache, missing=None):
+    """A panel's block from the cache or the source: ``(block, rows_read, owned, counts)``.
+
+    A cached block was masked when it was read; ``counts`` is None then.
+    """
     if cache is None or not isinstance(panel, PanelRef):
-        block = read_panel(panel)
-        return block, block.shape[0], isinstance(panel, PanelRef) or block is not panel
+        block, owned, counts = _read(panel, missing)
+        return block, block.shape[0], owned, counts
     token, fraction = cache
     key = (token, panel.start, panel.stop)
     block = _cache.lookup(key)
     if block is not None:
-        return block, 0, False
-    block = read_panel(panel)
-    return block, block.shape[0], not _cache.offer(key, block, fraction)
+        return block, 0, False, None
+    block, _owned, counts = _read(panel, missing)
+    return block, block.shape[0], not _cache.offer(key, block, fraction), counts
 
 
-def panel_task(kernel, panel, center_rows, shift, cache, *args):
+def panel_task(kernel, panel, center_rows, shift, cache, missing, *args):
     """Load one panel (:mod:`._cache` or storage), prepare it
     (:func:`~._kernels.prepare_panel`) and run ``kernel(block, *args)`` on it.
 
     ``cache`` is ``(token, fraction)`` or None. A cached block is shared, so it
-    is shifted or centred into a copy, never in place.
+    is shifted or centred into a copy, never in place. ``missing`` is None
+    (missing values are errors) or the markers of :func:`~._kernels.mask_missing`
+    (``missing="mask"``: missing entries read as 0 and are counted).
 
     Returns
     -------
-    (result, rows, row_means, rows_read)
+    (result, rows, row_means, rows_read, counts)
+        ``counts``: missing entries per column and per row of the panel, or None.
     """
-    block, rows_read, owned = _load(panel, cache)
+    block, rows_read, owned, counts = _load(panel, cache, missing)
     block, row_means = prepare_panel(block, shift=shift, center_rows=center_rows, owned=owned)
-    return kernel(block, *args), block.shape[0], row_means, rows_read
+    return kernel(block, *args), block.shape[0], row_means, rows_read, counts
 
 
 #: Picks ``(rows, rows_read)`` out of a panel task's result.
-_COUNTS = slice(1, None, 2)
+_COUNTS = slice(1, 4, 2)
 
 
 def _identity(x):
@@ -164,7 +183,7 @@ class _Engine:
         return self.submit(_pick, handle, *keys)
 
     def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False, shift=None,
-                 cache=None, progress=None, on_result=None):
+                 cache=None, progress=None, on_result=None, missing=None):
         """Run ``kernel`` on every panel; report progress after each one.
 
         Parameters
@@ -178,18 +197,21 @@ class _Engine:
             How each panel is prepared (:func:`~._kernels.prepare_panel`).
         cache : (token, fraction) or None
             Keep decoded panels in worker memory (:mod:`._cache`).
+        missing : tuple of float or None
+            ``missing="mask"``: markers of missing entries besides NaN
+            (:func:`panel_task`).
         on_result : callable, optional
             ``on_result(i, handle)`` as panel ``i`` finishes, before progress
             is reported (used for early NaN detection).
 
         Returns
         -------
-        list of handles to ``(result, rows, row_means, rows_read)`` per panel.
+        list of handles to ``(result, rows, row_means, rows_read, counts)`` per panel.
         """
         t0 = time.perf_counter()
         self.phase = phase
         handles = [self.submit_panel(i, panel_task, kernel, p, center_rows, shift, cache,
-                                     *args_for(i))
+                                     missing, *args_for(i))
                    for i, p in enumerate(panels)]
         counts = [self.part(h, _COUNTS) for h in handles]
         try:

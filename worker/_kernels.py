@@ -29,6 +29,7 @@ __all__ = [
     "sumsq_norm",
     "tail_norms",
     "prepare_panel",
+    "mask_missing",
     "panel_stats",
     "merge_stats",
     "qr_r",
@@ -202,6 +203,35 @@ def prepare_panel(a, *, shift=None, center_rows=False, owned=False):
     means = a.mean(axis=1)
     a -= means[:, None]
     return a, first[:, 0] + means
+
+
+def mask_missing(a, markers=(), *, owned=False):
+    """Replace missing entries (NaN, or equal to one of ``markers``) by 0 and count them.
+
+    Parameters
+    ----------
+    a : ndarray of shape (rows, n), float64
+    markers : sequence of float
+        CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
+    owned : bool
+        ``a`` may be overwritten.
+
+    Returns
+    -------
+    block : ndarray of shape (rows, n)
+        ``a`` itself when nothing is missing.
+    counts : (ndarray of shape (n,), ndarray of shape (rows,)) or None
+        Missing entries per column and per row; None when there are none.
+    """
+    miss = np.isnan(a)
+    for value in markers:
+        miss |= a == value
+    if not miss.any():
+        return a, None
+    if not owned:
+        a = a.copy()
+    a[miss] = 0.0
+    return a, (miss.sum(axis=0), miss.sum(axis=1))
 
 
 # --------------------------------------------------------------------------- stats

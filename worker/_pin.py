@@ -39,7 +39,9 @@ import base64
 import functools
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
 import posixpath
 import stat
@@ -84,16 +86,21 @@ class Limits:
     max_band_bytes: int = 4 * 2**30
 
 
-def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the source"):
+def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the source",
+                 n_chunks=None):
     """Refuse a shape/chunk layout that is degenerate or too large, from metadata alone.
 
     Parameters
     ----------
     shape, chunks : tuple of int
-        ``(m, n)`` and the chunk shape of the stored array.
+        ``(m, n)`` and the chunk shape of the stored array (of its matrix
+        view, :class:`~._view.MatrixView`, for an N-D variable).
     panel_bytes : int, optional
         Panel byte budget (default: the core's).
     limits : Limits, optional
+    n_chunks : int, optional
+        Stored chunk keys, when they are not the 2-D grid of ``chunks``
+        (an N-D variable).
 
     Raises
     ------
@@ -109,7 +116,8 @@ def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the sour
             f"{what} has chunk shape {list(chunks)}; every chunk size must be >= 1. "
             "Rewrite the array with positive chunk sizes.", field="source")
     cm, cn = (int(c) for c in chunks)
-    n_chunks = -(-m // cm) * -(-n // cn)
+    if n_chunks is None:
+        n_chunks = -(-m // cm) * -(-n // cn)
     if n_chunks > limits.max_chunks:
         raise InvalidInputError(
             f"{what} (shape {[m, n]}, chunks {[cm, cn]}) has {n_chunks:.4g} chunks; at most "
@@ -186,6 +194,10 @@ class SourceRef:
         A chunk missing at rest reads as the fill value.
     name : str
         How messages name the array (the URL as given, plus the array path).
+    view : MatrixView or None
+        How an N-D variable is read as a matrix (``sample_dims``); None for a
+        2-D array read as itself. ``shape`` and ``key_chunks`` stay the
+        stored N-D ones; the matrix shape is ``view.shape``.
     """
 
     url: str
@@ -199,6 +211,15 @@ class SourceRef:
     options_key: str = "{}"
     allow_missing: bool = False
     name: str = ""
+    view: object = None  # MatrixView
+
+    @property
+    def matrix_view(self):
+        """The view (the identity view of a 2-D array without one)."""
+        from ._view import identity_view
+
+        return self.view if self.view is not None else identity_view(self.shape,
+                                                                     self.key_chunks)
 
     @property
     def grid(self):
@@ -209,11 +230,18 @@ class SourceRef:
         return _META[self.zarr_format]
 
 
-def chunk_region(ref, i, j):
-    """``"rows a:b, columns c:d"`` of stored chunk ``(i, j)``."""
-    (m, n), (cm, cn) = ref.shape, ref.key_chunks
-    return (f"rows {i * cm}:{min((i + 1) * cm, m)}, "
-            f"columns {j * cn}:{min((j + 1) * cn, n)}")
+def chunk_box(ref, idx):
+    """The stored selection (one slice per axis) of chunk key ``idx``."""
+    return tuple(slice(i * c, min((i + 1) * c, s))
+                 for i, c, s in zip(idx, ref.key_chunks, ref.shape))
+
+
+def chunk_region(ref, *idx):
+    """``"rows a:b, columns c:d"`` of stored chunk ``(i, j)``; for a variable read
+    through a view, ``"time a:b, lat c:d, …"`` by dimension name."""
+    box = chunk_box(ref, idx)
+    names = ("rows", "columns") if ref.view is None else ref.view.dims
+    return ", ".join(f"{name} {b.start}:{b.stop}" for name, b in zip(names, box))
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,12 +267,12 @@ class SourcePin:
         return self.stamps[..., 0] < 0 if not self.ref.remote else self.stamps == ""
 
     def first_missing(self):
-        """``(i, j)`` of the first chunk key the store lacks (row-major), or None."""
+        """Grid index (``(i, j)`` for 2-D) of the first chunk key the store lacks
+        (row-major), or None."""
         mask = self.missing_mask()
         if not mask.any():
             return None
-        i, j = np.argwhere(mask)[0]
-        return int(i), int(j)
+        return tuple(int(x) for x in np.argwhere(mask)[0])
 
     def check_missing(self):
         """Raise :class:`InvalidInputError` for a chunk missing at rest (unless allowed)."""
@@ -290,9 +318,9 @@ class SourcePin:
         if not np.array_equal(now, self.stamps):
             diff = np.argwhere(now != self.stamps if ref.remote
                                else (now != self.stamps).any(axis=-1))
-            i, j = (int(x) for x in diff[0])
+            where = tuple(int(x) for x in diff[0])
             raise SourceChangedError(_change_message(
-                ref, meta.encode_chunk_key((i, j)), (i, j), self.stamps[i, j], now[i, j],
+                ref, meta.encode_chunk_key(where), where, self.stamps[where], now[where],
                 n_changed=len(diff)))
 
     def panel_expect(self, start, stop, wide):
@@ -302,15 +330,31 @@ class SourcePin:
         -------
         tuple of (key, ((i, j), stamp)), in grid order (``dict()`` of it maps keys)
         """
+        m, n = self.ref.matrix_view.shape
+        return (self.box_expect((0, m), (start, stop)) if wide
+                else self.box_expect((start, stop), (0, n)))
+
+    def box_expect(self, rows, cols):
+        """Stamps of the chunk keys covering the 2-D box ``rows × cols`` of the matrix.
+
+        The box is given in the matrix view (samples × features for an N-D
+        variable); what :func:`read_region` reads with a 2-D selection of it.
+
+        Parameters
+        ----------
+        rows, cols : (int, int)
+            Half-open ranges.
+
+        Returns
+        -------
+        tuple of (key, (index, stamp)), in grid order (``dict()`` of it maps keys);
+        ``index`` is the chunk's grid index (``(i, j)`` for a 2-D array).
+        """
         ref = self.ref
         meta = _meta_of(ref)
-        gr, gc = ref.grid
-        axis_chunk = ref.key_chunks[1] if wide else ref.key_chunks[0]
-        lo, hi = start // axis_chunk, -(-stop // axis_chunk)
-        cells = ([(i, j) for i in range(gr) for j in range(lo, hi)] if wide
-                 else [(i, j) for i in range(lo, hi) for j in range(gc)])
+        ranges = ref.matrix_view.key_ranges(rows, cols, ref.key_chunks)
         return tuple((meta.encode_chunk_key(c), (c, _stamp_value(self.stamps[c], ref.remote)))
-                     for c in cells)
+                     for c in itertools.product(*ranges))
 
     # ---------------------------------------------------------------- storage
     def to_json(self):
@@ -329,12 +373,13 @@ class SourcePin:
             "roots": list(ref.guard.roots), "forbidden": list(ref.guard.forbidden),
             "allow_missing": ref.allow_missing,
             "name": ref.name, "info": _info_json(self.info),
+            "view": None if ref.view is None else ref.view.to_json(),
             "stamps": base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii"),
         }
 
     @classmethod
     def from_json(cls, data):
-        from ._source import SourceInfo
+        from ._view import MatrixView
 
         stamps = np.load(io.BytesIO(zlib.decompress(base64.b64decode(data["stamps"]))),
                          allow_pickle=False)
@@ -344,16 +389,28 @@ class SourcePin:
             key_chunks=tuple(data["key_chunks"]), listing_digest=data["listing_digest"],
             guard=Guard(tuple(data["roots"]), tuple(data["forbidden"])),
             allow_missing=data["allow_missing"],
-            name=data["name"])
-        info = data["info"]
-        return cls(ref, stamps, SourceInfo(tuple(info["shape"]), info["dtype"],
-                                           tuple(info["chunks"]), info["url"], info["array"],
-                                           info["zarr_format"]))
+            name=data["name"],
+            view=MatrixView.from_json(data["view"]) if data.get("view") else None)
+        return cls(ref, stamps, _info_from_json(data["info"]))
 
 
 def _info_json(info):
-    return {"shape": list(info.shape), "dtype": info.dtype, "chunks": list(info.chunks),
-            "url": info.url, "array": info.array, "zarr_format": info.zarr_format}
+    out = {"shape": list(info.shape), "dtype": info.dtype, "chunks": list(info.chunks),
+           "url": info.url, "array": info.array, "zarr_format": info.zarr_format}
+    for key in ("dims", "nd_shape", "sample_dims", "fill"):
+        value = getattr(info, key)
+        if value is not None:
+            out[key] = list(value)
+    return out
+
+
+def _info_from_json(info):
+    from ._source import SourceInfo
+
+    extra = {key: tuple(info[key]) for key in ("dims", "nd_shape", "sample_dims", "fill")
+             if info.get(key) is not None}
+    return SourceInfo(tuple(info["shape"]), info["dtype"], tuple(info["chunks"]), info["url"],
+                      info["array"], info["zarr_format"], **extra)
 
 
 def _stamp_value(value, remote):
@@ -361,11 +418,10 @@ def _stamp_value(value, remote):
 
 
 def _missing_message(ref, where, n_missing):
-    i, j = where
     meta = _meta_of(ref)
-    key = meta.encode_chunk_key((i, j))
+    key = meta.encode_chunk_key(tuple(where))
     more = f" ({n_missing} chunks are missing in all)" if n_missing > 1 else ""
-    return (f"chunk {key!r} of {ref.name} ({chunk_region(ref, i, j)}) is missing from the "
+    return (f"chunk {key!r} of {ref.name} ({chunk_region(ref, *where)}) is missing from the "
             f"store{more}; an incomplete upload? Finish writing the array, or submit with "
             "allow_missing_chunks=true to read missing chunks as the fill value.")
 
@@ -533,22 +589,20 @@ def _local_stamp(ref, key, dirs, *, at_pin):
 
 def _stamps(ref, meta, *, at_pin):
     """The stamp of every chunk key the metadata implies, in grid order."""
-    gr, gc = ref.grid
+    grid = ref.grid
     if ref.remote:
         listing = _remote_listing(ref)
-        out = np.full((gr, gc), "", dtype=object)
-        for i in range(gr):
-            for j in range(gc):
-                out[i, j] = listing.get(meta.encode_chunk_key((i, j)), "")
-        return out.astype(str) if out.size else np.zeros((gr, gc), dtype="<U1")
+        out = np.full(grid, "", dtype=object)
+        for idx in np.ndindex(*grid):
+            out[idx] = listing.get(meta.encode_chunk_key(idx), "")
+        return out.astype(str) if out.size else np.zeros(grid, dtype="<U1")
     rows = []
     dirs = {}
     missing = (-1, 0, 0)
-    for i in range(gr):
-        for j in range(gc):
-            st = _local_stamp(ref, meta.encode_chunk_key((i, j)), dirs, at_pin=at_pin)
-            rows.append(missing if st is None else st)
-    return np.array(rows, dtype=np.int64).reshape(gr, gc, 3)
+    for idx in np.ndindex(*grid):
+        st = _local_stamp(ref, meta.encode_chunk_key(idx), dirs, at_pin=at_pin)
+        rows.append(missing if st is None else st)
+    return np.array(rows, dtype=np.int64).reshape(*grid, 3)
 
 
 def _listing_digest(stamps):
@@ -654,7 +708,7 @@ def _locate(url, array, storage_options):
 
 
 def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
-               allow_missing_chunks=False, panel_bytes=None, limits=None):
+               allow_missing_chunks=False, panel_bytes=None, limits=None, sample_dims=None):
     """Resolve a Zarr array once and record what identifies it.
 
     Parameters
@@ -673,6 +727,9 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     panel_bytes : int, optional
         Panel budget, for the panel-count limit.
     limits : Limits, optional
+    sample_dims : sequence of str, optional
+        Read an N-D variable as the matrix samples × features
+        (:mod:`._view`); required when the array is not 2-D.
 
     Returns
     -------
@@ -684,21 +741,22 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     """
     ref, meta, info = _inspect(url, array, storage_options=storage_options, roots=roots,
                                forbidden=forbidden, allow_missing_chunks=allow_missing_chunks,
-                               panel_bytes=panel_bytes, limits=limits)
+                               panel_bytes=panel_bytes, limits=limits,
+                               sample_dims=sample_dims)
     stamps = _stamps(ref, meta, at_pin=True)
     ref = replace(ref, listing_digest=_listing_digest(stamps))
     return SourcePin(ref, stamps, info)
 
 
 def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
-             allow_missing_chunks=False, panel_bytes=None, limits=None):
+             allow_missing_chunks=False, panel_bytes=None, limits=None, sample_dims=None):
     """Locate, read and check the metadata (no chunk is looked at).
 
     Returns
     -------
     (SourceRef without listing digest, parsed metadata, SourceInfo)
     """
-    from ._source import SourceInfo, _check_matrix, _options_key
+    from ._source import _options_key
 
     url = str(os.fspath(url))
     loc, array, fmt, remote = _locate(url, array, storage_options)
@@ -715,23 +773,121 @@ def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
                                 f"{exc}", field="source") from exc
+    ref = replace(ref, meta_digest=digest)
+    return _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits)
+
+
+def _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits):
+    """Shape, dtype, dimensions, view and sanity limits of parsed metadata."""
+    from ._source import SourceInfo, _check_matrix
+    from ._view import make_view
+
+    name, fmt = ref.name, ref.zarr_format
     shape = tuple(int(s) for s in meta.shape)
-    dt = _check_matrix(shape, meta.dtype, f"array {array or url!r}")
     key_chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
     read_chunks = tuple(int(c) for c in (meta.chunks if fmt == 2 else _inner_chunks(meta)))
-    check_limits(shape, read_chunks, panel_bytes, limits, what=name)
-    if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
-        lim = limits or Limits()
-        check_limits(shape, key_chunks, panel_bytes, replace(
-            lim, max_panels=2**62, max_band_bytes=2**62), what=name)
-    ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=key_chunks)
-    return ref, meta, SourceInfo(shape, dt, read_chunks, url, array, fmt)
+    if any(c < 1 for c in key_chunks + read_chunks):
+        raise InvalidInputError(f"{name} has chunk shape {list(read_chunks)}; every chunk "
+                                "size must be >= 1. Rewrite the array with positive chunk "
+                                "sizes.", field="source")
+    attrs = _read_attrs(ref, meta)
+    dims = _dims_of(meta, attrs, len(shape))
+    view = None
+    if sample_dims is not None:
+        view = make_view(shape, read_chunks, dims, sample_dims, what=name)
+    elif len(shape) > 2:
+        raise InvalidInputError(
+            f"{name} is {len(shape)}-D with dimensions {list(dims)} and shape {list(shape)}; "
+            "a matrix is 2-D. Give sample_dims, the dimensions of the samples (e.g. "
+            f"[{dims[0]!r}]): the other dimensions are flattened into the features.",
+            field="source.sample_dims")
+    mshape = view.shape if view else shape
+    dt = _check_matrix(mshape, meta.dtype, f"array {array or url!r}")
+    for chunks, lim in ((read_chunks, limits), (key_chunks, None)):
+        if lim is None:  # sharded: the stored keys (shards) are what is listed
+            if key_chunks == read_chunks:
+                break
+            lim = replace(limits or Limits(), max_panels=2**62, max_band_bytes=2**62)
+        mchunks = make_view(shape, chunks, dims, view.sample_dims).chunks if view else chunks
+        check_limits(mshape, mchunks, panel_bytes, lim, what=name,
+                     n_chunks=math.prod(-(-s // c) for s, c in zip(shape, chunks)))
+    ref = replace(ref, shape=shape, key_chunks=key_chunks, view=view)
+    info = SourceInfo(mshape, dt, view.chunks if view else read_chunks, url, array, fmt,
+                      dims=dims if (view or len(shape) == 2) else None,
+                      nd_shape=shape if view else None,
+                      sample_dims=view.sample_dims if view else None,
+                      fill=_fill_markers(meta, attrs, dt))
+    return ref, meta, info
 
 
-def inspect_pinnable(url, array=None, *, storage_options=None, panel_bytes=None, limits=None):
+def _read_attrs(ref, meta):
+    """The array's attributes: in ``zarr.json`` (v3, pinned), in ``.zattrs`` (v2, read
+    through the guard but not pinned: only labels and the CF fill value come from it)."""
+    if ref.zarr_format == 3:
+        return dict(meta.attributes or {})
+    try:
+        if ref.remote:
+            fs, path = _remote_fs(ref)
+            doc = fs.cat_file(f"{path}/.zattrs")
+        else:
+            fd = _open_guarded(ref, os.path.join(ref.url, ".zattrs"), "the attributes .zattrs",
+                               at_pin=True)
+            try:
+                doc = _read_fd(fd, min(os.fstat(fd).st_size, 16 * 2**20))
+            finally:
+                os.close(fd)
+        data = json.loads(doc)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dims_of(meta, attrs, ndim):
+    """Dimension names: ``dimension_names`` (v3), ``_ARRAY_DIMENSIONS`` (v2, xarray),
+    else ``dim_0, dim_1, …`` as xarray names them."""
+    names = getattr(meta, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
+    if (isinstance(names, (list, tuple)) and len(names) == ndim
+            and all(isinstance(d, str) for d in names) and len(set(names)) == ndim):
+        return tuple(names)
+    return tuple(f"dim_{i}" for i in range(ndim))
+
+
+def _fill_markers(meta, attrs, dtype):
+    """Values meaning "missing" besides NaN: the CF ``_FillValue`` and ``missing_value``.
+
+    xarray keeps ``_FillValue`` as the array's ``fill_value`` in Zarr v2 (and
+    writes ``_ARRAY_DIMENSIONS``), and as an attribute in v3 (base64 of the
+    value's bytes for floats). A plain Zarr array's ``fill_value`` (often 0)
+    is *not* a missing-value marker.
+    """
+    raw = []
+    if "_FillValue" in attrs:
+        raw.append(attrs["_FillValue"])
+    elif meta.zarr_format == 2 and "_ARRAY_DIMENSIONS" in attrs:
+        raw.append(meta.fill_value)
+    mv = attrs.get("missing_value")
+    raw.extend(mv if isinstance(mv, list) else [] if mv is None else [mv])
+    out = []
+    for value in raw:
+        if isinstance(value, str):
+            try:
+                value = np.frombuffer(base64.b64decode(value, validate=True), dtype=dtype)[0]
+            except (ValueError, TypeError):
+                pass
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not np.isnan(value) and value not in out:
+            out.append(value)
+    return tuple(out) or None
+
+
+def inspect_pinnable(url, array=None, *, storage_options=None, panel_bytes=None, limits=None,
+                     sample_dims=None):
     """:class:`SourceInfo` of a Zarr array from its metadata alone (limits checked)."""
     return _inspect(url, array, storage_options=storage_options, panel_bytes=panel_bytes,
-                    limits=limits)[2]
+                    limits=limits, sample_dims=sample_dims)[2]
 
 
 def _inner_chunks(meta):
@@ -872,9 +1028,19 @@ def open_pinned(ref, expect):
 
 
 def read_region(ref, expect, node, sel, what):
-    """``node[sel]`` with every failure typed: a decode error names the chunk."""
+    """``node[sel]`` with every failure typed: a decode error names the chunk.
+
+    For a source read through a view (``ref.view``, an N-D variable), ``sel``
+    is a pair of slices ``(rows, columns)`` of the *matrix*; the box is read
+    with one stored selection (:meth:`~._view.MatrixView.read`), and
+    ``expect`` must hold the keys of :meth:`SourcePin.box_expect` of it.
+    """
     try:
-        return np.asarray(node[sel])
+        if ref.view is None:
+            return np.asarray(node[sel])
+        m, n = ref.view.shape
+        rows, cols = (s.indices(size)[:2] for s, size in zip(sel, (m, n)))
+        return ref.view.read(node.__getitem__, rows, cols)
     except SVDError:
         raise
     except MemoryError:
@@ -882,17 +1048,14 @@ def read_region(ref, expect, node, sel, what):
     except Exception as exc:  # noqa: BLE001 - codec, decompression, truncation, I/O
         meta = _meta_of(ref)
         for key, (where, _stamp) in expect.items():
-            (m, n), (cm, cn) = ref.shape, ref.key_chunks
-            i, j = where
-            one = (slice(i * cm, min((i + 1) * cm, m)), slice(j * cn, min((j + 1) * cn, n)))
             try:
-                node[one]
+                node[chunk_box(ref, where)]
             except SVDError:
                 raise
             except Exception as inner:  # noqa: BLE001
                 raise StorageError(
                     f"chunk {meta.encode_chunk_key(where)!r} of {ref.name} "
-                    f"({chunk_region(ref, i, j)}) could not be read: "
+                    f"({chunk_region(ref, *where)}) could not be read: "
                     f"{type(inner).__name__}: {inner}. The stored chunk is corrupt or "
                     "truncated; rewrite the array.") from inner
         raise StorageError(f"reading {what} of {ref.name} failed: "

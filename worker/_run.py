@@ -65,16 +65,24 @@ class Run:
         never enter a rounding error.
     cache : (token, fraction), optional
         Keep decoded panels in worker memory between passes (:mod:`._cache`).
+    missing : tuple of float, optional
+        ``missing="mask"``: every read replaces NaN (and these markers) by 0
+        and counts them (:mod:`._missing`).
+    decide_missing : callable, optional
+        ``decide_missing(counts)`` after pass 1, with the per-panel counts
+        (None for a panel without missing entries); may raise to fail the run.
     """
 
     def __init__(self, engine, panels, bounds, tall_shape, *, center, center_rows,
-                 passes, progress, wide, pivot=None, cache=None):
+                 passes, progress, wide, pivot=None, cache=None, missing=None,
+                 decide_missing=None):
         self.engine, self.panels, self.bounds = engine, panels, bounds
         self.m, self.n = tall_shape
         self.center, self.center_rows = center, center_rows
         self.passes, self.progress, self.wide = passes, progress, wide
         self.pivot = pivot if center else None
         self.cache = cache
+        self.missing, self.decide_missing = missing, decide_missing
         self._shift = engine.scatter(self.pivot) if self.pivot is not None else None
         self.pass_no = 0
         self.stats = None
@@ -91,10 +99,12 @@ class Run:
             self.progress(done, total, phase)
 
     def run_pass(self, name, kernel, args_for=lambda i: ()):
-        """A pass over A; returns per-panel handles to ``(result, rows, row_means, rows_read)``."""
+        """A pass over A; returns per-panel handles to
+        ``(result, rows, row_means, rows_read, counts)``."""
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
                                     center_rows=self.center_rows, shift=self._shift,
-                                    cache=self.cache, progress=self.progress)
+                                    cache=self.cache, progress=self.progress,
+                                    missing=self.missing)
 
     def first_pass(self, name, kernel, args_for=lambda i: (), *, local_mean=False):
         """Pass 1: the kernel plus statistics; stops at the first non-finite panel.
@@ -105,11 +115,13 @@ class Run:
         """
         eng = self.engine
         phase = self.phase(name)
-        stats = {}
+        stats, counts = {}, {}
 
         def check(i, handle):
             # The statistics are small (two n-vectors): fetch them as each
             # panel finishes, so a NaN stops the pass without waiting for it.
+            if self.missing is not None:
+                counts[i] = eng.gather([eng.part(handle, 4)])[0]
             s = eng.gather([eng.part(handle, 0, "stats")])[0]
             if not s["finite"]:
                 start, stop = self.bounds[i]
@@ -123,7 +135,10 @@ class Run:
         handles = eng.run_pass(phase, self.panels,
                                with_stats(kernel, center=self.center, local_mean=local_mean),
                                args_for, center_rows=self.center_rows, shift=self._shift,
-                               cache=self.cache, progress=self.progress, on_result=check)
+                               cache=self.cache, progress=self.progress, on_result=check,
+                               missing=self.missing)
+        if self.decide_missing is not None:
+            self.decide_missing([counts.get(i) for i in range(len(handles))])
         self.panel_stats = [stats[i] for i in range(len(handles))]
         merged = self.panel_stats[0]
         for s in self.panel_stats[1:]:

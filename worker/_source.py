@@ -42,15 +42,26 @@ class SourceInfo:
     Attributes
     ----------
     shape : tuple of int
-        ``(m, n)`` as stored.
+        ``(m, n)`` as stored, or samples × features of an N-D variable
+        read with ``sample_dims`` (:mod:`._view`).
     dtype : str
     chunks : tuple of int
-        Regular chunk shape ``(cm, cn)`` (the whole array for NumPy input).
+        Regular chunk shape ``(cm, cn)`` (the whole array for NumPy input);
+        the effective 2-D chunk grid of an N-D variable.
     url : str or None
         The path or URL opened, None for in-memory input.
     array : str or None
         The array's path inside a group, if any.
     zarr_format : int or None
+    dims : tuple of str or None
+        Stored dimension names (``_ARRAY_DIMENSIONS`` in v2,
+        ``dimension_names`` in v3, else ``dim_0, …``).
+    nd_shape : tuple of int or None
+        Stored shape of an N-D variable read with ``sample_dims``.
+    sample_dims : tuple of str or None
+        The dimensions flattened into the rows (samples).
+    fill : tuple of float or None
+        CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
     """
 
     shape: tuple
@@ -59,6 +70,10 @@ class SourceInfo:
     url: str | None = None
     array: str | None = None
     zarr_format: int | None = None
+    dims: tuple | None = None
+    nd_shape: tuple | None = None
+    sample_dims: tuple | None = None
+    fill: tuple | None = None
 
 
 @dataclass
@@ -74,6 +89,12 @@ class Source:
     obj: object  # zarr.Array (unpinned only), ndarray or dask array
     storage_options: dict | None = None
     pin: object = None
+    view: object = None  # MatrixView of an unpinned N-D zarr.Array
+
+    @property
+    def matrix_view(self):
+        """The :class:`~._view.MatrixView` of an N-D variable, None for a matrix."""
+        return self.pin.ref.view if self.pin is not None else self.view
 
     def verify(self):
         """Re-list a pinned source; raise :class:`SourceChangedError` if it changed."""
@@ -173,8 +194,30 @@ def _local_path_of(node):
     return None
 
 
+def _view_of_array(source, sample_dims):
+    """A :class:`~._view.MatrixView` of an in-memory or unpinned N-D array."""
+    from ._view import make_view
+
+    dims = getattr(getattr(source, "metadata", None), "dimension_names", None) or \
+        (dict(source.attrs).get("_ARRAY_DIMENSIONS") if hasattr(source, "attrs") else None)
+    chunks = getattr(source, "chunks", source.shape)
+    if chunks and isinstance(chunks[0], tuple):  # dask
+        chunks = tuple(max(c) if c else 1 for c in chunks)
+    if dims is None or len(dims) != len(source.shape):
+        dims = None
+    return make_view(source.shape, chunks or source.shape, dims, sample_dims)
+
+
+def _as_matrix(source, sample_dims):
+    """An in-memory or dask N-D array as its samples × features matrix (lazy for dask)."""
+    if sample_dims is None:
+        return source
+    view = _view_of_array(source, sample_dims)
+    return source.transpose(view.sample_axes + view.feature_axes).reshape(view.shape)
+
+
 def open_source(source, *, array=None, storage_options=None, allow_missing_chunks=False,
-                panel_bytes=None, limits=None):
+                panel_bytes=None, limits=None, sample_dims=None):
     """Validate an input and describe it; pin Zarr sources read from storage.
 
     Parameters
@@ -192,6 +235,8 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
         Panel budget (for the panel-count limit).
     limits : Limits, optional
         Sanity limits (default :class:`~._pin.Limits`).
+    sample_dims : sequence of str, optional
+        Read an N-D variable as the matrix samples × features (:mod:`._view`).
 
     Returns
     -------
@@ -212,7 +257,15 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
     except ImportError:  # pragma: no cover - dask is a dependency
         da = None
 
+    if sample_dims is not None:
+        sample_dims = (sample_dims,) if isinstance(sample_dims, str) else tuple(sample_dims)
     if isinstance(source, SourcePin):
+        pinned = source.info.sample_dims
+        if sample_dims is not None and tuple(sample_dims) != pinned:
+            raise InvalidInputError(
+                f"the source was pinned with sample_dims={list(pinned or ())}; got "
+                f"sample_dims={list(sample_dims)}. Pin it with the sample_dims to use.",
+                field="source.sample_dims")
         pin = source.with_options(allow_missing=allow_missing_chunks or source.ref.allow_missing)
         pin.verify()
         pin.check_missing()
@@ -221,34 +274,41 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
         path = _local_path_of(source)
         if path is not None:
             return open_source(pin_source(path, allow_missing_chunks=allow_missing_chunks,
-                                          panel_bytes=panel_bytes, limits=limits),
+                                          panel_bytes=panel_bytes, limits=limits,
+                                          sample_dims=sample_dims),
                                storage_options=storage_options)
-        dt = _check_matrix(source.shape, source.dtype, "the Zarr array")
-        if len(source.shape) == 2:
-            check_limits(source.shape, source.chunks, panel_bytes, limits,
-                         what="the Zarr array")
-        info = SourceInfo(tuple(source.shape), dt, tuple(source.chunks), None, None,
-                          source.metadata.zarr_format)
-        return Source(info, "zarr", source, storage_options)
+        view = None if sample_dims is None else _view_of_array(source, sample_dims)
+        shape, chunks = (view.shape, view.chunks) if view else (source.shape, source.chunks)
+        dt = _check_matrix(shape, source.dtype, "the Zarr array")
+        if len(shape) == 2:
+            check_limits(shape, chunks, panel_bytes, limits, what="the Zarr array")
+        info = SourceInfo(tuple(shape), dt, tuple(chunks), None, None,
+                          source.metadata.zarr_format,
+                          dims=view.dims if view else None,
+                          nd_shape=view.nd_shape if view else None,
+                          sample_dims=view.sample_dims if view else None)
+        return Source(info, "zarr", source, storage_options, view=view)
     if da is not None and isinstance(source, da.Array):
+        source = _as_matrix(source, sample_dims)
         dt = _check_matrix(source.shape, source.dtype, "the dask array")
         chunks = tuple(max(c) if c else 0 for c in source.chunks)
         return Source(SourceInfo(tuple(source.shape), dt, chunks), "dask", source)
     if isinstance(source, np.ndarray):
+        source = _as_matrix(source, sample_dims)
         dt = _check_matrix(source.shape, source.dtype, "the NumPy array")
         return Source(SourceInfo(tuple(source.shape), dt, tuple(source.shape)), "numpy", source)
     if hasattr(source, "__fspath__") or isinstance(source, str):
         url = str(source.__fspath__() if hasattr(source, "__fspath__") else source)
         pin = pin_source(url, array, storage_options=storage_options,
                          allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
-                         limits=limits)
+                         limits=limits, sample_dims=sample_dims)
         return open_source(pin, storage_options=storage_options)
     raise InvalidInputError(
         f"source must be a Zarr array, a path or URL of one, or a NumPy/dask array; "
         f"got {type(source).__name__}.", field="source")
 
 
-def inspect_source(source, *, array=None, storage_options=None):
+def inspect_source(source, *, array=None, storage_options=None, sample_dims=None):
     """Open only the metadata of ``source`` and validate it.
 
     A Zarr path or URL is checked as :func:`open_source` checks it (2-D,
@@ -266,9 +326,10 @@ def inspect_source(source, *, array=None, storage_options=None):
     if hasattr(source, "__fspath__") or isinstance(source, str):
         from ._pin import inspect_pinnable
 
-        return inspect_pinnable(source, array, storage_options=storage_options)
+        return inspect_pinnable(source, array, storage_options=storage_options,
+                                sample_dims=sample_dims)
     return open_source(source, array=array, storage_options=storage_options,
-                       allow_missing_chunks=True).info
+                       allow_missing_chunks=True, sample_dims=sample_dims).info
 
 
 # --------------------------------------------------------------------------- panels
@@ -373,6 +434,7 @@ class PanelRef:
     ref: object = None  # SourceRef
     expect: tuple = ()  # ((key, ((i, j), stamp)), ...)
     array: object = None  # a zarr.Array when the source is not pinned
+    view: object = None  # its MatrixView, for an N-D variable
 
     def read(self):
         from ._pin import open_pinned, read_region
@@ -385,7 +447,12 @@ class PanelRef:
             block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)
         else:
             try:
-                block = np.asarray(self.array[sel])
+                if self.view is not None:
+                    m, n = self.view.shape
+                    rows, cols = (s.indices(size)[:2] for s, size in zip(sel, (m, n)))
+                    block = self.view.read(self.array.__getitem__, rows, cols)
+                else:
+                    block = np.asarray(self.array[sel])
             except (SVDError, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - codec, decompression, I/O

@@ -7,6 +7,10 @@ Layout of ``{out}``::
     S/               k
     Vt/              k×n
     mean/            n (only when centred)
+    mask/            n bool, True for features masked as missing everywhere (``missing="mask"``)
+    coords/<dim>     1-D coordinates of an N-D variable's dimensions, as stored (CF-encoded,
+                     with their ``units``/``calendar``); group attribute ``labels``
+                     = {dims, shape, sample_dims, feature_dims} (``sample_dims`` only)
     manifest.json    written last: arrays, shapes, dtypes
 
 A reader (:func:`load`) refuses a group without ``manifest.json``, so a
@@ -56,6 +60,12 @@ class SVDResult:
     reads : float
         Of those passes, how many came from storage (the rest from the
         panel cache), in passes' worth of rows.
+    mask : ndarray of shape (n,), bool, or None
+        ``missing="mask"``: features missing in every sample (their columns
+        of ``Vt`` carry no information).
+    labels : dict or None
+        ``sample_dims`` runs: ``dims``, ``shape``, ``sample_dims``,
+        ``feature_dims`` and ``coords`` (``{dim: (values, attrs)}``).
     """
 
     U: object
@@ -69,6 +79,8 @@ class SVDResult:
     provenance: dict = field(default_factory=dict)
     events: list = field(default_factory=list)
     reads: float = 0.0
+    mask: np.ndarray | None = None
+    labels: dict | None = None
 
     @property
     def rank(self):
@@ -165,13 +177,16 @@ class ResultWriter:
         self.group = grp
         _cached_array.cache_clear()
 
-    def finish(self, *, S, small, mean, attrs):
-        """Write the small factor, S, mean, attributes, then the manifest.
+    def finish(self, *, S, small, mean, attrs, mask=None, labels=None):
+        """Write the small factor, S, mean, mask, labels, attributes, then the manifest.
 
         Parameters
         ----------
         small : ndarray
             ``U`` of shape (m, k) for wide input, else ``Vt`` of shape (k, n).
+        mask : ndarray of shape (n,), bool, optional
+        labels : dict, optional
+            :func:`~._labels.read_labels` of the source.
         """
         grp = self.group
         try:
@@ -179,15 +194,48 @@ class ResultWriter:
             grp["Vt" if self.tall_name == "U" else "U"][:] = small
             if mean is not None:
                 grp["mean"][:] = mean
+            if mask is not None:
+                grp.create_array("mask", shape=mask.shape, chunks=mask.shape or (1,),
+                                 dtype="bool")[...] = mask
+            attrs = dict(attrs)
+            if labels is not None:
+                attrs["labels"] = _write_coords(grp, labels)
             grp.attrs.update(attrs)
             arrays = {name: {"shape": list(grp[name].shape), "dtype": str(grp[name].dtype)}
-                      for name in ("U", "S", "Vt", "mean") if name in grp}
+                      for name in ("U", "S", "Vt", "mean", "mask") if name in grp}
             fs, path = _fs(self.url, self.storage_options)
             with fs.open(f"{path}/{MANIFEST}", "w") as fh:
                 json.dump({"format": "svdserve-result/1", "arrays": arrays,
                            "complete": True}, fh)
         except OSError as exc:
             raise StorageError(f"could not finish the result group {self.url!r}: {exc}") from exc
+
+
+def _write_coords(grp, labels):
+    """Write ``coords/<dim>``; the JSON part of ``labels`` (coordinate attrs inline)."""
+    out = {key: labels[key] for key in ("dims", "shape", "sample_dims", "feature_dims")}
+    out["coords"] = {}
+    if labels["coords"]:
+        sub = grp.create_group("coords")
+        for dim, (values, attrs) in labels["coords"].items():
+            values = np.asarray(values)
+            if values.dtype.kind not in "biufcmM":
+                values = values.astype(str).astype(object)
+                arr = sub.create_array(dim, shape=values.shape, dtype=str)
+            else:
+                arr = sub.create_array(dim, shape=values.shape, dtype=values.dtype)
+            arr[...] = values
+            out["coords"][dim] = attrs
+    return out
+
+
+def _read_labels(grp, attrs):
+    labels = attrs.get("labels")
+    if not labels:
+        return None
+    coords = {dim: (np.asarray(grp["coords"][dim][...]), a)
+              for dim, a in labels.get("coords", {}).items()}
+    return {**labels, "coords": coords}
 
 
 def load(url, storage_options=None):
@@ -231,4 +279,6 @@ def load(url, storage_options=None):
         mean=np.asarray(grp["mean"][:]) if "mean" in manifest["arrays"] else None,
         report=attrs.get("report", {}), passes=int(prov.get("passes", 0)),
         method=prov.get("method", ""), url=url, provenance=prov,
-        events=list(prov.get("events", [])), reads=float(prov.get("reads", 0.0)))
+        events=list(prov.get("events", [])), reads=float(prov.get("reads", 0.0)),
+        mask=np.asarray(grp["mask"][...]) if "mask" in manifest["arrays"] else None,
+        labels=_read_labels(grp, attrs))

@@ -1,0 +1,117 @@
+"""Missing values (``missing="mask"``): features missing in every sample are masked.
+
+EOF analysis of a field with land in it: a grid point that is NaN (or the CF
+``_FillValue``) in every sample is not a feature at all. Each panel read
+replaces missing entries by 0 and counts them (:func:`~._kernels.mask_missing`);
+after pass 1 :func:`decide_mask` adds the counts up per feature:
+
+- missing in every sample: masked. Its column of the matrix is then exactly
+  zero, which changes no singular value and no other singular vector; its
+  entries of ``Vt`` are reported as NaN by ``SVDResult.to_xarray()``;
+- missing in some samples only: the job fails (:class:`NonFiniteError`),
+  naming how many such features there are and the first few. Nothing is
+  imputed.
+
+Inf is never missing: it fails as in ``missing="error"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import InvalidInputError, NonFiniteError
+
+__all__ = ["feature_counts", "decide_mask", "describe_feature"]
+
+MODES = ("error", "mask")
+
+
+def check_mode(missing):
+    if missing not in MODES:
+        raise InvalidInputError(f"missing must be 'error' or 'mask'; got {missing!r}.",
+                                field="missing")
+    return missing
+
+
+def feature_counts(panel_counts, bounds, wide, n_features):
+    """Missing entries per feature, from the counts of each panel.
+
+    Parameters
+    ----------
+    panel_counts : list of (ndarray (n_t,), ndarray (rows,)) or None
+        Per panel: missing entries per tall-view column and per tall-view row.
+    bounds : sequence of (start, stop)
+    wide : bool
+        Features are the tall view's rows (wide input), else its columns.
+    n_features : int
+
+    Returns
+    -------
+    ndarray of shape (n_features,), int64
+    """
+    out = np.zeros(n_features, dtype=np.int64)
+    for (start, stop), counts in zip(bounds, panel_counts):
+        if counts is None:
+            continue
+        by_col, by_row = counts
+        if wide:
+            out[start:stop] += by_row
+        else:
+            out += by_col
+    return out
+
+
+def describe_feature(j, view=None, coords=None):
+    """``"lat=12.5, lon=200.0"`` (coordinates), ``"lat[2], lon[3]"`` (indices) or ``"column 7"``."""
+    if view is None:
+        return f"column {int(j)}"
+    parts = []
+    for dim, i in view.feature_index(int(j)).items():
+        values = (coords or {}).get(dim)
+        parts.append(f"{dim}={values[0][int(i)]!r}" if values is not None
+                     else f"{dim}[{int(i)}]")
+    return ", ".join(parts)
+
+
+def decide_mask(counts, n_samples, *, rank, describe=describe_feature, shown=5):
+    """The mask of features missing in every sample; fail on partly missing ones.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (n_features,)
+        Missing entries per feature (:func:`feature_counts`).
+    n_samples : int
+    rank : int
+        Components asked for: must not exceed the features kept.
+    describe : callable
+        ``describe(j)`` names feature ``j`` in messages.
+
+    Returns
+    -------
+    ndarray of shape (n_features,), bool: True where masked.
+
+    Raises
+    ------
+    NonFiniteError
+        Some feature is missing in some samples but not all.
+    InvalidInputError
+        ``field="rank"``: fewer features are kept than ``rank``.
+    """
+    full = counts == n_samples
+    partial = np.flatnonzero((counts > 0) & ~full)
+    if partial.size:
+        first = "; ".join(f"{describe(j)} ({int(counts[j])} of {n_samples} samples)"
+                          for j in partial[:shown])
+        more = f", and {partial.size - shown} more" if partial.size > shown else ""
+        raise NonFiniteError(
+            f"{partial.size} features are missing (NaN or the fill value) in some samples but "
+            f"not in all: {first}{more}. missing='mask' drops only features missing in every "
+            "sample; fill or drop the others (e.g. with xarray's fillna or dropna), then "
+            "resubmit.", rows=(0, n_samples))
+    kept = int(full.size - full.sum())
+    if rank > kept:
+        raise InvalidInputError(
+            f"rank {rank} exceeds the {kept} features left after masking {int(full.sum())} "
+            f"of {full.size} features missing in every sample; ask for at most "
+            f"{max(kept, 1)} components.", field="rank")
+    return full
