@@ -141,6 +141,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             compute_u=not args.no_u,
             allow_missing_chunks=args.allow_missing_chunks,
             idempotency_key=args.idempotency_key,
+            sample_dims=args.sample_dims,
+            missing=args.missing,
         )
         if not args.wait:
             if args.json:
@@ -374,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-chunks", action="store_true",
                    help="read chunks missing from the store as the fill value "
                         "(default: a missing chunk fails the job)")
+    p.add_argument("--sample-dims", nargs="+", metavar="DIM",
+                   help="decompose an N-D variable: these dimensions are the samples (rows), "
+                        "the others are flattened into features, e.g. --sample-dims time")
+    p.add_argument("--missing", choices=("error", "mask"), default="error",
+                   help="mask: drop features missing (NaN/_FillValue) in every sample, "
+                        "such as land in an ocean field")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")

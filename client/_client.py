@@ -160,6 +160,8 @@ class Client:
         idempotency_key: str | None = None,
         energy: float | None = None,
         max_rank: int | None = None,
+        sample_dims: str | list[str] | tuple[str, ...] | None = None,
+        missing: Literal["error", "mask"] = "error",
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -201,6 +203,18 @@ class Client:
             how it was found.
         max_rank : int or None, default=None
             With ``energy``: the largest rank returned.
+        sample_dims : str or sequence of str or None, default=None
+            Decompose an N-D variable of an xarray-written store (``array``
+            names it) as the matrix samples × features: these dimensions are
+            the rows, the others are flattened (C order) into the columns.
+            ``sample_dims=["time"]`` on ``(time, lat, lon)`` is EOF analysis;
+            :meth:`SVDResult.to_xarray` maps the result back. Required when
+            the array is not 2-D.
+        missing : {"error", "mask"}, default="error"
+            ``"mask"``: features missing (NaN or ``_FillValue``) in every
+            sample are masked (recorded as ``SVDResult.mask``); features
+            missing in only some samples fail the job. ``"error"``: any NaN
+            fails it (``non_finite_values``).
 
         Returns
         -------
@@ -223,6 +237,11 @@ class Client:
         }
         if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
             body["allow_missing_chunks"] = True
+        if sample_dims is not None:
+            body["source"]["sample_dims"] = (
+                [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
+        if missing != "error":
+            body["missing"] = missing
         if energy is not None:
             del body["rank"]
             body["energy"] = energy

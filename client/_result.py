@@ -51,6 +51,17 @@ def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str
     return manifest if isinstance(manifest, dict) else {"manifest": manifest}
 
 
+def _read_labels(group) -> dict[str, Any] | None:
+    """``labels`` of a ``sample_dims`` result: the JSON attribute plus ``coords/<dim>``."""
+    labels = group.attrs.get("labels")
+    if not labels:
+        return None
+    coords = {}
+    for dim, attrs in (labels.get("coords") or {}).items():
+        coords[dim] = (np.asarray(group["coords"][dim][...]), dict(attrs))
+    return {**labels, "coords": coords}
+
+
 class SVDResult:
     """Truncated SVD ``A ≈ U diag(S) Vt`` (plus ``mean`` when centred) of a finished job.
 
@@ -77,6 +88,13 @@ class SVDResult:
         Where the factors are read from.
     job : dict or None
         The job JSON, when opened from a job.
+    mask : ndarray of shape (n,), bool, or None
+        ``missing="mask"`` jobs: features missing in every sample (land
+        points of an ocean field); their entries of ``Vt`` are meaningless.
+    labels : dict or None
+        ``sample_dims`` jobs: the variable's ``dims``, ``shape``,
+        ``sample_dims``, ``feature_dims`` and ``coords`` (``{dim: (values,
+        attrs)}``, CF-encoded as stored); see :meth:`to_xarray`.
     """
 
     def __init__(
@@ -122,6 +140,8 @@ class SVDResult:
                     f"{group[name].shape}, the manifest says {meta.get('shape')}"
                 )
         self._Vt_np: np.ndarray | None = None
+        self.mask = np.asarray(group["mask"][...], dtype=bool) if "mask" in group else None
+        self.labels = _read_labels(group)
 
     @classmethod
     def open(
@@ -320,6 +340,73 @@ class SVDResult:
                 "svdserve": {"reconstruction_rank": self._check_rank(rank), "result": self.url}
             },
         )
+
+    # -- labelled data --------------------------------------------------------------------
+
+    def to_xarray(self):
+        """The result as labelled data on the variable's own dimensions (EOF analysis).
+
+        For a job submitted with ``sample_dims`` (e.g. ``("time",)`` of a
+        ``(time, lat, lon)`` field). Names follow xeofs: ``components`` are
+        the EOFs (rows of ``Vt``, unit norm), ``scores`` the principal
+        components ``U·diag(S)`` (xeofs' unnormalized scores).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``components`` (mode, *feature dims), NaN at masked points;
+            ``scores`` (*sample dims, mode), absent for ``compute_u=False``;
+            ``singular_values``, ``explained_variance`` (σ²/(m − 1)) and
+            ``explained_variance_ratio`` (σ² / total energy, the total
+            variance when centred) along ``mode`` (1, 2, …); ``mean``
+            (*feature dims, NaN at masked points) when centred. Coordinates
+            are restored and CF-decoded (times become datetimes).
+
+        Raises
+        ------
+        ImportError
+            xarray is not installed (``pip install 'svdserve[xarray]'``).
+        ValueError
+            The job ran without ``sample_dims`` (its input was a plain matrix).
+        """
+        try:
+            import xarray as xr
+        except ImportError as exc:  # pragma: no cover - the extra is installed by make test
+            raise ImportError("to_xarray needs xarray: pip install 'svdserve[xarray]'") from exc
+        if self.labels is None:
+            raise ValueError("this result has no dimensions to map back to: its job ran on a "
+                             "matrix without sample_dims; submit the variable with sample_dims "
+                             "(e.g. ['time']) to get labelled EOFs")
+        lab = self.labels
+        size = dict(zip(lab["dims"], lab["shape"]))
+        fdims, sdims = list(lab["feature_dims"]), list(lab["sample_dims"])
+        fshape, sshape = [size[d] for d in fdims], [size[d] for d in sdims]
+        k, m = self.rank, self.shape[0]
+        vt = self._vt().copy()
+        if self.mask is not None:
+            vt[:, self.mask] = np.nan
+        data = {"components": (["mode", *fdims], vt.reshape(k, *fshape))}
+        if self.U is not None:
+            scores = np.asarray(self.U.compute(), dtype=np.float64) * self.S
+            data["scores"] = ([*sdims, "mode"], scores.reshape(*sshape, k))
+        total = self.report.total_energy
+        var = self.S**2
+        data["singular_values"] = (["mode"], self.S)
+        data["explained_variance"] = (["mode"], var / (m - 1) if m > 1 else var * np.nan)
+        data["explained_variance_ratio"] = (["mode"], var / total if total else var * np.nan)
+        if self.mean is not None:
+            mean = self.mean.copy()
+            if self.mask is not None:
+                mean[self.mask] = np.nan
+            data["mean"] = (fdims, mean.reshape(fshape))
+        coords = {"mode": np.arange(1, k + 1)}
+        for dim, (values, attrs) in lab["coords"].items():
+            coords[dim] = xr.Variable(dim, values, dict(attrs))
+        ds = xr.Dataset(data, coords=coords,
+                        attrs={"method": self.method, "center": int(self.center),
+                               "masked_features": int(self.mask.sum()) if self.mask is not None
+                               else 0})
+        return xr.decode_cf(ds)
 
     # -- PCA ------------------------------------------------------------------------------
 

@@ -142,9 +142,11 @@ def _body_hash(body: JobCreate) -> str:
     data = body.model_dump(mode="json")
     # Fields added later leave old hashes alone while they hold their defaults.
     for key, default in (("allow_missing_chunks", False), ("compute_u", True),
-                         ("energy", None), ("max_rank", None)):
+                         ("energy", None), ("max_rank", None), ("missing", "error")):
         if data.get(key) == default:
             data.pop(key, None)
+    if data["source"].get("sample_dims") is None:
+        data["source"].pop("sample_dims", None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -173,7 +175,8 @@ async def _validate_source(svc: Services, body: JobCreate
         pin = await asyncio.to_thread(
             pin_source, resolved.url, resolved.array, storage_options=resolved.storage_options,
             roots=roots, forbidden=forbidden, allow_missing_chunks=body.allow_missing_chunks,
-            panel_bytes=settings.panel_bytes, limits=settings.limits())
+            panel_bytes=settings.panel_bytes, limits=settings.limits(),
+            sample_dims=body.source.sample_dims)
     except SourceNotFoundError as exc:
         raise ProblemError(404, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
@@ -208,6 +211,9 @@ async def _validate_source(svc: Services, body: JobCreate
               "energy": body.energy, "max_rank": body.max_rank,
               "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
               "chunks": list(info.chunks)}
+    if info.sample_dims is not None:
+        params.update(sample_dims=list(info.sample_dims), dims=list(info.dims),
+                      nd_shape=list(info.nd_shape))
     return params, notes, pin.to_json()
 
 

@@ -236,13 +236,15 @@ class Runner:
                                     roots=roots, forbidden=forbidden,
                                     allow_missing_chunks=allow_missing,
                                     panel_bytes=self.settings.panel_bytes,
-                                    limits=self.settings.limits())
+                                    limits=self.settings.limits(),
+                                    sample_dims=params.get("sample_dims"))
             res = svd(source, params["rank"], array=None,
                       allow_missing_chunks=allow_missing,
                       energy=params.get("energy"), max_rank=params.get("max_rank"),
                       method=req["method"], n_oversamples=params["n_oversamples"],
                       n_iter=req["n_iter"], center=req["center"],
                       compute_u=req.get("compute_u", True),
+                      missing=req.get("missing", "error"),
                       panel_cache=self.settings.panel_cache,
                       random_state=req["random_state"], client=self.cluster.sync_client,
                       storage_options=options, out=out,

@@ -66,6 +66,13 @@ class Source(BaseModel):
         default=None, min_length=1, max_length=1024, pattern=PATH_PATTERN,
         description="Path of the array inside the group at `url` (null when `url` is an array "
                     "or a group holding exactly one array).")
+    sample_dims: list[Annotated[Text, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, min_length=1, max_length=32,
+        description="Read an N-D variable (e.g. (time, lat, lon) of an xarray-written store) as "
+                    "the matrix whose rows are these dimensions (the samples) and whose "
+                    "columns are the other dimensions flattened in C order (the features): "
+                    "EOF analysis with [\"time\"]. Required when the array is not 2-D.",
+        examples=[["time"]])
 
 
 class JobCreate(BaseModel):
@@ -107,6 +114,12 @@ class JobCreate(BaseModel):
                                         "(one pass over A for the exact method).")
     random_state: JsonInt = Field(default=0, strict=True, ge=0, le=2**32 - 1,
                               description="Seed of the random test matrix.")
+    missing: Literal["error", "mask"] = Field(
+        default="error",
+        description="`error`: NaN/Inf fail the job (`non_finite_values`). `mask`: features "
+                    "missing (NaN or the CF _FillValue) in every sample, such as land in an "
+                    "ocean field, are masked and recorded in the result; features missing in "
+                    "only some samples fail the job, naming them.")
     allow_missing_chunks: bool = Field(
         default=False, strict=True,
         description="Read chunks that the metadata implies but the store lacks as the fill "

@@ -128,7 +128,9 @@ class Run:
                 what = "columns" if self.wide else "rows"
                 raise NonFiniteError(
                     f"the matrix holds NaN or Inf values in {what} {start}:{stop} "
-                    f"(panel {i + 1} of {len(self.panels)}); clean or impute them, then resubmit.",
+                    f"(panel {i + 1} of {len(self.panels)}); clean or impute them, then resubmit "
+                    "(features missing in every sample, such as land in an ocean field, are "
+                    "dropped with missing='mask').",
                     rows=(start, stop))
             stats[i] = s
 
