@@ -1,0 +1,229 @@
+"""N-D variables of xarray-written stores: the matrix view, masked missing values, labels.
+
+Every expectation is computed densely (xeofs-style): the variable is
+transposed to (sample dims…, feature dims…), flattened in C order, the
+features missing in every sample are dropped, and NumPy's SVD /
+scikit-learn's PCA run on that masked matrix.
+
+Tolerances (ε = 2.2e-16):
+
+- σ: 100·√max(m, n)·ε·σ₁ (Weyl: the backward error of the TSQR stages, as
+  in ``_check.check_svd``).
+- EOFs up to sign: the fields below have a gap σ_k − σ_{k+1} ≥ 0.1·σ₁ for
+  the modes compared, so by Wedin's theorem a singular vector moves by at
+  most ‖E‖₂/gap ≤ 100·√max(m, n)·ε·σ₁/(0.1·σ₁) = 1e3·√max(m, n)·ε.
+- explained variance against scikit-learn's dense PCA: the same Weyl bound
+  on σ² / (m − 1), relative 2·(100·√max(m, n)·ε).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from svdserve.client import SVDResult as ClientResult
+from svdserve.worker import InvalidInputError, NonFiniteError, svd
+from svdserve.worker._pin import open_pinned, pin_source, read_region
+
+from ._check import EPS
+
+SIZES = {"time": 48, "member": 3, "lat": 6, "lon": 9}
+
+
+def _field(dims, *, seed=0, land=True, sizes=SIZES):
+    """Two known modes with well separated σ plus small noise, NaN over "land".
+
+    Returns the DataArray (dims as given) and the dense masked matrix helpers.
+    """
+    rng = np.random.default_rng(seed)
+    shape = [sizes[d] for d in dims]
+    samples = [d for d in dims if d in ("time", "member")]
+    s_shape = [sizes[d] for d in samples]
+    f_dims = [d for d in dims if d not in samples]
+    f_shape = [sizes[d] for d in f_dims]
+    n_s, n_f = int(np.prod(s_shape)), int(np.prod(f_shape))
+    eofs = np.linalg.qr(rng.standard_normal((n_f, 2)))[0].T  # 2 orthonormal maps
+    pcs = np.linalg.qr(rng.standard_normal((n_s, 2)))[0]
+    mat = (pcs * [30.0, 10.0]) @ eofs + 1e-3 * rng.standard_normal((n_s, n_f)) + 5.0
+    if land:
+        mat[:, :4] = np.nan  # the first four grid points are land in every sample
+    data = mat.reshape(*s_shape, *f_shape)
+    arr = xr.DataArray(data, dims=samples + f_dims).transpose(*dims)
+    coords = {"time": pd.date_range("2001-01-01", periods=sizes["time"], freq="MS"),
+              "lat": np.linspace(-30, 30, sizes["lat"]), "lon": np.linspace(100, 260, sizes["lon"]),
+              "member": np.arange(sizes["member"])}
+    return arr.assign_coords({d: coords[d] for d in dims}).rename("sst")
+
+
+def _write(tmp_path, arr, fmt, chunks, name="f"):
+    url = str(tmp_path / f"{name}{fmt}.zarr")
+    arr.chunk(chunks).to_dataset().to_zarr(url, zarr_format=fmt, consolidated=False)
+    return url
+
+
+def _dense(arr, sample_dims):
+    """The masked matrix as xeofs builds it: (m samples, kept features), the mask."""
+    f_dims = [d for d in arr.dims if d not in sample_dims]
+    mat = arr.transpose(*sample_dims, *f_dims).values.reshape(
+        int(np.prod([arr.sizes[d] for d in sample_dims])), -1)
+    mask = np.isnan(mat).all(axis=0)
+    return mat[:, ~mask], mask, f_dims
+
+
+CASES = [
+    # (format, stored dims, sample dims, chunks): comment
+    (3, ("time", "lat", "lon"), ("time",), {"time": 7, "lat": 4, "lon": 5}),  # 3-D, tall, v3
+    (2, ("time", "lat", "lon"), ("time",), {"time": 7, "lat": 6, "lon": 9}),  # 3-D, v2
+    (2, ("lat", "lon", "time"), ("time",), {"time": 10, "lat": 3, "lon": 9}),  # samples last
+    (3, ("lat", "time", "member", "lon"), ("time", "member"),  # 4-D, samples in the middle,
+     {"lat": 2, "time": 5, "member": 3, "lon": 4}),            # two of them, not first
+]
+
+
+@pytest.mark.parametrize("fmt,dims,sample_dims,chunks", CASES)
+def test_eof_matches_dense(dask_client, tmp_path, fmt, dims, sample_dims, chunks):
+    from sklearn.decomposition import PCA
+
+    arr = _field(dims, seed=len(dims) + fmt)
+    url = _write(tmp_path, arr, fmt, chunks)
+    out = str(tmp_path / "res.zarr")
+    k = 3
+    res = svd(url, k, array="sst", sample_dims=sample_dims, missing="mask", center=True,
+              method="exact", client=dask_client, out=out, panel_bytes=8 * 40 * 30)
+    mat, mask, f_dims = _dense(arr, sample_dims)
+    m, n = mat.shape
+    assert res.report["missing"] == {"mode": "mask", "masked": 4, "kept": n,
+                                     "features": mask.size}
+    centred = mat - mat.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    tol = 100 * np.sqrt(max(m, mask.size)) * EPS
+    np.testing.assert_allclose(res.S, s[:k], rtol=0, atol=tol * s[0])
+
+    ds = ClientResult.open(out).to_xarray()
+    comp = ds["components"]
+    assert comp.dims == ("mode", *f_dims) and ds["scores"].dims == (*sample_dims, "mode")
+    flat = comp.values.reshape(k, -1)
+    assert np.isnan(flat[:, mask]).all() and not np.isnan(flat[:, ~mask]).any()
+    assert np.isnan(ds["mean"].values.reshape(-1)[mask]).all()
+    for i in range(2):  # the two modes with a gap (σ₃ is noise)
+        sign = np.sign(flat[i, ~mask] @ vt[i])
+        np.testing.assert_allclose(sign * flat[i, ~mask], vt[i], atol=10 * tol)
+    pca = PCA(n_components=k, svd_solver="full").fit(mat)
+    np.testing.assert_allclose(ds["explained_variance"].values, pca.explained_variance_,
+                               rtol=2 * tol)
+    np.testing.assert_allclose(ds["explained_variance_ratio"].values,
+                               pca.explained_variance_ratio_, rtol=2 * tol)
+    # scores = U·S on the sample dimensions, with their coordinates restored
+    scores = ds["scores"].transpose(*sample_dims, "mode").values.reshape(m, k)
+    ref = centred @ vt[:2].T
+    for i in range(2):
+        sign = np.sign(scores[:, i] @ ref[:, i])
+        np.testing.assert_allclose(sign * scores[:, i], ref[:, i], atol=10 * tol * s[0])
+    assert np.issubdtype(ds["time"].dtype, np.datetime64)
+    np.testing.assert_array_equal(ds["time"].values, arr["time"].values)
+    np.testing.assert_array_equal(ds["lon"].values, arr["lon"].values)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_cf_fill_value_is_missing(dask_client, tmp_path, fmt):
+    """A non-NaN ``_FillValue`` (xarray encodes NaN as -999 on disk) reads as missing."""
+    arr = _field(("time", "lat", "lon"), seed=4)
+    arr.encoding["_FillValue"] = -999.0
+    url = _write(tmp_path, arr, fmt, {"time": 12})
+    res = svd(url, 2, array="sst", sample_dims="time", missing="mask", client=dask_client)
+    mat, mask, _ = _dense(arr, ("time",))
+    assert res.report["missing"]["masked"] == 4
+    s = np.linalg.svd(mat, compute_uv=False)
+    np.testing.assert_allclose(res.S, s[:2], rtol=0, atol=100 * np.sqrt(48) * EPS * s[0])
+
+
+def test_partly_missing_features_fail_and_name_them(dask_client, tmp_path):
+    arr = _field(("time", "lat", "lon"), seed=5)
+    arr[3, 2, 5] = np.nan  # one ocean point missing in one sample
+    arr[7:9, 4, 1] = np.nan
+    url = _write(tmp_path, arr, 3, {"time": 12})
+    with pytest.raises(NonFiniteError) as info:
+        svd(url, 2, array="sst", sample_dims=["time"], missing="mask", client=dask_client)
+    text = str(info.value)
+    assert info.value.type == "non_finite_values"
+    assert "2 features are missing" in text and "lat=" in text and "lon=" in text
+    assert "(1 of 48 samples)" in text and "(2 of 48 samples)" in text
+    with pytest.raises(NonFiniteError, match="missing='mask'"):  # the default: any NaN fails
+        svd(url, 2, array="sst", sample_dims=["time"], client=dask_client)
+
+
+def test_sample_dims_validation(tmp_path):
+    url = _write(tmp_path, _field(("time", "lat", "lon")), 2, {"time": 12})
+    with pytest.raises(InvalidInputError, match=r"3-D with dimensions \['time', 'lat', 'lon'\]") \
+            as info:
+        svd(url, 2, array="sst")
+    assert info.value.field == "source.sample_dims"
+    with pytest.raises(InvalidInputError, match=r"\['depth'\].*\['time', 'lat', 'lon'\]") as info:
+        svd(url, 2, array="sst", sample_dims=["depth"])
+    assert info.value.field == "source.sample_dims"
+    with pytest.raises(InvalidInputError, match="every dimension"):
+        svd(url, 2, array="sst", sample_dims=["time", "lat", "lon"])
+    small = _write(tmp_path, _field(("time", "lat", "lon"),
+                                    sizes={"time": 48, "lat": 2, "lon": 3, "member": 1}), 3, {},
+                   "small")
+    with pytest.raises(InvalidInputError, match="rank 3 exceeds the 2 features left after "
+                                                "masking 4 of 6") as info:
+        svd(small, 3, array="sst", sample_dims=["time"], missing="mask")  # known after pass 1
+    assert info.value.field == "rank"
+    with pytest.raises(InvalidInputError, match="missing must be") as info:
+        svd(url, 2, array="sst", sample_dims=["time"], missing="drop")
+    assert info.value.field == "missing"
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_pinned_box_reads_of_the_matrix_view(tmp_path, fmt):
+    """The interface a rechunk reads through: one 2-D box of the effective grid per read."""
+    from svdserve.worker import SourceChangedError
+    from svdserve.worker._pin import SourcePin
+
+    dims = ("lat", "time", "member", "lon")
+    arr = _field(dims, land=False)
+    url = _write(tmp_path, arr, fmt, {"lat": 2, "time": 5, "member": 3, "lon": 4})
+    pin = SourcePin.from_json(pin_source(url, "sst", sample_dims=("time", "member")).to_json())
+    view = pin.ref.view
+    assert pin.info.shape == view.shape == (48 * 3, 6 * 9) and pin.info.chunks == (15, 18)
+    mat = arr.transpose("time", "member", "lat", "lon").values.reshape(48 * 3, 54)
+    R, C = pin.info.chunks
+    for rows, cols in [((0, R), (0, C)), ((R, 3 * R), (C, 54)), ((135, 144), (36, 54))]:
+        expect = dict(pin.box_expect(rows, cols))
+        node = open_pinned(pin.ref, expect)
+        block = read_region(pin.ref, expect, node, (slice(*rows), slice(*cols)), "a box")
+        np.testing.assert_array_equal(block, mat[slice(*rows), slice(*cols)])
+    small = dict(pin.box_expect((0, R), (0, C)))
+    with pytest.raises(SourceChangedError, match="unexpected read"):  # only the box's keys
+        read_region(pin.ref, small, open_pinned(pin.ref, small),
+                    (slice(0, 2 * R), slice(0, C)), "a larger box")
+    import zarr
+
+    zarr.open_array(url + "/sst", mode="r+")[0:2, 0:5, 0:3, 0:4] = 1.0  # rewrite one chunk
+    with pytest.raises(SourceChangedError, match="lat 0:2, time 0:5, member 0:3, lon 0:4"):
+        pin.verify()
+
+
+@pytest.mark.xfail(reason="needs issue-11 rechunk: a time-chunked field is one panel of every "
+                          "time step, larger than a worker may hold", strict=False)
+def test_time_chunked_field_on_memory_limited_cluster(tmp_path):
+    """(time, lat, lon) chunked one time step per chunk, workers limited below the field."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    sizes = {"time": 36, "lat": 500, "lon": 2000, "member": 1}  # 288 MB as float64
+    arr = _field(("time", "lat", "lon"), seed=9, sizes=sizes)
+    url = _write(tmp_path, arr, 3, {"time": 1, "lat": 500, "lon": 2000})
+    mat, mask, _ = _dense(arr, ("time",))
+    s = np.linalg.svd(mat - mat.mean(axis=0), compute_uv=False)
+    del arr, mat
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         memory_limit="256MiB", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        res = svd(url, 2, array="sst", sample_dims=["time"], missing="mask", center=True,
+                  client=client, panel_bytes=8 * 2**20, panel_cache=0, no_workers_timeout=20)
+    np.testing.assert_allclose(res.S, s[:2], rtol=0, atol=100 * np.sqrt(1e6) * EPS * s[0])
