@@ -61,3 +61,20 @@ def test_least_squares(service, data_dir, tmp_path):
                 errs[key] = float(line.split()[-4])
     assert errs["naive"] > 1.0  # the unregularised solution blows up
     assert errs["TSVD"] < 0.2 and errs["Tikhonov"] < 0.2
+
+
+def test_eof_sst(service, data_dir, tmp_path):
+    from matplotlib.image import imread
+
+    out_png = tmp_path / "eof.png"
+    out = run_example(service, "eof_sst.py", data_dir, tmp_path, "--ntime", "48", "--nlat",
+                      "12", "--nlon", "24", "--out", str(out_png))
+    masked = re.search(r"(\d+) land points masked, (\d+) ocean points", out)
+    assert masked and int(masked.group(1)) > 0 and int(masked.group(2)) > 0
+    corr = [float(x) for x in re.findall(r"\|correlation with mode \d\| = (\S+)", out)]
+    # Modes of std ~30·(1..3) against noise 0.2 on ~200 points: the EOFs are the patterns
+    # to within noise/signal ≈ 1e-2, so the correlation is ≥ 0.99 (≈ 0.9999 in practice).
+    assert len(corr) == 2 and min(corr) > 0.99
+    assert "PC time axis 1990-01-01 .. 1993-12-01" in out
+    img = imread(out_png)
+    assert img.shape[1] > 2 * img.shape[0]  # two maps side by side
