@@ -68,7 +68,7 @@ def describe_feature(j, view=None, coords=None):
     parts = []
     for dim, i in view.feature_index(int(j)).items():
         values = (coords or {}).get(dim)
-        parts.append(f"{dim}={values[0][int(i)]!r}" if values is not None
+        parts.append(f"{dim}={np.asarray(values[0])[int(i)].item()!r}" if values is not None
                      else f"{dim}[{int(i)}]")
     return ", ".join(parts)
 
@@ -104,7 +104,8 @@ def decide_mask(counts, n_samples, *, rank, describe=describe_feature, shown=5):
                           for j in partial[:shown])
         more = f", and {partial.size - shown} more" if partial.size > shown else ""
         raise NonFiniteError(
-            f"{partial.size} features are missing (NaN or the fill value) in some samples but "
+            f"{partial.size} feature{'s are' if partial.size > 1 else ' is'} missing (NaN or "
+            "the fill value) in some samples but "
             f"not in all: {first}{more}. missing='mask' drops only features missing in every "
             "sample; fill or drop the others (e.g. with xarray's fillna or dropna), then "
             "resubmit.", rows=(0, n_samples))
