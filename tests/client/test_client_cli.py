@@ -165,3 +165,28 @@ def test_console_script(service, data_dir):
     assert r.returncode == 0 and "svdserve serve" in r.stdout and "--port" in r.stdout
     r = script(service, "--url", service.url, "serve")
     assert r.returncode == 2 and "must be the first argument" in r.stderr
+
+
+def test_submit_sample_dims_and_missing(service, capsys, data_dir):
+    """``--sample-dims time --missing mask`` on a (time, lat, lon) field with land."""
+    import xarray as xr
+
+    from svdserve.client import SVDResult
+
+    rng = np.random.default_rng(2)
+    field = rng.standard_normal((20, 3, 4))
+    field[:, 0, 0] = np.nan
+    store = data_dir / "field.zarr"
+    xr.Dataset({"sst": (("time", "lat", "lon"), field)}).to_zarr(str(store), zarr_format=2,
+                                                                 consolidated=False)
+    code, _, err = run(service, capsys, "submit", str(store), "--array", "sst", "-k", "2")
+    assert code == 2 and "sample_dims" in err and "['time', 'lat', 'lon']" in err
+    code, out, err = run(service, capsys, "submit", str(store), "--array", "sst", "-k", "2",
+                         "--sample-dims", "time", "--missing", "mask", "--wait", "--json",
+                         "--no-progress")
+    assert code == 0, err
+    job = json.loads(out)
+    assert job["request"]["source"]["sample_dims"] == ["time"]
+    assert job["request"]["missing"] == "mask"
+    res = SVDResult.open(job["result"]["url"])
+    assert res.mask.sum() == 1 and res.to_xarray()["components"].dims == ("mode", "lat", "lon")
