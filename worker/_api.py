@@ -13,7 +13,8 @@ from ._engine import Phase, make_engine
 from ._errors import InvalidInputError
 from ._kernels import block_argmax
 from ._labels import read_labels
-from ._missing import check_mode, decide_mask, describe_feature, feature_counts
+from ._missing import (check_mode, check_none_missing, decide_mask, describe_feature,
+                       feature_counts)
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
@@ -107,17 +108,22 @@ def _pivot_row(src, markers=None):
     return row
 
 
-def _missing_decider(src, bounds, k, labels, state):
-    """``decide_missing`` of a masked run: sets ``state["mask"]`` after pass 1."""
+def _missing_decider(src, bounds, k, labels, state, missing):
+    """``decide_missing`` of a run that counts missing values: sets ``state["mask"]``
+    after pass 1 (``missing="mask"``), or fails on any (``"error"`` with a CF fill value)."""
     m_t, n_t = src.tall_shape
     n_features, n_samples = (m_t, n_t) if src.wide else (n_t, m_t)
     coords = labels["coords"] if labels else None
 
+    def describe(j):
+        return describe_feature(j, src.matrix_view, coords)
+
     def decide(counts):
         per_feature = feature_counts(counts, bounds, src.wide, n_features)
-        state["mask"] = decide_mask(
-            per_feature, n_samples, rank=k,
-            describe=lambda j: describe_feature(j, src.matrix_view, coords))
+        if missing == "mask":
+            state["mask"] = decide_mask(per_feature, n_samples, rank=k, describe=describe)
+        else:
+            check_none_missing(per_feature, src.info.fill, describe=describe)
     return decide
 
 
@@ -308,7 +314,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     center_cols = center and not src.wide
     token = uuid.uuid4().hex
     labels = read_labels(src)
-    markers = tuple(src.info.fill or ()) if missing == "mask" else None
+    # With missing="error", a CF fill value still means "missing" (never data): count it too.
+    markers = tuple(src.info.fill or ()) if missing == "mask" or src.info.fill else None
     masked = {}
     run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
               center=center_cols, center_rows=center and src.wide,
@@ -317,7 +324,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
               cache=(token, float(panel_cache)) if panel_cache else None,
               missing=markers,
               decide_missing=None if markers is None else _missing_decider(
-                  src, bounds, 1 if energy is not None else k, labels, masked))
+                  src, bounds, 1 if energy is not None else k, labels, masked, missing))
     try:
         fac = _factor(run, resolved, k, energy=energy, cap=cap, compute_u=compute_u,
                       n_oversamples=p, n_iter=q, seed=seed, probes=probes, block_size=bsz,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._errors import InvalidInputError, NonFiniteError
 
-__all__ = ["feature_counts", "decide_mask", "describe_feature"]
+__all__ = ["feature_counts", "decide_mask", "check_none_missing", "describe_feature"]
 
 MODES = ("error", "mask")
 
@@ -116,3 +116,24 @@ def decide_mask(counts, n_samples, *, rank, describe=describe_feature, shown=5):
             f"of {full.size} features missing in every sample; ask for at most "
             f"{max(kept, 1)} components.", field="rank")
     return full
+
+
+def check_none_missing(counts, markers, *, describe=describe_feature, shown=5):
+    """``missing="error"`` on a store with a CF fill value: any missing entry fails.
+
+    NaN fails in pass 1 already; this catches the entries equal to the
+    ``_FillValue``/``missing_value`` markers, which xarray would decode as NaN.
+
+    Raises
+    ------
+    NonFiniteError
+    """
+    bad = np.flatnonzero(counts)
+    if bad.size:
+        first = "; ".join(f"{describe(j)} ({int(counts[j])} samples)" for j in bad[:shown])
+        more = f", and {bad.size - shown} more" if bad.size > shown else ""
+        raise NonFiniteError(
+            f"{bad.size} feature{'s hold' if bad.size > 1 else ' holds'} missing values (NaN "
+            f"or the fill value {', '.join(map(repr, markers or ()))}): {first}{more}. Submit "
+            "with missing='mask' to drop the features missing in every sample.",
+            rows=(0, int(counts.size)))
