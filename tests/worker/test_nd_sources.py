@@ -254,3 +254,55 @@ def test_time_chunked_field_on_memory_limited_cluster(tmp_path):
         res = svd(url, 2, array="sst", sample_dims=["time"], missing="mask", center=True,
                   client=client, panel_bytes=8 * 2**20, panel_cache=0, no_workers_timeout=20)
     np.testing.assert_allclose(res.S, s[:2], rtol=0, atol=100 * np.sqrt(1e6) * EPS * s[0])
+
+
+def test_effective_chunk_band_beyond_the_limit_is_refused(tmp_path):
+    from svdserve.worker._pin import Limits
+
+    url = _write(tmp_path, _field(("time", "lat", "lon"), land=False), 3,
+                 {"time": 1, "lat": 6, "lon": 9})
+    # wide (48 < 54): one effective chunk of columns is all 54 features × 48 samples
+    with pytest.raises(InvalidInputError, match="MiB as float64") as info:
+        pin_source(url, "sst", sample_dims=["time"], limits=Limits(max_band_bytes=54 * 47 * 8))
+    assert info.value.field == "source"
+    pin_source(url, "sst", sample_dims=["time"], limits=Limits(max_band_bytes=54 * 48 * 8))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matrix_view_boxes_against_transpose_reshape(seed):
+    """Any box of the view (aligned or not) equals the same box of the dense
+    transpose-and-reshape, and touches only the chunk keys it needs."""
+    import itertools
+
+    from svdserve.worker._view import make_view
+
+    rng = np.random.default_rng(seed)
+    ndim = int(rng.integers(2, 5))
+    shape = tuple(int(x) for x in rng.integers(1, 6, ndim))
+    chunks = tuple(int(rng.integers(1, s + 1)) for s in shape)
+    dims = tuple(f"d{i}" for i in range(ndim))
+    n_samples = int(rng.integers(1, ndim))
+    sample_dims = tuple(rng.permutation(dims)[:n_samples])
+    view = make_view(shape, chunks, dims, sample_dims)
+    data = rng.standard_normal(shape)
+    dense = data.transpose(view.sample_axes + view.feature_axes).reshape(view.shape)
+    m, n = view.shape
+    for _ in range(10):
+        r0, r1 = sorted(int(x) for x in rng.integers(0, m + 1, 2))
+        c0, c1 = sorted(int(x) for x in rng.integers(0, n + 1, 2))
+        r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
+        if r1 > m or c1 > n:
+            continue
+        seen = []
+
+        def getitem(sel):
+            seen.append(sel)
+            return data[sel]
+
+        np.testing.assert_array_equal(view.read(getitem, (r0, r1), (c0, c1)),
+                                      dense[r0:r1, c0:c1])
+        keys = set(itertools.product(*view.key_ranges((r0, r1), (c0, c1), chunks)))
+        bounds = [x.indices(size)[:2] for x, size in zip(seen[0], shape)]
+        need = set(itertools.product(*[range(lo // c, -(-hi // c))
+                                       for (lo, hi), c in zip(bounds, chunks)]))
+        assert need <= keys
