@@ -803,11 +803,11 @@ def _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits):
             field="source.sample_dims")
     mshape = view.shape if view else shape
     dt = _check_matrix(mshape, meta.dtype, f"array {array or url!r}")
-    for chunks, lim in ((read_chunks, limits), (key_chunks, None)):
-        if lim is None:  # sharded: the stored keys (shards) are what is listed
-            if key_chunks == read_chunks:
-                break
-            lim = replace(limits or Limits(), max_panels=2**62, max_band_bytes=2**62)
+    checks = [(read_chunks, limits)]
+    if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
+        checks.append((key_chunks, replace(limits or Limits(), max_panels=2**62,
+                                           max_band_bytes=2**62)))
+    for chunks, lim in checks:
         mchunks = make_view(shape, chunks, dims, view.sample_dims).chunks if view else chunks
         check_limits(mshape, mchunks, panel_bytes, lim, what=name,
                      n_chunks=math.prod(-(-s // c) for s, c in zip(shape, chunks)))
