@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "TENANT_PATTERN"]
@@ -162,6 +162,7 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     log_level: str = "info"
+    _tenant_tokens: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
     @field_validator("scheduler", "s3_endpoint", "tls_ca_file", "tls_cert_file",
                      "tls_key_file", mode="before")
@@ -192,8 +193,9 @@ class Settings(BaseSettings):
         return os.path.realpath(os.path.expanduser(value))
 
     @model_validator(mode="after")
-    def _check_tokens(self) -> Settings:
-        self.tenant_tokens()  # raises ValueError on a malformed entry
+    def _parse_tokens(self) -> Settings:
+        # Parsed (and the tokens file read) once; raises ValueError on a malformed entry.
+        self._tenant_tokens = _tenant_tokens(self.tokens, self.tokens_file)
         return self
 
     @model_validator(mode="after")
@@ -208,28 +210,13 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ derived
     def tenant_tokens(self) -> list[tuple[str, str]]:
-        """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`."""
-        entries: list[str] = []
-        if self.tokens is not None:
-            entries += [e for e in self.tokens.get_secret_value().split(",") if e.strip()]
-        if self.tokens_file is not None:
-            for line in Path(self.tokens_file).read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    entries.append(line)
-        pairs = []
-        for entry in entries:
-            tenant, sep, token = entry.strip().partition(":")
-            if not sep or not token or not TENANT_PATTERN.match(tenant):
-                raise ValueError(
-                    "tokens must be 'tenant:token' entries with tenant names of letters, "
-                    "digits, '_', '.', '-' (the token itself is not shown here)")
-            pairs.append((tenant, token))
-        return pairs
+        """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`,
+        as parsed when the settings were validated."""
+        return list(self._tenant_tokens)
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.tenant_tokens())
+        return bool(self._tenant_tokens)
 
     def fs_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` data and results."""
@@ -245,6 +232,23 @@ class Settings(BaseSettings):
         return Limits(max_chunks=self.max_chunks, max_panels=self.max_panels,
                       max_band_bytes=self.max_band_bytes)
 
-    @property
-    def local_data_roots(self) -> list[str]:
-        return [r for r in self.data_roots if not r.startswith("s3://")]
+
+def _tenant_tokens(tokens: SecretStr | None, tokens_file: Path | None) -> list[tuple[str, str]]:
+    """Parse ``tenant:token`` entries from the comma-separated list and the file."""
+    entries: list[str] = []
+    if tokens is not None:
+        entries += [e for e in tokens.get_secret_value().split(",") if e.strip()]
+    if tokens_file is not None:
+        for line in Path(tokens_file).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append(line)
+    pairs = []
+    for entry in entries:
+        tenant, sep, token = entry.strip().partition(":")
+        if not sep or not token or not TENANT_PATTERN.match(tenant):
+            raise ValueError(
+                "tokens must be 'tenant:token' entries with tenant names of letters, "
+                "digits, '_', '.', '-' (the token itself is not shown here)")
+        pairs.append((tenant, token))
+    return pairs

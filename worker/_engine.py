@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from . import _cache
-from ._errors import WorkerLostError
+from ._errors import WorkerLostError, map_exception
 from ._kernels import prepare_panel
 from ._source import PanelRef, read_panel
 
@@ -411,20 +411,9 @@ def _reraise(exc):
 
 
 def _map_cluster_error(exc):
-    """Turn distributed's failures into :class:`WorkerLostError`; keep the rest."""
-    from distributed import KilledWorker
-
-    name = type(exc).__name__
-    if isinstance(exc, KilledWorker):
-        return WorkerLostError(
-            f"Dask workers died while running this job ({exc}); the task was retried "
-            "and its workers kept dying. Check worker memory limits and logs, then resubmit.")
-    if name in ("CommClosedError", "StreamClosedError", "FutureCancelledError") or (
-            isinstance(exc, (OSError, TimeoutError)) and "scheduler" in str(exc).lower()):
-        return WorkerLostError(
-            f"lost contact with the Dask scheduler or workers ({name}: {exc}); "
-            "check that the cluster is up, then resubmit.")
-    return exc
+    """Translate distributed's (and the OS's) failures through :data:`._errors.EXC_MAP`
+    (:class:`WorkerLostError`, :class:`StorageError`); keep the rest."""
+    return map_exception(exc)
 
 
 def make_engine(client, **options):
