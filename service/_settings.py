@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     log_level: str = "info"
-    _tenant_tokens: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+    # (tenant, token) pairs, tokens kept secret (out of repr and logs)
+    _tenant_tokens: list[tuple[str, SecretStr]] = PrivateAttr(default_factory=list)
 
     @field_validator("scheduler", "s3_endpoint", "tls_ca_file", "tls_cert_file",
                      "tls_key_file", mode="before")
@@ -195,7 +196,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _parse_tokens(self) -> Settings:
         # Parsed (and the tokens file read) once; raises ValueError on a malformed entry.
-        self._tenant_tokens = _tenant_tokens(self.tokens, self.tokens_file)
+        self._tenant_tokens = [(tenant, SecretStr(token)) for tenant, token
+                               in _tenant_tokens(self.tokens, self.tokens_file)]
         return self
 
     @model_validator(mode="after")
@@ -212,7 +214,7 @@ class Settings(BaseSettings):
     def tenant_tokens(self) -> list[tuple[str, str]]:
         """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`,
         as parsed when the settings were validated."""
-        return list(self._tenant_tokens)
+        return [(tenant, token.get_secret_value()) for tenant, token in self._tenant_tokens]
 
     @property
     def auth_enabled(self) -> bool:

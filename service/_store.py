@@ -8,12 +8,7 @@ through ``asyncio.to_thread`` (the runner's job threads call them directly).
 Every write bumps the row's ``version`` and calls ``on_change(job_id)``,
 which is how long-polling requests learn about a change.
 
-States::
-
-    queued ──▶ running ──▶ succeeded | failed | cancelled
-       │          │
-       │          └──▶ cancelling ──▶ cancelled | failed
-       └──▶ cancelled
+States: :mod:`._states`.
 """
 
 from __future__ import annotations
@@ -29,11 +24,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._errors import ServiceError
+from ._states import STATES, TERMINAL
 
 __all__ = ["JobStore", "JobRow", "QueueFull", "Conflict", "TERMINAL", "STATES"]
 
-STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

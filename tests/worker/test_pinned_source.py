@@ -26,6 +26,8 @@ from svdserve.worker import (
     svd,
 )
 
+from tests._server import moto_s3
+
 
 def write(path, a, chunks, **kw):
     z = zarr.create_array(str(path), shape=a.shape, dtype=a.dtype, chunks=chunks,
@@ -256,24 +258,8 @@ def test_pin_round_trips_through_json(tmp_path):
 # ---------------------------------------------------------------- object storage (moto)
 @pytest.fixture(scope="module")
 def s3():
-    import socket
-
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    so = {"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{port}"}
-    fs = s3fs.S3FileSystem(**so)
-    if not fs.exists("issue9-pins"):  # moto's state is per process: other modules' buckets too
-        fs.mkdir("issue9-pins")
-    try:
+    with moto_s3("issue9-pins") as (so, fs):
         yield so, fs
-    finally:
-        server.stop()
 
 
 def test_s3_source_is_pinned_by_etags(s3):
