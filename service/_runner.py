@@ -211,7 +211,7 @@ class Runner:
             now = time.monotonic()
             key = (name, pass_no)
             state = {"phase": name, "pass": pass_no, "passes": passes, "done": int(done),
-                     "total": int(total)}
+                     "total": int(total), "plan": params.get("plan")}
             if state == last["state"]:
                 return
             if key != last["key"] or done >= total or now - last["t"] >= interval:
@@ -248,6 +248,7 @@ class Runner:
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,
                       panel_bytes=self.settings.panel_bytes, progress=progress,
+                      memory_fraction=self.settings.memory_fraction,
                       no_workers_timeout=self.settings.no_workers_timeout)
             if not self.results.complete(out):
                 raise _NoManifest(f"the result at {out} has no manifest")
