@@ -232,6 +232,7 @@ class Runner:
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,
                       panel_bytes=self.settings.panel_bytes, progress=progress,
+                      memory_fraction=self.settings.memory_fraction,
                       no_workers_timeout=self.settings.no_workers_timeout)
             if not self.results.complete(out):
                 raise StorageError(f"the result at {out} has no manifest")
@@ -268,7 +269,7 @@ class Runner:
             now = time.monotonic()
             key = (phase.name, phase.pass_no)
             state = {"phase": phase.name, "pass": phase.pass_no, "passes": phase.passes,
-                     "done": int(done), "total": int(total)}
+                     "done": int(done), "total": int(total), "plan": job.params.get("plan")}
             if state == last["state"]:
                 return
             if key != last["key"] or done >= total or now - last["t"] >= interval:

@@ -120,8 +120,12 @@ class Settings(BaseSettings):
     max_panels : int, default=1_000_000
         A source whose panel plan has more panels is refused at submit.
     max_band_bytes : int, default=4 GiB
-        A source whose smallest panel (one chunk's worth of rows across the
-        short side, as float64) is larger is refused at submit.
+        A source with compressed chunks larger than this (as float64; a
+        compressed chunk is decoded whole) is refused at submit.
+    memory_fraction : float, default=0.5
+        A source whose unavoidable read unit (one compressed chunk decoded,
+        with its copies) exceeds this share of the smallest worker's memory
+        limit is refused at submit (422 naming ``body.source``).
     tls_ca_file, tls_cert_file, tls_key_file : path or None, default=None
         TLS for an external scheduler (``SVDSERVE_SCHEDULER=tls://...``): the
         CA that signed the scheduler's and workers' certificates, and this
@@ -158,6 +162,7 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=1_000_000, ge=1)
     max_panels: int = Field(default=1_000_000, ge=1)
     max_band_bytes: int = Field(default=4 * 2**30, ge=1)
+    memory_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -32,16 +32,18 @@ class Phase(str):
     Attributes
     ----------
     name : str
-        ``"stats+qr"``, ``"power"``, ``"range+project"``, ``"tall"``, ``"factor"`` or ``"write"``.
+        ``"rechunk"``, ``"stats+qr"``, ``"power"``, ``"range+project"``, ``"tall"``,
+        ``"sketch"``, ``"factor"`` or ``"write"``.
     pass_no : int
         The pass over A this step belongs to (for steps that do not read A,
-        the last pass made).
+        the last pass made; 0 for the ``"rechunk"`` copy before pass 1).
     passes : int
         Passes over A the whole job makes.
     """
 
     def __new__(cls, name, pass_no, passes):
-        obj = super().__new__(cls, f"{name} (pass {pass_no} of {passes})")
+        where = f"pass {pass_no}" if pass_no else "before pass 1"
+        obj = super().__new__(cls, f"{name} ({where} of {passes})")
         obj.name, obj.pass_no, obj.passes = name, pass_no, passes
         return obj
 
@@ -157,6 +159,10 @@ class _Engine:
     def release_cache(self, token):
         """Drop a job's cached panels everywhere."""
         _cache.release(token)
+
+    def memory_limit(self):
+        """The smallest worker memory limit in bytes, or None (unknown or unlimited)."""
+        return None
 
     # shared --------------------------------------------------------------
     def part(self, handle, *keys):
@@ -309,6 +315,15 @@ class DaskEngine(_Engine):
             addrs = where.get(handles[i].key) or ()
             if addrs:
                 self.homes[i] = sorted(addrs)[0]
+
+    def memory_limit(self):
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        except TypeError:  # older signature
+            workers = self.client.scheduler_info()["workers"]
+        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+        limits = [x for x in limits if x > 0]
+        return min(limits) if limits else None
 
     def release_cache(self, token):
         try:

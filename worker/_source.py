@@ -51,6 +51,9 @@ class SourceInfo:
     array : str or None
         The array's path inside a group, if any.
     zarr_format : int or None
+    plain : bool
+        The chunks are raw bytes (no compressor, filter or sharding), so any
+        slice of a chunk can be read by byte range (:func:`~._pin.read_slices`).
     """
 
     shape: tuple
@@ -59,6 +62,7 @@ class SourceInfo:
     url: str | None = None
     array: str | None = None
     zarr_format: int | None = None
+    plain: bool = False
 
 
 @dataclass
@@ -342,10 +346,13 @@ def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
 
 
 class PanelRefs(Sequence):
-    """The :class:`PanelRef` of each panel of a pinned source, made on demand."""
+    """The :class:`PanelRef` of each panel of a pinned source, made on demand.
 
-    def __init__(self, pin, bounds, wide):
-        self.pin, self.bounds, self.wide = pin, bounds, wide
+    ``sliced``: read by byte ranges (:func:`~._pin.read_slices`; raw chunks only).
+    """
+
+    def __init__(self, pin, bounds, wide, sliced=False):
+        self.pin, self.bounds, self.wide, self.sliced = pin, bounds, wide, sliced
 
     def __len__(self):
         return len(self.bounds)
@@ -355,7 +362,7 @@ class PanelRefs(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         s, e = self.bounds[i]
         return PanelRef(s, e, self.wide, ref=self.pin.ref,
-                        expect=self.pin.panel_expect(s, e, self.wide))
+                        expect=self.pin.panel_expect(s, e, self.wide), sliced=self.sliced)
 
 
 @dataclass(frozen=True)
@@ -364,7 +371,8 @@ class PanelRef:
 
     ``ref`` and ``expect`` (a pinned source and the stamps of this panel's
     chunk keys) are set for pinned sources; ``array`` (a ``zarr.Array``)
-    otherwise.
+    otherwise. ``sliced`` panels are read by byte ranges, so a panel may
+    cut through chunks (raw chunks only, :func:`~._pin.read_slices`).
     """
 
     start: int
@@ -373,14 +381,18 @@ class PanelRef:
     ref: object = None  # SourceRef
     expect: tuple = ()  # ((key, ((i, j), stamp)), ...)
     array: object = None  # a zarr.Array when the source is not pinned
+    sliced: bool = False
 
     def read(self):
-        from ._pin import open_pinned, read_region
+        from ._pin import open_pinned, read_region, read_slices
 
-        sel = ((slice(None), slice(self.start, self.stop)) if self.wide
-               else (slice(self.start, self.stop), slice(None)))
+        span, every = slice(self.start, self.stop), slice(0, self.ref.shape[0 if self.wide else 1]
+                                                          if self.ref is not None else None)
+        sel = (every, span) if self.wide else (span, every)
         what = f"{'columns' if self.wide else 'rows'} {self.start}:{self.stop}"
-        if self.ref is not None:
+        if self.sliced:
+            block = read_slices(self.ref, dict(self.expect), *sel)
+        elif self.ref is not None:
             expect = dict(self.expect)
             block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)
         else:
