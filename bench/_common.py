@@ -104,21 +104,45 @@ def _rss():
 
 
 def bare_pass(client, path, panel_bytes=None):
-    """Σa² over every panel through svdserve's engine and reader (one pass, no cache)."""
+    """Σa² over the whole matrix through svdserve's reader (one pass, no cache).
+
+    Panels as a run reads them (:func:`svdserve.worker.plan_layout`); for a
+    layout that needs the one-time copy, the stored chunks one at a time,
+    as the copy reads them.
+    """
+    from svdserve.worker import plan_layout
     from svdserve.worker._api import _panels_for
     from svdserve.worker._engine import DaskEngine, Phase
-    from svdserve.worker._source import open_source, plan_panels
+    from svdserve.worker._source import open_source
 
     src = open_source(path)
     engine = DaskEngine(client)
-    bounds = plan_panels(*src.tall_shape, src.tall_chunk, panel_bytes)
-    handles = engine.run_pass(Phase("bare", 1, 1), _panels_for(src, bounds, engine),
-                              _sum_squares, lambda i: ())
+    layout = plan_layout(src.info, panel_bytes=panel_bytes)
+    if layout.kind == "rechunk":
+        pin, (m, n), (cm, cn) = src.pin, src.shape, src.info.chunks
+        cells = [(i, j) for i in range(-(-m // cm)) for j in range(-(-n // cn))]
+        futures = [client.submit(_chunk_sum_squares, pin.ref,
+                                 pin.box_expect((i * cm, min(m, i * cm + cm)),
+                                                (j * cn, min(n, j * cn + cn))),
+                                 (i, j), (cm, cn), pure=False) for i, j in cells]
+        return sum(client.gather(futures))
+    panels = _panels_for(src, layout.bounds(), engine, sliced=layout.sliced)
+    handles = engine.run_pass(Phase("bare", 1, 1), panels, _sum_squares, lambda i: ())
     return sum(engine.gather([engine.part(h, 0) for h in handles]))
 
 
 def _sum_squares(block):
     return float(np.einsum("ij,ij->", block, block))
+
+
+def _chunk_sum_squares(ref, expect, cell, chunks):
+    from svdserve.worker._pin import open_pinned, read_region
+
+    (m, n), (cm, cn), (i, j) = ref.matrix_view.shape, chunks, cell
+    exp = dict(expect)
+    sel = (slice(i * cm, min(m, i * cm + cm)), slice(j * cn, min(n, j * cn + cn)))
+    block = np.asarray(read_region(ref, exp, open_pinned(ref, exp), sel, "bare"), dtype="f8")
+    return _sum_squares(block)
 
 
 def decode_floor(client, path):

@@ -1,7 +1,7 @@
 """Accuracy of centring (PCA) against the column offset: svdserve exact against scikit-learn.
 
 X = offset + N(0,1)·logspace(−3, 0, 40), 3000×40, 12 panels. The reference is
-LAPACK on X centred in exact arithmetic (``tests/worker/_check.centred_exactly``),
+LAPACK on X centred in exact arithmetic (``tests/_check.centred_exactly``),
 since a float64 or even np.longdouble ``X − X.mean(0)`` is itself off by
 about ε·offset. Prints max_i |σ_i − σ_i,ref| / σ_1 over all 40 σ.
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sklearn.decomposition import PCA  # noqa: E402
 
 from svdserve.worker import svd  # noqa: E402
-from tests.worker._check import centred_exactly  # noqa: E402
+from tests._check import centred_exactly  # noqa: E402
 
 
 def main():

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/out_of_core.py                       # 1,000,000 × 500 (3.7 GiB), 2 × 450 MiB workers
     .venv/bin/python bench/out_of_core.py --rows 2000000        # larger
+    .venv/bin/python bench/out_of_core.py --wide                # 500 × 1,000,000 in row chunks (4, n)
 
 The workers get a hard memory limit (the nanny kills a worker past 95 % of
 it, and pauses one past 80 %). Both methods run with small panels; the run
@@ -35,7 +36,14 @@ def main(argv=None):
     add_matrix_args(ap, rows=1_000_000, cols=500)
     ap.add_argument("--memory-limit-mib", type=int, default=450)
     ap.add_argument("--panel-mib", type=int, default=16)
+    ap.add_argument("--wide", action="store_true",
+                    help="the transpose, stored in row chunks of --chunk-rows (default 4) "
+                         "rows spanning every column: the one-time copy's case")
     args = ap.parse_args(argv)
+    if args.wide:
+        args.rows, args.cols = args.cols, args.rows
+        if args.chunk_rows == 4096:
+            args.chunk_rows = 4
 
     from distributed import Client, LocalCluster
 
@@ -75,20 +83,25 @@ def main(argv=None):
             peaks = sorted(v / 2**20 for v in rss.peak.values())
             timings = res.report["timings"]
             per_pass = sum(timings.get(p, 0.0) for p in READING) / res.passes
-            rows.append([method, f"{sec:.1f}", res.passes, f"{res.reads:.2f}",
+            plan = res.report["plan"]
+            copy = timings.get("rechunk")
+            rows.append([method, plan["kind"], f"{sec:.1f}",
+                         "-" if copy is None else f"{copy:.1f}", res.passes,
+                         f"{res.reads:.2f}",
                          f"{per_pass:.1f}", f"{per_pass / bare:.2f}",
                          " / ".join(f"{p:.0f}" for p in peaks), args.memory_limit_mib,
                          "no" if workers == workers0 else "YES", "yes" if paused else "no"])
             print(rows[-1], flush=True)
     print()
-    print(f"Matrix {m:,} × {n} float64 = {size_mib:,.0f} MiB; 2 workers × 1 thread, "
+    print(f"Matrix {m:,} × {n:,} float64 = {size_mib:,.0f} MiB; 2 workers × 1 thread, "
           f"{args.memory_limit_mib} MiB limit each ({size_mib / total_limit:.1f}× the cluster's "
           f"memory); panels of {args.panel_mib} MiB.")
     print()
     print(f"bare pass through svdserve's reader: {bare:.1f} s "
           f"({size_mib / 1024 / bare:.2f} GiB/s).")
     print()
-    print(fmt_table(rows, ["method", "wall s", "passes", "reads", "s per pass",
+    print(fmt_table(rows, ["method", "layout", "wall s", "copy s", "passes", "reads",
+                           "s per pass",
                            "× bare pass", "peak RSS per worker MiB",
                            "limit MiB", "worker restarted", "worker paused"]))
 

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,7 +124,10 @@ def main(argv=None):
 
     from distributed import Client, LocalCluster
 
-    from svdserve.service._demo import ServerProcess, write_low_rank
+    from svdserve.service._demo import write_low_rank
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests._server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="svdserve-bench-") as tmp:
         tmp = Path(tmp)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._errors import Forbidden, InvalidRequest, NotFound, SVDServeError, Unauthorized
+from ._literals import METHODS, STATES, TERMINAL_STATES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
@@ -173,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   else f"rank={req.get('rank')}")
         print(f"request   {target} method={req.get('method')} "
               f"center={req.get('center')} n_iter={req.get('n_iter')}")
-        if job.get("progress") and job.state not in ("succeeded", "failed", "cancelled"):
+        if job.get("progress") and job.state not in TERMINAL_STATES:
             print(f"progress  {_progress_text(job)}")
         if job.error:
             print(f"error     {job.error.get('type')}: {job.error.get('message')}")
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the energy (of the variance with --center)")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", help="array inside the group at SOURCE")
-    p.add_argument("--method", choices=("auto", "exact", "randomized", "sketch"),
+    p.add_argument("--method", choices=METHODS,
                    default="auto", help="sketch: one pass over A (Tropp et al. 2019)")
     p.add_argument("--n-oversamples", type=_nonneg_int, default=10, metavar="P")
     p.add_argument("--n-iter", type=_nonneg_int, default=2, metavar="Q",
@@ -403,8 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report JSON")
 
     p = add("jobs", "list jobs, newest first", cmd_jobs)
-    p.add_argument("--state", choices=("queued", "running", "cancelling", "succeeded",
-                                       "failed", "cancelled"))
+    p.add_argument("--state", choices=STATES)
     p.add_argument("--limit", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true")
 

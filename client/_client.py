@@ -15,6 +15,7 @@ import httpx
 from ._errors import StorageError
 from ._http import DEFAULT_TIMEOUT, HTTPTransport
 from ._job import Job
+from ._literals import METHODS, Method
 from ._report import EnergyReport
 from ._result import SVDResult
 from ._storage import absolute_url, is_remote, local_path, write_array
@@ -23,7 +24,6 @@ __all__ = ["Client", "DEFAULT_URL"]
 
 #: Where the client looks when neither ``base_url`` nor ``SVDSERVE_URL`` is given.
 DEFAULT_URL = "http://localhost:8000"
-_METHODS = ("auto", "exact", "randomized", "sketch")
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, str | None]:
@@ -150,7 +150,7 @@ class Client:
         rank: int | None = None,
         *,
         array: str | None = None,
-        method: Literal["auto", "exact", "randomized", "sketch"] = "auto",
+        method: Method = "auto",
         n_oversamples: int = 10,
         n_iter: int = 2,
         center: bool = False,
@@ -220,8 +220,8 @@ class Client:
         -------
         Job
         """
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if (rank is None) == (energy is None):
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")

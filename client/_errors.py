@@ -126,7 +126,7 @@ class APIError(SVDServeError):
 
     @property
     def code(self) -> str | None:
-        """Last segment of the problem ``type`` URI (e.g. ``"not_found"``)."""
+        """Last segment of the problem ``type`` URI (e.g. ``"not-found"``)."""
         t = self.problem.get("type")
         return t.rstrip("/").rsplit("/", 1)[-1] if isinstance(t, str) else None
 

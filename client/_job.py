@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._errors import Conflict, JobCancelled, JobError, JobFailed, Timeout
+from ._literals import TERMINAL_STATES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
@@ -24,8 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Job", "Progress", "TERMINAL_STATES"]
 
-#: States a job never leaves.
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 #: Longest long-poll asked of the service (the contract caps it at 60 s).
 LONG_POLL_MAX = 30
 #: If a long-poll answers faster than this with nothing new, pause this long (no hot loop

@@ -293,21 +293,8 @@ def solve(
     if rcond is None:
         rcond = np.finfo(np.float64).eps * max(m, n)
     n_kept = int(np.count_nonzero(s > rcond * (s[0] if k else 0.0)))
-    gcv_alphas = gcv_values = None
-    if isinstance(rank, str):
-        if rank != "gcv":
-            raise ValueError(f"rank must be an int, 'gcv' or None, got {rank!r}")
-        if alpha is not None:
-            raise ValueError("rank='gcv' chooses a TSVD rank; do not combine it with alpha")
-        rank, gcv_values = _choose_rank_gcv(beta2d, s, perp2, m, n_kept)
-    elif rank is None:
-        rank = n_kept if alpha is None else k
-    rank = int(rank)
-    if not 0 <= rank <= k:
-        raise ValueError(
-            f"rank must be between 0 and {k} (the rank the job computed), got {rank!r}; "
-            "submit a job with a larger rank for more components"
-        )
+    gcv_alphas = None
+    rank, gcv_values = _resolve_rank(rank, alpha, beta2d, s, perp2, m, n_kept)
     if isinstance(alpha, str):
         if alpha != "gcv":
             raise ValueError(f"alpha must be a number >= 0, 'gcv' or None, got {alpha!r}")
@@ -338,6 +325,27 @@ def solve(
         gcv_alphas=gcv_alphas,
         gcv_values=gcv_values,
     )
+
+
+def _resolve_rank(rank, alpha, beta2d, s, perp2, m, n_kept):
+    """The TSVD rank (or Tikhonov's cap) ``solve`` uses, and G over ranks for ``"gcv"``."""
+    k = s.size
+    gcv_values = None
+    if isinstance(rank, str):
+        if rank != "gcv":
+            raise ValueError(f"rank must be an int, 'gcv' or None, got {rank!r}")
+        if alpha is not None:
+            raise ValueError("rank='gcv' chooses a TSVD rank; do not combine it with alpha")
+        rank, gcv_values = _choose_rank_gcv(beta2d, s, perp2, m, n_kept)
+    elif rank is None:
+        rank = n_kept if alpha is None else k
+    rank = int(rank)
+    if not 0 <= rank <= k:
+        raise ValueError(
+            f"rank must be between 0 and {k} (the rank the job computed), got {rank!r}; "
+            "submit a job with a larger rank for more components"
+        )
+    return rank, gcv_values
 
 
 def _choose_rank_gcv(beta2d, s, perp2, m, n_kept):

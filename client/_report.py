@@ -189,6 +189,10 @@ class EnergyReport(Mapping):
         max_rows : int, default=20
             Components listed (the first ``max_rows``; the rest elided).
         """
+        return "\n".join([*self._summary_lines(), "", *self._energy_rank_lines(), "",
+                          *self._component_lines(max_rows)])
+
+    def _summary_lines(self) -> list[str]:
         d = self._data
         m, n = self.shape
         kind = "total variance" if d.get("energy_kind") == "total_variance" else "‖A‖_F²"
@@ -199,58 +203,40 @@ class EnergyReport(Mapping):
             f"captured {100 * self.captured_fraction:.4f} %",
         ]
         cond = d.get("condition_number")
-        est = d.get("condition_estimate")
         line = f"numerical rank {d.get('numerical_rank', '?')}"
-        line += f"   σ1/σk {_num(est, '.4g', 'inf')}"
+        line += f"   σ1/σk {_num(d.get('condition_estimate'), '.4g', 'inf')}"
         if cond is not None:
             line += f"   κ2 {_num(cond, '.4g')}"
         lines.append(line)
-        gaps = d.get("spectral_gaps") or []
-        if gaps:
-            lines.append(
-                "largest spectral gaps: "
-                + ", ".join(
-                    f"r={g.get('rank')} (σr/σr+1 {_num(g.get('ratio'), '.3g', 'inf')})"
-                    for g in gaps
-                )
-            )
-        est = d.get("error_estimate")
-        if est:
-            lines.append(
-                f"error estimate ‖A − USVᵀ‖₂ ≤ {_num(est.get('spectral'), '.4g')} "
-                f"(probability {_num(est.get('probability'), '.10g')}, "
-                f"{est.get('probes', '?')} probes)")
-        den = (d.get("suggested_rank") or {}).get("denoise")
-        if den:
-            more = " (more than k: the computed rank is below it)" if den.get("more_than_k") else ""
-            lines.append(
-                f"denoising rank {den.get('rank')}{more}: threshold "
-                f"{_num(den.get('threshold'), '.4g')}, noise σ ≈ "
-                f"{_num(den.get('noise_sigma'), '.4g')} ({den.get('noise_estimator')})")
-        tgt = d.get("energy_target")
-        if tgt:
-            lines.append(
-                f"energy target {100 * float(tgt.get('energy', 0)):.4g} %: rank {self.rank}"
-                f"{'' if tgt.get('reached', True) else ' (max_rank reached first)'}, "
-                f"{tgt.get('blocks', 0)} blocks, {tgt.get('passes', '?')} passes")
+        # The optional sections: one line each when the report has it.
+        sections = (
+            (d.get("spectral_gaps"), _gaps_line),
+            (d.get("error_estimate"), _error_estimate_line),
+            ((d.get("suggested_rank") or {}).get("denoise"), _denoise_line),
+            (d.get("energy_target"), lambda tgt: _energy_target_line(tgt, self.rank)),
+        )
+        lines += [line_of(section) for section, line_of in sections if section]
         total_time = (d.get("timings") or {}).get("total")
         if isinstance(total_time, (int, float)):
             lines.append(f"time {total_time:.3f} s")
-        for note in d.get("notes") or []:
-            lines.append(f"note: {note}")
-        lines.append("")
-        lines.append("energy    rank     storage ratio")
-        for e in d.get("energy_ranks") or []:
+        lines += [f"note: {note}" for note in d.get("notes") or []]
+        return lines
+
+    def _energy_rank_lines(self) -> list[str]:
+        lines = ["energy    rank     storage ratio"]
+        for e in self._data.get("energy_ranks") or []:
             frac = float(e["fraction"])
             if e.get("rank") is None or e.get("more_than_k"):
                 lines.append(f"{100 * frac:5.1f} %   > {self.rank:<6d} -")
             else:
                 ratio_s = _num(e.get("storage_ratio"), ".4g")
                 lines.append(f"{100 * frac:5.1f} %   {int(e['rank']):<8d} {ratio_s}")
-        lines.append("")
-        lines.append(f"{'r':>5} {'sigma':>13} {'energy %':>10} {'cumul. %':>10} "
-                     f"{'residual':>12} {'rel. resid.':>11}")
-        comps = d.get("components") or []
+        return lines
+
+    def _component_lines(self, max_rows: int) -> list[str]:
+        lines = [f"{'r':>5} {'sigma':>13} {'energy %':>10} {'cumul. %':>10} "
+                 f"{'residual':>12} {'rel. resid.':>11}"]
+        comps = self._data.get("components") or []
         for c in comps[:max_rows]:
             ef, cf = c.get("energy_fraction"), c.get("cumulative_fraction")
             lines.append(
@@ -262,7 +248,7 @@ class EnergyReport(Mapping):
             )
         if len(comps) > max_rows:
             lines.append(f"  ... {len(comps) - max_rows} more components")
-        return "\n".join(lines)
+        return lines
 
     def __str__(self) -> str:
         return self.table()
@@ -316,3 +302,29 @@ class EnergyReport(Mapping):
         path = os.fspath(path)
         fig.savefig(path, format="png", dpi=dpi)
         return path
+
+
+# -- the optional lines of EnergyReport.table ----------------------------------------------
+
+def _gaps_line(gaps: list) -> str:
+    return "largest spectral gaps: " + ", ".join(
+        f"r={g.get('rank')} (σr/σr+1 {_num(g.get('ratio'), '.3g', 'inf')})" for g in gaps)
+
+
+def _error_estimate_line(est: dict) -> str:
+    return (f"error estimate ‖A − USVᵀ‖₂ ≤ {_num(est.get('spectral'), '.4g')} "
+            f"(probability {_num(est.get('probability'), '.10g')}, "
+            f"{est.get('probes', '?')} probes)")
+
+
+def _denoise_line(den: dict) -> str:
+    more = " (more than k: the computed rank is below it)" if den.get("more_than_k") else ""
+    return (f"denoising rank {den.get('rank')}{more}: threshold "
+            f"{_num(den.get('threshold'), '.4g')}, noise σ ≈ "
+            f"{_num(den.get('noise_sigma'), '.4g')} ({den.get('noise_estimator')})")
+
+
+def _energy_target_line(tgt: dict, rank: int) -> str:
+    return (f"energy target {100 * float(tgt.get('energy', 0)):.4g} %: rank {rank}"
+            f"{'' if tgt.get('reached', True) else ' (max_rank reached first)'}, "
+            f"{tgt.get('blocks', 0)} blocks, {tgt.get('passes', '?')} passes")

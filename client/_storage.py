@@ -66,6 +66,40 @@ def default_row_chunk(n_cols: int, itemsize: int, n_rows: int) -> int:
     return int(max(1, min(rows, max(n_rows, 1))))
 
 
+def _as_dask_matrix(data):
+    """``data`` as a 2-D numeric dask array (ValueError otherwise)."""
+    import dask.array as da
+    import zarr
+
+    if isinstance(data, da.Array):
+        darr = data
+    elif isinstance(data, zarr.Array):
+        darr = da.from_zarr(data)
+    else:
+        data = np.asarray(data)
+        darr = da.from_array(data, chunks=data.shape or (1,))
+    if darr.ndim != 2:
+        raise ValueError(
+            f"expected a 2-D matrix, got an array of shape {darr.shape}; "
+            "reshape it (e.g. x.reshape(-1, 1) for a single column)"
+        )
+    if darr.dtype.kind not in "iufb":
+        raise ValueError(f"expected a numeric array, got dtype {darr.dtype}")
+    return darr
+
+
+def _chunk_shape(chunks, m: int, n: int, itemsize: int) -> tuple[int, int]:
+    """The Zarr chunk shape ``write_array`` uses for its ``chunks`` argument."""
+    if chunks is None:
+        return (default_row_chunk(n, itemsize, m), max(n, 1))
+    if isinstance(chunks, (int, np.integer)):
+        return (int(max(1, min(int(chunks), max(m, 1)))), max(n, 1))
+    chunk_shape = tuple(int(c) for c in chunks)
+    if len(chunk_shape) != 2 or min(chunk_shape) < 1:
+        raise ValueError(f"chunks must be an int or a pair of positive ints, got {chunks!r}")
+    return chunk_shape
+
+
 def write_array(
     data,
     url: str,
@@ -101,29 +135,9 @@ def write_array(
     import zarr
 
     url = absolute_url(url)
-    if isinstance(data, da.Array):
-        darr = data
-    elif isinstance(data, zarr.Array):
-        darr = da.from_zarr(data)
-    else:
-        data = np.asarray(data)
-        darr = da.from_array(data, chunks=data.shape or (1,))
-    if darr.ndim != 2:
-        raise ValueError(
-            f"expected a 2-D matrix, got an array of shape {darr.shape}; "
-            "reshape it (e.g. x.reshape(-1, 1) for a single column)"
-        )
-    if darr.dtype.kind not in "iufb":
-        raise ValueError(f"expected a numeric array, got dtype {darr.dtype}")
+    darr = _as_dask_matrix(data)
     m, n = (int(d) for d in darr.shape)
-    if chunks is None:
-        chunk_shape = (default_row_chunk(n, darr.dtype.itemsize, m), max(n, 1))
-    elif isinstance(chunks, (int, np.integer)):
-        chunk_shape = (int(max(1, min(int(chunks), max(m, 1)))), max(n, 1))
-    else:
-        chunk_shape = tuple(int(c) for c in chunks)
-        if len(chunk_shape) != 2 or min(chunk_shape) < 1:
-            raise ValueError(f"chunks must be an int or a pair of positive ints, got {chunks!r}")
+    chunk_shape = _chunk_shape(chunks, m, n, darr.dtype.itemsize)
     try:
         if array is None:
             z = zarr.create_array(

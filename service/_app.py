@@ -10,6 +10,7 @@ embedded cluster, close the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -105,26 +106,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               for r in (*router.routes, *ops_router.routes)
                               if getattr(r, "methods", None)]
 
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version,
-                             description=app.description, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(problem.pop("$defs", {}))
-        components["Problem"] = problem
-        validation_problem = problems(422)[422]
-        for path_item in schema.get("paths", {}).values():
-            for op in path_item.values():
-                responses = op.get("responses", {})
-                if "422" in responses and "application/json" in responses["422"].get(
-                        "content", {}):
-                    responses["422"] = validation_problem
-        for name in ("HTTPValidationError", "ValidationError"):
-            components.pop(name, None)
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi
+    app.openapi = functools.partial(_openapi, app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI schema with problem details in place of FastAPI's validation errors."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version,
+                         description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem.pop("$defs", {}))
+    components["Problem"] = problem
+    validation_problem = problems(422)[422]
+    for path_item in schema.get("paths", {}).values():
+        for op in path_item.values():
+            responses = op.get("responses", {})
+            if "422" in responses and "application/json" in responses["422"].get(
+                    "content", {}):
+                responses["422"] = validation_problem
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    app.openapi_schema = schema
+    return schema

@@ -147,6 +147,18 @@ class Cluster:
             return False, 0
         return True, len(ident.get("workers", {}))
 
+    async def worker_memory(self, timeout: float = 2.0) -> int | None:
+        """The smallest worker memory limit in bytes; None if unknown or unlimited."""
+        if not self.connected.is_set() or self.aclient is None:
+            return None
+        try:
+            ident = await asyncio.wait_for(self.aclient.scheduler.identity(), timeout)
+        except Exception:  # noqa: BLE001 - the job is checked again when it runs
+            return None
+        limits = [int(w.get("memory_limit") or 0) for w in ident.get("workers", {}).values()]
+        limits = [x for x in limits if x > 0]
+        return min(limits) if limits else None
+
     async def _close_clients(self) -> None:
         if self.sync_client is not None:
             client, self.sync_client = self.sync_client, None

@@ -8,8 +8,8 @@
 4. prints the energy report as a table,
 5. stops the service with SIGINT and checks it exited cleanly.
 
-:class:`ServerProcess` is also used by the end-to-end tests and
-``bench/service.py``.
+The launcher here is the demo's own, minimal one; the tests and the
+benchmarks use ``tests/_server.py``.
 """
 
 from __future__ import annotations
@@ -26,101 +26,57 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "write_low_rank", "main"]
+from ._states import TERMINAL
+
+__all__ = ["write_low_rank", "main"]
 
 
-def free_port() -> int:
+def _start_service(env: dict[str, str], log_path: Path,
+                   timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """``python -m svdserve.service`` on a free loopback port, in its own process
+    group, once ``/v1/ready`` answers; returns (process, base URL).
+
+    The demo's minimal launcher; the tests' full one is ``tests/_server.py``.
+    """
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "svdserve.service", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with status {proc.returncode}; "
+                               f"see {log_path}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
+                return proc, url
+        time.sleep(0.2)
+    _kill_group(proc)
+    raise TimeoutError(f"the service was not ready within {timeout:.0f} s; see {log_path}")
 
 
-class ServerProcess:
-    """``python -m svdserve.service`` in its own process group.
+def _stop_service(proc: subprocess.Popen, timeout: float = 60.0) -> int | None:
+    """SIGINT, then wait; the exit status (None if it had to be killed)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    _kill_group(proc)
+    return code
 
-    Parameters
-    ----------
-    env : dict
-        ``SVDSERVE_*`` settings for the server (added to this process's
-        environment, which the child needs for PATH and the like).
-    port : int, optional
-        Default: a free port.
-    token : str, optional
-        Bearer token used while waiting for readiness.
-    log_path : str or Path, optional
-        Where the server's output goes (default: discarded).
-    """
 
-    def __init__(self, env: dict[str, str], *, port: int | None = None,
-                 token: str | None = None, log_path: str | os.PathLike | None = None):
-        self.env = {k: str(v) for k, v in env.items()}
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> ServerProcess:
-        child_env = {**os.environ, **self.env}  # the child's own settings are SVDSERVE_*
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "svdserve.service", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        if out is not subprocess.DEVNULL:
-            out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with status {self.proc.returncode}"
-                                   + (f"; see {self.log_path}" if self.log_path else ""))
-            try:
-                r = httpx.get(f"{self.url}/v1/ready", headers=self.headers, timeout=5)
-                if r.status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.kill_all()
-        raise TimeoutError(f"the service was not ready within {timeout:.0f} s")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int | None:
-        """Ask the server to stop; returns its exit status (None if it had to be killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            return None
-
-    def crash(self) -> None:
-        """SIGKILL the server process alone, as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def kill_all(self) -> None:
-        """SIGKILL everything left in the server's process group."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(30)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        self.kill_all()
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left in the service's process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
 
 
 def write_low_rank(path, m: int, n: int, *, rank: int = 15, chunk_rows: int = 10_000,
@@ -184,63 +140,67 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir).resolve()
     data = work / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    matrix = data / f"sample-{args.rows}x{args.cols}.zarr"
-    if not (matrix / "zarr.json").exists():
-        mb = args.rows * args.cols * 8 / 1e6
-        print(f"writing a {args.rows} x {args.cols} low-rank + noise matrix ({mb:.0f} MB) "
-              f"to {matrix} ...", flush=True)
-        t0 = time.perf_counter()
-        write_low_rank(matrix, args.rows, args.cols)
-        print(f"  written in {time.perf_counter() - t0:.1f} s")
-    else:
-        print(f"using the sample matrix at {matrix}")
-
+    matrix = _sample_matrix(data, args.rows, args.cols)
     env = {"SVDSERVE_DATA_ROOTS": str(data), "SVDSERVE_RESULTS_ROOT": str(work / "results"),
            "SVDSERVE_DATABASE": str(work / "svdserve.sqlite"), "SVDSERVE_N_WORKERS": "2",
            "SVDSERVE_PANEL_BYTES": str(32 * 2**20)}
     log = work / "service.log"
-    server = ServerProcess(env, log_path=log)
-    print(f"starting the service on {server.url} (embedded Dask cluster, log: {log}) ...",
-          flush=True)
+    print(f"starting the service (embedded Dask cluster, log: {log}) ...", flush=True)
     t0 = time.perf_counter()
-    server.start()
-    print(f"  ready in {time.perf_counter() - t0:.1f} s: "
-          f"{httpx.get(server.url + '/v1/ready').json()}")
-    status = 1
+    proc, url = _start_service(env, log)
+    print(f"  ready on {url} in {time.perf_counter() - t0:.1f} s: "
+          f"{httpx.get(url + '/v1/ready').json()}")
     try:
-        with httpx.Client(base_url=server.url, timeout=90) as http:
-            body = {"source": {"url": matrix.name, "array": None}, "rank": args.rank,
-                    "method": "auto"}
-            print(f"\nPOST /v1/jobs {body}")
-            r = http.post("/v1/jobs", json=body)
-            r.raise_for_status()
-            job = r.json()
-            print(f"  {r.status_code} Location: {r.headers['location']}  state: {job['state']}")
-            t0 = time.perf_counter()
-            shown = None
-            while job["state"] not in ("succeeded", "failed", "cancelled"):
-                job = http.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
-                p = job["progress"]
-                line = (f"  [{time.perf_counter() - t0:6.1f}s] {job['state']:<9}"
-                        + (f" {p['phase']:<9} pass {p['pass']}/{p['passes']}  "
-                           f"panels {p['done']:>3}/{p['total']}" if p else ""))
-                if line.split("]", 1)[1] != shown:
-                    print(line, flush=True)
-                    shown = line.split("]", 1)[1]
-            if job["state"] != "succeeded":
-                print(f"\njob {job['state']}: {job['error']}")
-                return 1
-            print(f"\nsucceeded in {time.perf_counter() - t0:.1f} s; result: "
-                  f"{job['result']['url']}")
-            print_report(http.get(f"/v1/jobs/{job['id']}/report").json())
-            status = 0
+        return _run_job(url, matrix, args.rank)
     finally:
         print("\nstopping the service (SIGINT) ...", flush=True)
-        code = server.stop(signal.SIGINT)
-        server.kill_all()
+        code = _stop_service(proc)
         print("  stopped cleanly" if code == 0 else f"  stopped (exit status {code})")
-    return status
+
+
+def _sample_matrix(data: Path, rows: int, cols: int) -> Path:
+    """The sample matrix under ``data`` (written on the first run, kept after)."""
+    data.mkdir(parents=True, exist_ok=True)
+    matrix = data / f"sample-{rows}x{cols}.zarr"
+    if not (matrix / "zarr.json").exists():
+        mb = rows * cols * 8 / 1e6
+        print(f"writing a {rows} x {cols} low-rank + noise matrix ({mb:.0f} MB) "
+              f"to {matrix} ...", flush=True)
+        t0 = time.perf_counter()
+        write_low_rank(matrix, rows, cols)
+        print(f"  written in {time.perf_counter() - t0:.1f} s")
+    else:
+        print(f"using the sample matrix at {matrix}")
+    return matrix
+
+
+def _run_job(url: str, matrix: Path, rank: int) -> int:
+    """Submit one job, print its progress as it changes, then its report; the exit status."""
+    with httpx.Client(base_url=url, timeout=90) as http:
+        body = {"source": {"url": matrix.name, "array": None}, "rank": rank, "method": "auto"}
+        print(f"\nPOST /v1/jobs {body}")
+        r = http.post("/v1/jobs", json=body)
+        r.raise_for_status()
+        job = r.json()
+        print(f"  {r.status_code} Location: {r.headers['location']}  state: {job['state']}")
+        t0 = time.perf_counter()
+        shown = None
+        while job["state"] not in TERMINAL:
+            job = http.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+            p = job["progress"]
+            line = (f"  [{time.perf_counter() - t0:6.1f}s] {job['state']:<9}"
+                    + (f" {p['phase']:<9} pass {p['pass']}/{p['passes']}  "
+                       f"panels {p['done']:>3}/{p['total']}" if p else ""))
+            if line.split("]", 1)[1] != shown:
+                print(line, flush=True)
+                shown = line.split("]", 1)[1]
+        if job["state"] != "succeeded":
+            print(f"\njob {job['state']}: {job['error']}")
+            return 1
+        print(f"\nsucceeded in {time.perf_counter() - t0:.1f} s; result: "
+              f"{job['result']['url']}")
+        print_report(http.get(f"/v1/jobs/{job['id']}/report").json())
+        return 0
 
 
 if __name__ == "__main__":

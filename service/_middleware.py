@@ -40,16 +40,7 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = ""
-        length = None
-        for name, value in scope.get("headers", []):
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-            elif name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
+        incoming, length = _request_id_and_length(scope)
         rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         scope["svdserve.request_id"] = rid
@@ -119,3 +110,17 @@ class ServiceMiddleware:
                     "headers": [(b"content-type", MEDIA_TYPE.encode()),
                                 (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
+
+
+def _request_id_and_length(scope: Scope) -> tuple[str, int | None]:
+    """The ``X-Request-ID`` (``""`` if none) and ``Content-Length`` (None if none or bad)."""
+    incoming, length = "", None
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+    return incoming, length

@@ -22,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ._errors import ServiceError
+
 __all__ = ["ProblemError", "problem_response", "install", "PROBLEM_BASE", "request_id_of"]
 
 log = logging.getLogger("svdserve.service")
@@ -36,7 +38,7 @@ _CODES = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-f
           503: "unavailable"}
 
 
-class ProblemError(Exception):
+class ProblemError(ServiceError):
     """An error answered as problem details.
 
     Parameters
@@ -44,8 +46,6 @@ class ProblemError(Exception):
     status : int
     detail : str
         A sentence a person can act on.
-    code : str, optional
-        Last segment of the ``type`` URI (default from the status).
     errors : list of dict, optional
         ``{"field", "message"}`` items naming the inputs at fault.
     headers : dict, optional
@@ -53,12 +53,11 @@ class ProblemError(Exception):
         Extension members added to the body.
     """
 
-    def __init__(self, status: int, detail: str, *, code: str | None = None,
-                 errors: list[dict] | None = None, headers: dict | None = None,
-                 title: str | None = None, extra: dict | None = None):
+    def __init__(self, status: int, detail: str, *, errors: list[dict] | None = None,
+                 headers: dict | None = None, extra: dict | None = None):
         super().__init__(detail)
-        self.status, self.detail, self.code = status, detail, code
-        self.errors, self.headers, self.title, self.extra = errors, headers, title, extra
+        self.status, self.detail = status, detail
+        self.errors, self.headers, self.extra = errors, headers, extra
 
 
 def request_id_of(request: Request) -> str:
@@ -67,15 +66,14 @@ def request_id_of(request: Request) -> str:
 
 
 def problem_body(status: int, detail: str, *, instance: str, request_id: str,
-                 code: str | None = None, title: str | None = None,
                  errors: list[dict] | None = None, extra: dict | None = None) -> dict:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
     body: dict[str, Any] = {
-        "type": PROBLEM_BASE + (code or _CODES.get(status, str(status))),
-        "title": title or phrase,
+        "type": PROBLEM_BASE + _CODES.get(status, str(status)),
+        "title": phrase,
         "status": status,
         "detail": detail,
         "instance": instance,
@@ -124,8 +122,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict]:
 
 
 async def _on_problem(request: Request, exc: ProblemError) -> JSONResponse:
-    return problem_response(request, exc.status, exc.detail, code=exc.code, errors=exc.errors,
-                            headers=exc.headers, title=exc.title, extra=exc.extra)
+    return problem_response(request, exc.status, exc.detail, errors=exc.errors,
+                            headers=exc.headers, extra=exc.extra)
 
 
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,8 +20,10 @@ from svdserve.worker import (
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
+    check_layout,
     choose_method,
     pin_source,
+    plan_layout,
 )
 
 from ._auth import Tenant
@@ -94,6 +96,7 @@ def to_public(row: JobRow) -> JobPublic:
         "id": row.id, "state": row.state, "created_at": row.created_at,
         "started_at": row.started_at, "finished_at": row.finished_at,
         "updated_at": row.updated_at, "attempt": row.attempt, "request": row.request,
+        "plan": (row.params or {}).get("plan"),
         "progress": row.progress, "error": row.error, "notes": row.notes,
         "result": row.result if row.state == "succeeded" else None,
         "links": {"self": base, "report": f"{base}/report", "result": f"{base}/result",
@@ -191,6 +194,7 @@ async def _validate_source(svc: Services, body: JobCreate
         raise ProblemError(422, message, errors=[{"field": "body.source.url",
                                                   "message": message}]) from exc
     info = pin.info
+    plan = await _check_layout(svc, pin)
     m, n = info.shape
     short = min(m, n)
     for message, where in _rank_problems(body, short):
@@ -210,11 +214,24 @@ async def _validate_source(svc: Services, body: JobCreate
     params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
               "energy": body.energy, "max_rank": body.max_rank,
               "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
-              "chunks": list(info.chunks)}
+              "chunks": list(info.chunks), "plan": plan}
     if info.sample_dims is not None:
         params.update(sample_dims=list(info.sample_dims), dims=list(info.dims),
                       nd_shape=list(info.nd_shape))
     return params, notes, pin.to_json()
+
+
+async def _check_layout(svc: Services, pin) -> dict:
+    """The panel plan; a 422 when one unavoidable read unit does not fit the smallest worker."""
+    info, settings = pin.info, svc.settings
+    layout = plan_layout(info, panel_bytes=settings.panel_bytes)
+    try:
+        check_layout(layout, await svc.cluster.worker_memory(), settings.memory_fraction,
+                     name=pin.ref.name, shape=info.shape, chunks=info.chunks)
+    except InvalidInputError as exc:
+        raise ProblemError(422, str(exc), errors=[{"field": "body.source",
+                                                   "message": str(exc)}]) from exc
+    return layout.to_json()
 
 
 def _rank_problems(body: JobCreate, short: int) -> list[tuple[str, str]]:
@@ -253,7 +270,10 @@ async def submit_job(
     (randomized jobs only). The source is pinned here: the job reads exactly
     the metadata and chunk files checked now, or fails with `storage_error`.
     A layout beyond the sanity limits (`SVDSERVE_MAX_CHUNKS`, `_MAX_PANELS`,
-    `_MAX_BAND_BYTES`) or a chunk size < 1 is a 422 naming `body.source`.
+    `_MAX_BAND_BYTES`) or a chunk size < 1 is a 422 naming `body.source`, as
+    is a compressed chunk that must be decoded whole but would take more than
+    `SVDSERVE_MEMORY_FRACTION` of the smallest worker's memory. The answer's
+    `plan` says how the matrix will be cut (panel shape, panels, peak bytes).
     """
     key_reserved = False
     if idempotency_key is not None:

@@ -20,9 +20,10 @@ Outcomes::
                                        vanished or now leads out of the data roots)
     JobCancelled                    -> cancelled, partial result removed
     ServiceStopping                 -> queued again as attempt + 1
-    NonFiniteError                  -> failed, non_finite_values (row range in the message)
-    WorkerLostError / KilledWorker  -> failed, worker_lost
-    InvalidInputError/StorageError  -> failed, invalid_input / storage_error
+    any other SVDError              -> failed, its ``.type`` (non_finite_values,
+                                       worker_lost, invalid_input, storage_error, ...)
+    KilledWorker, a lost scheduler, -> translated by the worker's one table
+    an OSError                         (svdserve.worker._errors.EXC_MAP), then as above
     anything else                   -> failed, internal (logged with traceback)
 
 A failed or cancelled attempt's directory is removed, so nothing that looks
@@ -39,15 +40,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from svdserve.worker import (
-    NonFiniteError,
+    Phase,
     SourcePin,
+    StorageError,
     SVDError,
-    WorkerLostError,
+    SVDResult,
     pin_source,
     svd,
 )
+from svdserve.worker._errors import map_exception
 
 from ._cluster import Cluster
+from ._errors import ServiceError
 from ._metrics import Metrics
 from ._results import Results
 from ._settings import Settings
@@ -58,11 +62,11 @@ __all__ = ["Runner", "JobCancelled", "ServiceStopping"]
 log = logging.getLogger("svdserve.service")
 
 
-class JobCancelled(Exception):
+class JobCancelled(ServiceError):
     """Raised from the progress callback when the job was cancelled."""
 
 
-class ServiceStopping(Exception):
+class ServiceStopping(ServiceError):
     """Raised from the progress callback when the service shuts down."""
 
 
@@ -196,27 +200,7 @@ class Runner:
         req, params = job.request, job.params
         out = self.results.url(job.tenant, job.id, job.attempt)
         last = {"key": None, "t": 0.0, "pass": 0, "passes": 0, "state": None}
-        interval = self.settings.progress_interval
-
-        def progress(done: int, total: int, phase) -> None:
-            if ctl.cancel.is_set():
-                raise JobCancelled(f"job {job.id} cancelled")
-            if ctl.stop.is_set():
-                raise ServiceStopping(f"service stopping; job {job.id} re-queued")
-            self.metrics.panels.inc()
-            name = getattr(phase, "name", str(phase))
-            pass_no = int(getattr(phase, "pass_no", 0))
-            passes = int(getattr(phase, "passes", 0))
-            last["pass"], last["passes"] = pass_no, passes
-            now = time.monotonic()
-            key = (name, pass_no)
-            state = {"phase": name, "pass": pass_no, "passes": passes, "done": int(done),
-                     "total": int(total)}
-            if state == last["state"]:
-                return
-            if key != last["key"] or done >= total or now - last["t"] >= interval:
-                last["key"], last["t"], last["state"] = key, now, state
-                self.store.set_progress(job.id, job.attempt, state)
+        progress = self._progress_callback(job, ctl, last)
 
         source = params["url"]
         options = self.settings.fs_options() if source.startswith("s3://") else None
@@ -250,9 +234,10 @@ class Runner:
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,
                       panel_bytes=self.settings.panel_bytes, progress=progress,
+                      memory_fraction=self.settings.memory_fraction,
                       no_workers_timeout=self.settings.no_workers_timeout)
             if not self.results.complete(out):
-                raise _NoManifest(f"the result at {out} has no manifest")
+                raise StorageError(f"the result at {out} has no manifest")
         except JobCancelled:
             self.results.remove_attempt(job.tenant, job.id, job.attempt)
             where = (f" during pass {last['pass']} of {last['passes']}" if last["passes"]
@@ -262,27 +247,48 @@ class Runner:
                 "message": f"cancelled by request{where}; outstanding tasks were released"})
             return
         except ServiceStopping:
-            self.results.remove_attempt(job.tenant, job.id, job.attempt)
-            after = self.store.requeue(
-                job.id, job.attempt,
-                f"the service stopped while attempt {job.attempt} was running; "
-                f"re-queued as attempt {job.attempt + 1}")
-            if after is None:  # cancelled meanwhile
-                self._finish(job, "cancelled", error={
-                    "type": "cancelled", "message": "cancelled while the service stopped"})
+            self._requeue(job)
             return
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded
             self.results.remove_attempt(job.tenant, job.id, job.attempt)
             self._finish(job, "failed", error=_error_of(exc, job))
             return
 
+        self._succeed(job, res, out)
+
+    def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
+        """``progress(done, total, phase)`` for the core: stores progress (throttled)
+        in the job row, notes the pass in ``last`` and raises on cancel or stop."""
+        interval = self.settings.progress_interval
+
+        def progress(done: int, total: int, phase: Phase) -> None:
+            if ctl.cancel.is_set():
+                raise JobCancelled(f"job {job.id} cancelled")
+            if ctl.stop.is_set():
+                raise ServiceStopping(f"service stopping; job {job.id} re-queued")
+            self.metrics.panels.inc()
+            last["pass"], last["passes"] = phase.pass_no, phase.passes
+            now = time.monotonic()
+            key = (phase.name, phase.pass_no)
+            state = {"phase": phase.name, "pass": phase.pass_no, "passes": phase.passes,
+                     "done": int(done), "total": int(total), "plan": job.params.get("plan")}
+            if state == last["state"]:
+                return
+            if key != last["key"] or done >= total or now - last["t"] >= interval:
+                last["key"], last["t"], last["state"] = key, now, state
+                self.store.set_progress(job.id, job.attempt, state)
+
+        return progress
+
+    def _succeed(self, job: JobRow, res: SVDResult, out: str) -> None:
+        """Record a finished run -- unless a cancel arrived after its last panel."""
         result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
-                  "shape": list(params["shape"]), "rank": int(res.S.size),
-                  "method": str(getattr(res, "method", req["method"]))}
-        report = _jsonable(getattr(res, "report", None))
-        events = [str(e) for e in (getattr(res, "events", None) or [])]
-        done = self.store.finish(job.id, job.attempt, "succeeded", result=result, report=report,
-                                 notes=events, from_states=("running",))
+                  "shape": list(job.params["shape"]), "rank": int(res.S.size),
+                  "method": res.method}
+        events = [str(e) for e in res.events]
+        # res.report is JSON-safe already (svdserve.worker.energy_report)
+        done = self.store.finish(job.id, job.attempt, "succeeded", result=result,
+                                 report=res.report, notes=events, from_states=("running",))
         if done is not None:
             self._observe(done)
             return
@@ -291,6 +297,17 @@ class Runner:
         self._finish(job, "cancelled", error={
             "type": "cancelled",
             "message": "cancelled by request just as the job finished; its result was removed"})
+
+    def _requeue(self, job: JobRow) -> None:
+        """The service stops: the attempt's output goes, the job is queued again."""
+        self.results.remove_attempt(job.tenant, job.id, job.attempt)
+        after = self.store.requeue(
+            job.id, job.attempt,
+            f"the service stopped while attempt {job.attempt} was running; "
+            f"re-queued as attempt {job.attempt + 1}")
+        if after is None:  # cancelled meanwhile
+            self._finish(job, "cancelled", error={
+                "type": "cancelled", "message": "cancelled while the service stopped"})
 
     def _finish(self, job: JobRow, state: str, *, error: dict) -> None:
         row = self.store.finish(job.id, job.attempt, state, error=error)
@@ -304,59 +321,12 @@ class Runner:
             self.metrics.duration.labels(row.state).observe(seconds)
 
 
-class _NoManifest(SVDError, OSError):
-    type = "storage_error"
-
-
 def _error_of(exc: BaseException, job: JobRow) -> dict:
     """The typed error stored with a failed job."""
-    try:
-        from distributed import KilledWorker
-    except ImportError:  # pragma: no cover
-        KilledWorker = ()  # noqa: N806
-    if isinstance(exc, WorkerLostError):  # the core's message says what happened and what to do
-        return {"type": "worker_lost", "message": str(exc)}
-    if KilledWorker and isinstance(exc, KilledWorker):
-        return {"type": "worker_lost", "message": (
-            f"Dask workers died while running this job and the retry budget was used up "
-            f"({exc}). Check the workers' memory limits and logs (a panel may be too large: "
-            f"lower SVDSERVE_PANEL_BYTES), then resubmit the same request.")}
-    if isinstance(exc, NonFiniteError):
-        return {"type": "non_finite_values", "message": str(exc)}
-    if isinstance(exc, SVDError):
-        kind = exc.type if exc.type in ("invalid_input", "storage_error") else "internal"
-        return {"type": kind, "message": str(exc)}
-    if isinstance(exc, OSError):
-        return {"type": "storage_error", "message": f"reading or writing storage failed: {exc}"}
+    err = map_exception(exc)
+    if isinstance(err, SVDError):  # the message says what happened and what to do
+        return {"type": err.type, "message": str(err)}
     log.error("job %s failed unexpectedly", job.id, exc_info=exc)
     return {"type": "internal", "message": (
         f"the job failed unexpectedly ({type(exc).__name__}: {exc}); this is a bug in "
         "svdserve, please report it with the job id")}
-
-
-def _jsonable(value):
-    """The report as plain JSON types (NumPy scalars and arrays converted)."""
-    import json
-    import math
-
-    import numpy as np
-
-    def default(o):
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    def finite(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: finite(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [finite(v) for v in o]
-        return o
-
-    if value is None:
-        return None
-    return finite(json.loads(json.dumps(value, default=default, allow_nan=True)))

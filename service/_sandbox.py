@@ -30,13 +30,15 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from ._errors import ServiceError
+
 __all__ = ["Sandbox", "SandboxError", "ResolvedSource"]
 
 URL_FIELD = "body.source.url"
 ARRAY_FIELD = "body.source.array"
 
 
-class SandboxError(Exception):
+class SandboxError(ServiceError):
     """A source refused by the sandbox.
 
     Attributes

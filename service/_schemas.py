@@ -127,14 +127,30 @@ class JobCreate(BaseModel):
                     "job with `invalid_input`, naming the chunk and its row range.")
 
 
+class Plan(BaseModel):
+    """How the matrix is cut into panels, decided from its metadata at submit."""
+
+    kind: str = Field(description="chunks (whole chunk bands), slices (raw chunks read by "
+                                  "byte range) or rechunk (a one-time raw copy first)")
+    panel_shape: list[int] = Field(description="Rows and columns of one panel (tall view).")
+    panels: int = Field(description="Number of panels.")
+    tall_chunks: list[int] = Field(description="Chunk shape in the tall view's orientation.")
+    unit_bytes: int = Field(description="What a task must hold whatever the panel budget.")
+    peak_bytes_per_worker: int = Field(description="Estimated peak per worker, excluding the "
+                                                   "panel cache.")
+    reason: str
+
+
 class Progress(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    phase: str = Field(description="stats+qr, power, range+project, tall, factor or write")
+    phase: str = Field(description="rechunk, stats+qr, power, range+project, tall, sketch, "
+                                   "factor or write")
     pass_: int = Field(alias="pass", description="Pass over A this step belongs to.")
     passes: int = Field(description="Passes over A the job makes.")
     done: int = Field(description="Panels finished in this step.")
     total: int = Field(description="Panels in this step.")
+    plan: Plan | None = Field(default=None, description="How the matrix is cut.")
 
 
 class JobError(BaseModel):
@@ -170,6 +186,7 @@ class JobPublic(BaseModel):
     updated_at: datetime
     attempt: int
     request: JobCreate
+    plan: Plan | None = Field(default=None, description="How the matrix is cut (at submit).")
     progress: Progress | None = None
     error: JobError | None = None
     notes: list[str] = Field(default_factory=list)

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "TENANT_PATTERN"]
@@ -120,8 +120,12 @@ class Settings(BaseSettings):
     max_panels : int, default=1_000_000
         A source whose panel plan has more panels is refused at submit.
     max_band_bytes : int, default=4 GiB
-        A source whose smallest panel (one chunk's worth of rows across the
-        short side, as float64) is larger is refused at submit.
+        A source with compressed chunks larger than this (as float64; a
+        compressed chunk is decoded whole) is refused at submit.
+    memory_fraction : float, default=0.5
+        A source whose unavoidable read unit (one compressed chunk decoded,
+        with its copies) exceeds this share of the smallest worker's memory
+        limit is refused at submit (422 naming ``body.source``).
     tls_ca_file, tls_cert_file, tls_key_file : path or None, default=None
         TLS for an external scheduler (``SVDSERVE_SCHEDULER=tls://...``): the
         CA that signed the scheduler's and workers' certificates, and this
@@ -158,10 +162,13 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=1_000_000, ge=1)
     max_panels: int = Field(default=1_000_000, ge=1)
     max_band_bytes: int = Field(default=4 * 2**30, ge=1)
+    memory_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     log_level: str = "info"
+    # (tenant, token) pairs, tokens kept secret (out of repr and logs)
+    _tenant_tokens: list[tuple[str, SecretStr]] = PrivateAttr(default_factory=list)
 
     @field_validator("scheduler", "s3_endpoint", "tls_ca_file", "tls_cert_file",
                      "tls_key_file", mode="before")
@@ -192,8 +199,10 @@ class Settings(BaseSettings):
         return os.path.realpath(os.path.expanduser(value))
 
     @model_validator(mode="after")
-    def _check_tokens(self) -> Settings:
-        self.tenant_tokens()  # raises ValueError on a malformed entry
+    def _parse_tokens(self) -> Settings:
+        # Parsed (and the tokens file read) once; raises ValueError on a malformed entry.
+        self._tenant_tokens = [(tenant, SecretStr(token)) for tenant, token
+                               in _tenant_tokens(self.tokens, self.tokens_file)]
         return self
 
     @model_validator(mode="after")
@@ -208,28 +217,13 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ derived
     def tenant_tokens(self) -> list[tuple[str, str]]:
-        """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`."""
-        entries: list[str] = []
-        if self.tokens is not None:
-            entries += [e for e in self.tokens.get_secret_value().split(",") if e.strip()]
-        if self.tokens_file is not None:
-            for line in Path(self.tokens_file).read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    entries.append(line)
-        pairs = []
-        for entry in entries:
-            tenant, sep, token = entry.strip().partition(":")
-            if not sep or not token or not TENANT_PATTERN.match(tenant):
-                raise ValueError(
-                    "tokens must be 'tenant:token' entries with tenant names of letters, "
-                    "digits, '_', '.', '-' (the token itself is not shown here)")
-            pairs.append((tenant, token))
-        return pairs
+        """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`,
+        as parsed when the settings were validated."""
+        return [(tenant, token.get_secret_value()) for tenant, token in self._tenant_tokens]
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.tenant_tokens())
+        return bool(self._tenant_tokens)
 
     def fs_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` data and results."""
@@ -245,6 +239,23 @@ class Settings(BaseSettings):
         return Limits(max_chunks=self.max_chunks, max_panels=self.max_panels,
                       max_band_bytes=self.max_band_bytes)
 
-    @property
-    def local_data_roots(self) -> list[str]:
-        return [r for r in self.data_roots if not r.startswith("s3://")]
+
+def _tenant_tokens(tokens: SecretStr | None, tokens_file: Path | None) -> list[tuple[str, str]]:
+    """Parse ``tenant:token`` entries from the comma-separated list and the file."""
+    entries: list[str] = []
+    if tokens is not None:
+        entries += [e for e in tokens.get_secret_value().split(",") if e.strip()]
+    if tokens_file is not None:
+        for line in Path(tokens_file).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append(line)
+    pairs = []
+    for entry in entries:
+        tenant, sep, token = entry.strip().partition(":")
+        if not sep or not token or not TENANT_PATTERN.match(tenant):
+            raise ValueError(
+                "tokens must be 'tenant:token' entries with tenant names of letters, "
+                "digits, '_', '.', '-' (the token itself is not shown here)")
+        pairs.append((tenant, token))
+    return pairs

@@ -8,12 +8,7 @@ through ``asyncio.to_thread`` (the runner's job threads call them directly).
 Every write bumps the row's ``version`` and calls ``on_change(job_id)``,
 which is how long-polling requests learn about a change.
 
-States::
-
-    queued ──▶ running ──▶ succeeded | failed | cancelled
-       │          │
-       │          └──▶ cancelling ──▶ cancelled | failed
-       └──▶ cancelled
+States: :mod:`._states`.
 """
 
 from __future__ import annotations
@@ -28,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ._errors import ServiceError
+from ._states import STATES, TERMINAL
+
 __all__ = ["JobStore", "JobRow", "QueueFull", "Conflict", "TERMINAL", "STATES"]
 
-STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -74,16 +70,12 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-class QueueFull(Exception):
+class QueueFull(ServiceError):
     """The queue holds ``max_queued`` jobs already."""
 
 
-class Conflict(Exception):
+class Conflict(ServiceError):
     """The job is in a state that does not allow the operation."""
-
-    def __init__(self, message: str, row: JobRow | None = None):
-        super().__init__(message)
-        self.row = row
 
 
 @dataclass
@@ -253,12 +245,6 @@ class JobStore:
                 counts[state] = n
         return counts
 
-    def queued_ahead(self, seq: int) -> int:
-        with self._lock:
-            return self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?",
-                (seq,)).fetchone()[0]
-
     # ------------------------------------------------------------------ idempotency
     def reserve_key(self, tenant: str, key: str, body_hash: str) -> tuple[str, str | None]:
         """Reserve an idempotency key.
@@ -348,15 +334,6 @@ class JobStore:
             if cur.rowcount:
                 self._touch(job_id)
 
-    def add_note(self, job_id: str, note: str) -> None:
-        with self._tx() as db:
-            row = self._get(job_id)
-            if row is None:
-                return
-            db.execute("UPDATE jobs SET notes = ?, updated_at = ?, version = version + 1 "
-                       "WHERE id = ?", (_dump(row.notes + [note]), now(), job_id))
-            self._touch(job_id)
-
     def finish(self, job_id: str, attempt: int, state: str, *, error: dict | None = None,
                result: dict | None = None, report: dict | None = None,
                notes: list[str] | None = None,
@@ -409,7 +386,7 @@ class JobStore:
             if row is None or row.tenant != tenant:
                 return None
             if row.finished:
-                raise Conflict(f"job {job_id} is already {row.state}", row)
+                raise Conflict(f"job {job_id} is already {row.state}")
             if row.state == "queued":
                 db.execute(
                     "UPDATE jobs SET state = 'cancelled', error = ?, finished_at = ?, "
@@ -437,7 +414,7 @@ class JobStore:
             if row is None or row.tenant != tenant:
                 return None
             if not row.finished:
-                raise Conflict(f"job {job_id} is {row.state}; cancel it first", row)
+                raise Conflict(f"job {job_id} is {row.state}; cancel it first")
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM pins WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))

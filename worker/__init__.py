@@ -11,13 +11,15 @@ target, Yu, Gu & Li), :mod:`._sketch` (one pass, Tropp et al.),
 :mod:`._energy` (the report, Gavish–Donoho denoising rank),
 :mod:`._store` (result group with manifest), :mod:`._source` (inputs, panels),
 :mod:`._cache` (decoded panels kept in worker memory between passes),
-:mod:`._pin` (pinned inputs: read exactly what was validated).
+:mod:`._pin` (pinned inputs: read exactly what was validated),
+:mod:`._layout` (how any chunk grid is cut into panels in bounded memory).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 
 from ._api import EXACT_MAX_COLUMNS, choose_method, svd
 from ._energy import energy_report
 from ._engine import Phase
+from ._layout import Layout, check_layout, plan_layout
 from ._errors import (
     InvalidInputError,
     NonFiniteError,
@@ -40,6 +42,9 @@ __all__ = [
     "energy_report",
     "plan_panels",
     "PanelPlan",
+    "plan_layout",
+    "check_layout",
+    "Layout",
     "pin_source",
     "SourcePin",
     "Limits",

@@ -13,13 +13,15 @@ from ._engine import Phase, make_engine
 from ._errors import InvalidInputError
 from ._kernels import block_argmax
 from ._labels import read_labels
+from ._layout import (DEFAULT_MEMORY_FRACTION, MIN_BAND_BYTES, check_layout, plan_layout, rechunk,
+                      remove_scratch)
 from ._missing import (check_mode, check_none_missing, decide_mask, describe_feature,
                        feature_counts)
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
 from ._sketch import sketch_svd
-from ._source import PanelRef, PanelRefs, open_source, plan_panels, read_panel
+from ._source import DEFAULT_PANEL_BYTES, PanelRef, PanelRefs, Source, open_source, read_panel
 from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
 
@@ -70,12 +72,18 @@ def _versions():
             "dask": dask.__version__, "zarr": zarr.__version__}
 
 
-def _panels_for(src, bounds, engine):
-    """Panel arguments for each (start, stop) of the tall view."""
+def _panels_for(src, bounds, engine, pin=None, sliced=False):
+    """Panel arguments for each (start, stop) of the tall view.
+
+    ``pin`` overrides the source's pin (the scratch copy of a rechunked
+    source, stored in the tall orientation); ``sliced`` reads by byte range.
+    """
     wide = src.wide
     if src.kind == "zarr":
+        if pin is not None:  # the scratch copy: already in the tall orientation
+            return PanelRefs(pin, bounds, False, sliced)
         if src.pin is not None:  # read through the pin, made lazily per panel
-            return PanelRefs(src.pin, bounds, wide)
+            return PanelRefs(src.pin, bounds, wide, sliced)
         return [PanelRef(s, e, wide, array=src.obj, view=src.view) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
@@ -86,17 +94,18 @@ def _panels_for(src, bounds, engine):
     return list(x.to_delayed().ravel())
 
 
-def _pivot_row(src, markers=None):
+def _pivot_row(src, panels, markers=None):
     """The tall view's first row in float64: the common shift of a centred run.
 
+    Read like the panels (through the pin, by byte range when they are).
     Non-finite entries (and missing-value ``markers``) become 0, so a NaN in
     row 0 is reported for the first panel only, not spread to every panel by
     the shift, and a masked feature stays exactly zero.
     """
     if src.kind == "dask":
         row = src.obj[0].compute()
-    elif src.pin is not None:  # through the pin, like every other read
-        row = read_panel(PanelRefs(src.pin, [(0, 1)], False)[0])[0]
+    elif isinstance(panels, PanelRefs):
+        row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced)[0])[0]
     elif src.view is not None:
         row = read_panel(PanelRef(0, 1, False, array=src.obj, view=src.view))[0]
     else:
@@ -127,12 +136,27 @@ def _missing_decider(src, bounds, k, labels, state, missing):
     return decide
 
 
+def _bounded(src, panel_bytes):
+    """An unpinned Zarr array whose chunk band exceeds the budget, as a dask array
+    (dask then rechunks it to panels in bounded memory); other sources unchanged."""
+    if src.kind != "zarr" or src.pin is not None or src.view is not None:
+        return src
+    m, n = src.shape
+    band = min(src.tall_chunk, max(m, n)) * min(m, n) * 8
+    if band <= max(DEFAULT_PANEL_BYTES if panel_bytes is None else panel_bytes, MIN_BAND_BYTES):
+        return src
+    import dask.array as da
+
+    return Source(src.info, "dask", da.from_array(src.obj, chunks=src.obj.chunks))
+
+
 def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
         compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False,
         energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10,
-        sample_dims=None, missing="error"):
+        sample_dims=None, missing="error", scratch=None,
+        memory_fraction=DEFAULT_MEMORY_FRACTION):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -246,6 +270,15 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         missing in only some samples fail the job (:class:`NonFiniteError`
         naming them); a rank above the features kept fails after pass 1
         (``InvalidInputError``, field ``rank``).
+    scratch : str, optional
+        Directory or URL (shared by every worker) for the one-time raw copy
+        made when compressed chunks span more than a panel (a wide matrix in
+        row chunks, a tall one in column chunks; :mod:`._layout`). Default:
+        next to ``out``, else the system temp directory. Deleted at the end.
+    memory_fraction : float, default=0.5
+        Refuse (before any read) a layout whose unavoidable per-task
+        footprint -- one decoded compressed chunk -- exceeds this share of
+        the smallest worker's memory limit.
 
     Returns
     -------
@@ -276,7 +309,9 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     A wide matrix (m < n) is decomposed through its transpose and the
     factors swapped back. Signs are fixed so that the largest-magnitude
     entry of each row of ``Vt`` is positive (ties: lowest column).
-    Memory per worker: one panel plus O(n·l), whatever m is.
+    Memory per worker: about one panel plus O(n·l), whatever m is and
+    whatever the chunk grid (``report["plan"]`` says how the matrix was cut
+    and the estimated peak per worker).
     """
     t_start = time.perf_counter()
     missing = check_mode(missing)
@@ -306,31 +341,45 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     center = bool(center)
 
     engine = make_engine(client, no_workers_timeout=no_workers_timeout)
+    src = _bounded(src, panel_bytes)
     m_t, n_t = src.tall_shape
-    chunk = src.tall_chunk if src.kind == "zarr" else 1
-    bounds = plan_panels(m_t, n_t, chunk, panel_bytes)
+    layout = plan_layout(src.info, in_memory=src.kind != "zarr", pinned=src.pin is not None,
+                         panel_bytes=panel_bytes)
+    check_layout(layout, engine.memory_limit(), memory_fraction,
+                 name=src.pin.ref.name if src.pin is not None else "the source",
+                 shape=src.shape, chunks=src.info.chunks)
+    bounds = layout.bounds()
     compute_u = bool(compute_u) or src.wide  # the tall factor of a wide matrix is its V
     passes = {"exact": 1 + compute_u, "sketch": 1}.get(resolved, q + 1)
     center_cols = center and not src.wide
     token = uuid.uuid4().hex
+    out_opts = storage_options if out_storage_options is None else out_storage_options
+    scratch_url = None
     labels = read_labels(src)
     # With missing="error", a CF fill value still means "missing" (never data): count it too.
     markers = tuple(src.info.fill or ()) if missing == "mask" or src.info.fill else None
     masked = {}
-    run = Run(engine, _panels_for(src, bounds, engine), bounds, (m_t, n_t),
-              center=center_cols, center_rows=center and src.wide,
-              passes=passes, progress=progress, wide=src.wide,
-              pivot=_pivot_row(src, markers) if center_cols else None,
-              cache=(token, float(panel_cache)) if panel_cache else None,
-              missing=markers,
-              decide_missing=None if markers is None else _missing_decider(
-                  src, bounds, 1 if energy is not None else k, labels, masked, missing))
     try:
+        pin = None
+        if layout.kind == "rechunk":
+            pin, scratch_url = rechunk(
+                engine, src, layout, _scratch_dir(scratch, out), out_opts, token=token,
+                panel_bytes=panel_bytes, progress=progress, passes=passes)
+        panels = _panels_for(src, bounds, engine, pin, layout.sliced)
+        run = Run(engine, panels, bounds, (m_t, n_t),
+                  center=center_cols, center_rows=center and src.wide,
+                  passes=passes, progress=progress, wide=src.wide,
+                  pivot=_pivot_row(src, panels, markers) if center_cols else None,
+                  cache=(token, float(panel_cache)) if panel_cache else None,
+                  missing=markers,
+                  decide_missing=None if markers is None else _missing_decider(
+                      src, bounds, 1 if energy is not None else k, labels, masked, missing))
         fac = _factor(run, resolved, k, energy=energy, cap=cap, compute_u=compute_u,
                       n_oversamples=p, n_iter=q, seed=seed, probes=probes, block_size=bsz,
                       sketch_sizes=sketch_sizes)
     finally:
         engine.release_cache(token)
+        remove_scratch(scratch_url, out_opts)
     t_blocks, sigma, v = fac["t"], fac["sigma"], fac["v"]
     k = fac.get("k", k)
 
@@ -351,8 +400,10 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     phase_w = Phase("write", run.pass_no, passes)
     t_w = time.perf_counter()
     if out is not None:
-        opts = storage_options if out_storage_options is None else out_storage_options
-        chunk_out = src.tall_chunk if src.kind == "zarr" else bounds[0][1] - bounds[0][0]
+        opts = out_opts
+        # U (the tall factor) in panel-aligned chunks: each panel writes whole chunks.
+        chunk_out = (src.tall_chunk if layout.kind == "chunks"
+                     else bounds[0][1] - bounds[0][0])
         writer = ResultWriter(out, opts, (m, n), k, chunk_out, src.wide, center,
                               with_tall=t_blocks is not None)
         sg = engine.scatter(signs)
@@ -385,7 +436,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
     timings["total"] = round(time.perf_counter() - t_start, 6)
     report.update({"passes": n_passes, "reads": reads, "n_oversamples": p, "n_iter": q,
-                   "random_state": seed, "timings": timings})
+                   "random_state": seed, "timings": timings, "plan": layout.to_json()})
     if resolved == "exact":
         report["u_route"] = fac["u_route"]
     if resolved == "randomized":
@@ -455,6 +506,18 @@ def _factor(run, resolved, k, *, energy, cap, compute_u, n_oversamples, n_iter, 
     if not compute_u:
         fac["t"] = None
     return fac
+
+
+def _scratch_dir(scratch, out):
+    """Where a rechunked copy goes: ``scratch``, else next to ``out``, else the temp dir."""
+    if scratch is not None:
+        return str(scratch)
+    if out is not None:
+        parent = str(out).rstrip("/").rsplit("/", 1)
+        return parent[0] if len(parent) == 2 and parent[0] else "."
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def _energy_params(rank, energy, max_rank, method, shape):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from . import _cache
-from ._errors import WorkerLostError
+from ._errors import WorkerLostError, map_exception
 from ._kernels import mask_missing, prepare_panel
 from ._source import PanelRef, read_panel
 
@@ -32,16 +32,18 @@ class Phase(str):
     Attributes
     ----------
     name : str
-        ``"stats+qr"``, ``"power"``, ``"range+project"``, ``"tall"``, ``"factor"`` or ``"write"``.
+        ``"rechunk"``, ``"stats+qr"``, ``"power"``, ``"range+project"``, ``"tall"``,
+        ``"sketch"``, ``"factor"`` or ``"write"``.
     pass_no : int
         The pass over A this step belongs to (for steps that do not read A,
-        the last pass made).
+        the last pass made; 0 for the ``"rechunk"`` copy before pass 1).
     passes : int
         Passes over A the whole job makes.
     """
 
     def __new__(cls, name, pass_no, passes):
-        obj = super().__new__(cls, f"{name} (pass {pass_no} of {passes})")
+        where = f"pass {pass_no}" if pass_no else "before pass 1"
+        obj = super().__new__(cls, f"{name} ({where} of {passes})")
         obj.name, obj.pass_no, obj.passes = name, pass_no, passes
         return obj
 
@@ -176,6 +178,10 @@ class _Engine:
     def release_cache(self, token):
         """Drop a job's cached panels everywhere."""
         _cache.release(token)
+
+    def memory_limit(self):
+        """The smallest worker memory limit in bytes, or None (unknown or unlimited)."""
+        return None
 
     # shared --------------------------------------------------------------
     def part(self, handle, *keys):
@@ -332,6 +338,15 @@ class DaskEngine(_Engine):
             if addrs:
                 self.homes[i] = sorted(addrs)[0]
 
+    def memory_limit(self):
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        except TypeError:  # older signature
+            workers = self.client.scheduler_info()["workers"]
+        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+        limits = [x for x in limits if x > 0]
+        return min(limits) if limits else None
+
     def release_cache(self, token):
         try:
             self.client.run(_cache.release, token)
@@ -433,20 +448,9 @@ def _reraise(exc):
 
 
 def _map_cluster_error(exc):
-    """Turn distributed's failures into :class:`WorkerLostError`; keep the rest."""
-    from distributed import KilledWorker
-
-    name = type(exc).__name__
-    if isinstance(exc, KilledWorker):
-        return WorkerLostError(
-            f"Dask workers died while running this job ({exc}); the task was retried "
-            "and its workers kept dying. Check worker memory limits and logs, then resubmit.")
-    if name in ("CommClosedError", "StreamClosedError", "FutureCancelledError") or (
-            isinstance(exc, (OSError, TimeoutError)) and "scheduler" in str(exc).lower()):
-        return WorkerLostError(
-            f"lost contact with the Dask scheduler or workers ({name}: {exc}); "
-            "check that the cluster is up, then resubmit.")
-    return exc
+    """Translate distributed's (and the OS's) failures through :data:`._errors.EXC_MAP`
+    (:class:`WorkerLostError`, :class:`StorageError`); keep the rest."""
+    return map_exception(exc)
 
 
 def make_engine(client, **options):

@@ -8,12 +8,18 @@ standard-library type a caller would naturally catch::
     │   ├── SourceNotFoundError (FileNotFoundError)
     │   └── SourceAccessError (PermissionError)   a path leads out of the allowed roots
     ├── NonFiniteError (ValueError)       "non_finite_values"  .rows = (start, stop) of the first bad panel
+    │                                                          (of the input as stored: columns of a wide one)
     ├── StorageError (OSError)            "storage_error"
     │   └── SourceChangedError                the pinned source changed, vanished or escaped
     └── WorkerLostError (RuntimeError)    "worker_lost"
 
 ``.type`` is the machine-readable code the job service stores with a failed
 job; ``str(err)`` is a sentence a person can act on.
+
+Failures from outside the core (``distributed``, ``tornado``, the OS) are
+translated in one place, :data:`EXC_MAP` (cf. httpx's ``HTTPCORE_EXC_MAP``),
+by :func:`map_exception`: the engine applies it to what its futures raise,
+the job service to whatever reaches it, so both give the same ``.type``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ __all__ = [
     "StorageError",
     "SourceChangedError",
     "WorkerLostError",
+    "EXC_MAP",
+    "map_exception",
 ]
 
 
@@ -79,8 +87,9 @@ class NonFiniteError(SVDError, ValueError):
     Attributes
     ----------
     rows : tuple of int
-        ``(start, stop)`` rows (of the input as stored) of the first panel
-        holding a non-finite value.
+        ``(start, stop)`` of the first panel holding a non-finite value,
+        counted along the panel axis of the input as stored: rows of a tall
+        input, columns of a wide one (which the core reads as its transpose).
     """
 
     type = "non_finite_values"
@@ -106,3 +115,50 @@ class WorkerLostError(SVDError, RuntimeError):
     """Dask workers died (or the scheduler went away) beyond the retry budget."""
 
     type = "worker_lost"
+
+
+def _named(*names):
+    """Match an exception whose class, or a base of it, has one of ``names``
+    (so that neither ``distributed`` nor ``tornado`` is imported here)."""
+    return lambda exc: any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def _scheduler_io(exc):
+    return isinstance(exc, (OSError, TimeoutError)) and "scheduler" in str(exc).lower()
+
+
+def _os_error(exc):
+    return isinstance(exc, OSError)
+
+
+_LOST_CONTACT = ("lost contact with the Dask scheduler or workers ({name}: {exc}); "
+                 "check that the cluster is up, then resubmit.")
+
+#: Foreign exceptions and the typed error each becomes, first match wins:
+#: ``(matches(exc), error class, message template)``; the template may use
+#: ``{exc}`` and ``{name}`` (the foreign class's name). An :class:`SVDError`
+#: is never translated.
+EXC_MAP = (
+    (_named("KilledWorker"), WorkerLostError,
+     "Dask workers died while running this job ({exc}); the task was retried and its "
+     "workers kept dying. Check worker memory limits and logs, then resubmit."),
+    (_named("CommClosedError", "StreamClosedError", "FutureCancelledError"), WorkerLostError,
+     _LOST_CONTACT),
+    (_scheduler_io, WorkerLostError, _LOST_CONTACT),
+    (_os_error, StorageError, "reading or writing storage failed: {exc}"),
+)
+
+
+def map_exception(exc: BaseException) -> BaseException:
+    """The :class:`SVDError` that :data:`EXC_MAP` makes of ``exc``, or ``exc`` itself.
+
+    ``exc`` is returned unchanged when it is an :class:`SVDError` already or
+    when no entry matches (an unexpected error, a bug: the caller decides).
+    The translation is not raised; raise it ``from exc``.
+    """
+    if isinstance(exc, SVDError):
+        return exc
+    for matches, error, template in EXC_MAP:
+        if matches(exc):
+            return error(template.format(exc=exc, name=type(exc).__name__))
+    return exc

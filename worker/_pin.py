@@ -77,8 +77,8 @@ class Limits:
     max_panels : int, default=1_000_000
         Panels of the plan (one task per panel and pass).
     max_band_bytes : int, default=4 GiB
-        Bytes of the smallest panel -- one chunk's worth of rows across the
-        whole short side, as float64 -- that a worker must hold.
+        Bytes of one chunk as float64: a compressed chunk is decoded whole,
+        so a worker must hold it (raw chunks are read in slices).
     """
 
     max_chunks: int = 1_000_000
@@ -87,7 +87,7 @@ class Limits:
 
 
 def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the source",
-                 n_chunks=None):
+                 n_chunks=None, plain=False):
     """Refuse a shape/chunk layout that is degenerate or too large, from metadata alone.
 
     Parameters
@@ -101,13 +101,16 @@ def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the sour
     n_chunks : int, optional
         Stored chunk keys, when they are not the 2-D grid of ``chunks``
         (an N-D variable).
+    plain : bool, default=False
+        The chunks are raw bytes, read in slices: no chunk is held whole.
 
     Raises
     ------
     InvalidInputError
         ``field="source"``; the message gives the numbers.
     """
-    from ._source import plan_panels
+    from ._layout import plan_layout
+    from ._source import SourceInfo
 
     limits = limits or Limits()
     m, n = (int(x) for x in shape)
@@ -122,16 +125,15 @@ def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the sour
         raise InvalidInputError(
             f"{what} (shape {[m, n]}, chunks {[cm, cn]}) has {n_chunks:.4g} chunks; at most "
             f"{limits.max_chunks} are accepted. Rewrite it with larger chunks.", field="source")
-    wide = m < n
-    m_t, n_t, c_t = (n, m, cn) if wide else (m, n, cm)
-    band = min(c_t, m_t) * n_t * 8
-    if band > limits.max_band_bytes:
+    one = min(cm, m) * min(cn, n) * 8
+    if not plain and one > limits.max_band_bytes:
         raise InvalidInputError(
-            f"{what} (shape {[m, n]}, chunks {[cm, cn]}): one chunk's worth of "
-            f"{'columns' if wide else 'rows'} is {band / 2**20:.4g} MiB as float64, more than "
-            f"the {limits.max_band_bytes / 2**20:.4g} MiB a worker may hold; rewrite it with "
-            f"smaller chunks along the {'columns' if wide else 'rows'}.", field="source")
-    n_panels = len(plan_panels(m_t, n_t, c_t, panel_bytes))
+            f"{what} (shape {[m, n]}, chunks {[cm, cn]}): one chunk, which must be decoded "
+            f"whole, is {one / 2**20:.4g} MiB as float64, more than the "
+            f"{limits.max_band_bytes / 2**20:.4g} MiB a worker may hold; rewrite it with "
+            "smaller chunks (or uncompressed, to be read in slices).", field="source")
+    info = SourceInfo((m, n), "float64", (cm, cn), plain=plain)
+    n_panels = plan_layout(info, panel_bytes=panel_bytes).n_panels
     if n_panels > limits.max_panels:
         raise InvalidInputError(
             f"{what} (shape {[m, n]}, chunks {[cm, cn]}) makes {n_panels:.4g} panels; at most "
@@ -396,7 +398,8 @@ class SourcePin:
 
 def _info_json(info):
     out = {"shape": list(info.shape), "dtype": info.dtype, "chunks": list(info.chunks),
-           "url": info.url, "array": info.array, "zarr_format": info.zarr_format}
+           "url": info.url, "array": info.array, "zarr_format": info.zarr_format,
+           "plain": info.plain}
     for key in ("dims", "nd_shape", "sample_dims", "fill"):
         value = getattr(info, key)
         if value is not None:
@@ -410,7 +413,7 @@ def _info_from_json(info):
     extra = {key: tuple(info[key]) for key in ("dims", "nd_shape", "sample_dims", "fill")
              if info.get(key) is not None}
     return SourceInfo(tuple(info["shape"]), info["dtype"], tuple(info["chunks"]), info["url"],
-                      info["array"], info["zarr_format"], **extra)
+                      info["array"], info["zarr_format"], info.get("plain", False), **extra)
 
 
 def _stamp_value(value, remote):
@@ -803,17 +806,21 @@ def _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits):
             field="source.sample_dims")
     mshape = view.shape if view else shape
     dt = _check_matrix(mshape, meta.dtype, f"array {array or url!r}")
+    # Raw 2-D chunks can be read in slices (no chunk held whole); an N-D view is
+    # read in its effective chunks.
+    plain = (view is None and len(shape) == 2 and key_chunks == read_chunks
+             and raw_dtype(meta) is not None)
     checks = [(read_chunks, limits)]
     if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
         checks.append((key_chunks, replace(limits or Limits(), max_panels=2**62,
                                            max_band_bytes=2**62)))
     for chunks, lim in checks:
         mchunks = make_view(shape, chunks, dims, view.sample_dims).chunks if view else chunks
-        check_limits(mshape, mchunks, panel_bytes, lim, what=name,
+        check_limits(mshape, mchunks, panel_bytes, lim, what=name, plain=plain,
                      n_chunks=math.prod(-(-s // c) for s, c in zip(shape, chunks)))
     ref = replace(ref, shape=shape, key_chunks=key_chunks, view=view)
     info = SourceInfo(mshape, dt, view.chunks if view else read_chunks, url, array, fmt,
-                      dims=dims if (view or len(shape) == 2) else None,
+                      plain, dims=dims if (view or len(shape) == 2) else None,
                       nd_shape=shape if view else None,
                       sample_dims=view.sample_dims if view else None,
                       fill=_fill_markers(meta, attrs, dt))
@@ -902,14 +909,23 @@ def _inner_chunks(meta):
 
 def _local_get(ref, expect, key, byte_range):
     """Bytes of one key, checked against the pin; None for an allowed missing chunk."""
-    hit = expect.get(key)
-    path = os.path.join(ref.url, key)
-    if hit is None:  # not a chunk of this panel: metadata or a key zarr probes
+    if key not in expect:  # not a chunk of this panel: metadata or a key zarr probes
         if key == ref.meta_key:
             return _read_meta(ref, at_pin=False)
         raise SourceChangedError(f"unexpected read of key {key!r} of {ref.name}")
-    where, stamp = hit
+    got = _local_get_ranges(ref, expect, key, None if byte_range is None else [byte_range])
+    return None if got is None else got[0]
+
+
+def _local_get_ranges(ref, expect, key, ranges):
+    """Byte ranges of one chunk file, opened once and checked against the pin.
+
+    ``ranges`` is a list of zarr byte requests (None: the whole file).
+    Returns a list of bytes, or None for a missing chunk that is allowed.
+    """
+    where, stamp = expect[key]
     region = chunk_region(ref, *where)
+    path = os.path.join(ref.url, key)
     try:
         fd = _open_guarded(ref, path, f"chunk {key!r} ({region})", at_pin=False)
     except (FileNotFoundError, NotADirectoryError):
@@ -923,17 +939,17 @@ def _local_get(ref, expect, key, byte_range):
         now = (st.st_size, st.st_mtime_ns, st.st_ino)
         if now != stamp:
             raise SourceChangedError(_change_message(ref, key, where, stamp, now))
-        size = st.st_size
-        if byte_range is None:
-            start, length = 0, size
-        else:
-            start, length = _byte_range(byte_range, size)
-        data = _read_fd(fd, length, start)
-        if len(data) != length:
-            raise SourceChangedError(
-                f"{ref.name} changed while it was read: chunk {key!r} ({region}) gave "
-                f"{len(data)} of {length} bytes.")
-        return data
+        out = []
+        for byte_range in ranges or [None]:
+            start, length = ((0, st.st_size) if byte_range is None
+                             else _byte_range(byte_range, st.st_size))
+            data = _read_fd(fd, length, start)
+            if len(data) != length:
+                raise SourceChangedError(
+                    f"{ref.name} changed while it was read: chunk {key!r} ({region}) gave "
+                    f"{len(data)} of {length} bytes.")
+            out.append(data)
+        return out
     finally:
         os.close(fd)
 
@@ -1060,3 +1076,85 @@ def read_region(ref, expect, node, sel, what):
                     "truncated; rewrite the array.") from inner
         raise StorageError(f"reading {what} of {ref.name} failed: "
                            f"{type(exc).__name__}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- reading by byte range
+
+
+def raw_dtype(meta):
+    """The stored dtype of an array whose chunks are raw C-order bytes, else None.
+
+    Such chunks (no compressor, no filter, no sharding: zarr v3 ``bytes``
+    alone, v2 ``compressor=None`` in C order) can be read in any sub-box
+    by byte ranges, so a chunk never has to be held whole.
+    """
+    from zarr.codecs import BytesCodec
+
+    if meta.zarr_format == 2:
+        if meta.compressor is not None or meta.filters or meta.order != "C":
+            return None
+        return np.dtype(meta.dtype.to_native_dtype())
+    codecs = tuple(meta.codecs)
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+        return None
+    dt = np.dtype(meta.data_type.to_native_dtype())
+    endian = getattr(codecs[0].endian, "value", None)
+    return dt.newbyteorder("<" if endian == "little" else ">") if endian else dt
+
+
+def _remote_get_ranges(ref, expect, key, ranges):
+    """Byte ranges of one object (ETags are checked per run, not per read)."""
+    fs, path = _remote_fs(ref)
+    where, stamp = expect[key]
+    try:
+        return fs.cat_ranges([f"{path}/{key}"] * len(ranges), [a for a, _ in ranges],
+                             [b for _, b in ranges], on_error="raise")
+    except FileNotFoundError:
+        if stamp == "":
+            if ref.allow_missing:
+                return None
+            raise InvalidInputError(_missing_message(ref, where, 1), field="source") from None
+        raise SourceChangedError(_change_message(ref, key, where, stamp, "")) from None
+
+
+def read_slices(ref, expect, rows, cols):
+    """Rows ``rows`` and columns ``cols`` (slices) of a raw-chunk array, by byte range.
+
+    Each chunk touched is opened once and only the bytes of the box are
+    read: whole chunk rows as one range when most of a row is wanted, one
+    range per row otherwise. A chunk missing at rest (when allowed) reads as
+    the fill value.
+
+    Returns
+    -------
+    ndarray of shape (rows, cols), native byte order
+    """
+    from zarr.abc.store import RangeByteRequest
+
+    meta = _meta_of(ref)
+    dt = raw_dtype(meta)
+    isz = dt.itemsize
+    (r0, r1), (c0, c1) = (rows.start, rows.stop), (cols.start, cols.stop)
+    cm, cn = ref.key_chunks
+    out = np.empty((r1 - r0, c1 - c0), dtype=dt.newbyteorder("="))
+    get = _remote_get_ranges if ref.remote else _local_get_ranges
+    for i in range(r0 // cm, -(-r1 // cm)):
+        a0, a1 = max(r0, i * cm) - i * cm, min(r1, (i + 1) * cm) - i * cm
+        for j in range(c0 // cn, -(-c1 // cn)):
+            b0, b1 = max(c0, j * cn) - j * cn, min(c1, (j + 1) * cn) - j * cn
+            dst = out[i * cm + a0 - r0:i * cm + a1 - r0, j * cn + b0 - c0:j * cn + b1 - c0]
+            whole_rows = 2 * (b1 - b0) >= cn
+            spans = ([(a0 * cn * isz, a1 * cn * isz)] if whole_rows
+                     else [((a * cn + b0) * isz, (a * cn + b1) * isz) for a in range(a0, a1)])
+            key = meta.encode_chunk_key((i, j))
+            if ref.remote:
+                got = get(ref, expect, key, spans)
+            else:
+                got = get(ref, expect, key, [RangeByteRequest(a, b) for a, b in spans])
+            if got is None:
+                dst[...] = meta.fill_value if meta.fill_value is not None else 0
+            elif whole_rows:
+                dst[...] = np.frombuffer(got[0], dtype=dt).reshape(a1 - a0, cn)[:, b0:b1]
+            else:
+                dst[...] = np.frombuffer(b"".join(got), dtype=dt).reshape(a1 - a0, b1 - b0)
+    return out

@@ -62,6 +62,9 @@ class SourceInfo:
         The dimensions flattened into the rows (samples).
     fill : tuple of float or None
         CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
+    plain : bool
+        The chunks are raw bytes (no compressor, filter or sharding), so any
+        slice of a chunk can be read by byte range (:func:`~._pin.read_slices`).
     """
 
     shape: tuple
@@ -74,6 +77,7 @@ class SourceInfo:
     nd_shape: tuple | None = None
     sample_dims: tuple | None = None
     fill: tuple | None = None
+    plain: bool = False
 
 
 @dataclass
@@ -403,10 +407,13 @@ def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
 
 
 class PanelRefs(Sequence):
-    """The :class:`PanelRef` of each panel of a pinned source, made on demand."""
+    """The :class:`PanelRef` of each panel of a pinned source, made on demand.
 
-    def __init__(self, pin, bounds, wide):
-        self.pin, self.bounds, self.wide = pin, bounds, wide
+    ``sliced``: read by byte ranges (:func:`~._pin.read_slices`; raw chunks only).
+    """
+
+    def __init__(self, pin, bounds, wide, sliced=False):
+        self.pin, self.bounds, self.wide, self.sliced = pin, bounds, wide, sliced
 
     def __len__(self):
         return len(self.bounds)
@@ -416,7 +423,7 @@ class PanelRefs(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         s, e = self.bounds[i]
         return PanelRef(s, e, self.wide, ref=self.pin.ref,
-                        expect=self.pin.panel_expect(s, e, self.wide))
+                        expect=self.pin.panel_expect(s, e, self.wide), sliced=self.sliced)
 
 
 @dataclass(frozen=True)
@@ -425,7 +432,8 @@ class PanelRef:
 
     ``ref`` and ``expect`` (a pinned source and the stamps of this panel's
     chunk keys) are set for pinned sources; ``array`` (a ``zarr.Array``)
-    otherwise.
+    otherwise. ``sliced`` panels are read by byte ranges, so a panel may
+    cut through chunks (raw chunks only, :func:`~._pin.read_slices`).
     """
 
     start: int
@@ -435,14 +443,18 @@ class PanelRef:
     expect: tuple = ()  # ((key, ((i, j), stamp)), ...)
     array: object = None  # a zarr.Array when the source is not pinned
     view: object = None  # its MatrixView, for an N-D variable
+    sliced: bool = False
 
     def read(self):
-        from ._pin import open_pinned, read_region
+        from ._pin import open_pinned, read_region, read_slices
 
-        sel = ((slice(None), slice(self.start, self.stop)) if self.wide
-               else (slice(self.start, self.stop), slice(None)))
+        full = None if self.ref is None else self.ref.matrix_view.shape[0 if self.wide else 1]
+        span, every = slice(self.start, self.stop), slice(0, full)
+        sel = (every, span) if self.wide else (span, every)
         what = f"{'columns' if self.wide else 'rows'} {self.start}:{self.stop}"
-        if self.ref is not None:
+        if self.sliced:
+            block = read_slices(self.ref, dict(self.expect), *sel)
+        elif self.ref is not None:
             expect = dict(self.expect)
             block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)
         else:

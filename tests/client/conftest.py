@@ -1,6 +1,7 @@
 """Fixtures of the client tests: the real service, started as a subprocess.
 
-One service per test session (``svdserve serve`` from this venv) with an
+One service per test session (``python -m svdserve.service`` from this venv,
+started by the shared launcher, ``tests/_server.py``) with an
 embedded Dask cluster of two workers, two tenants (``alice``, ``bob``), a
 data root and a results root in a temporary directory. Tests talk to it over
 real HTTP on loopback, exactly as a user would.
@@ -9,15 +10,13 @@ real HTTP on loopback, exactly as a user would.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests._server import ServerProcess
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 STARTUP_TIMEOUT = 120.0
@@ -46,12 +45,6 @@ class Service:
         return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The real svdserve service on loopback (skips nothing: a failure to start is an error)."""
@@ -59,9 +52,7 @@ def service(tmp_path_factory):
     data_root = base / "data"
     data_root.mkdir()
     results_root = base / "results"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDSERVE_")}
-    env.update(
+    settings = dict(
         SVDSERVE_DATA_ROOTS=str(data_root),
         SVDSERVE_RESULTS_ROOT=str(results_root),
         SVDSERVE_DATABASE=str(base / "jobs.sqlite"),
@@ -73,38 +64,17 @@ def service(tmp_path_factory):
         # progress, cancellation between panels and panel alignment get exercised
         SVDSERVE_PANEL_BYTES=str(64 * 1024),
     )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDSERVE_")}
+    env.update(settings)
     log = base / "service.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "svdserve._cli", "serve", "--port", str(port)],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=base,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    server = ServerProcess(settings, token=TOKENS["alice"], log_path=log, cwd=base)
+    server.start(timeout=STARTUP_TIMEOUT)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"svdserve serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                r = httpx.get(f"{url}/v1/ready", timeout=2,
-                              headers={"Authorization": f"Bearer {TOKENS['alice']}"})
-                if r.status_code == 200 and r.json().get("ready"):
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"svdserve serve not ready after {STARTUP_TIMEOUT} s:\n"
-                                   f"{log.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield Service(url, TOKENS["alice"], TOKENS["bob"], data_root, results_root, log, env)
+        yield Service(server.url, TOKENS["alice"], TOKENS["bob"], data_root, results_root,
+                      log, env)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        server.stop(signal.SIGTERM, timeout=20)
+        server.kill_all()
 
 
 @pytest.fixture

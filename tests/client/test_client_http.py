@@ -37,7 +37,9 @@ from svdserve.client import (
 )
 from svdserve.client._http import parse_retry_after
 
-from svdclient_testlib import job_json, write_result
+from svdclient_testlib import job_json
+
+from tests._check import write_fake_result as write_result
 
 BASE = "http://svd.test"
 

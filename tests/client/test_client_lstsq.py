@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from svdserve.client._lstsq import choose_alpha_gcv, filter_factors, gcv, lstsq, solve
 from svdserve.client import LstsqResult
 
-from svdclient_testlib import EPS
+from tests._check import EPS
 
 RTOL = 1e4 * EPS  # κ(A) ≤ 1e3 times eps, with a factor-10 margin (see module docstring)
 

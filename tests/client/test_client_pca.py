@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA as SkPCA
 
 from svdserve.client import PCA
 
-from svdclient_testlib import dense_svd
+from tests._check import dense_svd
 
 RTOL = 1e-10  # see module docstring
 

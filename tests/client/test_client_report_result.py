@@ -18,7 +18,9 @@ import pytest
 
 from svdserve.client import EnergyReport, StorageError, SVDResult
 
-from svdclient_testlib import EPS, make_report, write_result
+from tests._check import EPS
+from tests._check import fake_report as make_report
+from tests._check import write_fake_result as write_result
 
 
 def _low_rank_plus_noise(rng, m, n, r, noise=1e-3):

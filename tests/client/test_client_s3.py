@@ -8,35 +8,22 @@ right-hand side from an ``s3://`` Zarr array.
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import numpy as np
 import pytest
 
 from svdserve.client import Client, StorageError
 
-from svdclient_testlib import job_json, write_result
+from svdclient_testlib import job_json
+
+from tests._check import write_fake_result as write_result
+from tests._server import moto_s3
 
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    so = {"key": "test-key", "secret": "test-secret", "endpoint_url": f"http://127.0.0.1:{port}"}
-    import s3fs
-
-    fs = s3fs.S3FileSystem(**so)
-    fs.mkdir("lab")
-    try:
+    with moto_s3("lab", key="test-key", secret="test-secret") as (so, fs):
         yield so, fs
-    finally:
-        server.stop()
 
 
 def _client(handler, so, **kw):

@@ -36,7 +36,7 @@ from svdserve.client import (
     Unauthorized,
 )
 
-from svdclient_testlib import EPS
+from tests._check import EPS
 
 pytestmark = pytest.mark.timeout(300)
 

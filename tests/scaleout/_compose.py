@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tests._server import free_port
 
 __all__ = ["interpolate", "load_compose", "dockerfile_instructions", "image_env",
            "free_port", "Topology", "Proc"]
@@ -186,13 +187,6 @@ def image_env(path: str | os.PathLike) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _container_port(spec) -> int:

@@ -35,7 +35,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from svdserve.client import Client, SVDServeError
+
+from tests._server import free_port
 
 from ._helpers import COMPOSE_FILE, REPO, make_matrix
 
@@ -70,12 +71,6 @@ def compose_command() -> list[str]:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     return [docker_binary(), "compose"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CheckFailed(AssertionError):

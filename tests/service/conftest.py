@@ -22,36 +22,14 @@ import numpy as np
 import pytest
 import zarr
 
+from tests._check import check_factors
+from tests.service._kit import CHUNK_ROWS, M, N, PANEL_BYTES, TRUE_RANK, low_rank, wait_job, write
 
 
 def pytest_configure(config):
     # Starlette's TestClient on httpx: the suggested replacement is not a dependency.
     config.addinivalue_line("filterwarnings",
                             "ignore:Using `httpx` with `starlette.testclient`")
-
-#: Shape and rank of the main test matrix; chunk rows give 12 panels with the
-#: panel budget below.
-M, N, TRUE_RANK = 600, 40, 6
-CHUNK_ROWS = 50
-PANEL_BYTES = CHUNK_ROWS * N * 8  # one chunk per panel
-
-
-def low_rank(m, n, rank, *, noise=1e-3, seed=0):
-    """A matrix of numerical rank ``rank`` plus small noise, decaying spectrum."""
-    rng = np.random.default_rng(seed)
-    u, _ = np.linalg.qr(rng.standard_normal((m, rank)))
-    v, _ = np.linalg.qr(rng.standard_normal((n, rank)))
-    s = 10.0 ** -np.linspace(0, 2, rank) * 100
-    return (u * s) @ v.T + noise * rng.standard_normal((m, n))
-
-
-def write(path, array, chunks=None, **kw):
-    z = zarr.create_array(str(path), shape=array.shape, dtype=array.dtype,
-                          chunks=chunks or array.shape, **kw)
-    if array.size:
-        z[...] = array
-    return z
-
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
@@ -123,20 +101,6 @@ def service(dask_client, data_root, tmp_path):
     return make
 
 
-def wait_job(client, job_id, states=("succeeded", "failed", "cancelled"), timeout=60.0,
-             headers=None):
-    """Long-poll ``job_id`` until its state is in ``states``; returns the job JSON."""
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        r = client.get(f"/v1/jobs/{job_id}", params={"wait": 2}, headers=headers)
-        assert r.status_code == 200, r.text
-        job = r.json()
-        if job["state"] in states:
-            return job
-    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s: {job}")
-
-
 @pytest.fixture
 def wait():
     return wait_job
@@ -176,25 +140,6 @@ def gate(monkeypatch):
     g = Gate(monkeypatch)
     yield g
     g.release()
-
-
-def check_factors(U, S, Vt, A, k, *, rtol=1e-8):
-    """Factors of a rank-k truncated SVD of ``A`` agree with LAPACK's.
-
-    Signs are not compared (they are a convention); the rank-k
-    reconstruction, the singular values and orthonormality are. ``rtol``:
-    the exact method is backward stable, so agreement is to a modest
-    multiple of eps * cond; 1e-8 leaves ample room for a 600 x 40 matrix.
-    """
-    U, S, Vt = np.asarray(U), np.asarray(S), np.asarray(Vt)
-    m, n = A.shape
-    assert U.shape == (m, k) and S.shape == (k,) and Vt.shape == (k, n)
-    u, s, vt = np.linalg.svd(A, full_matrices=False)
-    np.testing.assert_allclose(S, s[:k], rtol=rtol, atol=rtol * s[0])
-    np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-10)
-    np.testing.assert_allclose(Vt @ Vt.T, np.eye(k), atol=1e-10)
-    best = (u[:, :k] * s[:k]) @ vt[:k]
-    np.testing.assert_allclose((U * S) @ Vt, best, atol=rtol * s[0] * 10)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from conftest import CHUNK_ROWS, M, N
+from tests.service._kit import CHUNK_ROWS, M, N, wait_job
 
 PROBLEM = "application/problem+json"
 
@@ -250,7 +250,6 @@ def test_results_and_database_are_not_sources(service, data_root, tmp_path):
     with service(results_root=str(inside / "results"),
                  database=str(inside / "jobs.sqlite")) as c:
         job = submit(c, rank=2).json()
-        from conftest import wait_job
         done = wait_job(c, job["id"])
         assert done["state"] == "succeeded"
         for url in (done["result"]["url"], "svc-internal/results",
@@ -409,7 +408,6 @@ def test_long_poll_returns_on_change(service, gate):
         assert (out["job"]["state"], out["job"]["progress"]) != (state["state"],
                                                                  state["progress"])
         # a finished job's long poll answers at once
-        from conftest import wait_job
         assert wait_job(c, job["id"])["state"] == "succeeded"
         t0 = time.monotonic()
         final = c.get(f"/v1/jobs/{job['id']}", params={"wait": 5}).json()

@@ -22,33 +22,31 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import check_factors
 
-from svdserve.service._demo import ServerProcess
+from tests._check import check_factors
+from tests._server import E2E_COLS as COLS
+from tests._server import E2E_ROWS as ROWS
+from tests._server import ServerProcess, follow_job, http_client, running_server, write_chunked
+from tests._server import server_env as _server_env
 
 pytestmark = pytest.mark.slow
 
-#: 100 panels of 1200 rows x 40 columns (384 KB each, SVDSERVE_PANEL_BYTES
-#: below) so a job runs for several seconds and reports progress often.
-ROWS, COLS, CHUNK = 120_000, 40, 1_200
-PANEL_BYTES = CHUNK * COLS * 8
 ALICE, BOB = "tok-alice-0123456789", "tok-bob-9876543210"
 
 
 @pytest.fixture(scope="module")
 def e2e_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    data.mkdir()
+    (root / "data").mkdir()
     rng = np.random.default_rng(42)
     v = np.linalg.qr(rng.standard_normal((COLS, 8)))[0]
     s = 50.0 * 0.6 ** np.arange(8)
-    z = zarr.create_array(str(data / "big.zarr"), shape=(ROWS, COLS), chunks=(CHUNK, COLS),
-                          dtype="f8")
-    step = 12_000
-    for start in range(0, ROWS, step):
-        u = rng.standard_normal((step, 8)) / np.sqrt(ROWS)
-        z[start:start + step] = (u * s) @ v.T + 1e-3 * rng.standard_normal((step, COLS))
+
+    def block(rows):
+        u = rng.standard_normal((rows, 8)) / np.sqrt(ROWS)
+        return (u * s) @ v.T + 1e-3 * rng.standard_normal((rows, COLS))
+
+    write_chunked(root / "data" / "big.zarr", block)
     return root
 
 
@@ -58,40 +56,21 @@ def big(e2e_data):
 
 
 def server_env(root, name):
-    return {"SVDSERVE_DATA_ROOTS": str(root / "data"),
-            "SVDSERVE_RESULTS_ROOT": str(root / name / "results"),
-            "SVDSERVE_DATABASE": str(root / name / "jobs.sqlite"),
-            "SVDSERVE_N_WORKERS": "2", "SVDSERVE_PANEL_BYTES": str(PANEL_BYTES),
-            "SVDSERVE_PROGRESS_INTERVAL": "0.05", "SVDSERVE_SCHEDULER": "",
-            "SVDSERVE_TOKENS": f"alice:{ALICE},bob:{BOB}", "SVDSERVE_LOG_LEVEL": "warning"}
+    return _server_env(root / "data", root / name, tokens={"alice": ALICE, "bob": BOB})
 
 
 @pytest.fixture(scope="module")
 def server(e2e_data):
-    srv = ServerProcess(server_env(e2e_data, "main"), token=ALICE,
-                        log_path=e2e_data / "main-server.log")
-    srv.start()
-    yield srv
-    code = srv.stop()
-    srv.kill_all()
-    assert code == 0, f"the server did not stop cleanly; see {srv.log_path}"
+    with running_server(server_env(e2e_data, "main"), token=ALICE,
+                        log_path=e2e_data / "main-server.log") as srv:
+        yield srv
 
 
 def http(srv, token=ALICE):
-    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"},
-                        timeout=90)
+    return http_client(srv, token)
 
 
-def follow(c, job_id, until=("succeeded", "failed", "cancelled"), timeout=180.0):
-    """Long-poll the job; returns (final job, list of jobs seen)."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
-        seen.append(job)
-        if job["state"] in until:
-            return job, seen
-    raise AssertionError(f"job {job_id} stuck: {seen[-1] if seen else None}")
+follow = follow_job
 
 
 def test_lifecycle_over_http(server, big):

@@ -51,13 +51,15 @@ def submit(c, url, rank=3, **extra):
     return c.post("/v1/jobs", json={"source": {"url": url}, "rank": rank, **extra})
 
 
-def lying_array(path, shape, chunks):
+def lying_array(path, shape, chunks, compressed=False):
     os.makedirs(path)
     doc = {"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "float64",
            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
            "fill_value": 0.0,
-           "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}]}
+           "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}]
+           + ([{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+              if compressed else [])}
     (path / "zarr.json").write_text(json.dumps(doc))
     return (path / "zarr.json").stat().st_size
 
@@ -102,18 +104,31 @@ def test_overwrite_while_queued_fails_storage_error(svc, root, wait, gate):
 
 # ---------------------------------------------------------------- cases 4 and 6
 @pytest.mark.parametrize("name,shape,chunks,numbers", [
-    # case 4: ~400 bytes claiming 10^15 x 10^6; 10^18 chunks / one 7.6e15 MiB band
+    # case 4: ~400 bytes claiming 10^15 x 10^6; 10^18 chunks / one 7.6e15 MiB chunk
     ("huge.zarr", [10**15, 10**6], [1000, 1000], "has 1e+15 chunks; at most 1000000"),
     ("band.zarr", [10**15, 10**6], [10**15, 10**6], "MiB as float64, more than the 4096 MiB"),
     # case 6: a zero chunk size was a ZeroDivisionError ('internal') in the job
     ("zero.zarr", [100, 10], [0, 10], "chunk shape [0, 10]; every chunk size must be >= 1"),
 ])
 def test_lying_metadata_is_refused_at_submit(svc, root, name, shape, chunks, numbers):
-    assert lying_array(root / name, shape, chunks) < 600
+    assert lying_array(root / name, shape, chunks, compressed=name == "band.zarr") < 650
     with svc() as c:
         p = assert_problem(submit(c, name), 422, "body.source")
         assert numbers in p["detail"], p
         assert c.get("/v1/jobs").json()["items"] == []  # nothing was queued
+
+
+def test_chunk_too_large_for_the_workers_is_a_422_with_the_plan_numbers(svc, root):
+    """Issue 11: a compressed chunk that must be decoded whole but cannot fit a worker
+    (here: more than 1e-4 of its memory limit) is refused at submit, naming the numbers."""
+    write(root / "A.zarr", matrix(200, 500), (200, 500))  # one 800 kB compressed chunk
+    with svc(memory_fraction=1e-4) as c:
+        p = assert_problem(submit(c, "A.zarr"), 422, "body.source")
+        assert "[200, 500]" in p["detail"] and "smallest worker's memory limit" in p["detail"]
+        assert c.get("/v1/jobs").json()["items"] == []  # nothing was queued
+    with svc() as c:  # the default share accepts it, and the 202 says how it is cut
+        job = submit(c, "A.zarr").json()
+        assert job["plan"]["kind"] == "chunks" and job["plan"]["panels"] == 1
 
 
 def test_limits_come_from_the_settings(svc, root):

@@ -21,14 +21,11 @@ import psutil
 import pytest
 import zarr
 
-from svdserve.service._demo import ServerProcess
+from tests._server import E2E_COLS as COLS
+from tests._server import follow_job, http_client, running_server, server_env, write_chunked
 
 pytestmark = pytest.mark.slow
 
-#: 100 panels of 1200 rows x 40 columns: a job runs for seconds, so the queue
-#: stays busy and a deletion lands mid-pass.
-ROWS, COLS, CHUNK = 120_000, 40, 1_200
-PANEL_BYTES = CHUNK * COLS * 8
 ALICE, BOB = "tok-alice-issue9", "tok-bob-issue9"
 
 
@@ -39,10 +36,7 @@ def base(tmp_path_factory):
     data.mkdir()
     outside.mkdir()
     rng = np.random.default_rng(3)
-    z = zarr.create_array(str(data / "big.zarr"), shape=(ROWS, COLS), chunks=(CHUNK, COLS),
-                          dtype="f8")
-    for start in range(0, ROWS, 12_000):
-        z[start:start + 12_000] = rng.standard_normal((12_000, COLS))
+    write_chunked(data / "big.zarr", lambda rows: rng.standard_normal((rows, COLS)))
     small = rng.standard_normal((600, COLS))
     for name in ("toctou.zarr", "toctou2.zarr", "alice.zarr"):
         zarr.create_array(str(data / name), shape=small.shape, chunks=(100, COLS),
@@ -54,32 +48,18 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base):
-    env = {"SVDSERVE_DATA_ROOTS": str(base / "data"),
-           "SVDSERVE_RESULTS_ROOT": str(base / "results"),
-           "SVDSERVE_DATABASE": str(base / "jobs.sqlite"),
-           "SVDSERVE_N_WORKERS": "2", "SVDSERVE_PANEL_BYTES": str(PANEL_BYTES),
-           "SVDSERVE_MAX_CONCURRENT_JOBS": "1", "SVDSERVE_PROGRESS_INTERVAL": "0.05",
-           "SVDSERVE_SCHEDULER": "", "SVDSERVE_TOKENS": f"alice:{ALICE},bob:{BOB}",
-           "SVDSERVE_LOG_LEVEL": "warning"}
-    srv = ServerProcess(env, token=ALICE, log_path=base / "server.log").start()
-    yield srv
-    code = srv.stop()
-    srv.kill_all()
-    assert code == 0, f"the server did not stop cleanly; see {srv.log_path}"
+    env = server_env(base / "data", base, tokens={"alice": ALICE, "bob": BOB},
+                     max_concurrent_jobs=1)
+    with running_server(env, token=ALICE, log_path=base / "server.log") as srv:
+        yield srv
 
 
 def http(srv, token):
-    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"},
-                        timeout=90)
+    return http_client(srv, token)
 
 
 def follow(c, job_id, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+    return follow_job(c, job_id, timeout=timeout)[0]
 
 
 def wait_progress(c, job_id, done, timeout=120.0):

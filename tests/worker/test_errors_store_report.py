@@ -16,7 +16,7 @@ from svdserve.worker import (
     svd,
 )
 
-from ._check import EPS, check_svd, decaying, to_zarr
+from tests._check import EPS, check_svd, decaying, to_zarr
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -10,7 +10,7 @@ import pytest
 
 from svdserve.worker import WorkerLostError, svd
 
-from ._check import check_svd, decaying, to_zarr
+from tests._check import check_svd, decaying, to_zarr
 
 
 def _pids(client):

@@ -9,7 +9,7 @@ from svdserve.worker import _kernels as K
 from svdserve.worker._engine import LocalEngine
 from svdserve.worker._tsqr import tsqr_down, tsqr_up
 
-from ._check import EPS, centred_exactly
+from tests._check import EPS, centred_exactly
 
 rng = np.random.default_rng(42)
 

@@ -15,7 +15,7 @@ import pytest
 from svdserve.worker import InvalidInputError, svd
 from svdserve.worker._energy import denoise_rank, gd_lambda, gd_omega, mp_median
 
-from ._check import EPS, check_svd, decaying, to_zarr
+from tests._check import EPS, check_svd, decaying, to_zarr
 
 ALPHA_BOUND = 10 * math.sqrt(2 / math.pi)  # HMT 2011 eq. (4.3), α = 10
 

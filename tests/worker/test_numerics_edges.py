@@ -1,7 +1,7 @@
 """Numerical trust at the edges (issue 8): offsets, extreme scales, tiny tails, κ to 1e15.
 
 References are LAPACK (``numpy.linalg.svd``) on matrices that fit in memory;
-for centring, on the matrix centred *exactly* (:func:`._check.centred_exactly`),
+for centring, on the matrix centred *exactly* (:func:`tests._check.centred_exactly`),
 since a float64 ``X − X.mean(0)`` is itself off by about ε·offset and even
 np.longdouble is off by ~1e-9 at an offset of 1e10.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from svdserve.worker import svd
 
-from ._check import EPS, centred_exactly, check_svd, decaying, exact_mean, to_zarr
+from tests._check import EPS, centred_exactly, check_svd, decaying, exact_mean, to_zarr
 
 OFFSETS = [1e2, 1e4, 1e8, 1e10]
 

@@ -6,7 +6,7 @@ import pytest
 from svdserve.worker import svd
 from svdserve.worker._tsqr import GEMM_MAX_COND
 
-from ._check import check_svd, decaying, to_zarr
+from tests._check import check_svd, decaying, to_zarr
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from svdserve.worker import (
     svd,
 )
 
+from tests._server import moto_s3
+
 
 def write(path, a, chunks, **kw):
     z = zarr.create_array(str(path), shape=a.shape, dtype=a.dtype, chunks=chunks,
@@ -153,26 +155,33 @@ def test_only_chunk_keys_are_checked(tmp_path):
 
 
 # ---------------------------------------------------------------- 4. metadata that lies
-def lying_array(path, shape, chunks):
+_ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+
+
+def lying_array(path, shape, chunks, compressed=False):
     os.makedirs(path)
     doc = {"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "float64",
            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
            "fill_value": 0.0, "codecs": [{"name": "bytes",
-                                          "configuration": {"endian": "little"}}]}
+                                          "configuration": {"endian": "little"}}]
+           + ([_ZSTD] if compressed else [])}
     with open(os.path.join(path, "zarr.json"), "w") as f:
         json.dump(doc, f)
     return os.path.getsize(os.path.join(path, "zarr.json"))
 
 
-@pytest.mark.parametrize("chunks,expected", [
-    ([10**6, 10**6], r"1e\+09 chunks; at most 1000000"),         # too many chunks
-    ([10**15, 10**6], r"more than the 4096 MiB a worker may hold"),  # one huge chunk band
+@pytest.mark.parametrize("chunks,compressed,expected", [
+    ([10**6, 10**6], False, r"1e\+09 chunks; at most 1000000"),         # too many chunks
+    # one huge compressed chunk: it would have to be decoded whole
+    ([10**15, 10**6], True, r"more than the 4096 MiB a worker may hold"),
+    # one huge raw chunk is read in slices, but 16 rows per 128 MiB panel is 6e13 panels
+    ([10**15, 10**6], False, r"makes 6.25e\+13 panels; at most 1000000"),
 ])
-def test_huge_metadata_refused_from_metadata_alone(tmp_path, chunks, expected):
+def test_huge_metadata_refused_from_metadata_alone(tmp_path, chunks, compressed, expected):
     """Case 4: a ~400-byte zarr.json claiming shape [10^15, 10^6] is refused with
     the numbers, before any chunk key is listed or any panel planned."""
-    size = lying_array(tmp_path / "huge.zarr", [10**15, 10**6], chunks)
+    size = lying_array(tmp_path / "huge.zarr", [10**15, 10**6], chunks, compressed)
     assert size < 600
     with pytest.raises(InvalidInputError, match=expected) as info:
         svd(str(tmp_path / "huge.zarr"), 5)
@@ -256,24 +265,8 @@ def test_pin_round_trips_through_json(tmp_path):
 # ---------------------------------------------------------------- object storage (moto)
 @pytest.fixture(scope="module")
 def s3():
-    import socket
-
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    so = {"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{port}"}
-    fs = s3fs.S3FileSystem(**so)
-    if not fs.exists("issue9-pins"):  # moto's state is per process: other modules' buckets too
-        fs.mkdir("issue9-pins")
-    try:
+    with moto_s3("issue9-pins") as (so, fs):
         yield so, fs
-    finally:
-        server.stop()
 
 
 def test_s3_source_is_pinned_by_etags(s3):

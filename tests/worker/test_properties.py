@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from svdserve.worker import svd
 
-from ._check import check_svd, to_zarr
+from tests._check import check_svd, to_zarr
 
 
 @st.composite

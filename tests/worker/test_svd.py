@@ -5,7 +5,7 @@ import pytest
 
 from svdserve.worker import svd
 
-from ._check import check_svd, decaying, to_zarr
+from tests._check import check_svd, decaying, to_zarr
 
 # (shape, chunks, rank, dtype, zarr_format, panel_bytes): one row per geometry.
 GEOMETRIES = [

@@ -111,3 +111,80 @@ def to_zarr(path, A, chunks, *, zarr_format=3):
                           zarr_format=zarr_format)
     z[:] = A
     return str(path)
+
+
+def check_factors(U, S, Vt, A, k, *, rtol=1e-8):
+    """Factors of a rank-k truncated SVD of ``A`` agree with LAPACK's.
+
+    For factors read back from a result store (no :class:`SVDResult` at
+    hand). Signs are not compared (they are a convention); the rank-k
+    reconstruction, the singular values and orthonormality are. ``rtol``:
+    the exact method is backward stable, so agreement is to a modest
+    multiple of eps * cond; 1e-8 leaves ample room for the test matrices.
+    """
+    U, S, Vt = np.asarray(U), np.asarray(S), np.asarray(Vt)
+    m, n = A.shape
+    assert U.shape == (m, k) and S.shape == (k,) and Vt.shape == (k, n)
+    u, s, vt = np.linalg.svd(A, full_matrices=False)
+    np.testing.assert_allclose(S, s[:k], rtol=rtol, atol=rtol * s[0])
+    np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-10)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(k), atol=1e-10)
+    best = (u[:, :k] * s[:k]) @ vt[:k]
+    np.testing.assert_allclose((U * S) @ Vt, best, atol=rtol * s[0] * 10)
+
+
+def dense_svd(A, k, *, center=False):
+    """Reference truncated SVD of A (or of A − 1 meanᵀ) with the worker's sign rule
+    (:func:`svdserve.worker._kernels.svd_flip_rows`).
+
+    Returns
+    -------
+    U, s, Vt, mean, s_all, total : the rank-k factors, the column means (or
+    None), the whole spectrum and ‖X‖²_F.
+    """
+    from svdserve.worker._kernels import svd_flip_rows
+
+    A = dense(A)
+    mean = A.mean(axis=0) if center else None
+    X = A - mean if center else A
+    U, s, Vt = np.linalg.svd(X, full_matrices=False)
+    U, Vt = svd_flip_rows(U, Vt)
+    return U[:, :k], s[:k], Vt[:k], mean, s, float(np.sum(X * X))
+
+
+def fake_report(shape, s_k, total, *, center=False, method="exact", s_all=None):
+    """The worker's own :func:`~svdserve.worker.energy_report` for given singular
+    values and ‖X‖²_F ``total``, plus the run fields a job adds.
+
+    ``s_all`` is the whole spectrum when known; otherwise the energy beyond
+    ``s_k`` is taken as ``total − Σ s_k²`` (fine for a fake, not for a real job).
+    """
+    from svdserve.worker import energy_report
+    from svdserve.worker._kernels import sumsq
+
+    s_k = np.asarray(s_k, dtype=np.float64)
+    spectrum = s_k if s_all is None else np.asarray(s_all, dtype=np.float64)
+    leftover = 0.0 if s_all is not None else max(total - float(np.sum(s_k**2)), 0.0)
+    report = energy_report(s_k, sumsq(np.sqrt([total])), shape=shape, method=method,
+                           center=center, s_all=spectrum if s_all is not None else None,
+                           sigma_b=spectrum, resid_ss=sumsq(np.sqrt([leftover])))
+    report.update({"n_oversamples": 10, "n_iter": 2, "random_state": 0, "passes": 2,
+                   "timings": {"stats+qr": 0.01, "total": 0.02}})
+    return report
+
+
+def write_fake_result(path, A, k, *, center=False, method="exact", row_chunk=None):
+    """A ``result.zarr`` for A (dense SVD) at ``path``, written by the worker's own
+    :class:`~svdserve.worker._store.ResultWriter` (manifest last, as
+    ``docs/contracts.md`` says); returns (U, s, Vt, mean)."""
+    import os
+
+    from svdserve.worker._store import ResultWriter
+
+    U, s, Vt, mean, s_all, total = dense_svd(A, k, center=center)
+    m, n = np.shape(A)
+    writer = ResultWriter(os.fspath(path), None, (m, n), k, row_chunk or m, False, center)
+    writer.group["U"][:] = U
+    report = fake_report((m, n), s, total, center=center, method=method, s_all=s_all)
+    writer.finish(S=s, small=Vt, mean=mean, attrs={"report": report, "svdserve": {"fake": True}})
+    return U, s, Vt, mean

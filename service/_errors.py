@@ -1,0 +1,24 @@
+"""The job service's own exceptions: one base, :class:`ServiceError`.
+
+::
+
+    ServiceError
+    ├── ProblemError       (._problems)  answered as RFC 9457 problem details
+    ├── SandboxError       (._sandbox)   a source refused: .status 403/404/422, .field
+    ├── QueueFull          (._store)     ``max_queued_jobs`` jobs are queued already
+    ├── Conflict           (._store)     the job's state does not allow the operation
+    ├── JobCancelled       (._runner)    raised from the progress callback on cancel
+    └── ServiceStopping    (._runner)    raised from the progress callback on shutdown
+
+Errors of the numerical core are :class:`svdserve.worker.SVDError`; a failed
+job stores their ``.type`` (:func:`svdserve.worker._errors.map_exception`
+translates foreign ones first).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ServiceError"]
+
+
+class ServiceError(Exception):
+    """Base of every exception defined by :mod:`svdserve.service`."""
