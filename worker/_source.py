@@ -53,6 +53,9 @@ class SourceInfo:
     array : str or None
         The array's path inside a group, if any.
     zarr_format : int or None
+    plain : bool
+        The chunks are raw bytes (no compressor, filter or sharding), so any
+        slice of a chunk can be read by byte range (:func:`~._pin.read_slices`).
     dims : tuple of str or None
         Stored dimension names (``_ARRAY_DIMENSIONS`` in v2,
         ``dimension_names`` in v3, else ``dim_0, …``).
@@ -62,9 +65,6 @@ class SourceInfo:
         The dimensions flattened into the rows (samples).
     fill : tuple of float or None
         CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
-    plain : bool
-        The chunks are raw bytes (no compressor, filter or sharding), so any
-        slice of a chunk can be read by byte range (:func:`~._pin.read_slices`).
     """
 
     shape: tuple
@@ -73,11 +73,11 @@ class SourceInfo:
     url: str | None = None
     array: str | None = None
     zarr_format: int | None = None
+    plain: bool = False
     dims: tuple | None = None
     nd_shape: tuple | None = None
     sample_dims: tuple | None = None
     fill: tuple | None = None
-    plain: bool = False
 
 
 @dataclass

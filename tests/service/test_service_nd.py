@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import wait_job
+from tests.service._kit import wait_job
 from test_service_api import assert_problem
 
 from svdserve.service._routes import _body_hash
@@ -95,7 +95,7 @@ def test_masked_job_succeeds_and_partly_missing_fails(service, data_root, fields
         a = fields["land"]["sst"].values.reshape(30, 20)[:, [j for j in range(20)
                                                                if j not in (0, 7)]]
         s = np.linalg.svd(a - a.mean(axis=0), compute_uv=False)
-        # Weyl: 100·√max(m, n)·ε·σ₁ (see tests/worker/_check.py)
+        # Weyl: 100·√max(m, n)·ε·σ₁ (see tests/_check.py)
         np.testing.assert_allclose(report["singular_values"], s[:2], rtol=0,
                                    atol=100 * np.sqrt(30) * 2.2e-16 * s[0])
 
