@@ -186,6 +186,9 @@ class JobPublic(BaseModel):
     updated_at: datetime
     attempt: int
     request: JobCreate
+    method: str | None = Field(default=None, description="The method that runs: `auto` "
+                               "resolved to `exact` or `randomized` (`randqb` for an energy "
+                               "target with randomized), from the matrix's shape at submit.")
     plan: Plan | None = Field(default=None, description="How the matrix is cut (at submit).")
     progress: Progress | None = None
     error: JobError | None = None

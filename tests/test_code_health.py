@@ -21,7 +21,6 @@ _ARGPARSE = {"add_argument", "add_parser", "add_argument_group",
 #: Worker functions being rewritten in parallel work (issue 15 leaves them to
 #: it); each is to be split there and removed from this list.
 ALLOWED = {
-    "worker/_api.py:svd",
     "worker/_energy.py:energy_report",
     "worker/_randqb.py:randqb_svd",
 }

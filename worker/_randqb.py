@@ -58,6 +58,7 @@ from ._kernels import (
     svd_flip_rows,
 )
 from ._rsvd import power_step, probe_matrix, probe_norms, project_basis
+from ._run import Factors
 
 __all__ = ["randqb_svd", "energy_rank", "sumsq_ratio"]
 
@@ -103,8 +104,10 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
 
     Returns
     -------
-    dict as :func:`~._rsvd.randomized_svd`, plus ``k`` (the chosen rank) and
-    ``qb`` (blocks, basis width, indicator, whether the target was reached).
+    Factors
+        As :func:`~._rsvd.randomized_svd`, with ``rank`` (the chosen rank) and
+        ``energy_target`` (blocks, basis width, indicator, whether the target
+        was reached).
     """
     eng = run.engine
     m, n = run.m, run.n
@@ -167,5 +170,5 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
           "blocks": blocks, "basis_width": int(ell), "n_iter_per_block": int(n_iter),
           "indicator": float(1.0 - frac), "reached": reached, "history": history,
           "norm": norm_a}
-    return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None,
-            "sigma_b": sigma, "resid_ss": resid, "probe_norms": norms, "k": k, "qb": qb}
+    return Factors(t, sigma[:k], vt[:k].T, k, sigma_b=sigma, resid_ss=resid,
+                   probe_norms=norms, width=ell, energy_target=qb)

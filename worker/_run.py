@@ -6,13 +6,63 @@ of its own beyond merging the first pass's statistics.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._engine import Phase
 from ._errors import NonFiniteError
 from ._kernels import merge_stats, panel_stats
 
-__all__ = ["Run", "with_stats"]
+__all__ = ["Run", "Factors", "with_stats"]
+
+
+class Factors(NamedTuple):
+    """What every algorithm returns: the factors of the tall view and what it knows.
+
+    Attributes
+    ----------
+    tall : list of handles or None
+        The tall factor per panel, each of shape (rows_i, rank); None when
+        not formed (``compute_u=False``).
+    sigma : ndarray of shape (rank,)
+    v : ndarray of shape (n, rank)
+        Right factor of the tall view.
+    rank : int
+        k (chosen by the algorithm for an energy target).
+    s_all : ndarray of shape (n,) or None
+        Every singular value (exact only).
+    sigma_b : ndarray or None
+        Every singular value of the projected matrix B (randomized).
+    resid_ss : (int, float) or None
+        ‖A − QB‖²_F as a scaled sum of squares (randomized).
+    resid_est : ndarray or None
+        Estimated residual norms per rank (sketch).
+    probe_norms : ndarray or None
+        ‖(A − U S Vᵀ)ω_j‖ of the Gaussian probes.
+    u_route : str or None
+        ``"gemm"`` or ``"reapply"``: how the exact method formed U.
+    width : int or None
+        Sketch width l (randomized).
+    sketch_sizes : dict or None
+        Range and core sketch sizes (sketch).
+    energy_target : dict or None
+        How an energy target was met.
+    """
+
+    tall: list | None
+    sigma: np.ndarray
+    v: np.ndarray
+    rank: int
+    s_all: np.ndarray | None = None
+    sigma_b: np.ndarray | None = None
+    resid_ss: tuple | None = None
+    resid_est: np.ndarray | None = None
+    probe_norms: np.ndarray | None = None
+    u_route: str | None = None
+    width: int | None = None
+    sketch_sizes: dict | None = None
+    energy_target: dict | None = None
 
 
 def with_stats(kernel, *, center=False, local_mean=False):
@@ -94,7 +144,8 @@ class Run:
             self.pass_no += 1
         return Phase(name, max(self.pass_no, 1), self.passes)
 
-    def report(self, phase, done, total):
+    def tick(self, phase, done, total):
+        """Report progress of a step that reads no panel (``progress(done, total, phase)``)."""
         if self.progress is not None:
             self.progress(done, total, phase)
 
