@@ -230,5 +230,3 @@ class Ready(BaseModel):
     ready: bool
     workers: int = Field(description="Dask workers connected to the scheduler.")
 
-
-Report = dict[str, Any]
