@@ -387,8 +387,7 @@ def _fix_signs(job, fac):
         return np.ones(k), fac.v
     # Vt is the tall factor's transpose: fix signs on its columns, panel by panel.
     eng = job.engine
-    best = eng.gather([eng.submit(block_argmax, h, s)
-                       for h, (s, _) in zip(fac.tall, job.bounds)])
+    best = eng.gather([eng.submit(block_argmax, h) for h in fac.tall])
     winner = np.argmax(np.array([b[0] for b in best]), axis=0)  # first panel on ties
     vals = np.array([b[1] for b in best])[winner, np.arange(k)]
     signs = np.where(vals < 0, -1.0, 1.0)
