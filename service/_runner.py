@@ -56,6 +56,7 @@ from ._cluster import Cluster
 from ._errors import ServiceError
 from ._metrics import Metrics
 from ._results import Results
+from ._sandbox import options_for
 from ._settings import Settings
 from ._store import JobRow, JobStore
 
@@ -205,7 +206,7 @@ class Runner:
         progress = self._progress_callback(job, ctl, last)
 
         source = params["url"]
-        options = self.settings.fs_options() if source.startswith("s3://") else None
+        options = options_for(source, self.settings.fs_options())
         allow_missing = bool(req.get("allow_missing_chunks", False))
         try:
             if ctl.cancel.is_set():
