@@ -64,7 +64,7 @@ def check_svd(res, A, k, *, center=False, exact=True, sigma_rtol=None):
     return ref
 
 
-def centred_exactly(A):
+def centered_exactly(A):
     """A − 1 meanᵀ to within ε of each centred entry, whatever the offset.
 
     np.longdouble is not enough as a reference: at an offset of 1e10 its

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from svdserve.client import Client, StorageError
+from svdserve.client import Client, StorageAccessError
 
 from svdclient_testlib import job_json
 
@@ -42,7 +42,7 @@ def test_upload_to_s3_uses_the_clients_storage_options(s3):
     z = zarr.open_array(url, mode="r", storage_options=so)
     assert z.chunks == (16, 7) and z.metadata.zarr_format == 3
     np.testing.assert_array_equal(z[...], A)
-    with pytest.raises(StorageError, match="overwrite=True"):
+    with pytest.raises(StorageAccessError, match="overwrite=True"):
         c.upload(A, "s3://lab/in/A.zarr")
 
 
@@ -75,12 +75,12 @@ def test_s3_result_without_manifest_is_refused(s3, tmp_path):
     fs.put(str(tmp_path / "r.zarr"), "lab/results/half/result.zarr", recursive=True)
     half = job_json("h", "succeeded", result_url="s3://lab/results/half/result.zarr")
     c = _client(lambda r: httpx.Response(200, json=half), so, result_access="direct")
-    with pytest.raises(StorageError, match="manifest"):
+    with pytest.raises(StorageAccessError, match="manifest"):
         c.get("h").result()
 
 
 def test_s3_result_without_storage_options_is_not_direct(s3):
     done = job_json("j", "succeeded", result_url="s3://lab/results/j/1/result.zarr")
     c = _client(lambda r: httpx.Response(200, json=done), None, result_access="direct")
-    with pytest.raises(StorageError, match="not readable from this machine"):
+    with pytest.raises(StorageAccessError, match="not readable from this machine"):
         c.get("j").result()

@@ -273,7 +273,7 @@ def test_denoise_rank_recovers_the_true_rank(dask_client, shape, r):
         gd_lambda(min(shape) / max(shape)) * math.sqrt(max(shape)) * d["noise_sigma"], rel=1e-12)
 
 
-def test_denoise_rank_more_than_k_and_centred():
+def test_denoise_rank_more_than_k_and_centered():
     # k below the signal rank: every σ is above the (over-estimated) threshold.
     d = denoise_rank(np.array([10.0, 9.0]), shape=(100, 50), center=False, residual=5.0)
     assert d["rank"] == 2 and d["more_than_k"]

@@ -1,7 +1,7 @@
 """Numerical trust at the edges (issue 8): offsets, extreme scales, tiny tails, κ to 1e15.
 
 References are LAPACK (``numpy.linalg.svd``) on matrices that fit in memory;
-for centring, on the matrix centred *exactly* (:func:`tests._check.centred_exactly`),
+for centring, on the matrix centred *exactly* (:func:`tests._check.centered_exactly`),
 since a float64 ``X − X.mean(0)`` is itself off by about ε·offset and even
 np.longdouble is off by ~1e-9 at an offset of 1e10.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from svdserve.worker import svd
 
-from tests._check import EPS, centred_exactly, check_svd, decaying, exact_mean, to_zarr
+from tests._check import EPS, centered_exactly, check_svd, decaying, exact_mean, to_zarr
 
 OFFSETS = [1e2, 1e4, 1e8, 1e10]
 
@@ -34,12 +34,12 @@ def _abs_gaps(s):
 
 @pytest.mark.parametrize("panel_bytes", [None, 80000], ids=["one-panel", "12-panels"])
 @pytest.mark.parametrize("offset", OFFSETS)
-def test_exact_centring_beats_the_offset(dask_client, tmp_path, offset, panel_bytes):
+def test_exact_centering_beats_the_offset(dask_client, tmp_path, offset, panel_bytes):
     X = _offset_data(offset)
     url = to_zarr(tmp_path / "X.zarr", X, (250, 40))
     k, n = 10, X.shape[1]
     res = svd(url, k, method="exact", center=True, client=dask_client, panel_bytes=panel_bytes)
-    C = centred_exactly(X)
+    C = centered_exactly(X)
     _, ref, ref_vt = np.linalg.svd(C, full_matrices=False)
     # Weyl: every σ moves by at most the backward error of Householder QR on the
     # shifted, centred data, c·√n·ε·σ₁ with a modest c; the issue's bar is c = 10.
@@ -67,9 +67,9 @@ def test_exact_centring_beats_the_offset(dask_client, tmp_path, offset, panel_by
 
 @pytest.mark.parametrize("n_iter", [0, 2])
 @pytest.mark.parametrize("offset", [1e2, 1e8, 1e10])
-def test_randomized_centring_no_worse_than_on_the_centred_matrix(dask_client, offset, n_iter):
+def test_randomized_centering_no_worse_than_on_the_centered_matrix(dask_client, offset, n_iter):
     X = _offset_data(offset, m=2000)
-    C = centred_exactly(X)
+    C = centered_exactly(X)
     ref = np.linalg.svd(C, compute_uv=False)
     kw = dict(method="randomized", n_iter=n_iter, client=dask_client, panel_bytes=80000,
               random_state=3)
@@ -103,10 +103,10 @@ def test_constant_matrix_and_constant_columns(dask_client):
 
 
 @pytest.mark.parametrize("method", ["exact", "randomized"])
-def test_wide_matrix_rows_centred_in_panels(dask_client, method):
+def test_wide_matrix_rows_centered_in_panels(dask_client, method):
     # Wide: the tall view's rows are the original columns, centred inside each panel.
     X = _offset_data(1e8, m=40, n=900, seed=4)
-    C = centred_exactly(X)
+    C = centered_exactly(X)
     ref = np.linalg.svd(C, compute_uv=False)
     res = svd(X, 8, method=method, center=True, n_oversamples=32, client=dask_client,
               panel_bytes=40 * 8 * 100)
@@ -196,7 +196,7 @@ def test_randomized_residual_is_the_achieved_error(dask_client):
     assert res.report["residual_kind"].startswith("achieved")
 
 
-def test_exact_kappa_1e15_and_rank_deficient_centred(dask_client):
+def test_exact_kappa_1e15_and_rank_deficient_centered(dask_client):
     rng = np.random.default_rng(11)
     u, _ = np.linalg.qr(rng.standard_normal((1200, 30)))
     v, _ = np.linalg.qr(rng.standard_normal((30, 30)))

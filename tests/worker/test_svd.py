@@ -48,7 +48,7 @@ def test_geometries(tmp_path, dask_client, method, shape, chunks, k, dtype, fmt,
 @pytest.mark.parametrize("method", ["exact", "randomized"])
 @pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("shape", [(400, 30), (30, 400)], ids=["tall", "wide"])
-def test_centring_equals_svd_of_centred_matrix(dask_client, method, center, shape):
+def test_centering_equals_svd_of_centered_matrix(dask_client, method, center, shape):
     A = _matrix(shape, "f8") + 50.0  # a large common offset makes centring matter
     res = svd(A, 6, method=method, center=center, n_iter=3, client=dask_client,
               panel_bytes=shape[1] * 8 * 40)
