@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from svdserve import _manifest
 from svdserve.client import EnergyReport, StorageAccessError, StoredResult
 
 from tests._check import EPS
@@ -205,7 +207,7 @@ def test_lstsq_from_stored_factors(tall, tmp_path):
 def test_refuses_a_group_without_manifest(tmp_path):
     rng = np.random.default_rng(3)
     write_result(tmp_path / "r.zarr", rng.standard_normal((20, 5)), 2)
-    os.remove(tmp_path / "r.zarr" / "manifest.json")
+    os.remove(_manifest.path_of(tmp_path / "r.zarr"))
     with pytest.raises(StorageAccessError, match="manifest.json"):
         StoredResult.open(tmp_path / "r.zarr")
 
@@ -213,7 +215,7 @@ def test_refuses_a_group_without_manifest(tmp_path):
 def test_refuses_a_group_that_contradicts_its_manifest(tmp_path):
     rng = np.random.default_rng(4)
     write_result(tmp_path / "r.zarr", rng.standard_normal((20, 5)), 2)
-    path = tmp_path / "r.zarr" / "manifest.json"
+    path = Path(_manifest.path_of(tmp_path / "r.zarr"))
     manifest = json.loads(path.read_text())
     manifest["arrays"]["U"]["shape"] = [21, 2]
     path.write_text(json.dumps(manifest))

@@ -8,10 +8,13 @@ right-hand side from an ``s3://`` Zarr array.
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pytest
 
+from svdserve import _manifest
 from svdserve.client import Client, StorageAccessError
 
 from svdclient_testlib import job_json
@@ -71,7 +74,7 @@ def test_result_opened_directly_from_s3(s3, tmp_path):
 def test_s3_result_without_manifest_is_refused(s3, tmp_path):
     so, fs = s3
     write_result(tmp_path / "r.zarr", np.eye(6)[:, :3], 2)
-    (tmp_path / "r.zarr" / "manifest.json").unlink()
+    os.remove(_manifest.path_of(tmp_path / "r.zarr"))
     fs.put(str(tmp_path / "r.zarr"), "lab/results/half/result.zarr", recursive=True)
     half = job_json("h", "succeeded", result_url="s3://lab/results/half/result.zarr")
     c = _client(lambda r: httpx.Response(200, json=half), so, result_access="direct")
