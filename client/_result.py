@@ -8,7 +8,6 @@ storage or over HTTP from the service (read-only Zarr, same bearer token).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import TYPE_CHECKING, Any, Literal
