@@ -21,10 +21,10 @@ from svdserve.worker import (
     SourceAccessError,
     SourceNotFoundError,
     check_layout,
-    choose_method,
     pin_source,
     plan_layout,
 )
+from svdserve.worker import plan as plan_job
 
 from ._auth import Tenant
 from ._cluster import Cluster
@@ -97,6 +97,7 @@ def to_public(row: JobRow) -> JobPublic:
         "started_at": row.started_at, "finished_at": row.finished_at,
         "updated_at": row.updated_at, "attempt": row.attempt, "request": row.request,
         "plan": (row.params or {}).get("plan"),
+        "method": ((row.params or {}).get("svd") or {}).get("resolved"),
         "progress": row.progress, "error": row.error, "notes": row.notes,
         "result": row.result if row.state == "succeeded" else None,
         "links": {"self": base, "report": f"{base}/report", "result": f"{base}/result",
@@ -194,31 +195,24 @@ async def _validate_source(svc: Services, body: JobCreate
         raise ProblemError(422, message, errors=[{"field": "body.source.url",
                                                   "message": message}]) from exc
     info = pin.info
-    plan = await _check_layout(svc, pin)
+    layout = await _check_layout(svc, pin)
     m, n = info.shape
-    short = min(m, n)
-    for message, where in _rank_problems(body, short):
-        raise ProblemError(422, message, errors=[{"field": where, "message": message}])
-    if body.rank is not None and body.rank > short:
-        message = (f"rank {body.rank} exceeds min(m, n) = {short} of the {m}x{n} matrix; "
-                   f"ask for at most {short} components")
-        raise ProblemError(422, message, errors=[{"field": "body.rank", "message": message}])
-    notes = []
-    n_oversamples = body.n_oversamples
-    if body.rank is not None and body.rank + n_oversamples > short:
-        n_oversamples = short - body.rank
-        # only randomized jobs use oversampling: an exact job gets no note
-        if choose_method(body.method, (m, n), body.rank, n_oversamples) == "randomized":
-            notes.append(f"n_oversamples clipped from {body.n_oversamples} to {n_oversamples} "
-                         f"so that rank + n_oversamples <= min(m, n) = {short}")
-    params = {"url": resolved.url, "array": resolved.array, "rank": body.rank,
-              "energy": body.energy, "max_rank": body.max_rank,
-              "n_oversamples": n_oversamples, "shape": [m, n], "dtype": info.dtype,
-              "chunks": list(info.chunks), "plan": plan}
+    try:
+        spec = plan_job(info.shape, body.rank, method=body.method,
+                        n_oversamples=body.n_oversamples, n_iter=body.n_iter,
+                        center=body.center, random_state=body.random_state,
+                        compute_u=body.compute_u or m < n, energy=body.energy,
+                        max_rank=body.max_rank, missing=body.missing)
+    except InvalidInputError as exc:
+        raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    params = {"url": resolved.url, "array": resolved.array, "shape": [m, n],
+              "dtype": info.dtype, "chunks": list(info.chunks), "plan": layout,
+              "svd": spec.to_json()}
     if info.sample_dims is not None:
         params.update(sample_dims=list(info.sample_dims), dims=list(info.dims),
                       nd_shape=list(info.nd_shape))
-    return params, notes, pin.to_json()
+    return params, list(spec.notes), pin.to_json()
 
 
 async def _check_layout(svc: Services, pin) -> dict:
@@ -232,22 +226,6 @@ async def _check_layout(svc: Services, pin) -> dict:
         raise ProblemError(422, str(exc), errors=[{"field": "body.source",
                                                    "message": str(exc)}]) from exc
     return layout.to_json()
-
-
-def _rank_problems(body: JobCreate, short: int) -> list[tuple[str, str]]:
-    """`rank` xor `energy`; `max_rank` only with `energy`, within the matrix; sketch needs a rank."""
-    if body.rank is not None and body.energy is not None:
-        return [("rank and energy are exclusive; send one of them", "body.energy")]
-    if body.rank is None and body.energy is None:
-        return [("send rank (components) or energy (a fraction such as 0.99)", "body.rank")]
-    if body.max_rank is not None and body.energy is None:
-        return [("max_rank caps an energy target; send energy with it", "body.max_rank")]
-    if body.max_rank is not None and body.max_rank > short:
-        return [(f"max_rank {body.max_rank} exceeds min(m, n) = {short}", "body.max_rank")]
-    if body.energy is not None and body.method == "sketch":
-        return [("method 'sketch' needs a rank (one pass cannot adapt it); use 'randomized' "
-                 "or 'auto' with energy", "body.method")]
-    return []
 
 
 @router.post(

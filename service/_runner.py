@@ -44,8 +44,10 @@ from svdserve.worker import (
     SourcePin,
     StorageError,
     SVDError,
+    SVDParams,
     SVDResult,
     pin_source,
+    plan,
     svd,
 )
 from svdserve.worker._errors import map_exception
@@ -54,6 +56,7 @@ from ._cluster import Cluster
 from ._errors import ServiceError
 from ._metrics import Metrics
 from ._results import Results
+from ._sandbox import options_for
 from ._settings import Settings
 from ._store import JobRow, JobStore
 
@@ -203,7 +206,7 @@ class Runner:
         progress = self._progress_callback(job, ctl, last)
 
         source = params["url"]
-        options = self.settings.fs_options() if source.startswith("s3://") else None
+        options = options_for(source, self.settings.fs_options())
         allow_missing = bool(req.get("allow_missing_chunks", False))
         try:
             if ctl.cancel.is_set():
@@ -222,15 +225,10 @@ class Runner:
                                     panel_bytes=self.settings.panel_bytes,
                                     limits=self.settings.limits(),
                                     sample_dims=params.get("sample_dims"))
-            res = svd(source, params["rank"], array=None,
+            res = svd(source, **_svd_params(job).svd_kwargs(),
                       allow_missing_chunks=allow_missing,
-                      energy=params.get("energy"), max_rank=params.get("max_rank"),
-                      method=req["method"], n_oversamples=params["n_oversamples"],
-                      n_iter=req["n_iter"], center=req["center"],
-                      compute_u=req.get("compute_u", True),
-                      missing=req.get("missing", "error"),
                       panel_cache=self.settings.panel_cache,
-                      random_state=req["random_state"], client=self.cluster.sync_client,
+                      client=self.cluster.sync_client,
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,
                       panel_bytes=self.settings.panel_bytes, progress=progress,
@@ -330,3 +328,20 @@ def _error_of(exc: BaseException, job: JobRow) -> dict:
     return {"type": "internal", "message": (
         f"the job failed unexpectedly ({type(exc).__name__}: {exc}); this is a bug in "
         "svdserve, please report it with the job id")}
+
+
+def _svd_params(job: JobRow) -> SVDParams:
+    """The job's validated parameters, as the submit route planned them.
+
+    A job stored before plans were stored (no ``params["svd"]``) is planned
+    again from its request, as the route would have.
+    """
+    if "svd" in job.params:
+        return SVDParams.from_json(job.params["svd"])
+    req, params = job.request, job.params
+    m, n = params["shape"]
+    return plan(params["shape"], req.get("rank"), method=req["method"],
+                n_oversamples=req["n_oversamples"], n_iter=req["n_iter"], center=req["center"],
+                random_state=req["random_state"],
+                compute_u=req.get("compute_u", True) or m < n, energy=req.get("energy"),
+                max_rank=req.get("max_rank"), missing=req.get("missing", "error"))

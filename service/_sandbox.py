@@ -38,6 +38,12 @@ URL_FIELD = "body.source.url"
 ARRAY_FIELD = "body.source.array"
 
 
+
+def options_for(url: str, options: dict) -> dict | None:
+    """The fsspec options a source is read with: ``options`` for ``s3://``, None for a
+    local path. The one rule, for the submit route (:meth:`Sandbox.resolve`) and the runner."""
+    return options if url.startswith("s3://") else None
+
 class SandboxError(ServiceError):
     """A source refused by the sandbox.
 
@@ -169,7 +175,8 @@ class Sandbox:
             if array and not os.path.exists(target):
                 raise SandboxError(404, f"the group at {path!r} has no array {array!r}",
                                    field=ARRAY_FIELD)
-        return ResolvedSource(url=real, array=array, storage_options=None)
+        return ResolvedSource(url=real, array=array,
+                              storage_options=options_for(real, self.storage_options))
 
     def _check_local(self, real: str, field: str, *, original: str) -> None:
         if not any(_within(real, root) for root in self.local_roots):
@@ -216,4 +223,5 @@ class Sandbox:
                                             or bad.startswith(full + "/")):
                 raise SandboxError(403, f"{url!r} overlaps the service's results; they are "
                                         "not readable as sources")
-        return ResolvedSource(url=full, array=array, storage_options=self.storage_options)
+        return ResolvedSource(url=full, array=array,
+                              storage_options=options_for(full, self.storage_options))

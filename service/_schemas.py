@@ -12,11 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from svdserve.worker._methods import Method
+
+from ._states import JobState
+
 __all__ = ["Source", "JobCreate", "Progress", "JobError", "JobResult", "JobLinks",
            "JobPublic", "JobList", "Problem", "FieldError", "Health", "Ready",
            "JobState", "ErrorType"]
 
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 ErrorType = Literal["invalid_input", "non_finite_values", "storage_error", "worker_lost",
                     "cancelled", "internal"]
 
@@ -97,7 +100,7 @@ class JobCreate(BaseModel):
                     "(of the total variance when centred), as PCA(n_components=energy).")
     max_rank: JsonInt | None = Field(default=None, strict=True, ge=1, le=100_000,
                                  description="With `energy`: the largest rank returned.")
-    method: Literal["auto", "exact", "randomized", "sketch"] = Field(
+    method: Method = Field(
         default="auto",
         description="`exact` (TSQR: every singular value), `randomized` (Halko et al.; "
                     "with `energy` the blocked QB of Yu, Gu & Li), `sketch` (one pass, "
@@ -186,6 +189,9 @@ class JobPublic(BaseModel):
     updated_at: datetime
     attempt: int
     request: JobCreate
+    method: str | None = Field(default=None, description="The method that runs: `auto` "
+                               "resolved to `exact` or `randomized` (`randqb` for an energy "
+                               "target with randomized), from the matrix's shape at submit.")
     plan: Plan | None = Field(default=None, description="How the matrix is cut (at submit).")
     progress: Progress | None = None
     error: JobError | None = None
@@ -227,5 +233,3 @@ class Ready(BaseModel):
     ready: bool
     workers: int = Field(description="Dask workers connected to the scheduler.")
 
-
-Report = dict[str, Any]

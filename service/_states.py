@@ -5,14 +5,16 @@
        │          └──▶ cancelling ──▶ cancelled | failed
        └──▶ cancelled
 
-``_schemas.JobState`` spells the same list as a ``Literal`` for the OpenAPI
-schema; a test checks that the two agree.
+``JobState`` is the same list as a ``Literal`` (the OpenAPI schema's enum).
 """
 
 from __future__ import annotations
 
-__all__ = ["STATES", "TERMINAL"]
+from typing import Literal, get_args
 
-STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+__all__ = ["JobState", "STATES", "TERMINAL"]
+
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+STATES: tuple[str, ...] = get_args(JobState)
 #: States a job never leaves.
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -20,6 +20,7 @@ from ._api import EXACT_MAX_COLUMNS, choose_method, svd
 from ._energy import energy_report
 from ._engine import Phase
 from ._layout import Layout, check_layout, plan_layout
+from ._plan import SVDParams, plan
 from ._errors import (
     InvalidInputError,
     NonFiniteError,
@@ -42,6 +43,8 @@ __all__ = [
     "energy_report",
     "plan_panels",
     "PanelPlan",
+    "plan",
+    "SVDParams",
     "plan_layout",
     "check_layout",
     "Layout",

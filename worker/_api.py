@@ -1,22 +1,27 @@
-"""The public entry point :func:`svd`: validation, planning, method choice, output."""
+"""The public entry point :func:`svd`, a short sequence:
+
+validate (:func:`~._source.open_source`, :func:`~._plan.plan`) → cut the
+matrix (:func:`~._layout.plan_layout`) → run the algorithm
+(:func:`_run_algorithm`, which returns :class:`~._run.Factors`) → fix signs →
+write → report.
+"""
 
 from __future__ import annotations
 
-import numbers
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._energy import energy_report, spectral_estimate
 from ._engine import Phase, make_engine
-from ._errors import InvalidInputError
 from ._kernels import block_argmax
 from ._labels import read_labels
 from ._layout import (DEFAULT_MEMORY_FRACTION, MIN_BAND_BYTES, check_layout, plan_layout, rechunk,
                       remove_scratch)
-from ._missing import (check_mode, check_none_missing, decide_mask, describe_feature,
-                       feature_counts)
+from ._missing import check_none_missing, decide_mask, describe_feature, feature_counts
+from ._plan import EXACT_MAX_COLUMNS, choose_method, plan
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
@@ -29,37 +34,6 @@ from ._tsqr import exact_svd
 DEFAULT_PANEL_CACHE = 0.3
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
-
-#: ``method="auto"`` picks ``exact`` when the short side is at most this:
-#: an n×n R factor per tree node (32 MiB at n = 2048) is cheap and exact
-#: gives the whole spectrum. It also picks ``exact`` when the sketch would
-#: be at least half as wide as the short side, where randomization saves
-#: nothing.
-EXACT_MAX_COLUMNS = 2048
-
-_METHODS = ("auto", "exact", "randomized", "sketch")
-
-
-def _int_param(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidInputError(f"{name} must be an integer; got {value!r}.", field=name)
-    if value < low:
-        raise InvalidInputError(f"{name} must be >= {low}; got {value!r}.", field=name)
-    return int(value)
-
-
-def choose_method(method, shape, rank, n_oversamples):
-    """Resolve ``method="auto"`` (see :data:`EXACT_MAX_COLUMNS`)."""
-    if method not in _METHODS:
-        raise InvalidInputError(
-            f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}.",
-            field="method")
-    if method != "auto":
-        return method
-    short = min(shape)
-    if short <= EXACT_MAX_COLUMNS or 2 * (rank + n_oversamples) >= short:
-        return "exact"
-    return "randomized"
 
 
 def _versions():
@@ -117,20 +91,22 @@ def _pivot_row(src, panels, markers=None):
     return row
 
 
-def _missing_decider(src, bounds, k, labels, state, missing):
-    """``decide_missing`` of a run that counts missing values: sets ``state["mask"]``
-    after pass 1 (``missing="mask"``), or fails on any (``"error"`` with a CF fill value)."""
+def _missing_decider(job):
+    """``decide_missing`` of a run that counts missing values: sets ``job.mask`` after
+    pass 1 (``missing="mask"``), or fails on any (``"error"`` with a CF fill value)."""
+    src, params, bounds = job.src, job.params, job.bounds
     m_t, n_t = src.tall_shape
     n_features, n_samples = (m_t, n_t) if src.wide else (n_t, m_t)
-    coords = labels["coords"] if labels else None
+    coords = job.labels["coords"] if job.labels else None
+    k = 1 if params.energy is not None else params.rank
 
     def describe(j):
         return describe_feature(j, src.matrix_view, coords)
 
     def decide(counts):
         per_feature = feature_counts(counts, bounds, src.wide, n_features)
-        if missing == "mask":
-            state["mask"] = decide_mask(per_feature, n_samples, rank=k, describe=describe)
+        if params.missing == "mask":
+            job.mask = decide_mask(per_feature, n_samples, rank=k, describe=describe)
         else:
             check_none_missing(per_feature, src.info.fill, describe=describe)
     return decide
@@ -314,198 +290,241 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     and the estimated peak per worker).
     """
     t_start = time.perf_counter()
-    missing = check_mode(missing)
     src = open_source(source, array=array, storage_options=storage_options,
                       allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
                       sample_dims=sample_dims)
-    m, n = src.shape
-    energy, cap = _energy_params(rank, energy, max_rank, method, (m, n))
-    k = cap if energy is not None else _int_param(rank, "rank", 1)
-    if k > min(m, n):
-        raise InvalidInputError(
-            f"rank must be <= min(m, n) = {min(m, n)} for a {m}×{n} matrix; got {k}.",
-            field="rank")
-    p = _int_param(n_oversamples, "n_oversamples", 0)
-    q = _int_param(n_iter, "n_iter", 0)
-    bsz = _int_param(block_size, "block_size", 1)
-    probes = _int_param(n_probes, "n_probes", 0)
-    if random_state is None:
-        random_state = 0
-    seed = _int_param(random_state, "random_state", 0)
-    if energy is not None and method == "auto":
-        resolved = "exact" if min(m, n) <= EXACT_MAX_COLUMNS else "randqb"
-    else:
-        resolved = choose_method(method, (m, n), k, p)
-        if energy is not None and resolved == "randomized":
-            resolved = "randqb"
-    center = bool(center)
-
+    params = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
+                  center=center, random_state=random_state,
+                  compute_u=bool(compute_u) or src.wide,  # a wide matrix's tall factor is V
+                  energy=energy, max_rank=max_rank, block_size=block_size,
+                  sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
     engine = make_engine(client, no_workers_timeout=no_workers_timeout)
+    src, layout = _cut(src, engine, panel_bytes, memory_fraction)
+    out_opts = storage_options if out_storage_options is None else out_storage_options
+    job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src))
+    run, fac = _run_algorithm(job, panel_cache=panel_cache,
+                              scratch=_scratch_dir(scratch, out), panel_bytes=panel_bytes)
+    signs, v = _fix_signs(job, fac)
+    src.verify()  # after the last read: the source is still exactly what was pinned
+    tall, writer = _write_tall(job, run, fac, signs)
+    report, provenance = _report(job, run, fac, t_start,
+                                 {"panel_bytes": panel_bytes, "panel_cache": panel_cache})
+    return _finish(job, run, fac, v, tall, writer, report, provenance)
+
+
+@dataclass
+class _Job:
+    """What the steps of one :func:`svd` call share."""
+
+    src: Source
+    params: object  # SVDParams
+    layout: object  # Layout
+    engine: object
+    progress: object
+    out: str | None
+    out_opts: dict | None
+    labels: dict | None
+    mask: np.ndarray | None = None
+
+    @property
+    def bounds(self):
+        return self.layout.bounds()
+
+    def phase_total(self):
+        p = self.params
+        return {"exact": 1 + p.compute_u, "sketch": 1}.get(p.resolved, p.n_iter + 1)
+
+
+def _cut(src, engine, panel_bytes, memory_fraction):
+    """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit."""
     src = _bounded(src, panel_bytes)
-    m_t, n_t = src.tall_shape
     layout = plan_layout(src.info, in_memory=src.kind != "zarr", pinned=src.pin is not None,
                          panel_bytes=panel_bytes)
     check_layout(layout, engine.memory_limit(), memory_fraction,
                  name=src.pin.ref.name if src.pin is not None else "the source",
                  shape=src.shape, chunks=src.info.chunks)
-    bounds = layout.bounds()
-    compute_u = bool(compute_u) or src.wide  # the tall factor of a wide matrix is its V
-    passes = {"exact": 1 + compute_u, "sketch": 1}.get(resolved, q + 1)
-    center_cols = center and not src.wide
+    return src, layout
+
+
+def _run_algorithm(job, *, panel_cache, scratch, panel_bytes):
+    """Copy the source if the layout says so, build the :class:`Run`, run the method.
+
+    The panel cache and the scratch copy are released however the run ends.
+    """
+    src, params, engine, bounds = job.src, job.params, job.engine, job.bounds
+    center_cols = params.center and not src.wide
+    passes = job.phase_total()
     token = uuid.uuid4().hex
-    out_opts = storage_options if out_storage_options is None else out_storage_options
-    scratch_url = None
-    labels = read_labels(src)
     # With missing="error", a CF fill value still means "missing" (never data): count it too.
-    markers = tuple(src.info.fill or ()) if missing == "mask" or src.info.fill else None
-    masked = {}
+    markers = (tuple(src.info.fill or ()) if params.missing == "mask" or src.info.fill
+               else None)
+    scratch_url = None
     try:
         pin = None
-        if layout.kind == "rechunk":
-            pin, scratch_url = rechunk(
-                engine, src, layout, _scratch_dir(scratch, out), out_opts, token=token,
-                panel_bytes=panel_bytes, progress=progress, passes=passes)
-        panels = _panels_for(src, bounds, engine, pin, layout.sliced)
-        run = Run(engine, panels, bounds, (m_t, n_t),
-                  center=center_cols, center_rows=center and src.wide,
-                  passes=passes, progress=progress, wide=src.wide,
+        if job.layout.kind == "rechunk":
+            pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
+                                       token=token, panel_bytes=panel_bytes,
+                                       progress=job.progress, passes=passes)
+        panels = _panels_for(src, bounds, engine, pin, job.layout.sliced)
+        run = Run(engine, panels, bounds, src.tall_shape,
+                  center=center_cols, center_rows=params.center and src.wide,
+                  passes=passes, progress=job.progress, wide=src.wide,
                   pivot=_pivot_row(src, panels, markers) if center_cols else None,
                   cache=(token, float(panel_cache)) if panel_cache else None,
                   missing=markers,
-                  decide_missing=None if markers is None else _missing_decider(
-                      src, bounds, 1 if energy is not None else k, labels, masked, missing))
-        fac = _factor(run, resolved, k, energy=energy, cap=cap, compute_u=compute_u,
-                      n_oversamples=p, n_iter=q, seed=seed, probes=probes, block_size=bsz,
-                      sketch_sizes=sketch_sizes)
+                  decide_missing=None if markers is None else _missing_decider(job))
+        return run, _factor(run, params)
     finally:
         engine.release_cache(token)
-        remove_scratch(scratch_url, out_opts)
-    t_blocks, sigma, v = fac["t"], fac["sigma"], fac["v"]
-    k = fac.get("k", k)
+        remove_scratch(scratch_url, job.out_opts)
 
-    if src.wide:
-        # Vt is the tall factor's transpose: fix signs on its columns.
-        best = engine.gather([engine.submit(block_argmax, h, s)
-                              for h, (s, _) in zip(t_blocks, bounds)])
-        absval = np.array([b[0] for b in best])
-        winner = np.argmax(absval, axis=0)  # first panel on ties = lowest index
-        vals = np.array([b[1] for b in best])[winner, np.arange(k)]
-        signs = np.where(vals < 0, -1.0, 1.0)
-    else:
-        signs = np.ones(k)
-    v = v * signs
 
-    src.verify()  # after the last read: the source is still exactly what was pinned
-    url = None
-    phase_w = Phase("write", run.pass_no, passes)
-    t_w = time.perf_counter()
-    if out is not None:
-        opts = out_opts
+def _fix_signs(job, fac):
+    """Signs making the largest-magnitude entry of each row of Vt positive (ties: lowest
+    column); returns ``(signs, v)`` with ``v`` the right factor of the tall view, signed."""
+    k = fac.rank
+    if not job.src.wide:
+        return np.ones(k), fac.v
+    # Vt is the tall factor's transpose: fix signs on its columns, panel by panel.
+    eng = job.engine
+    best = eng.gather([eng.submit(block_argmax, h) for h in fac.tall])
+    winner = np.argmax(np.array([b[0] for b in best]), axis=0)  # first panel on ties
+    vals = np.array([b[1] for b in best])[winner, np.arange(k)]
+    signs = np.where(vals < 0, -1.0, 1.0)
+    return signs, fac.v * signs
+
+
+def _write_tall(job, run, fac, signs):
+    """The tall factor, signed: written panel by panel to ``out``, else gathered.
+
+    Returns ``(tall ndarray or None, ResultWriter or None)``.
+    """
+    src, eng, progress, bounds = job.src, job.engine, job.progress, job.bounds
+    m, n = src.shape
+    phase = Phase("write", run.pass_no, job.phase_total())
+    t0 = time.perf_counter()
+    tall = writer = None
+    if job.out is not None:
         # U (the tall factor) in panel-aligned chunks: each panel writes whole chunks.
-        chunk_out = (src.tall_chunk if layout.kind == "chunks"
+        chunk_out = (src.tall_chunk if job.layout.kind == "chunks"
                      else bounds[0][1] - bounds[0][0])
-        writer = ResultWriter(out, opts, (m, n), k, chunk_out, src.wide, center,
-                              with_tall=t_blocks is not None)
-        sg = engine.scatter(signs)
-        writes = [engine.submit(_write_signed, h, sg, writer.url, writer.options_key,
-                                writer.tall_name, s, e, src.wide)
-                  for h, (s, e) in zip(t_blocks or (), bounds)]
-        for done, _ in enumerate(engine.completed(writes), start=1):
+        writer = ResultWriter(job.out, job.out_opts, (m, n), fac.rank, chunk_out, src.wide,
+                              job.params.center, with_tall=fac.tall is not None)
+        sg = eng.scatter(signs)
+        writes = [eng.submit(_write_signed, h, sg, writer.url, writer.options_key,
+                             writer.tall_name, s, e, src.wide)
+                  for h, (s, e) in zip(fac.tall or (), bounds)]
+        for done, _ in enumerate(eng.completed(writes), start=1):
             if progress is not None:
-                progress(done, len(writes), phase_w)
-        tall = None
-        url = writer.url
+                progress(done, len(writes), phase)
     else:
-        tall = None if t_blocks is None else np.concatenate(engine.gather(t_blocks)) * signs
+        if fac.tall is not None:
+            tall = np.concatenate(eng.gather(fac.tall)) * signs
         if progress is not None:
-            progress(1, 1, phase_w)
-    engine.timings["write"] = time.perf_counter() - t_w
+            progress(1, 1, phase)
+    eng.timings["write"] = time.perf_counter() - t0
+    return tall, writer
 
-    rows = engine.rows_done
-    n_passes = rows // m_t
-    assert rows == n_passes * m_t, f"panel reads {rows} are not whole passes of {m_t} rows"
-    reads = engine.rows_read / m_t
-    mean = None
-    if center:
-        mean = run.row_means if src.wide else run.mean
-    report = energy_report(sigma, run.total_sumsq, shape=(m, n), method=resolved,
-                           center=center, s_all=fac["s_all"], sigma_b=fac.get("sigma_b"),
-                           resid_ss=fac.get("resid_ss"), resid_est=fac.get("resid_est"),
-                           error_estimate=None if fac.get("probe_norms") is None
-                           else spectral_estimate(fac["probe_norms"]))
-    timings = {name: round(sec, 6) for name, sec in engine.timings.items()}
+
+def _report(job, run, fac, t_start, extra_params):
+    """The energy report (:mod:`._energy`) and the provenance of the run."""
+    src, params, eng = job.src, job.params, job.engine
+    m, n = src.shape
+    m_t = src.tall_shape[0]
+    n_passes = eng.rows_done // m_t
+    assert eng.rows_done == n_passes * m_t, \
+        f"panel reads {eng.rows_done} are not whole passes of {m_t} rows"
+    reads = eng.rows_read / m_t
+    report = energy_report(fac.sigma, run.total_sumsq, shape=(m, n), method=params.resolved,
+                           center=params.center, s_all=fac.s_all, sigma_b=fac.sigma_b,
+                           resid_ss=fac.resid_ss, resid_est=fac.resid_est,
+                           error_estimate=None if fac.probe_norms is None
+                           else spectral_estimate(fac.probe_norms))
+    timings = {name: round(sec, 6) for name, sec in eng.timings.items()}
     timings["total"] = round(time.perf_counter() - t_start, 6)
-    report.update({"passes": n_passes, "reads": reads, "n_oversamples": p, "n_iter": q,
-                   "random_state": seed, "timings": timings, "plan": layout.to_json()})
-    if resolved == "exact":
-        report["u_route"] = fac["u_route"]
-    if resolved == "randomized":
-        report["n_oversamples_used"] = fac["l"] - k
-    if resolved == "sketch":
-        report["sketch_sizes"] = fac["sizes"]
-    mask = masked.get("mask")
-    if mask is not None:
+    report.update({"passes": n_passes, "reads": reads, "n_oversamples": params.n_oversamples,
+                   "n_iter": params.n_iter, "random_state": params.random_state,
+                   "timings": timings, "plan": job.layout.to_json()})
+    report.update(_method_details(params, fac, n_passes, reads))
+    if job.mask is not None:
+        mask = job.mask
         report["missing"] = {"mode": "mask", "masked": int(mask.sum()),
                              "kept": int(mask.size - mask.sum()), "features": int(mask.size)}
-    if energy is not None:
-        report["energy_target"] = fac["qb"]
-        report["energy_target"]["passes"] = n_passes
-        report["energy_target"]["reads"] = reads
-        report["suggested_rank"]["energy"] = int(k)
+    if params.energy is not None:
+        report["suggested_rank"]["energy"] = int(fac.rank)
+    prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
+    for key in ("resolved", "notes", "sketch_sizes"):
+        prov_params.pop(key)
+    info = src.info
     provenance = {
-        "input": {"url": src.info.url, "array": src.info.array, "shape": [m, n],
-                  "dtype": src.info.dtype, "chunks": list(src.info.chunks),
-                  "zarr_format": src.info.zarr_format,
-                  "sample_dims": None if labels is None else labels["sample_dims"]},
-        "params": {"rank": k, "method": method, "n_oversamples": p, "n_iter": q,
-                   "center": center, "random_state": seed, "panel_bytes": panel_bytes,
-                   "compute_u": compute_u, "panel_cache": panel_cache,
-                   "energy": energy, "max_rank": cap if energy is not None else None,
-                   "block_size": bsz, "n_probes": probes, "missing": missing},
-        "method": resolved, "passes": n_passes, "reads": reads, "panels": len(bounds),
-        "versions": _versions(), "timings": timings, "events": list(engine.events),
+        "input": {"url": info.url, "array": info.array, "shape": [m, n], "dtype": info.dtype,
+                  "chunks": list(info.chunks), "zarr_format": info.zarr_format,
+                  "sample_dims": None if job.labels is None else job.labels["sample_dims"]},
+        "params": prov_params, "method": params.resolved, "passes": n_passes, "reads": reads,
+        "panels": len(job.bounds), "versions": _versions(), "timings": timings,
+        "events": list(eng.events),
     }
-    if src.wide:
-        u_small, vt = v, None
-    else:
-        u_small, vt = None, v.T
-    if url is not None:
-        writer.finish(S=sigma, small=u_small if src.wide else vt, mean=mean,
+    return report, provenance
+
+
+def _method_details(params, fac, n_passes, reads):
+    """The report's method-specific entries."""
+    out = {}
+    if params.resolved == "exact":
+        out["u_route"] = fac.u_route
+    if params.resolved == "randomized":
+        out["n_oversamples_used"] = fac.width - fac.rank
+    if params.resolved == "sketch":
+        out["sketch_sizes"] = fac.sketch_sizes
+    if params.energy is not None:
+        out["energy_target"] = {**fac.energy_target, "passes": n_passes, "reads": reads}
+    return out
+
+
+def _finish(job, run, fac, v, tall, writer, report, provenance):
+    """Write the small factors and the manifest (last); the :class:`SVDResult`."""
+    src, params = job.src, job.params
+    mean = None
+    if params.center:
+        mean = run.row_means if src.wide else run.mean
+    u_small, vt = (v, None) if src.wide else (None, v.T)
+    url = None
+    if writer is not None:
+        writer.finish(S=fac.sigma, small=u_small if src.wide else vt, mean=mean,
                       attrs={"svdserve": provenance, "report": report},
-                      mask=mask, labels=labels)
-        grp = writer.group
+                      mask=job.mask, labels=job.labels)
+        grp, url = writer.group, writer.url
         u_out, vt_out = (grp["U"] if "U" in grp else None), grp["Vt"]
     else:
         u_out, vt_out = (u_small, tall.T) if src.wide else (tall, vt)
-    return SVDResult(U=u_out, S=np.asarray(sigma, dtype=float), Vt=vt_out, mean=mean,
-                     report=report, passes=n_passes, method=resolved, url=url,
-                     provenance=provenance, events=list(engine.events), reads=reads,
-                     mask=mask, labels=labels)
+    return SVDResult(U=u_out, S=np.asarray(fac.sigma, dtype=float), Vt=vt_out, mean=mean,
+                     report=report, passes=report["passes"], method=params.resolved, url=url,
+                     provenance=provenance, events=list(job.engine.events),
+                     reads=report["reads"], mask=job.mask, labels=job.labels)
 
 
-def _factor(run, resolved, k, *, energy, cap, compute_u, n_oversamples, n_iter, seed, probes,
-            block_size, sketch_sizes):
-    """Run the resolved algorithm; the factors as a dict (``t`` None without U)."""
-    if resolved == "exact":
-        choose = None if energy is None else _rank_by_energy(run, energy, cap)
-        fac = exact_svd(run, k if choose is None else choose, compute_u=compute_u)
+def _factor(run, params):
+    """Run the resolved algorithm on ``run``; its :class:`~._run.Factors`."""
+    p = params
+    if p.resolved == "exact":
+        choose = None if p.energy is None else _rank_by_energy(run, p.energy, p.rank)
+        fac = exact_svd(run, p.rank if choose is None else choose, compute_u=p.compute_u)
         if choose is not None:
-            fac["qb"] = {"energy": energy, "max_rank": cap, "blocks": 0,
-                         "reached": choose.wanted <= cap}
+            fac = fac._replace(energy_target={"energy": p.energy, "max_rank": p.rank,
+                                              "blocks": 0, "reached": choose.wanted <= p.rank})
         return fac
-    if resolved == "sketch":
-        fac = sketch_svd(run, k, random_state=seed, n_probes=probes,
-                         sizes=_sizes_param(sketch_sizes))
-    elif resolved == "randqb":
-        fac = randqb_svd(run, energy=energy, max_rank=cap, block_size=block_size,
-                         n_oversamples=n_oversamples, n_iter=n_iter, random_state=seed,
-                         n_probes=probes)
+    if p.resolved == "sketch":
+        fac = sketch_svd(run, p.rank, random_state=p.random_state, n_probes=p.n_probes,
+                         sizes=p.sketch_sizes)
+    elif p.resolved == "randqb":
+        fac = randqb_svd(run, energy=p.energy, max_rank=p.rank, block_size=p.block_size,
+                         n_oversamples=p.n_oversamples, n_iter=p.n_iter,
+                         random_state=p.random_state, n_probes=p.n_probes)
     else:
-        fac = randomized_svd(run, k, n_oversamples=n_oversamples, n_iter=n_iter,
-                             random_state=seed, n_probes=probes, compute_u=compute_u)
-    if not compute_u:
-        fac["t"] = None
-    return fac
+        fac = randomized_svd(run, p.rank, n_oversamples=p.n_oversamples, n_iter=p.n_iter,
+                             random_state=p.random_state, n_probes=p.n_probes,
+                             compute_u=p.compute_u)
+    return fac if p.compute_u else fac._replace(tall=None)
 
 
 def _scratch_dir(scratch, out):
@@ -520,35 +539,6 @@ def _scratch_dir(scratch, out):
     return tempfile.gettempdir()
 
 
-def _energy_params(rank, energy, max_rank, method, shape):
-    """Validate ``rank`` / ``energy`` / ``max_rank``; returns (energy or None, rank cap)."""
-    short = min(shape)
-    if energy is None:
-        if rank is None:
-            raise InvalidInputError("give rank= (components) or energy= (a fraction such as "
-                                    "0.99); got neither.", field="rank")
-        if max_rank is not None:
-            raise InvalidInputError("max_rank caps an energy target; give energy= with it, "
-                                    "or drop it and use rank=.", field="max_rank")
-        return None, None
-    if rank is not None:
-        raise InvalidInputError(f"rank and energy are exclusive; got rank={rank!r} and "
-                                f"energy={energy!r}. Drop one.", field="energy")
-    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) \
-            or not 0.0 < float(energy) < 1.0:
-        raise InvalidInputError(f"energy must be a fraction with 0 < energy < 1; got "
-                                f"{energy!r}.", field="energy")
-    if method == "sketch":
-        raise InvalidInputError("method='sketch' needs a rank (one pass cannot adapt it); "
-                                "use method='randomized' or 'auto' with energy=.",
-                                field="method")
-    cap = short if max_rank is None else _int_param(max_rank, "max_rank", 1)
-    if cap > short:
-        raise InvalidInputError(f"max_rank must be <= min(m, n) = {short}; got {cap}.",
-                                field="max_rank")
-    return float(energy), cap
-
-
 def _rank_by_energy(run, energy, cap):
     """For the exact method: the rank from every singular value and the pass-1 total."""
     def choose(sigma):
@@ -557,15 +547,6 @@ def _rank_by_energy(run, energy, cap):
         return max(1, min(choose.wanted, cap))
     choose.wanted = 0
     return choose
-
-
-def _sizes_param(sizes):
-    if sizes is None:
-        return None
-    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
-        raise InvalidInputError(f"sketch_sizes must be a pair (range, core); got {sizes!r}.",
-                                field="sketch_sizes")
-    return (_int_param(sizes[0], "sketch_sizes", 1), _int_param(sizes[1], "sketch_sizes", 1))
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

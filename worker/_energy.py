@@ -212,6 +212,52 @@ def _residuals(sigma, method, s_all, sigma_b, resid_ss, resid_est=None):
     raise ValueError("a residual needs the whole spectrum (exact) or ‖A − QB‖ (randomized)")
 
 
+def _energy_ranks(cum, norm, shape):
+    """The smallest rank reaching each of :data:`ENERGY_LEVELS` (None past k)."""
+    m, n = shape
+    ranks = []
+    for level in ENERGY_LEVELS:
+        hit = np.nonzero(cum >= level * (1 - 1e-12))[0] if norm > 0 else np.array([-1])
+        if hit.size:
+            r = int(hit[0]) + 1
+            ranks.append({"fraction": level, "rank": r, "more_than_k": False,
+                          "storage_ratio": r * (m + n + 1) / (m * n)})
+        else:
+            ranks.append({"fraction": level, "rank": None, "more_than_k": True,
+                          "storage_ratio": None})
+    return ranks
+
+
+def _spectrum_stats(sigma, s_all, shape, n_gaps):
+    """Numerical rank and its tolerance, condition numbers and the largest gaps.
+
+    From the whole spectrum when known (exact), else from σ_1..σ_k.
+    """
+    m, n = shape
+    k = sigma.size
+    spectrum = np.asarray(s_all, dtype=float) if s_all is not None else sigma
+    tol = float(spectrum[0] * max(m, n) * np.finfo(float).eps) if spectrum.size else 0.0
+    cond = None
+    if s_all is not None and spectrum.size:
+        cond = _f(spectrum[0] / spectrum[-1]) if spectrum[-1] > 0 else None
+    gaps = []
+    if spectrum.size > 1:
+        upto = min(spectrum.size - 1, max(k, 1))
+        num, den = spectrum[:upto], spectrum[1 : upto + 1]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            gap = np.where(den > tol, num / np.where(den > 0, den, 1), np.inf)
+        gap = np.where(num > tol, gap, 1.0)  # a gap between two zeros is no gap
+        order = np.argsort(-gap, kind="stable")[:n_gaps]
+        gaps = [{"rank": int(i) + 1, "ratio": _f(gap[i])} for i in order if gap[i] > 1]
+    return spectrum, {
+        "numerical_rank": int(np.sum(spectrum > tol)),
+        "numerical_rank_tol": tol,
+        "condition_estimate": _f(sigma[0] / sigma[-1]) if k and sigma[-1] > 0 else None,
+        "condition_number": cond,
+        "spectral_gaps": gaps,
+    }
+
+
 def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b=None,
                   resid_ss=None, n_gaps=5, resid_est=None, error_estimate=None):
     """Build the JSON-serialisable energy report.
@@ -263,33 +309,7 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
          "relative_residual": float(rel[r])}
         for r in range(k)
     ]
-    ranks = []
-    for level in ENERGY_LEVELS:
-        hit = np.nonzero(cum >= level * (1 - 1e-12))[0] if norm > 0 else np.array([-1])
-        if hit.size:
-            r = int(hit[0]) + 1
-            ranks.append({"fraction": level, "rank": r, "more_than_k": False,
-                          "storage_ratio": r * (m + n + 1) / (m * n)})
-        else:
-            ranks.append({"fraction": level, "rank": None, "more_than_k": True,
-                          "storage_ratio": None})
-    spectrum = np.asarray(s_all, dtype=float) if s_all is not None else sigma
-    eps = np.finfo(float).eps
-    tol = float(spectrum[0] * max(m, n) * eps) if spectrum.size else 0.0
-    numerical_rank = int(np.sum(spectrum > tol))
-    cond_est = _f(sigma[0] / sigma[-1]) if k and sigma[-1] > 0 else None
-    cond = None
-    if s_all is not None and spectrum.size:
-        cond = _f(spectrum[0] / spectrum[-1]) if spectrum[-1] > 0 else None
-    gaps = []
-    if spectrum.size > 1:
-        upto = min(spectrum.size - 1, max(k, 1))
-        num, den = spectrum[:upto], spectrum[1 : upto + 1]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            gap = np.where(den > tol, num / np.where(den > 0, den, 1), np.inf)
-        gap = np.where(num > tol, gap, 1.0)  # a gap between two zeros is no gap
-        order = np.argsort(-gap, kind="stable")[:n_gaps]
-        gaps = [{"rank": int(i) + 1, "ratio": _f(gap[i])} for i in order if gap[i] > 1]
+    spectrum, stats = _spectrum_stats(sigma, s_all, shape, n_gaps)
     captured = tail_norms(sigma)[0] if k else 0.0
     report = {
         "shape": [int(m), int(n)],
@@ -304,17 +324,13 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         "captured_energy": _square(captured),
         "residual_kind": RESIDUAL_KINDS[method],
         "components": components,
-        "energy_ranks": ranks,
-        "numerical_rank": numerical_rank,
-        "numerical_rank_tol": tol,
-        "condition_estimate": cond_est,
-        "condition_number": cond,
-        "spectral_gaps": gaps,
+        "energy_ranks": _energy_ranks(cum, norm, shape),
+        **stats,
         "n_samples": int(m),
         "explained_variance": None,
         "explained_variance_ratio": None,
     }
-    if error_estimate is None and s_all is not None:
+    if error_estimate is None and s_all is not None:  # exact: σ_{k+1} is known
         nxt = float(s_all[k]) if k < len(s_all) else 0.0
         error_estimate = {"spectral": nxt, "probability": 1.0, "failure_probability": 0.0,
                           "probes": 0, "frobenius": float(resid[-1]) if k else norm,

@@ -8,7 +8,7 @@ Two engines share one small interface, so the algorithms are written once:
 - :class:`LocalEngine` runs the same tasks lazily in this process (used when
   no client is given and there is no default client).
 
-Each panel task returns ``(result, rows, row_means, rows_read, missing)``;
+Each panel task returns ``(result, rows, rows_read, missing)``;
 :meth:`Engine.run_pass` adds up ``rows`` (how passes over A are counted) and
 ``rows_read`` (rows that came from storage rather than the panel cache,
 :mod:`._cache`).
@@ -81,27 +81,32 @@ def _load(panel, cache, missing=None):
     return block, block.shape[0], not _cache.offer(key, block, fraction), counts
 
 
-def panel_task(kernel, panel, center_rows, shift, cache, missing, *args):
-    """Load one panel (:mod:`._cache` or storage), prepare it
+def panel_task(kernel, panel, shift, cache, missing, *args):
+    """Load one panel (:mod:`._cache` or storage), shift it by the pivot row
     (:func:`~._kernels.prepare_panel`) and run ``kernel(block, *args)`` on it.
 
     ``cache`` is ``(token, fraction)`` or None. A cached block is shared, so it
-    is shifted or centred into a copy, never in place. ``missing`` is None
+    is shifted into a copy, never in place; a kernel with ``takes_owned``
+    (a wrapper that prepares the block further, e.g. row centring in
+    :mod:`._run`) is told whether it may overwrite the block. ``missing`` is None
     (missing values are errors) or the markers of :func:`~._kernels.mask_missing`
     (``missing="mask"``: missing entries read as 0 and are counted).
 
     Returns
     -------
-    (result, rows, row_means, rows_read, counts)
+    (result, rows, rows_read, counts)
         ``counts``: missing entries per column and per row of the panel, or None.
     """
     block, rows_read, owned, counts = _load(panel, cache, missing)
-    block, row_means = prepare_panel(block, shift=shift, center_rows=center_rows, owned=owned)
-    return kernel(block, *args), block.shape[0], row_means, rows_read, counts
+    if shift is not None:
+        block, owned = prepare_panel(block, shift=shift, owned=owned)[0], True
+    out = (kernel(block, *args, owned=owned) if getattr(kernel, "takes_owned", False)
+           else kernel(block, *args))
+    return out, block.shape[0], rows_read, counts
 
 
 #: Picks ``(rows, rows_read)`` out of a panel task's result.
-_COUNTS = slice(1, 4, 2)
+_COUNTS = slice(1, 3)
 
 
 def _identity(x):
@@ -188,7 +193,7 @@ class _Engine:
         """Handle to ``handle[k1][k2]...`` (computed where the value lives)."""
         return self.submit(_pick, handle, *keys)
 
-    def run_pass(self, phase, panels, kernel, args_for, *, center_rows=False, shift=None,
+    def run_pass(self, phase, panels, kernel, args_for, *, shift=None,
                  cache=None, progress=None, on_result=None, missing=None):
         """Run ``kernel`` on every panel; report progress after each one.
 
@@ -199,8 +204,8 @@ class _Engine:
             Panel arguments (PanelRef, scattered block or delayed block).
         kernel : callable
             ``kernel(block, *args_for(i))``.
-        center_rows, shift :
-            How each panel is prepared (:func:`~._kernels.prepare_panel`).
+        shift : handle or None
+            The pivot row each panel is shifted by (:func:`~._kernels.prepare_panel`).
         cache : (token, fraction) or None
             Keep decoded panels in worker memory (:mod:`._cache`).
         missing : tuple of float or None
@@ -212,11 +217,11 @@ class _Engine:
 
         Returns
         -------
-        list of handles to ``(result, rows, row_means, rows_read, counts)`` per panel.
+        list of handles to ``(result, rows, rows_read, counts)`` per panel.
         """
         t0 = time.perf_counter()
         self.phase = phase
-        handles = [self.submit_panel(i, panel_task, kernel, p, center_rows, shift, cache,
+        handles = [self.submit_panel(i, panel_task, kernel, p, shift, cache,
                                      missing, *args_for(i))
                    for i, p in enumerate(panels)]
         counts = [self.part(h, _COUNTS) for h in handles]

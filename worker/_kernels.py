@@ -869,23 +869,21 @@ def svd_flip_rows(u, vt):
     return u * signs[None, :], vt * signs[:, None]
 
 
-def block_argmax(t, offset):
+def block_argmax(t):
     """Per-column largest-magnitude entry of a block of a tall factor.
 
     Parameters
     ----------
     t : ndarray of shape (rows, k)
-    offset : int
-        Global index of the block's first row.
 
     Returns
     -------
-    (absval, value, index) : three ndarrays of shape (k,); ``index`` is the
-    global row of the winning entry (lowest on ties).
+    (absval, value) : two ndarrays of shape (k,); the lowest row wins ties,
+    and an empty block gives absval -1 (it never wins).
     """
     if t.shape[0] == 0:
         k = t.shape[1]
-        return np.full(k, -1.0), np.zeros(k), np.full(k, np.iinfo(np.int64).max)
+        return np.full(k, -1.0), np.zeros(k)
     idx = np.argmax(np.abs(t), axis=0)
     val = t[idx, np.arange(t.shape[1])]
-    return np.abs(val), val, idx.astype(np.int64) + offset
+    return np.abs(val), val

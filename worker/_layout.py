@@ -149,23 +149,14 @@ def plan_layout(info, *, in_memory=False, pinned=True, panel_bytes=None):
     row = n_t * 8
     itemsize = np.dtype(info.dtype).itemsize
     band = ch * row
-    if in_memory or band <= max(budget, MIN_BAND_BYTES) or not pinned:
-        step = plan_panels(m_t, n_t, 1 if in_memory else ch, budget).step
+    if in_memory or not pinned or band <= max(budget, MIN_BAND_BYTES):
+        step = min(plan_panels(m_t, n_t, 1 if in_memory else ch, budget).step, m_t)
         kind = "memory" if in_memory else "chunks"
-        unit = (_PANEL_COPIES * row if in_memory
-                else _CHUNK_COPIES * ch * cw * itemsize if not info.plain
-                else _PANEL_COPIES * row)
-        reason = (f"panels of {step} rows ({_mib(step * row)} as float64) fit the "
-                  f"{_mib(budget)} budget" + ("" if in_memory else
-                                              f", {step // ch} chunk band(s) of {ch} rows each"))
-        if not in_memory and band > budget:
-            reason = (f"one chunk band ({ch} rows, {_mib(band)}) exceeds the {_mib(budget)} "
-                      f"budget but not {_mib(MIN_BAND_BYTES)}: panels are whole chunk bands")
-        if not in_memory and band > max(budget, MIN_BAND_BYTES):
-            reason = (f"one chunk band ({ch} rows, {_mib(band)}) exceeds the {_mib(budget)} "
-                      "budget, but an unpinned in-memory Zarr array is read whole chunk bands")
+        unit = (_PANEL_COPIES * row if in_memory or info.plain
+                else _CHUNK_COPIES * ch * cw * itemsize)
+        reason = _direct_reason(kind, step, row, budget, ch, band)
     else:
-        step = max(1, budget // row)
+        step = min(max(1, budget // row), m_t)
         if info.plain:
             kind, unit = "slices", _PANEL_COPIES * row
             reason = (f"one chunk band ({ch} rows of the tall view, {_mib(band)}) exceeds the "
@@ -182,6 +173,21 @@ def plan_layout(info, *, in_memory=False, pinned=True, panel_bytes=None):
     peak = max(unit, _PANEL_COPIES * min(step, m_t) * row)
     return Layout(kind, (m_t, n_t), (ch, cw), int(step), int(n_panels), int(unit), int(peak),
                   reason)
+
+
+def _direct_reason(kind, step, row, budget, ch, band):
+    """Why panels are read straight from the chunks (or sliced from memory), in words."""
+    if kind == "memory":
+        return (f"panels of {step} rows ({_mib(step * row)} as float64) fit the "
+                f"{_mib(budget)} budget")
+    if band <= budget:
+        return (f"panels of {step} rows ({-(-step // ch)} chunk band(s) of up to {ch} rows, "
+                f"{_mib(step * row)} as float64) fit the {_mib(budget)} budget")
+    if band <= MIN_BAND_BYTES:
+        return (f"one chunk band ({ch} rows, {_mib(band)}) exceeds the {_mib(budget)} budget "
+                f"but not {_mib(MIN_BAND_BYTES)}: panels are whole chunk bands")
+    return (f"one chunk band ({ch} rows, {_mib(band)}) exceeds the {_mib(budget)} budget, but "
+            "an unpinned Zarr array is read in whole chunk bands")
 
 
 def check_layout(layout, worker_memory, fraction=DEFAULT_MEMORY_FRACTION, *, name="the source",

@@ -58,6 +58,7 @@ from ._kernels import (
     svd_flip_rows,
 )
 from ._rsvd import power_step, probe_matrix, probe_norms, project_basis
+from ._run import Factors
 
 __all__ = ["randqb_svd", "energy_rank", "sumsq_ratio"]
 
@@ -79,6 +80,44 @@ def energy_rank(sigma, norm, energy):
         return 1
     cum = np.cumsum((np.asarray(sigma, dtype=float) / norm) ** 2)
     return int(np.searchsorted(cum, energy, side="right")) + 1
+
+
+def _range_pass(run, g, pr_h, basis, b_mat):
+    """One range+project pass with the block's test matrix ``g``, against the
+    basis so far (``basis`` per panel and ``b_mat``; None for the first block)."""
+    eng = run.engine
+    g_h = eng.scatter(g)
+    if run.stats is None:
+        return run.first_pass("range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))
+    bg_h = None if basis is None else eng.scatter(b_mat @ g)
+
+    def args(i):
+        first = (g_h, run.center, pr_h)
+        return first if basis is None else (*first, basis[i], bg_h)
+    return [eng.part(h, 0) for h in run.run_pass("range+project", sketch_leaf, args)]
+
+
+def _qb_factors(run, leaves, ws, b_mat, k, probes):
+    """Rank-k factors of A ≈ QB, the exact ‖A − QB‖²_F and the probe norms.
+
+    Returns
+    -------
+    (tall handles, σ of B, Vᵀ of B, residual sum of squares, probe norms or None)
+    """
+    eng = run.engine
+    b_h, mu_h = eng.scatter(b_mat), eng.scatter(run.shifted_mean if run.center else None)
+    resid = (0, 0.0)
+    for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)
+                            for h, w in zip(leaves, ws)]):
+        resid = add_sumsq(resid, part)
+    u_b, sigma, vt = np.linalg.svd(b_mat, full_matrices=False)
+    u_b, vt = svd_flip_rows(u_b, vt)
+    uk_h = eng.scatter(u_b[:, :k])
+    t = [eng.submit(sketch_tall, h, w, uk_h) for h, w in zip(leaves, ws)]
+    norms = None
+    if probes is not None:
+        norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
+    return t, sigma, vt, resid, norms
 
 
 def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, random_state,
@@ -103,8 +142,10 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
 
     Returns
     -------
-    dict as :func:`~._rsvd.randomized_svd`, plus ``k`` (the chosen rank) and
-    ``qb`` (blocks, basis width, indicator, whether the target was reached).
+    Factors
+        As :func:`~._rsvd.randomized_svd`, with ``rank`` (the chosen rank) and
+        ``energy_target`` (blocks, basis width, indicator, whether the target
+        was reached).
     """
     eng = run.engine
     m, n = run.m, run.n
@@ -122,18 +163,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         g = orthonormalize(rng.standard_normal((n, bsz)))
         for _ in range(n_iter):
             g = orthonormalize(power_step(run, g, None if basis is None else (basis, b_mat)))
-        g_h = eng.scatter(g)
-        if run.stats is None:
-            leaves = run.first_pass("range+project", sketch_leaf,
-                                    lambda i: (g_h, run.center, pr_h))
-        elif basis is None:
-            leaves = [eng.part(h, 0) for h in run.run_pass(
-                "range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))]
-        else:
-            bg_h = eng.scatter(b_mat @ g)
-            leaves = [eng.part(h, 0) for h in run.run_pass(
-                "range+project", sketch_leaf,
-                lambda i: (g_h, run.center, pr_h, basis[i], bg_h))]
+        leaves = _range_pass(run, g, pr_h, basis, b_mat)
         b_mat, ws = project_basis(run, leaves)
         ell = b_mat.shape[0]
         total = run.total_sumsq
@@ -151,21 +181,10 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         basis = [eng.submit(sketch_tall, h, w, eye) for h, w in zip(leaves, ws)]
     reached = bool(frac >= energy and r <= min(ell, max_rank))
     k = max(1, min(r, ell, max_rank))
-    b_h, mu_h = eng.scatter(b_mat), eng.scatter(run.shifted_mean if run.center else None)
-    resid = (0, 0.0)
-    for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)
-                            for h, w in zip(leaves, ws)]):
-        resid = add_sumsq(resid, part)
-    u_b, sigma, vt = np.linalg.svd(b_mat, full_matrices=False)
-    u_b, vt = svd_flip_rows(u_b, vt)
-    uk_h = eng.scatter(u_b[:, :k])
-    t = [eng.submit(sketch_tall, h, w, uk_h) for h, w in zip(leaves, ws)]
-    norms = None
-    if probes is not None:
-        norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
+    t, sigma, vt, resid, norms = _qb_factors(run, leaves, ws, b_mat, k, probes)
     qb = {"energy": float(energy), "max_rank": int(max_rank), "block_size": int(block_size),
           "blocks": blocks, "basis_width": int(ell), "n_iter_per_block": int(n_iter),
           "indicator": float(1.0 - frac), "reached": reached, "history": history,
           "norm": norm_a}
-    return {"t": t, "sigma": sigma[:k], "v": vt[:k].T, "l": ell, "s_all": None,
-            "sigma_b": sigma, "resid_ss": resid, "probe_norms": norms, "k": k, "qb": qb}
+    return Factors(t, sigma[:k], vt[:k].T, k, sigma_b=sigma, resid_ss=resid,
+                   probe_norms=norms, width=ell, energy_target=qb)

@@ -58,6 +58,7 @@ from ._kernels import (
     sketch_tall,
     svd_flip_rows,
 )
+from ._run import Factors
 from ._tsqr import split_ones_direction, tsqr_down, tsqr_up, with_ones_direction
 
 __all__ = ["randomized_svd"]
@@ -220,12 +221,11 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
 
     Returns
     -------
-    dict with ``t`` (handles to ndarray of shape (rows_i, k)), ``sigma``
-    (ndarray of shape (k,)), ``v`` (ndarray of shape (n, k)), ``l`` (sketch
-    width used), ``s_all`` (None: the spectrum beyond l is not computed),
-    ``sigma_b`` (every singular value of B, ndarray of shape (l,)) and
-    ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq` pair) and
-    ``probe_norms`` (‖(A − U S Vᵀ)ω_j‖, ndarray of shape (n_probes,)).
+    Factors
+        ``tall`` (None without ``compute_u``), ``sigma``, ``v``, ``width``
+        (the sketch width l), ``sigma_b`` (every singular value of B, shape
+        (l,)), ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq`
+        pair) and ``probe_norms`` (shape (n_probes,)).
     """
     eng = run.engine
     n = run.n
@@ -262,7 +262,6 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     norms = None
     if probes is not None:
         norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
-    run.report(phase, 1, 1)
-    return {"t": t if compute_u else None, "sigma": sigma[:k], "v": vt[:k].T, "l": ell,
-            "s_all": None,
-            "sigma_b": sigma, "resid_ss": resid, "probe_norms": norms}
+    run.tick(phase, 1, 1)
+    return Factors(t if compute_u else None, sigma[:k], vt[:k].T, k, sigma_b=sigma,
+                   resid_ss=resid, probe_norms=norms, width=ell)

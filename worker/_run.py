@@ -6,36 +6,112 @@ of its own beyond merging the first pass's statistics.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._engine import Phase
 from ._errors import NonFiniteError
-from ._kernels import merge_stats, panel_stats
+from ._kernels import merge_stats, panel_stats, prepare_panel
 
-__all__ = ["Run", "with_stats"]
+__all__ = ["Run", "Factors", "with_stats"]
 
 
-def with_stats(kernel, *, center=False, local_mean=False):
+class Factors(NamedTuple):
+    """What every algorithm returns: the factors of the tall view and what it knows.
+
+    Attributes
+    ----------
+    tall : list of handles or None
+        The tall factor per panel, each of shape (rows_i, rank); None when
+        not formed (``compute_u=False``).
+    sigma : ndarray of shape (rank,)
+    v : ndarray of shape (n, rank)
+        Right factor of the tall view.
+    rank : int
+        k (chosen by the algorithm for an energy target).
+    s_all : ndarray of shape (n,) or None
+        Every singular value (exact only).
+    sigma_b : ndarray or None
+        Every singular value of the projected matrix B (randomized).
+    resid_ss : (int, float) or None
+        ‖A − QB‖²_F as a scaled sum of squares (randomized).
+    resid_est : ndarray or None
+        Estimated residual norms per rank (sketch).
+    probe_norms : ndarray or None
+        ‖(A − U S Vᵀ)ω_j‖ of the Gaussian probes.
+    u_route : str or None
+        ``"gemm"`` or ``"reapply"``: how the exact method formed U.
+    width : int or None
+        Sketch width l (randomized).
+    sketch_sizes : dict or None
+        Range and core sketch sizes (sketch).
+    energy_target : dict or None
+        How an energy target was met.
+    """
+
+    tall: list | None
+    sigma: np.ndarray
+    v: np.ndarray
+    rank: int
+    s_all: np.ndarray | None = None
+    sigma_b: np.ndarray | None = None
+    resid_ss: tuple | None = None
+    resid_est: np.ndarray | None = None
+    probe_norms: np.ndarray | None = None
+    u_route: str | None = None
+    width: int | None = None
+    sketch_sizes: dict | None = None
+    energy_target: dict | None = None
+
+
+def with_stats(kernel, *, center=False, local_mean=False, center_rows=False):
     """Wrap a first-pass kernel so it also returns :func:`panel_stats`.
 
     A panel holding NaN/Inf skips the kernel (LAPACK must not see it).
     With ``local_mean`` the kernel gets the panel's own column means (or
-    None when not centring) as its last argument.
+    None when not centring) as its last argument. With ``center_rows`` the
+    panel's rows are centred first and their means returned as ``row_means``.
     """
-    return _WithStats(kernel, center, local_mean)
+    return _WithStats(kernel, center, local_mean, center_rows)
 
 
-class _WithStats:
-    def __init__(self, kernel, center, local_mean):
-        self.kernel, self.center, self.local_mean = kernel, center, local_mean
+class _RowCentred:
+    """Kernel wrapper: centre each row of the panel by its own mean first.
 
-    def __call__(self, block, *args):
+    PCA of a wide matrix: its tall view holds one column of A per row, so
+    centring A's columns is centring the tall view's rows, panel by panel
+    (:func:`~._kernels.prepare_panel`). The engine tells the wrapper whether
+    the block is its own to overwrite (``takes_owned``).
+    """
+
+    takes_owned = True
+
+    def __init__(self, kernel, center_rows=True):
+        self.kernel, self.center_rows = kernel, center_rows
+
+    def prepare(self, block, owned):
+        if not self.center_rows:
+            return block, None
+        return prepare_panel(block, center_rows=True, owned=owned)
+
+    def __call__(self, block, *args, owned=False):
+        return self.kernel(self.prepare(block, owned)[0], *args)
+
+
+class _WithStats(_RowCentred):
+    def __init__(self, kernel, center, local_mean, center_rows):
+        super().__init__(kernel, center_rows)
+        self.center, self.local_mean = center, local_mean
+
+    def __call__(self, block, *args, owned=False):
+        block, row_means = self.prepare(block, owned)
         stats = panel_stats(block, self.center)
         if not stats["finite"]:
-            return {"stats": stats, "out": None}
+            return {"stats": stats, "out": None, "row_means": row_means}
         if self.local_mean:
             args = (*args, stats["mean"] if self.center else None)
-        return {"stats": stats, "out": self.kernel(block, *args)}
+        return {"stats": stats, "out": self.kernel(block, *args), "row_means": row_means}
 
 
 class Run:
@@ -94,15 +170,17 @@ class Run:
             self.pass_no += 1
         return Phase(name, max(self.pass_no, 1), self.passes)
 
-    def report(self, phase, done, total):
+    def tick(self, phase, done, total):
+        """Report progress of a step that reads no panel (``progress(done, total, phase)``)."""
         if self.progress is not None:
             self.progress(done, total, phase)
 
     def run_pass(self, name, kernel, args_for=lambda i: ()):
-        """A pass over A; returns per-panel handles to
-        ``(result, rows, row_means, rows_read, counts)``."""
+        """A pass over A; returns per-panel handles to ``(result, rows, rows_read, counts)``."""
+        if self.center_rows:
+            kernel = _RowCentred(kernel)
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
-                                    center_rows=self.center_rows, shift=self._shift,
+                                    shift=self._shift,
                                     cache=self.cache, progress=self.progress,
                                     missing=self.missing)
 
@@ -121,7 +199,7 @@ class Run:
             # The statistics are small (two n-vectors): fetch them as each
             # panel finishes, so a NaN stops the pass without waiting for it.
             if self.missing is not None:
-                counts[i] = eng.gather([eng.part(handle, 4)])[0]
+                counts[i] = eng.gather([eng.part(handle, 3)])[0]
             s = eng.gather([eng.part(handle, 0, "stats")])[0]
             if not s["finite"]:
                 start, stop = self.bounds[i]
@@ -135,8 +213,9 @@ class Run:
             stats[i] = s
 
         handles = eng.run_pass(phase, self.panels,
-                               with_stats(kernel, center=self.center, local_mean=local_mean),
-                               args_for, center_rows=self.center_rows, shift=self._shift,
+                               with_stats(kernel, center=self.center, local_mean=local_mean,
+                                          center_rows=self.center_rows),
+                               args_for, shift=self._shift,
                                cache=self.cache, progress=self.progress, on_result=check,
                                missing=self.missing)
         if self.decide_missing is not None:
@@ -147,7 +226,7 @@ class Run:
             merged = merge_stats(merged, s)
         self.stats = merged
         if self.center_rows:
-            means = eng.gather([eng.part(h, 2) for h in handles])
+            means = eng.gather([eng.part(h, 0, "row_means") for h in handles])
             self.row_means = np.concatenate(means)
         return [eng.part(h, 0, "out") for h in handles]
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from ._kernels import panel_tests, stream_leaf, svd_flip_rows, tall_block, tsqr_leaf
 from ._rsvd import _sum, probe_matrix, probe_norms
+from ._run import Factors
 from ._tsqr import tsqr_down, tsqr_up
 
 __all__ = ["sketch_svd", "sketch_sizes"]
@@ -104,9 +105,9 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
 
     Returns
     -------
-    dict with ``t`` (handles to the tall factor's blocks), ``sigma``, ``v``,
-    ``s_all`` (None), ``resid_est`` (estimated ‖A − A_r‖_F, r = 1..k),
-    ``probe_norms`` and ``sizes``.
+    Factors
+        ``tall``, ``sigma``, ``v``, ``resid_est`` (estimated ‖A − A_r‖_F,
+        r = 1..k), ``probe_norms`` and ``sketch_sizes``.
     """
     eng = run.engine
     n = run.n
@@ -146,10 +147,10 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
     t = [eng.submit(_tall_times, y, w, run.center, uk_h) for y, w in zip(ys, ws)]
     norms = probe_norms(run, leaves, t, sigma, vt.T, probes, cumulative=True)
     resid_est = np.sqrt(np.mean(norms[1:] ** 2, axis=1))
-    run.report(phase, 1, 1)
-    return {"t": t, "sigma": sigma, "v": vt.T, "s_all": None, "resid_est": resid_est,
-            "probe_norms": norms[-1][:n_probes] if n_probes else None,
-            "sizes": {"range": kr, "core": s}}
+    run.tick(phase, 1, 1)
+    return Factors(t, sigma, vt.T, k, resid_est=resid_est,
+                   probe_norms=norms[-1][:n_probes] if n_probes else None,
+                   sketch_sizes={"range": kr, "core": s})
 
 
 def _small(leaf):

@@ -91,7 +91,6 @@ class Source:
     info: SourceInfo
     kind: str
     obj: object  # zarr.Array (unpinned only), ndarray or dask array
-    storage_options: dict | None = None
     pin: object = None
     view: object = None  # MatrixView of an unpinned N-D zarr.Array
 
@@ -273,7 +272,7 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
         pin = source.with_options(allow_missing=allow_missing_chunks or source.ref.allow_missing)
         pin.verify()
         pin.check_missing()
-        return Source(pin.info, "zarr", None, storage_options, pin=pin)
+        return Source(pin.info, "zarr", None, pin=pin)
     if isinstance(source, zarr.Array):
         path = _local_path_of(source)
         if path is not None:
@@ -291,7 +290,7 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
                           dims=view.dims if view else None,
                           nd_shape=view.nd_shape if view else None,
                           sample_dims=view.sample_dims if view else None)
-        return Source(info, "zarr", source, storage_options, view=view)
+        return Source(info, "zarr", source, view=view)
     if da is not None and isinstance(source, da.Array):
         source = _as_matrix(source, sample_dims)
         dt = _check_matrix(source.shape, source.dtype, "the dask array")

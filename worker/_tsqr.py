@@ -52,6 +52,7 @@ from ._kernels import (
     tsqr_leaf,
     tsqr_merge,
 )
+from ._run import Factors
 
 __all__ = ["tsqr_up", "tsqr_down", "exact_svd", "with_ones_direction", "split_ones_direction",
            "GEMM_MAX_COND"]
@@ -143,11 +144,10 @@ def exact_svd(run, k, *, compute_u=True):
 
     Returns
     -------
-    dict with ``k`` (the rank), ``t`` (list of handles to ndarray of shape
-    (rows_i, k), the tall factor per panel, or None), ``s_all`` (every
-    singular value, ndarray of shape (n,)), ``sigma`` (ndarray of shape (k,)),
-    ``v`` (ndarray of shape (n, k), right factor of the tall view) and
-    ``u_route`` (``"gemm"``, ``"reapply"`` or None).
+    Factors
+        ``tall`` (None without ``compute_u``), ``sigma``, ``v``, ``rank``,
+        ``s_all`` (every singular value, shape (n,)) and ``u_route``
+        (``"gemm"``, ``"reapply"`` or None).
     """
     eng = run.engine
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
@@ -158,11 +158,10 @@ def exact_svd(run, k, *, compute_u=True):
     u_r, vt = svd_flip_rows(u_r, vt)
     if callable(k):  # rank chosen from the whole spectrum (energy target)
         k = min(k(sigma), sigma.size)
-    run.report(t_factor, 1, 1)
+    run.tick(t_factor, 1, 1)
     s_all = np.zeros(run.n)
     s_all[: sigma.size] = sigma[: run.n]
-    out = {"t": None, "s_all": s_all, "sigma": s_all[:k], "v": vt[:k].T, "u_route": None,
-           "k": k}
+    out = Factors(None, s_all[:k], vt[:k].T, k, s_all=s_all)
     if not compute_u:
         return out
     if s_all[k - 1] > 0 and s_all[0] <= GEMM_MAX_COND * s_all[k - 1] and not extra:
@@ -173,10 +172,9 @@ def exact_svd(run, k, *, compute_u=True):
         gemm = [eng.part(h, 0) for h in handles]
         groot, gnodes = tsqr_up(eng, [eng.part(h, "tree") for h in gemm])
         ws = tsqr_down(eng, gnodes, len(gemm), np.eye(groot["r"].shape[0]))
-        out.update(t=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)], u_route="gemm")
-        return out
+        return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
+                            u_route="gemm")
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
     handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center))
-    out.update(t=[eng.part(h, 0) for h in handles], u_route="reapply")
-    return out
+    return out._replace(tall=[eng.part(h, 0) for h in handles], u_route="reapply")

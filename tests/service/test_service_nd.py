@@ -61,7 +61,7 @@ def test_sample_dims_problems(service, data_root, fields):
                        "body.missing")
         p = assert_problem(post(c, url, source={"sample_dims": ["time"]}, rank=21), 422,
                            "body.rank")
-        assert "30x20" in p["detail"]
+        assert "30×20" in p["detail"]
 
 
 def test_new_fields_at_their_defaults_keep_old_hashes():

@@ -1,0 +1,203 @@
+"""One job specification, validated once: :func:`plan` → :class:`SVDParams`.
+
+The service's submit route calls :func:`plan` on the pinned source's metadata
+(a 422 names the field of any :class:`InvalidInputError`), stores the result,
+and its runner calls ``svd(source, **params.svd_kwargs())``; :func:`svd`
+itself calls :func:`plan` first. So the rank check, the method choice and the
+clipping of ``n_oversamples`` live here only.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, field
+
+from ._errors import InvalidInputError
+from ._methods import METHODS
+from ._missing import check_mode
+
+__all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS"]
+
+#: ``method="auto"`` picks ``exact`` when the short side is at most this:
+#: an n×n R factor per tree node (32 MiB at n = 2048) is cheap and exact
+#: gives the whole spectrum. It also picks ``exact`` when the sketch would
+#: be at least half as wide as the short side, where randomization saves
+#: nothing.
+EXACT_MAX_COLUMNS = 2048
+
+
+@dataclass(frozen=True)
+class SVDParams:
+    """The validated parameters of one decomposition of an ``(m, n)`` matrix.
+
+    Attributes
+    ----------
+    rank : int
+        k; with ``energy``, the cap (``max_rank``, default min(m, n)).
+    method : str
+        As requested (``"auto"`` included).
+    resolved : {"exact", "randomized", "randqb", "sketch"}
+        The algorithm that runs (``"randqb"``: an energy target, randomized).
+    n_oversamples : int
+        Clipped so that ``rank + n_oversamples <= min(m, n)``.
+    n_iter, random_state, block_size, n_probes : int
+    center, compute_u : bool
+    energy : float or None
+    max_rank : int or None
+    sketch_sizes : (int, int) or None
+    missing : {"error", "mask"}
+    notes : tuple of str
+        What was changed from the request, in words (the oversampling clip).
+    """
+
+    rank: int
+    method: str
+    resolved: str
+    n_oversamples: int
+    n_iter: int
+    random_state: int
+    center: bool
+    compute_u: bool
+    energy: float | None = None
+    max_rank: int | None = None
+    block_size: int = 16
+    sketch_sizes: tuple | None = None
+    n_probes: int = 10
+    missing: str = "error"
+    notes: tuple = field(default=())
+
+    def to_json(self):
+        return {**asdict(self), "sketch_sizes": None if self.sketch_sizes is None
+                else list(self.sketch_sizes), "notes": list(self.notes)}
+
+    @classmethod
+    def from_json(cls, data):
+        data = dict(data)
+        if data.get("sketch_sizes") is not None:
+            data["sketch_sizes"] = tuple(data["sketch_sizes"])
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+    def svd_kwargs(self):
+        """Keyword arguments of :func:`~._api.svd` that reproduce this plan."""
+        kw = {key: getattr(self, key) for key in (
+            "method", "n_oversamples", "n_iter", "random_state", "center", "compute_u",
+            "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing")}
+        kw["rank"] = None if self.energy is not None else self.rank
+        return kw
+
+
+def int_param(value, name, low):
+    """``value`` as an int >= ``low``, else :class:`InvalidInputError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInputError(f"{name} must be an integer; got {value!r}.", field=name)
+    if value < low:
+        raise InvalidInputError(f"{name} must be >= {low}; got {value!r}.", field=name)
+    return int(value)
+
+
+def choose_method(method, shape, rank, n_oversamples):
+    """Resolve ``method="auto"`` (see :data:`EXACT_MAX_COLUMNS`)."""
+    if method not in METHODS:
+        raise InvalidInputError(
+            f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.",
+            field="method")
+    if method != "auto":
+        return method
+    short = min(shape)
+    if short <= EXACT_MAX_COLUMNS or 2 * (rank + n_oversamples) >= short:
+        return "exact"
+    return "randomized"
+
+
+def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=False,
+         random_state=0, compute_u=True, energy=None, max_rank=None, block_size=16,
+         sketch_sizes=None, n_probes=10, missing="error"):
+    """Validate a job's parameters against the matrix shape and resolve the method.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(m, n)`` of the matrix (the view of an N-D variable).
+    rank, method, ... :
+        As :func:`~._api.svd` takes them.
+
+    Returns
+    -------
+    SVDParams
+
+    Raises
+    ------
+    InvalidInputError
+        ``.field`` names the parameter (``rank``, ``energy``, ``max_rank``,
+        ``method``, ``n_oversamples``, ...); the message says what was expected.
+    """
+    m, n = (int(x) for x in shape)
+    short = min(m, n)
+    energy, cap = _energy_params(rank, energy, max_rank, method, short)
+    k = cap if energy is not None else int_param(rank, "rank", 1)
+    if k > short:
+        raise InvalidInputError(
+            f"rank must be <= min(m, n) = {short} for a {m}×{n} matrix; got {k}.",
+            field="rank")
+    p = int_param(n_oversamples, "n_oversamples", 0)
+    missing = check_mode(missing)
+    if energy is not None and method == "auto":
+        resolved = "exact" if short <= EXACT_MAX_COLUMNS else "randqb"
+    else:
+        resolved = choose_method(method, (m, n), k, p)
+        if energy is not None and resolved == "randomized":
+            resolved = "randqb"
+    notes = ()
+    if energy is None and k + p > short:
+        if resolved == "randomized":  # only randomized jobs use oversampling
+            notes = (f"n_oversamples clipped from {p} to {short - k} so that "
+                     f"rank + n_oversamples <= min(m, n) = {short}",)
+        p = short - k
+    return SVDParams(
+        rank=k, method=method, resolved=resolved, n_oversamples=p,
+        n_iter=int_param(n_iter, "n_iter", 0),
+        random_state=int_param(0 if random_state is None else random_state,
+                               "random_state", 0),
+        center=bool(center), compute_u=bool(compute_u), energy=energy,
+        max_rank=cap if energy is not None else None,
+        block_size=int_param(block_size, "block_size", 1),
+        sketch_sizes=_sizes_param(sketch_sizes), n_probes=int_param(n_probes, "n_probes", 0),
+        missing=missing, notes=notes)
+
+
+def _energy_params(rank, energy, max_rank, method, short):
+    """Validate ``rank`` / ``energy`` / ``max_rank``; returns (energy or None, rank cap)."""
+    if energy is None:
+        if rank is None:
+            raise InvalidInputError("give rank= (components) or energy= (a fraction such as "
+                                    "0.99); got neither.", field="rank")
+        if max_rank is not None:
+            raise InvalidInputError("max_rank caps an energy target; give energy= with it, "
+                                    "or drop it and use rank=.", field="max_rank")
+        return None, None
+    if rank is not None:
+        raise InvalidInputError(f"rank and energy are exclusive; got rank={rank!r} and "
+                                f"energy={energy!r}. Drop one.", field="energy")
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) \
+            or not 0.0 < float(energy) < 1.0:
+        raise InvalidInputError(f"energy must be a fraction with 0 < energy < 1; got "
+                                f"{energy!r}.", field="energy")
+    if method == "sketch":
+        raise InvalidInputError("method='sketch' needs a rank (one pass cannot adapt it); "
+                                "use method='randomized' or 'auto' with energy=.",
+                                field="method")
+    cap = short if max_rank is None else int_param(max_rank, "max_rank", 1)
+    if cap > short:
+        raise InvalidInputError(f"max_rank must be <= min(m, n) = {short}; got {cap}.",
+                                field="max_rank")
+    return float(energy), cap
+
+
+def _sizes_param(sizes):
+    if sizes is None:
+        return None
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+        raise InvalidInputError(f"sketch_sizes must be a pair (range, core); got {sizes!r}.",
+                                field="sketch_sizes")
+    return (int_param(sizes[0], "sketch_sizes", 1), int_param(sizes[1], "sketch_sizes", 1))
