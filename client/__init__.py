@@ -8,7 +8,8 @@
 >>> res.lstsq(b, alpha="gcv").x                                 # doctest: +SKIP
 
 The client speaks HTTP to the service and reads result stores with Zarr; it
-never imports :mod:`svdserve.service`.
+never imports :mod:`svdserve.service` nor :mod:`svdserve.worker` (the result
+manifest's format is :mod:`svdserve._manifest`, shared with both).
 """
 
 from ._client import Client
@@ -25,7 +26,7 @@ from ._errors import (
     RateLimited,
     ServerError,
     ServiceUnavailable,
-    StorageError,
+    StorageAccessError,
     SVDServeError,
     Timeout,
     TransportError,
@@ -35,19 +36,19 @@ from ._job import Job, Progress
 from ._lstsq import LstsqResult
 from ._pca import PCA
 from ._report import EnergyReport
-from ._result import SVDResult
+from ._result import StoredResult
 
 __all__ = [
     "Client",
     "Job",
     "Progress",
-    "SVDResult",
+    "StoredResult",
     "EnergyReport",
     "PCA",
     "LstsqResult",
     "SVDServeError",
     "TransportError",
-    "StorageError",
+    "StorageAccessError",
     "APIError",
     "InvalidRequest",
     "Unauthorized",

@@ -12,12 +12,12 @@ from typing import Any, Literal
 
 import httpx
 
-from ._errors import StorageError
+from ._errors import StorageAccessError
 from ._http import DEFAULT_TIMEOUT, HTTPTransport
 from ._job import Job
 from ._literals import METHODS, Method
 from ._report import EnergyReport
-from ._result import SVDResult
+from ._result import StoredResult
 from ._storage import absolute_url, is_remote, local_path, write_array
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -208,11 +208,11 @@ class Client:
             names it) as the matrix samples × features: these dimensions are
             the rows, the others are flattened (C order) into the columns.
             ``sample_dims=["time"]`` on ``(time, lat, lon)`` is EOF analysis;
-            :meth:`SVDResult.to_xarray` maps the result back. Required when
+            :meth:`StoredResult.to_xarray` maps the result back. Required when
             the array is not 2-D.
         missing : {"error", "mask"}, default="error"
             ``"mask"``: features missing (NaN or ``_FillValue``) in every
-            sample are masked (recorded as ``SVDResult.mask``); features
+            sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
 
@@ -349,19 +349,19 @@ class Client:
             )
         return os.path.isdir(local_path(url))
 
-    def _open_result(self, job: dict[str, Any]) -> SVDResult:
+    def _open_result(self, job: dict[str, Any]) -> StoredResult:
         info = job.get("result") or {}
         url = info.get("url")
         if self.result_access in ("auto", "direct") and url:
             if self._direct_readable(url):
                 so = self.storage_options if is_remote(url) else None
                 try:
-                    return SVDResult.open(url, so, job=job)
-                except StorageError:
+                    return StoredResult.open(url, so, job=job)
+                except StorageAccessError:
                     if self.result_access == "direct":
                         raise
             elif self.result_access == "direct":
-                raise StorageError(
+                raise StorageAccessError(
                     f"the result of job {job.get('id')} is at {url!r}, which is not readable "
                     "from this machine; use result_access='http' (or 'auto'), mount the "
                     "results volume, or pass storage_options for S3"
@@ -369,13 +369,15 @@ class Client:
         http_path = info.get("http") or (job.get("links") or {}).get("result") or (
             f"/v1/jobs/{job['id']}/result"
         )
-        return SVDResult.open(
+        return StoredResult.open(
             self._http.url(http_path), {"headers": dict(self._http.auth_headers)}, job=job
         )
 
-    def open_result(self, url: str, storage_options: dict[str, Any] | None = None) -> SVDResult:
+    def open_result(
+        self, url: str, storage_options: dict[str, Any] | None = None
+    ) -> StoredResult:
         """Open a result group by URL (e.g. a ``result.zarr`` on shared storage)."""
         url = absolute_url(url)
         if storage_options is None and is_remote(url):
             storage_options = self.storage_options
-        return SVDResult.open(url, storage_options)
+        return StoredResult.open(url, storage_options)

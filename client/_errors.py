@@ -5,9 +5,9 @@ is what a caller would naturally catch, the class subclasses it too::
 
     SVDServeError
     ├── TransportError (ConnectionError)     the service could not be reached (after retries)
-    ├── StorageError (OSError)               a result or upload URL could not be read or written
+    ├── StorageAccessError (OSError)         a result or upload URL could not be read or written
     ├── APIError                             the service answered with an error status
-    │   │                                    .status_code .request_id .problem .request .response
+    │   │                                    .type .status_code .request_id .problem .request .response
     │   ├── InvalidRequest (ValueError)      400, 422  (.errors lists the fields at fault)
     │   ├── Unauthorized                     401  missing or wrong bearer token
     │   ├── Forbidden (PermissionError)      403  source outside the data roots
@@ -18,16 +18,22 @@ is what a caller would naturally catch, the class subclasses it too::
     │   ├── ServiceUnavailable               503  not ready (.retry_after)
     │   └── ServerError                      other 5xx
     ├── JobError                             .job (the last job JSON seen)
-    │   ├── JobFailed                        the job ended in state "failed" (.error_type)
+    │   ├── JobFailed                        the job ended in state "failed" (.type)
     │   └── JobCancelled                     the job ended in state "cancelled"
     └── Timeout (TimeoutError)               waiting for a job took longer than asked
 
 Messages quote the server's problem ``detail`` (and the fields at fault for
 validation errors), so ``str(err)`` is a sentence a person can act on.
+
+The kind of an error is its ``.type``, as in the service's contract: for an
+:class:`APIError` the last segment of the problem ``type`` URI (``"not-found"``),
+for a :class:`JobFailed` the job's ``error.type`` (``"non_finite_values"``, the
+``.type`` of the worker's errors).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import httpx
@@ -35,7 +41,7 @@ import httpx
 __all__ = [
     "SVDServeError",
     "TransportError",
-    "StorageError",
+    "StorageAccessError",
     "APIError",
     "InvalidRequest",
     "Unauthorized",
@@ -71,7 +77,7 @@ class TransportError(SVDServeError, ConnectionError):
         self.request = request
 
 
-class StorageError(SVDServeError, OSError):
+class StorageAccessError(SVDServeError, OSError):
     """A result store or an upload target could not be read or written.
 
     Raised, for example, when a result group has no ``manifest.json`` (it is
@@ -125,8 +131,8 @@ class APIError(SVDServeError):
         return list(self.problem.get("errors") or [])
 
     @property
-    def code(self) -> str | None:
-        """Last segment of the problem ``type`` URI (e.g. ``"not-found"``)."""
+    def type(self) -> str | None:
+        """The kind of problem: last segment of the problem ``type`` URI (``"not-found"``)."""
         t = self.problem.get("type")
         return t.rstrip("/").rsplit("/", 1)[-1] if isinstance(t, str) else None
 
@@ -221,14 +227,21 @@ class JobFailed(JobError):
 
     Attributes
     ----------
-    error_type : str
-        The server's error code: ``invalid_input``, ``non_finite_values``,
+    type : str
+        The job's ``error.type``: ``invalid_input``, ``non_finite_values``,
         ``storage_error``, ``worker_lost``, ``cancelled`` or ``internal``.
     """
 
     def __init__(self, message: str, *, job: dict[str, Any]):
         super().__init__(message, job=job)
-        self.error_type = (job.get("error") or {}).get("type", "internal")
+        self.type = (job.get("error") or {}).get("type", "internal")
+
+    @property
+    def error_type(self) -> str:
+        """Deprecated alias of :attr:`type` (its earlier name); warns."""
+        warnings.warn("JobFailed.error_type is deprecated; use JobFailed.type",
+                      DeprecationWarning, stacklevel=2)
+        return self.type
 
 
 class JobCancelled(JobError):

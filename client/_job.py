@@ -21,7 +21,7 @@ from ._literals import TERMINAL_STATES
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
     from ._report import EnergyReport
-    from ._result import SVDResult
+    from ._result import StoredResult
 
 __all__ = ["Job", "Progress", "TERMINAL_STATES"]
 
@@ -294,14 +294,14 @@ class Job:
         *,
         progress: bool = False,
         poll_interval: float | None = None,
-    ) -> "SVDResult":
+    ) -> "StoredResult":
         """Wait for the job and open its factors.
 
         Parameters are those of :meth:`wait`.
 
         Returns
         -------
-        SVDResult
+        StoredResult
 
         Raises
         ------

@@ -26,7 +26,7 @@ __all__ = ["PCA"]
 class PCA:
     """Principal component analysis fitted by the svdserve service.
 
-    Built by :meth:`svdserve.client.SVDResult.pca`; not fitted locally.
+    Built by :meth:`svdserve.client.StoredResult.pca`; not fitted locally.
 
     Parameters
     ----------

@@ -285,15 +285,15 @@ class EnergyReport(Mapping):
         ax2.set_ylabel("cumulative energy (%)")
         ax2.set_title("Cumulative energy")
         ax2.set_ylim(min(0.0, 100 * float(cum.min(initial=0.0))), 101)
-        colours = ("tab:green", "tab:orange", "tab:red")
-        for frac, colour in zip(PLOT_FRACTIONS, colours):
+        colors = ("tab:green", "tab:orange", "tab:red")
+        for frac, color in zip(PLOT_FRACTIONS, colors):
             rk = self.rank_for(frac)
-            ax2.axhline(100 * frac, color=colour, lw=0.8, ls=":")
+            ax2.axhline(100 * frac, color=color, lw=0.8, ls=":")
             if rk is None:
                 continue
             label = f"{100 * frac:g} %: r={rk}"
-            ax2.axvline(rk, color=colour, lw=1, ls="--", label=label)
-            ax1.axvline(rk, color=colour, lw=1, ls="--", label=label)
+            ax2.axvline(rk, color=color, lw=1, ls="--", label=label)
+            ax1.axvline(rk, color=color, lw=1, ls="--", label=label)
         if any(self.rank_for(f) is not None for f in PLOT_FRACTIONS):
             ax2.legend(loc="lower right")
             ax1.legend(loc="upper right")

@@ -8,15 +8,16 @@ storage or over HTTP from the service (read-only Zarr, same bearer token).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from svdserve import _manifest
+
 from . import _lstsq
-from ._errors import StorageError
+from ._errors import StorageAccessError
 from ._pca import PCA
 from ._report import EnergyReport
 from ._storage import is_remote, open_dask, store_kwargs, write_array
@@ -24,31 +25,23 @@ from ._storage import is_remote, open_dask, store_kwargs, write_array
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
 
-__all__ = ["SVDResult"]
+__all__ = ["StoredResult"]
 
 
 def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The result group's ``manifest.json`` (written last by the worker) or StorageError."""
+    """The result group's manifest (written last by the worker) or StorageAccessError."""
     import fsspec
 
     # fsspec opens local paths, file:// and remote URLs alike; storage
     # options only mean something to the remote ones.
     opts = (storage_options or {}) if is_remote(url) else {}
     try:
-        with fsspec.open(url.rstrip("/") + "/manifest.json", "rb", **opts) as f:
-            raw = f.read()
-    except FileNotFoundError as exc:
-        raise StorageError(
-            f"the result at {url!r} has no manifest.json: it is incomplete "
-            "(or not a result) and will not be read"
-        ) from exc
+        fs, path = fsspec.core.url_to_fs(url, **opts)
+        return _manifest.read(fs, path, url)
+    except _manifest.ManifestError as exc:
+        raise StorageAccessError(str(exc)) from exc
     except Exception as exc:  # OSError, aiohttp and botocore errors share no base class
-        raise StorageError(f"could not read the result at {url!r}: {exc}") from exc
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise StorageError(f"the manifest of the result at {url!r} is not JSON: {exc}") from exc
-    return manifest if isinstance(manifest, dict) else {"manifest": manifest}
+        raise StorageAccessError(f"could not read the result at {url!r}: {exc}") from exc
 
 
 def _read_labels(group) -> dict[str, Any] | None:
@@ -62,10 +55,10 @@ def _read_labels(group) -> dict[str, Any] | None:
     return {**labels, "coords": coords}
 
 
-class SVDResult:
+class StoredResult:
     """Truncated SVD ``A ≈ U diag(S) Vt`` (plus ``mean`` when centred) of a finished job.
 
-    Open it with :meth:`Job.result`, :meth:`Client.result` or :meth:`SVDResult.open`.
+    Open it with :meth:`Job.result`, :meth:`Client.result` or :meth:`StoredResult.open`.
 
     Attributes
     ----------
@@ -117,7 +110,7 @@ class SVDResult:
         if report is None:
             report = group.attrs.get("report")
         if report is None:
-            raise StorageError(f"the result at {url!r} has no energy report attribute")
+            raise StorageAccessError(f"the result at {url!r} has no energy report attribute")
         self.report = EnergyReport(report)
         self.S = np.asarray(group["S"][...], dtype=np.float64)
         #: Left singular vectors, shape (m, k); None for a ``compute_u=False`` job.
@@ -128,17 +121,15 @@ class SVDResult:
         self.shape = (m, int(self.Vt.shape[1]))
         self.rank = int(self.S.shape[0])
         if (self.U is not None and self.U.shape[1] != self.rank) or self.Vt.shape[0] != self.rank:
-            raise StorageError(
+            raise StorageAccessError(
                 f"inconsistent result at {url!r}: U {getattr(self.U, 'shape', None)}, "
                 f"S {self.S.shape}, "
                 f"Vt {self.Vt.shape}"
             )
-        for name, meta in (self.manifest.get("arrays") or {}).items():
-            if name in group and list(group[name].shape) != list(meta.get("shape", [])):
-                raise StorageError(
-                    f"the result at {url!r} does not match its manifest: {name} has shape "
-                    f"{group[name].shape}, the manifest says {meta.get('shape')}"
-                )
+        try:
+            _manifest.check(self.manifest, group, url)
+        except _manifest.ManifestError as exc:
+            raise StorageAccessError(str(exc)) from exc
         self._Vt_np: np.ndarray | None = None
         self.mask = np.asarray(group["mask"][...], dtype=bool) if "mask" in group else None
         self.labels = _read_labels(group)
@@ -150,7 +141,7 @@ class SVDResult:
         storage_options: dict[str, Any] | None = None,
         *,
         job: dict[str, Any] | None = None,
-    ) -> "SVDResult":
+    ) -> "StoredResult":
         """Open a result group (``result.zarr``) from a path or URL.
 
         Refuses a group without ``manifest.json`` (written last by the
@@ -171,14 +162,14 @@ class SVDResult:
         try:
             group = zarr.open_group(**store_kwargs(url, storage_options), mode="r")
         except Exception as exc:
-            raise StorageError(f"could not open the result group at {url!r}: {exc}") from exc
+            raise StorageAccessError(f"could not open the result group at {url!r}: {exc}") from exc
         return cls(group, url=url, storage_options=storage_options, job=job, manifest=manifest)
 
     def __repr__(self) -> str:
         m, n = self.shape
         jid = f" job={self.job['id']}" if self.job and "id" in self.job else ""
         return (
-            f"<SVDResult{jid} {m}x{n} rank={self.rank} "
+            f"<StoredResult{jid} {m}x{n} rank={self.rank} "
             f"method={self.report.get('method', '?')} center={self.center}>"
         )
 

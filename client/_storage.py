@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ._errors import StorageError
+from ._errors import StorageAccessError
 
 __all__ = [
     "is_remote",
@@ -162,17 +162,17 @@ def write_array(
         # Dask chunks equal to Zarr chunks: every task writes whole chunks, no locks needed.
         da.store(darr.rechunk(chunk_shape), z, lock=False)
     except zarr.errors.ContainsArrayError as exc:
-        raise StorageError(
+        raise StorageAccessError(
             f"an array already exists at {url!r}{f' ({array})' if array else ''}; "
             "pass overwrite=True (CLI: --overwrite) to replace it"
         ) from exc
     except zarr.errors.ContainsGroupError as exc:
-        raise StorageError(
+        raise StorageAccessError(
             f"a Zarr group already exists at {url!r}; pass array=NAME to write into it, "
             "or overwrite=True to replace it"
         ) from exc
     except OSError as exc:
-        raise StorageError(f"could not write Zarr to {url!r}: {exc}") from exc
+        raise StorageAccessError(f"could not write Zarr to {url!r}: {exc}") from exc
     return url
 
 
@@ -190,14 +190,14 @@ def open_dask(
     try:
         node = zarr.open(**store_kwargs(url, storage_options), mode="r")
     except FileNotFoundError as exc:
-        raise StorageError(f"no Zarr array or group at {url!r}") from exc
+        raise StorageAccessError(f"no Zarr array or group at {url!r}") from exc
     if array is not None:
         if not isinstance(node, zarr.Group):
             raise ValueError(f"{url!r} is a Zarr array, not a group; drop array={array!r}")
         try:
             node = node[array]
         except KeyError as exc:
-            raise StorageError(
+            raise StorageAccessError(
                 f"no array {array!r} in the group at {url!r}; it has {sorted(node.array_keys())}"
             ) from exc
     if isinstance(node, zarr.Group):

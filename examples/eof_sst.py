@@ -5,7 +5,7 @@ modes with their own time series, and noise; land points are NaN in every
 time step. It is written with xarray to Zarr together with its monthly
 anomalies (the seasonal cycle removed, as EOF analysis usually starts), the
 anomalies are submitted with ``sample_dims=["time"]`` and ``missing="mask"``,
-and ``SVDResult.to_xarray()`` gives the EOF maps on (lat, lon) with NaN over
+and ``StoredResult.to_xarray()`` gives the EOF maps on (lat, lon) with NaN over
 land. The first two EOFs are compared with the known modes and plotted to PNG.
 
 Run a service first (``svdserve serve`` with ``SVDSERVE_DATA_ROOTS`` including

@@ -2,7 +2,7 @@
 
 The 1797 x 64 digits matrix is uploaded as Zarr and decomposed with
 ``center=True`` (the service centres implicitly, never materialising
-X - mean). ``SVDResult.pca()`` returns an object with scikit-learn's names;
+X - mean). ``StoredResult.pca()`` returns an object with scikit-learn's names;
 its explained variance ratio is compared with
 ``sklearn.decomposition.PCA(svd_solver="full")`` on the same data, and the
 first two components are used to project a few digits.

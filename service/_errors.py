@@ -6,7 +6,7 @@
     ├── ProblemError       (._problems)  answered as RFC 9457 problem details
     ├── SandboxError       (._sandbox)   a source refused: .status 403/404/422, .field
     ├── QueueFull          (._store)     ``max_queued_jobs`` jobs are queued already
-    ├── Conflict           (._store)     the job's state does not allow the operation
+    ├── WrongState         (._store)     the job's state does not allow the operation (409)
     ├── JobCancelled       (._runner)    raised from the progress callback on cancel
     └── ServiceStopping    (._runner)    raised from the progress callback on shutdown
 

@@ -1,8 +1,8 @@
 """Where results live and how they are removed or served.
 
 Layout: ``{results_root}/{tenant}/{job_id}/{attempt}/result.zarr``; the core
-writes ``manifest.json`` last, and nothing is served or reported as a result
-before it exists.
+writes ``manifest.json`` last (:mod:`svdserve._manifest`), and nothing is
+served or reported as a result before it exists.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import shutil
 
 import fsspec
 
+from svdserve import _manifest
+
 __all__ = ["Results"]
 
 log = logging.getLogger("svdserve.service")
-
-MANIFEST = "manifest.json"
 
 
 class Results:
@@ -77,10 +77,9 @@ class Results:
 
     def complete(self, url: str) -> bool:
         """True when the result group's manifest exists."""
-        path = f"{url}/{MANIFEST}"
         if self.remote:
-            return self._fs().exists(path)
-        return os.path.isfile(path)
+            return _manifest.exists(self._fs(), url)
+        return os.path.isfile(_manifest.path_of(url))
 
     def local_file(self, url: str, key: str) -> str | None:
         """Local path of ``key`` inside the result, or None (missing / remote)."""

@@ -39,7 +39,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _normalise_root(root: str) -> str:
+def _normalize_root(root: str) -> str:
     """A data or results root as an absolute local path or ``s3://bucket[/prefix]``."""
     root = root.strip()
     if root.startswith("s3://"):
@@ -183,19 +183,19 @@ class Settings(BaseSettings):
 
     @field_validator("data_roots")
     @classmethod
-    def _normalise_roots(cls, value: list[str]) -> list[str]:
+    def _normalize_roots(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one data root is needed")
-        return [_normalise_root(root) for root in value]
+        return [_normalize_root(root) for root in value]
 
     @field_validator("results_root")
     @classmethod
-    def _normalise_results(cls, value: str) -> str:
-        return _normalise_root(value)
+    def _normalize_results(cls, value: str) -> str:
+        return _normalize_root(value)
 
     @field_validator("database")
     @classmethod
-    def _normalise_database(cls, value: str) -> str:
+    def _normalize_database(cls, value: str) -> str:
         return os.path.realpath(os.path.expanduser(value))
 
     @model_validator(mode="after")

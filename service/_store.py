@@ -26,7 +26,7 @@ from typing import Any
 from ._errors import ServiceError
 from ._states import STATES, TERMINAL
 
-__all__ = ["JobStore", "JobRow", "QueueFull", "Conflict", "TERMINAL", "STATES"]
+__all__ = ["JobStore", "JobRow", "QueueFull", "WrongState", "TERMINAL", "STATES"]
 
 
 _SCHEMA = """
@@ -74,8 +74,13 @@ class QueueFull(ServiceError):
     """The queue holds ``max_queued`` jobs already."""
 
 
-class Conflict(ServiceError):
-    """The job is in a state that does not allow the operation."""
+class WrongState(ServiceError):
+    """The job is in a state that does not allow the operation (the routes answer 409)."""
+
+
+# Transitional: service/_routes.py still imports the old name (issue 15, the
+# lead's part); remove once it imports WrongState.
+Conflict = WrongState
 
 
 @dataclass
@@ -378,7 +383,7 @@ class JobStore:
     def request_cancel(self, job_id: str, tenant: str) -> JobRow | None:
         """Cancel a queued job now, mark a running one ``cancelling``.
 
-        Returns None for an unknown job; raises :class:`Conflict` for a finished one.
+        Returns None for an unknown job; raises :class:`WrongState` for a finished one.
         """
         with self._tx() as db:
             ts = now()
@@ -386,7 +391,7 @@ class JobStore:
             if row is None or row.tenant != tenant:
                 return None
             if row.finished:
-                raise Conflict(f"job {job_id} is already {row.state}")
+                raise WrongState(f"job {job_id} is already {row.state}")
             if row.state == "queued":
                 db.execute(
                     "UPDATE jobs SET state = 'cancelled', error = ?, finished_at = ?, "
@@ -406,7 +411,7 @@ class JobStore:
 
         Raises
         ------
-        Conflict
+        WrongState
             The job has not finished.
         """
         with self._tx() as db:
@@ -414,7 +419,7 @@ class JobStore:
             if row is None or row.tenant != tenant:
                 return None
             if not row.finished:
-                raise Conflict(f"job {job_id} is {row.state}; cancel it first")
+                raise WrongState(f"job {job_id} is {row.state}; cancel it first")
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM pins WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))

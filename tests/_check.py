@@ -64,7 +64,7 @@ def check_svd(res, A, k, *, center=False, exact=True, sigma_rtol=None):
     return ref
 
 
-def centred_exactly(A):
+def centered_exactly(A):
     """A − 1 meanᵀ to within ε of each centred entry, whatever the offset.
 
     np.longdouble is not enough as a reference: at an offset of 1e10 its
@@ -102,6 +102,21 @@ def decaying(m, n, *, seed=0, decay=0.8, noise=0.0):
     v, _ = np.linalg.qr(rng.standard_normal((n, r)))
     A = (u * decay ** np.arange(r)) @ v.T
     return A + noise * rng.standard_normal((m, n))
+
+
+def geometry_matrix(shape, dtype, seed=0):
+    """σ_i = 0.7^i (×100) in ``dtype``; for integer dtypes exactly rank 8 in integers,
+    so that the randomized sketch (l ≥ 8) spans it."""
+    if np.dtype(dtype).kind == "i":
+        rng = np.random.default_rng(seed)
+        return (rng.integers(-5, 6, (shape[0], 8)) @ rng.integers(-5, 6, (8, shape[1]))).astype(dtype)
+    return (decaying(*shape, seed=seed, decay=0.7) * 100).astype(dtype)
+
+
+def offset_data(offset, m=3000, n=40, seed=0):
+    """Issue 8's data: offset + N(0,1)·logspace(-3, 0, n); the centered spectrum spans 3 decades."""
+    rng = np.random.default_rng(seed)
+    return offset + rng.standard_normal((m, n)) * np.logspace(-3, 0, n)
 
 
 def to_zarr(path, A, chunks, *, zarr_format=3):

@@ -38,11 +38,22 @@ def _imports(package_dir):
 
 @pytest.mark.parametrize("part,forbidden", [
     ("worker", ("svdserve.service", "svdserve.client")),
-    ("client", ("svdserve.service",)),
+    ("client", ("svdserve.service", "svdserve.worker")),
 ])
 def test_dependencies_point_one_way(part, forbidden):
     bad = {n for n in _imports(part) if n.startswith(forbidden)}
     assert not bad, f"{part}/ imports {bad}"
+
+
+def test_client_and_manifest_pull_no_worker():
+    # The result manifest is shared through svdserve._manifest, not the worker
+    # package, whose __init__ imports dask and distributed.
+    assert _imports_of(ROOT / "svdserve_ns/_manifest.py") <= {"__future__", "json", "typing"}
+    code = ("import sys, svdserve.client, svdserve._manifest;"
+            "print([m for m in ('svdserve.worker', 'dask', 'distributed') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_kernels_import_only_numpy():

@@ -391,7 +391,7 @@ def qr_full(a):
     return _positive_diag(q, r)
 
 
-def _centred_leaf(r_aug, rows):
+def _centered_leaf(r_aug, rows):
     """Leaf of a centred TSQR from the R factor of ``[1, a]``.
 
     A Householder QR of ``[1, a]`` = ``[q₀, Q'] [[ρ, ρμᵀ], [0, R]]`` centres
@@ -416,7 +416,7 @@ def tsqr_leaf(a, center):
     (c,), or None when not centred) and ``count`` (rows).
     """
     if center:
-        return _centred_leaf(qr_r(_with_ones(a)), a.shape[0])
+        return _centered_leaf(qr_r(_with_ones(a)), a.shape[0])
     return {"r": qr_r(a), "mean": None, "count": a.shape[0]}
 
 
@@ -647,7 +647,7 @@ def sketch_leaf(a, g, center, probes=None, prev=None, bg=None):
     q, r = np.linalg.qr(_with_ones(y) if center else y, mode="reduced")
     c = q.T @ a
     if center:
-        tree, lead = _centred_leaf(r, a.shape[0]), float(r[0, 0])
+        tree, lead = _centered_leaf(r, a.shape[0]), float(r[0, 0])
     else:
         tree, lead = {"r": r, "mean": None, "count": a.shape[0]}, None
     return {"tree": tree, "q": q, "c": c, "ones": q.sum(axis=0), "lead": lead,

@@ -11,7 +11,7 @@ Layout of ``{out}``::
     coords/<dim>     1-D coordinates of an N-D variable's dimensions, as stored (CF-encoded,
                      with their ``units``/``calendar``); group attribute ``labels``
                      = {dims, shape, sample_dims, feature_dims} (``sample_dims`` only)
-    manifest.json    written last: arrays, shapes, dtypes
+    manifest.json    written last: arrays, shapes, dtypes (format: :mod:`svdserve._manifest`)
 
 A reader (:func:`load`) refuses a group without ``manifest.json``, so a
 result that was interrupted half-way is never mistaken for a finished one.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from svdserve import _manifest
+
 from ._errors import StorageError
 
-__all__ = ["SVDResult", "ResultWriter", "load", "write_tall_block", "MANIFEST"]
-
-MANIFEST = "manifest.json"
+__all__ = ["SVDResult", "ResultWriter", "load", "write_tall_block"]
 
 
 @dataclass
@@ -158,9 +158,7 @@ class ResultWriter:
         m, n = shape
         self.tall_name = "Vt" if wide else "U"
         try:
-            fs, path = _fs(self.url, storage_options)
-            if fs.exists(f"{path}/{MANIFEST}"):
-                fs.rm(f"{path}/{MANIFEST}")
+            _manifest.remove(*_fs(self.url, storage_options))
             grp = _open_group(self.url, storage_options, "w")
             if wide:
                 grp.create_array("U", shape=(m, k), chunks=(m, k), dtype="f8")
@@ -201,12 +199,7 @@ class ResultWriter:
             if labels is not None:
                 attrs["labels"] = _write_coords(grp, labels)
             grp.attrs.update(attrs)
-            arrays = {name: {"shape": list(grp[name].shape), "dtype": str(grp[name].dtype)}
-                      for name in ("U", "S", "Vt", "mean", "mask") if name in grp}
-            fs, path = _fs(self.url, self.storage_options)
-            with fs.open(f"{path}/{MANIFEST}", "w") as fh:
-                json.dump({"format": "svdserve-result/1", "arrays": arrays,
-                           "complete": True}, fh)
+            _manifest.write(*_fs(self.url, self.storage_options), grp)
         except OSError as exc:
             raise StorageError(f"could not finish the result group {self.url!r}: {exc}") from exc
 
@@ -260,15 +253,10 @@ def load(url, storage_options=None):
     url = str(url).rstrip("/")
     try:
         fs, path = _fs(url, storage_options)
-        if not fs.exists(f"{path}/{MANIFEST}"):
-            raise StorageError(
-                f"{url!r} has no {MANIFEST}: it is not a finished svdserve result "
-                "(it may still be written, or it was interrupted).")
-        with fs.open(f"{path}/{MANIFEST}", "r") as fh:
-            manifest = json.load(fh)
+        manifest = _manifest.read(fs, path, url)
         grp = _open_group(url, storage_options, "r")
-    except StorageError:
-        raise
+    except _manifest.ManifestError as exc:
+        raise StorageError(str(exc)) from exc
     except OSError as exc:
         raise StorageError(f"could not open the result {url!r}: {exc}") from exc
     attrs = dict(grp.attrs)

@@ -171,7 +171,7 @@ def test_submit_sample_dims_and_missing(service, capsys, data_dir):
     """``--sample-dims time --missing mask`` on a (time, lat, lon) field with land."""
     import xarray as xr
 
-    from svdserve.client import SVDResult
+    from svdserve.client import StoredResult
 
     rng = np.random.default_rng(2)
     field = rng.standard_normal((20, 3, 4))
@@ -188,5 +188,5 @@ def test_submit_sample_dims_and_missing(service, capsys, data_dir):
     job = json.loads(out)
     assert job["request"]["source"]["sample_dims"] == ["time"]
     assert job["request"]["missing"] == "mask"
-    res = SVDResult.open(job["result"]["url"])
+    res = StoredResult.open(job["result"]["url"])
     assert res.mask.sum() == 1 and res.to_xarray()["components"].dims == ("mode", "lat", "lon")

@@ -28,8 +28,8 @@ from svdserve.client import (
     RateLimited,
     ServerError,
     ServiceUnavailable,
-    StorageError,
-    SVDResult,
+    StorageAccessError,
+    StoredResult,
     SVDServeError,
     Timeout,
     TransportError,
@@ -249,7 +249,7 @@ def test_status_maps_to_error_class(status, cls, std):
         assert isinstance(err, std)
     assert err.status_code == status and err.request_id == f"req-{status}"
     assert err.problem["detail"] == f"detail {status}" and err.detail == f"detail {status}"
-    assert err.code == "x"
+    assert err.type == "x"
     assert f"detail {status}" in str(err) and str(err).startswith(str(status))
     assert err.response.status_code == status and err.request.url.path == "/v1/jobs/abc"
     assert sleeps == []  # none of these is retried
@@ -344,7 +344,7 @@ def test_result_long_polls_with_progress_bar_and_opens_direct(tmp_path, capsys):
     c, _ = make_client(rec)
     job = c.get("j")
     res = job.result(progress=True)
-    assert isinstance(res, SVDResult) and res.url == url and res.rank == 3
+    assert isinstance(res, StoredResult) and res.url == url and res.rank == 3
     assert job.done() and job.state == "succeeded"
     waits = [r.url.params.get("wait") for r in rec.requests[1:]]
     assert waits and all(w is not None and 1 <= int(w) <= 60 for w in waits)
@@ -359,7 +359,9 @@ def test_result_raises_job_failed_with_the_servers_message():
     job = c.get("j")
     with pytest.raises(JobFailed) as info:
         job.result()
-    assert info.value.error_type == "non_finite_values" and info.value.job_id == "j"
+    assert info.value.type == "non_finite_values" and info.value.job_id == "j"
+    with pytest.warns(DeprecationWarning, match="JobFailed.type"):
+        assert info.value.error_type == "non_finite_values"  # the earlier name, kept
     assert "NaN in rows 100:200" in str(info.value) and "non_finite_values" in str(info.value)
     assert isinstance(job.exception(), JobFailed)
 
@@ -399,10 +401,10 @@ def test_poll_interval_mode_does_not_long_poll():
 def test_direct_result_access_errors(tmp_path):
     done = job_json("j", "succeeded", result_url=str(tmp_path / "nowhere.zarr"))
     c, _ = make_client(Recorder(httpx.Response(200, json=done)), result_access="direct")
-    with pytest.raises(StorageError, match="not readable from this machine"):
+    with pytest.raises(StorageAccessError, match="not readable from this machine"):
         c.get("j").result()
     os.makedirs(tmp_path / "half.zarr")  # exists but has no manifest: never read
     half = job_json("j", "succeeded", result_url=str(tmp_path / "half.zarr"))
     c2, _ = make_client(Recorder(httpx.Response(200, json=half)), result_access="direct")
-    with pytest.raises(StorageError, match="manifest"):
+    with pytest.raises(StorageAccessError, match="manifest"):
         c2.get("j").result()

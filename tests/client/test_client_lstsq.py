@@ -158,7 +158,7 @@ def test_gcv_choice_is_the_minimum_and_recovers_a_smooth_solution():
     assert 1 < res.effective_rank < 0.75 * n  # a quarter of the components filtered away
 
 
-def test_tsvd_rank_by_gcv_minimises_g_over_ranks():
+def test_tsvd_rank_by_gcv_minimizes_g_over_ranks():
     rng = np.random.default_rng(8)
     A = _well_conditioned(rng, 80, 20, cond=1e8)
     b = A @ rng.standard_normal(20) + 1e-4 * rng.standard_normal(80)

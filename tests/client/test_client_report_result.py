@@ -1,4 +1,4 @@
-"""EnergyReport and SVDResult on result groups written locally (no service).
+"""EnergyReport and StoredResult on result groups written locally (no service).
 
 The same operations on groups written by the real worker are tested in
 test_client_service.py.
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from svdserve.client import EnergyReport, StorageError, SVDResult
+from svdserve import _manifest
+from svdserve.client import EnergyReport, StorageAccessError, StoredResult
 
 from tests._check import EPS
 from tests._check import fake_report as make_report
@@ -34,7 +36,7 @@ def tall(tmp_path):
     A = _low_rank_plus_noise(rng, 200, 30, 5)
     path = tmp_path / "result.zarr"
     U, s, Vt, _ = write_result(path, A, 10, row_chunk=32)  # 7 row chunks, the last partial
-    return A, SVDResult.open(str(path)), s
+    return A, StoredResult.open(str(path)), s
 
 
 # -- EnergyReport ----------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def test_report_plot_writes_png(tmp_path):
     assert img[..., :3].std() > 0.05  # not blank
 
 
-# -- SVDResult ----------------------------------------------------------------------------------
+# -- StoredResult -------------------------------------------------------------------------------
 
 
 def test_result_attributes(tall):
@@ -99,7 +101,7 @@ def test_result_attributes(tall):
     np.testing.assert_array_equal(res.S, s)
     assert res.U.chunks[0][0] == 32  # lazy, chunked by rows as stored
     assert res.report.rank == 10 and res.method == "exact"
-    assert "SVDResult 200x30 rank=10" in repr(res)
+    assert "StoredResult 200x30 rank=10" in repr(res)
 
 
 @pytest.mark.parametrize("rank", [1, 5, 10])
@@ -149,16 +151,16 @@ def test_to_zarr_writes_the_reconstruction(tall, tmp_path):
     assert z.shape == (200, 30) and z.chunks == (32, 30) and z.metadata.zarr_format == 3
     np.testing.assert_allclose(z[...], res.reconstruct(3).compute(), rtol=0, atol=1e-14)
     assert z.attrs["svdserve"]["reconstruction_rank"] == 3
-    with pytest.raises(StorageError, match="overwrite=True"):
+    with pytest.raises(StorageAccessError, match="overwrite=True"):
         res.to_zarr(tmp_path / "A3.zarr", 3)
     res.to_zarr(tmp_path / "A3.zarr", 2, overwrite=True)
 
 
-def test_centred_result(tmp_path):
+def test_centered_result(tmp_path):
     rng = np.random.default_rng(1)
     A = _low_rank_plus_noise(rng, 80, 12, 3) + 5.0  # large mean
     write_result(tmp_path / "r.zarr", A, 4, center=True)
-    res = SVDResult.open(tmp_path / "r.zarr")
+    res = StoredResult.open(tmp_path / "r.zarr")
     assert res.center and res.mean.shape == (12,)
     Ar = res.reconstruct(4).compute()
     X = A - A.mean(axis=0)
@@ -172,7 +174,7 @@ def test_centred_result(tmp_path):
     assert pca.n_components_ == 2
 
 
-def test_pca_needs_centring(tall):
+def test_pca_needs_centering(tall):
     with pytest.raises(ValueError, match="center=True"):
         tall[1].pca()
 
@@ -184,7 +186,7 @@ def test_lstsq_from_stored_factors(tall, tmp_path):
     rng = np.random.default_rng(2)
     A = rng.standard_normal((120, 6))
     write_result(tmp_path / "full.zarr", A, 6, row_chunk=25)
-    res = SVDResult.open(tmp_path / "full.zarr")
+    res = StoredResult.open(tmp_path / "full.zarr")
     b = rng.standard_normal(120)
     B = rng.standard_normal((120, 2))
     # κ(A) ~ 2 for a Gaussian 120×6: agreement to 1e3 eps relative
@@ -205,17 +207,17 @@ def test_lstsq_from_stored_factors(tall, tmp_path):
 def test_refuses_a_group_without_manifest(tmp_path):
     rng = np.random.default_rng(3)
     write_result(tmp_path / "r.zarr", rng.standard_normal((20, 5)), 2)
-    os.remove(tmp_path / "r.zarr" / "manifest.json")
-    with pytest.raises(StorageError, match="manifest.json"):
-        SVDResult.open(tmp_path / "r.zarr")
+    os.remove(_manifest.path_of(tmp_path / "r.zarr"))
+    with pytest.raises(StorageAccessError, match="manifest.json"):
+        StoredResult.open(tmp_path / "r.zarr")
 
 
 def test_refuses_a_group_that_contradicts_its_manifest(tmp_path):
     rng = np.random.default_rng(4)
     write_result(tmp_path / "r.zarr", rng.standard_normal((20, 5)), 2)
-    path = tmp_path / "r.zarr" / "manifest.json"
+    path = Path(_manifest.path_of(tmp_path / "r.zarr"))
     manifest = json.loads(path.read_text())
     manifest["arrays"]["U"]["shape"] = [21, 2]
     path.write_text(json.dumps(manifest))
-    with pytest.raises(StorageError, match="does not match its manifest"):
-        SVDResult.open(tmp_path / "r.zarr")
+    with pytest.raises(StorageAccessError, match="does not match its manifest"):
+        StoredResult.open(tmp_path / "r.zarr")

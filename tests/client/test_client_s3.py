@@ -8,11 +8,14 @@ right-hand side from an ``s3://`` Zarr array.
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pytest
 
-from svdserve.client import Client, StorageError
+from svdserve import _manifest
+from svdserve.client import Client, StorageAccessError
 
 from svdclient_testlib import job_json
 
@@ -42,7 +45,7 @@ def test_upload_to_s3_uses_the_clients_storage_options(s3):
     z = zarr.open_array(url, mode="r", storage_options=so)
     assert z.chunks == (16, 7) and z.metadata.zarr_format == 3
     np.testing.assert_array_equal(z[...], A)
-    with pytest.raises(StorageError, match="overwrite=True"):
+    with pytest.raises(StorageAccessError, match="overwrite=True"):
         c.upload(A, "s3://lab/in/A.zarr")
 
 
@@ -71,16 +74,16 @@ def test_result_opened_directly_from_s3(s3, tmp_path):
 def test_s3_result_without_manifest_is_refused(s3, tmp_path):
     so, fs = s3
     write_result(tmp_path / "r.zarr", np.eye(6)[:, :3], 2)
-    (tmp_path / "r.zarr" / "manifest.json").unlink()
+    os.remove(_manifest.path_of(tmp_path / "r.zarr"))
     fs.put(str(tmp_path / "r.zarr"), "lab/results/half/result.zarr", recursive=True)
     half = job_json("h", "succeeded", result_url="s3://lab/results/half/result.zarr")
     c = _client(lambda r: httpx.Response(200, json=half), so, result_access="direct")
-    with pytest.raises(StorageError, match="manifest"):
+    with pytest.raises(StorageAccessError, match="manifest"):
         c.get("h").result()
 
 
 def test_s3_result_without_storage_options_is_not_direct(s3):
     done = job_json("j", "succeeded", result_url="s3://lab/results/j/1/result.zarr")
     c = _client(lambda r: httpx.Response(200, json=done), None, result_access="direct")
-    with pytest.raises(StorageError, match="not readable from this machine"):
+    with pytest.raises(StorageAccessError, match="not readable from this machine"):
         c.get("j").result()

@@ -31,7 +31,7 @@ from svdserve.client import (
     JobCancelled,
     JobFailed,
     NotFound,
-    SVDResult,
+    StoredResult,
     Timeout,
     Unauthorized,
 )
@@ -81,7 +81,7 @@ def test_upload_writes_row_chunked_zarr_v3(service, client, data_dir):
 
 def test_exact_job_end_to_end(tall_job, service):
     A, job, res, c = tall_job
-    assert isinstance(res, SVDResult) and res.job["id"] == job.id
+    assert isinstance(res, StoredResult) and res.job["id"] == job.id
     assert job.status() == "succeeded" and job.done() and not job.cancelled()
     assert job.progress is not None and job.progress.done == job.progress.total
     assert res.shape == (300, 40) and res.rank == 8 and res.method == "exact"
@@ -248,7 +248,7 @@ def test_non_finite_input_fails_the_job_with_the_servers_message(client, data_di
     with pytest.raises(JobFailed) as info:
         job.result(timeout=120)
     err = info.value
-    assert err.error_type == "non_finite_values" and err.job_id == job.id
+    assert err.type == "non_finite_values" and err.job_id == job.id
     assert job.error["message"] in str(err)
     with pytest.raises(Conflict):
         job.report()  # no report for a failed job

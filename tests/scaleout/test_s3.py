@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from distributed import Client as DaskClient
 
+from svdserve import _manifest
 from svdserve.client import Client
 from svdserve.worker import load, svd
 
@@ -123,7 +124,7 @@ def test_job_on_s3_through_the_service(s3, topo):
         assert result_url.startswith(f"s3://{BUCKET}/results/"), result_url
         check_factors(A, res.U, res.S, res.Vt, K)
     fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
-    assert fs.exists(result_url + "/manifest.json")
+    assert _manifest.exists(fs, result_url)
     assert fs.exists(result_url + "/U/zarr.json")
     # the same factors over HTTP, for a host without S3 credentials
     with Client(api_url(topo), result_access="http") as remote:

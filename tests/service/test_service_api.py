@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from svdserve import _manifest
 from tests.service._kit import CHUNK_ROWS, M, N, wait_job
 
 PROBLEM = "application/problem+json"
@@ -57,7 +58,7 @@ def test_lifecycle_progress_result_and_report(service, wait, matrix_a, check):
         assert res["http"] == f"/v1/jobs/{job['id']}/result"
         # layout: {results}/{tenant}/{id}/{attempt}/result.zarr with the manifest
         assert res["url"].endswith(f"/default/{job['id']}/1/result.zarr")
-        assert os.path.isfile(os.path.join(res["url"], "manifest.json"))
+        assert os.path.isfile(_manifest.path_of(res["url"]))
         g = zarr.open_group(res["url"], mode="r")
         check(g["U"][...], g["S"][...], g["Vt"][...], matrix_a, 5)
 
@@ -73,11 +74,11 @@ def test_lifecycle_progress_result_and_report(service, wait, matrix_a, check):
         base = f"/v1/jobs/{job['id']}/result"
         meta = c.get(f"{base}/zarr.json")
         assert meta.status_code == 200 and meta.json()["node_type"] == "group"
-        assert c.get(f"{base}/manifest.json").status_code == 200
+        assert c.get(_manifest.path_of(base)).status_code == 200
         assert c.head(f"{base}/zarr.json").status_code == 200
         assert_problem(c.get(f"{base}/no-such-key"), 404)
         assert_problem(c.get(f"{base}/../../jobs"), 404)
-        assert_problem(c.get(f"{base}/U/%2e%2e/%2e%2e/manifest.json"), 404)
+        assert_problem(c.get(f"{base}/U/%2e%2e/%2e%2e/{_manifest.NAME}"), 404)
 
 
 def test_wide_matrix_and_group_array(service, wait, data_root, check):

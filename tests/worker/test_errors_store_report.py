@@ -1,11 +1,18 @@
-"""Bad input, NaN/Inf, the result store and the energy report's identities."""
+"""Bad input, NaN/Inf, the result store and the energy report.
+
+NaN/Inf in a panel and the report's identities, for every method, are in
+:class:`tests.worker.test_methods.SVDCommonTests`.
+"""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 
+from svdserve import _manifest
 from svdserve.worker import (
     InvalidInputError,
     NonFiniteError,
@@ -16,7 +23,7 @@ from svdserve.worker import (
     svd,
 )
 
-from tests._check import EPS, check_svd, decaying, to_zarr
+from tests._check import check_svd, decaying, to_zarr
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -69,17 +76,6 @@ def test_bad_parameters_name_the_field(kw, field):
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("method", ["exact", "randomized"])
-def test_non_finite_names_first_bad_panel(tmp_path, dask_client, bad, method):
-    A = decaying(500, 10)
-    A[333, 4] = bad
-    url = to_zarr(tmp_path / "A.zarr", A, (100, 10))
-    with pytest.raises(NonFiniteError, match=r"rows 300:400") as info:
-        svd(url, 2, method=method, client=dask_client, panel_bytes=1)
-    assert info.value.rows == (300, 400) and info.value.type == "non_finite_values"
-
-
 def test_non_finite_wide_names_columns(dask_client):
     A = decaying(10, 500)
     A[3, 250] = np.nan
@@ -103,10 +99,10 @@ def test_out_writes_group_with_manifest_last(tmp_path, dask_client):
     prov = loaded.provenance
     assert prov["input"]["url"] == src and prov["params"]["random_state"] == 0
     assert prov["passes"] == 2 and set(prov["versions"]) >= {"numpy", "dask", "zarr", "svdserve"}
-    manifest = json.loads((tmp_path / "res.zarr" / "manifest.json").read_text())
+    manifest = _manifest.read(LocalFileSystem(), out)
     assert set(manifest["arrays"]) == {"U", "S", "Vt", "mean"}
     # Without the manifest the group is refused.
-    (tmp_path / "res.zarr" / "manifest.json").unlink()
+    os.remove(_manifest.path_of(out))
     with pytest.raises(StorageError, match="not a finished svdserve result"):
         load(out)
 
@@ -128,42 +124,6 @@ def test_load_missing_group(tmp_path):
 
 
 # ----------------------------------------------------------------------------- report
-
-
-@pytest.mark.parametrize("method", ["exact", "randomized"])
-def test_report_identities(dask_client, method):
-    A = decaying(400, 40, decay=0.75, noise=1e-4)
-    k = 12
-    res = svd(A, k, method=method, n_iter=3, client=dask_client)
-    rep = json.loads(json.dumps(res.report))  # JSON-serialisable
-    total = np.sum(A**2)
-    assert rep["total_energy"] == pytest.approx(total, rel=1e-13)  # one pass of Σa² in float64
-    comps = rep["components"]
-    fr = np.array([c["energy_fraction"] for c in comps])
-    np.testing.assert_allclose(np.cumsum(fr), [c["cumulative_fraction"] for c in comps], rtol=1e-12)
-    assert comps[-1]["cumulative_fraction"] <= 1.0
-    U, S, Vt = np.asarray(res.U), res.S, np.asarray(res.Vt)
-    for r in (1, 5, k):
-        dense_err = np.linalg.norm(A - (U[:, :r] * S[:r]) @ Vt[:r])
-        # sqrt(total − Σσ²) loses ~ε·total/residual² relative digits to cancellation.
-        tol = 1e3 * EPS * total / max(dense_err, 1e-300)
-        assert comps[r - 1]["residual"] == pytest.approx(dense_err, rel=max(tol, 1e-10))
-        assert comps[r - 1]["relative_residual"] == pytest.approx(dense_err / np.sqrt(total), rel=max(tol, 1e-10))
-    ranks = {e["fraction"]: e for e in rep["energy_ranks"]}
-    cum = np.array([c["cumulative_fraction"] for c in comps])
-    r90 = ranks[0.9]["rank"]
-    assert cum[r90 - 1] >= 0.9 and (r90 == 1 or cum[r90 - 2] < 0.9)
-    assert ranks[0.9]["storage_ratio"] == pytest.approx(r90 * (400 + 40 + 1) / (400 * 40))
-    assert rep["condition_estimate"] == pytest.approx(S[0] / S[-1])
-    assert rep["passes"] == res.passes and "total" in rep["timings"]
-    gaps = rep["spectral_gaps"]
-    assert gaps and all(g["ratio"] > 1 for g in gaps)
-    if method == "exact":
-        ref = np.linalg.svd(A, compute_uv=False)
-        assert rep["condition_number"] == pytest.approx(ref[0] / ref[-1], rel=1e-6)
-        assert len(rep["singular_values_all"]) == 40
-    else:
-        assert rep["singular_values_all"] is None and rep["condition_number"] is None
 
 
 def test_report_more_than_k_and_gaps():

@@ -1,48 +1,18 @@
-"""Worker loss on a real multi-process LocalCluster: recomputation, and a bounded failure."""
+"""Worker loss on a real multi-process LocalCluster: recomputation, and a bounded failure.
+
+A worker killed mid-job, for every method: ``SVDCommonTests.test_killed_worker_job_still_correct``
+(tests/worker/test_methods.py).
+"""
 
 import os
 import signal
-import threading
 import time
 
-import numpy as np
 import pytest
 
 from svdserve.worker import WorkerLostError, svd
 
-from tests._check import check_svd, decaying, to_zarr
-
-
-def _pids(client):
-    return client.run(os.getpid)
-
-
-@pytest.mark.parametrize("method", ["exact", "randomized"])
-def test_killed_worker_job_still_correct(tmp_path, method):
-    from distributed import Client, LocalCluster
-
-    A = decaying(3000, 30, seed=11, decay=0.8, noise=1e-4)
-    url = to_zarr(tmp_path / "A.zarr", A, (100, 30))
-    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cl, Client(cl) as c:
-        victim = sorted(_pids(c).items())[0]
-        killed = threading.Event()
-
-        def progress(done, total, phase):
-            if phase.pass_no == 2 and done == 3 and not killed.is_set():
-                os.kill(victim[1], signal.SIGKILL)  # the worker process; its nanny restarts it
-                killed.set()
-            time.sleep(0.05)
-
-        res = svd(url, 5, method=method, client=c, panel_bytes=1, progress=progress)
-        assert killed.is_set()
-        calm = svd(url, 5, method=method, client=c, panel_bytes=1)
-    # Recomputed tasks run the same kernels on the same panels: the same bits.
-    assert np.array_equal(res.U, calm.U) and np.array_equal(res.Vt, calm.Vt)
-    assert np.array_equal(res.S, calm.S)
-    if method == "exact":
-        check_svd(res, A, 5)
-    assert res.events and any("left the cluster" in e for e in res.events), res.events
+from tests._check import decaying, to_zarr
 
 
 def test_all_workers_killed_fails_with_worker_lost(tmp_path):

@@ -9,7 +9,7 @@ from svdserve.worker import _kernels as K
 from svdserve.worker._engine import LocalEngine
 from svdserve.worker._tsqr import tsqr_down, tsqr_up
 
-from tests._check import EPS, centred_exactly
+from tests._check import EPS, centered_exactly
 
 rng = np.random.default_rng(42)
 
@@ -67,7 +67,7 @@ def test_tail_norms_accurate_for_tiny_tails():
     assert t[-1] == 0.0
 
 
-def test_prepare_panel_shift_and_row_centring():
+def test_prepare_panel_shift_and_row_centering():
     A = 1e8 + rng.standard_normal((6, 5))
     p = A[0].copy()
     out, means = K.prepare_panel(A, shift=p)
@@ -78,7 +78,7 @@ def test_prepare_panel_shift_and_row_centring():
     assert out is B  # owned: centred in place
     # Each row is shifted by its first entry (exact by Sterbenz), so the means
     # are those of numbers of spread 1: rows centred to ~ε, not to ε·1e8.
-    np.testing.assert_allclose(out, centred_exactly(A.T).T, rtol=0, atol=10 * EPS)
+    np.testing.assert_allclose(out, centered_exactly(A.T).T, rtol=0, atol=10 * EPS)
     np.testing.assert_allclose(means, A.mean(axis=1), rtol=10 * EPS)
 
 
@@ -117,11 +117,11 @@ def test_tsqr_tree_factors_the_stacked_matrix(center, cuts):
         assert np.abs(Q.sum(axis=0)).max() <= 100 * EPS * math.sqrt(90)
 
 
-def test_centred_tree_with_huge_offset_is_exact_to_the_spread():
+def test_centered_tree_with_huge_offset_is_exact_to_the_spread():
     # Offset 1e10, spread 1e-3..1: the shift by a pivot row plus the centred
     # tree give R of the centred matrix to ε relative to the *spread*.
     X = 1e10 + rng.standard_normal((400, 5)) * np.logspace(-3, 0, 5)
-    C = centred_exactly(X)
+    C = centered_exactly(X)
     shifted = X - X[0]
     root, _ = _tree([K.tsqr_leaf(shifted[i:i + 50], True) for i in range(0, 400, 50)])
     s = np.linalg.svd(root["r"], compute_uv=False)
@@ -137,7 +137,7 @@ def test_tsqr_leaf_short_panel():
     assert K.tsqr_leaf(A, True)["r"].shape == (2, 8)  # one row went to the mean
 
 
-def test_power_leaf_centres_implicitly_and_scales():
+def test_power_leaf_centers_implicitly_and_scales():
     A = rng.standard_normal((40, 9)) + 3.0
     G = rng.standard_normal((9, 4))
     mu = rng.standard_normal(9)

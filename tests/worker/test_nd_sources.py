@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from svdserve.client import SVDResult as ClientResult
+from svdserve.client import StoredResult
 from svdserve.worker import InvalidInputError, NonFiniteError, svd
 from svdserve.worker._pin import open_pinned, pin_source, read_region
 
@@ -96,12 +96,12 @@ def test_eof_matches_dense(dask_client, tmp_path, fmt, dims, sample_dims, chunks
     m, n = mat.shape
     assert res.report["missing"] == {"mode": "mask", "masked": 4, "kept": n,
                                      "features": mask.size}
-    centred = mat - mat.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    centered = mat - mat.mean(axis=0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
     tol = 100 * np.sqrt(max(m, mask.size)) * EPS
     np.testing.assert_allclose(res.S, s[:k], rtol=0, atol=tol * s[0])
 
-    ds = ClientResult.open(out).to_xarray()
+    ds = StoredResult.open(out).to_xarray()
     comp = ds["components"]
     assert comp.dims == ("mode", *f_dims) and ds["scores"].dims == (*sample_dims, "mode")
     flat = comp.values.reshape(k, -1)
@@ -117,7 +117,7 @@ def test_eof_matches_dense(dask_client, tmp_path, fmt, dims, sample_dims, chunks
                                pca.explained_variance_ratio_, rtol=2 * tol)
     # scores = U·S on the sample dimensions, with their coordinates restored
     scores = ds["scores"].transpose(*sample_dims, "mode").values.reshape(m, k)
-    ref = centred @ vt[:2].T
+    ref = centered @ vt[:2].T
     for i in range(2):
         sign = np.sign(scores[:, i] @ ref[:, i])
         np.testing.assert_allclose(sign * scores[:, i], ref[:, i], atol=10 * tol * s[0])
