@@ -7,7 +7,7 @@
     ├── SandboxError       (._sandbox)   a source refused: .status 403/404/422, .field
     ├── QueueFull          (._store)     ``max_queued_jobs`` jobs are queued already
     ├── WrongState         (._store)     the job's state does not allow the operation (409)
-    ├── JobCancelled       (._runner)    raised from the progress callback on cancel
+    ├── CancelRequested       (._runner)    raised from the progress callback on cancel
     └── ServiceStopping    (._runner)    raised from the progress callback on shutdown
 
 Errors of the numerical core are :class:`svdserve.worker.SVDError`; a failed

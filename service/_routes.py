@@ -36,7 +36,7 @@ from ._runner import Runner
 from ._sandbox import Sandbox, SandboxError
 from ._schemas import Health, JobCreate, JobList, JobPublic, JobState, Ready
 from ._settings import Settings
-from ._store import Conflict, JobRow, JobStore, QueueFull
+from ._store import WrongState, JobRow, JobStore, QueueFull
 
 __all__ = ["router", "ops_router", "Services", "to_public"]
 
@@ -346,7 +346,7 @@ async def cancel_job(job_id: JobId, tenant: Tenant, svc: Svc) -> JobPublic:
         raise _not_found(job_id)
     try:
         row = await asyncio.to_thread(svc.store.request_cancel, job_id, tenant)
-    except Conflict as exc:
+    except WrongState as exc:
         raise ProblemError(409, f"{exc}; only queued or running jobs can be cancelled") from exc
     if row is None:
         raise _not_found(job_id)
@@ -364,7 +364,7 @@ async def delete_job(job_id: JobId, tenant: Tenant, svc: Svc) -> Response:
         raise _not_found(job_id)
     try:
         row = await asyncio.to_thread(svc.store.delete, job_id, tenant)
-    except Conflict as exc:
+    except WrongState as exc:
         raise ProblemError(409, str(exc)) from exc
     if row is None:
         raise _not_found(job_id)

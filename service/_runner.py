@@ -8,7 +8,7 @@ touches the event loop.
 
 The core calls ``progress(done, total, phase)`` after every panel. The
 runner's callback writes progress to the job row (throttled) and raises
-:class:`JobCancelled` when the job was cancelled -- the core then releases
+:class:`CancelRequested` when the job was cancelled -- the core then releases
 its outstanding futures and re-raises, so no orphan work keeps the cluster
 busy. On shutdown it raises :class:`ServiceStopping` and the job goes back
 to the queue as the next attempt.
@@ -18,7 +18,7 @@ Outcomes::
     svd returns, manifest present   -> succeeded (cancelled if a cancel won the race)
     SourceChangedError              -> failed, storage_error (the pinned source changed,
                                        vanished or now leads out of the data roots)
-    JobCancelled                    -> cancelled, partial result removed
+    CancelRequested                    -> cancelled, partial result removed
     ServiceStopping                 -> queued again as attempt + 1
     any other SVDError              -> failed, its ``.type`` (non_finite_values,
                                        worker_lost, invalid_input, storage_error, ...)
@@ -60,12 +60,12 @@ from ._sandbox import options_for
 from ._settings import Settings
 from ._store import JobRow, JobStore
 
-__all__ = ["Runner", "JobCancelled", "ServiceStopping"]
+__all__ = ["Runner", "CancelRequested", "ServiceStopping"]
 
 log = logging.getLogger("svdserve.service")
 
 
-class JobCancelled(ServiceError):
+class CancelRequested(ServiceError):
     """Raised from the progress callback when the job was cancelled."""
 
 
@@ -210,7 +210,7 @@ class Runner:
         allow_missing = bool(req.get("allow_missing_chunks", False))
         try:
             if ctl.cancel.is_set():
-                raise JobCancelled(f"job {job.id} cancelled")
+                raise CancelRequested(f"job {job.id} cancelled")
             self.results.prepare(out)
             # The source pinned at submit: svd re-lists it before the first read
             # and after the last, and every read checks its chunk against it.
@@ -236,7 +236,7 @@ class Runner:
                       no_workers_timeout=self.settings.no_workers_timeout)
             if not self.results.complete(out):
                 raise StorageError(f"the result at {out} has no manifest")
-        except JobCancelled:
+        except CancelRequested:
             self.results.remove_attempt(job.tenant, job.id, job.attempt)
             where = (f" during pass {last['pass']} of {last['passes']}" if last["passes"]
                      else " before its first panel finished")
@@ -261,7 +261,7 @@ class Runner:
 
         def progress(done: int, total: int, phase: Phase) -> None:
             if ctl.cancel.is_set():
-                raise JobCancelled(f"job {job.id} cancelled")
+                raise CancelRequested(f"job {job.id} cancelled")
             if ctl.stop.is_set():
                 raise ServiceStopping(f"service stopping; job {job.id} re-queued")
             self.metrics.panels.inc()

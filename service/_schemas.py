@@ -16,7 +16,8 @@ from svdserve.worker._methods import Method
 
 from ._states import JobState
 
-__all__ = ["Source", "JobCreate", "Progress", "JobError", "JobResult", "JobLinks",
+__all__ = ["SourceSpec", "JobCreate", "ProgressPublic", "JobErrorPublic", "JobResult",
+           "JobLinks",
            "JobPublic", "JobList", "Problem", "FieldError", "Health", "Ready",
            "JobState", "ErrorType"]
 
@@ -55,7 +56,7 @@ def _json_int(value: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_json_int)]
 
 
-class Source(BaseModel):
+class SourceSpec(BaseModel):
     """Where the matrix is: a Zarr array, or a group plus the array's path in it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -90,7 +91,7 @@ class JobCreate(BaseModel):
         {"source": {"url": "matrices/A.zarr", "array": None}, "rank": 20, "method": "auto",
          "n_oversamples": 10, "n_iter": 2, "center": False, "random_state": 0}]})
 
-    source: Source
+    source: SourceSpec
     rank: JsonInt | None = Field(default=None, strict=True, ge=1, le=100_000,
                              description="Number of singular triplets to compute (k >= 1); "
                                          "exactly one of `rank` and `energy`.")
@@ -144,7 +145,7 @@ class Plan(BaseModel):
     reason: str
 
 
-class Progress(BaseModel):
+class ProgressPublic(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     phase: str = Field(description="rechunk, stats+qr, power, range+project, tall, sketch, "
@@ -156,7 +157,7 @@ class Progress(BaseModel):
     plan: Plan | None = Field(default=None, description="How the matrix is cut.")
 
 
-class JobError(BaseModel):
+class JobErrorPublic(BaseModel):
     type: ErrorType
     message: str
 
@@ -193,8 +194,8 @@ class JobPublic(BaseModel):
                                "resolved to `exact` or `randomized` (`randqb` for an energy "
                                "target with randomized), from the matrix's shape at submit.")
     plan: Plan | None = Field(default=None, description="How the matrix is cut (at submit).")
-    progress: Progress | None = None
-    error: JobError | None = None
+    progress: ProgressPublic | None = None
+    error: JobErrorPublic | None = None
     notes: list[str] = Field(default_factory=list)
     result: JobResult | None = None
     links: JobLinks

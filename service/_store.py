@@ -78,11 +78,6 @@ class WrongState(ServiceError):
     """The job is in a state that does not allow the operation (the routes answer 409)."""
 
 
-# Transitional: service/_routes.py still imports the old name (issue 15, the
-# lead's part); remove once it imports WrongState.
-Conflict = WrongState
-
-
 @dataclass
 class JobRow:
     """One job as stored (JSON columns decoded)."""

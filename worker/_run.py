@@ -76,7 +76,7 @@ def with_stats(kernel, *, center=False, local_mean=False, center_rows=False):
     return _WithStats(kernel, center, local_mean, center_rows)
 
 
-class _RowCentred:
+class _RowCentered:
     """Kernel wrapper: centre each row of the panel by its own mean first.
 
     PCA of a wide matrix: its tall view holds one column of A per row, so
@@ -99,7 +99,7 @@ class _RowCentred:
         return self.kernel(self.prepare(block, owned)[0], *args)
 
 
-class _WithStats(_RowCentred):
+class _WithStats(_RowCentered):
     def __init__(self, kernel, center, local_mean, center_rows):
         super().__init__(kernel, center_rows)
         self.center, self.local_mean = center, local_mean
@@ -178,7 +178,7 @@ class Run:
     def run_pass(self, name, kernel, args_for=lambda i: ()):
         """A pass over A; returns per-panel handles to ``(result, rows, rows_read, counts)``."""
         if self.center_rows:
-            kernel = _RowCentred(kernel)
+            kernel = _RowCentered(kernel)
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
                                     shift=self._shift,
                                     cache=self.cache, progress=self.progress,
