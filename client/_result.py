@@ -44,17 +44,6 @@ def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str
         raise StorageAccessError(f"could not read the result at {url!r}: {exc}") from exc
 
 
-def _read_labels(group) -> dict[str, Any] | None:
-    """``labels`` of a ``sample_dims`` result: the JSON attribute plus ``coords/<dim>``."""
-    labels = group.attrs.get("labels")
-    if not labels:
-        return None
-    coords = {}
-    for dim, attrs in (labels.get("coords") or {}).items():
-        coords[dim] = (np.asarray(group["coords"][dim][...]), dict(attrs))
-    return {**labels, "coords": coords}
-
-
 class StoredResult:
     """Truncated SVD ``A ≈ U diag(S) Vt`` (plus ``mean`` when centred) of a finished job.
 
@@ -132,7 +121,7 @@ class StoredResult:
             raise StorageAccessError(str(exc)) from exc
         self._Vt_np: np.ndarray | None = None
         self.mask = np.asarray(group["mask"][...], dtype=bool) if "mask" in group else None
-        self.labels = _read_labels(group)
+        self.labels = _manifest.read_labels(group)
 
     @classmethod
     def open(

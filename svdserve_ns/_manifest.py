@@ -31,7 +31,7 @@ import json
 from typing import Any
 
 __all__ = ["NAME", "FORMAT", "ARRAYS", "ManifestError", "path_of", "build", "write", "remove",
-           "exists", "read", "check"]
+           "exists", "read", "check", "read_labels"]
 
 NAME = "manifest.json"
 FORMAT = "svdserve-result/1"
@@ -105,3 +105,21 @@ def check(manifest: dict[str, Any], group, url: str) -> None:
             raise ManifestError(
                 f"the result at {url!r} does not match its manifest: {name} has shape "
                 f"{group[name].shape}, the manifest says {meta.get('shape')}")
+
+
+def read_labels(group) -> dict[str, Any] | None:
+    """The labels of a ``sample_dims`` result, or None: the group's ``labels``
+    attribute with each ``coords/<dim>`` array read next to its CF attributes.
+
+    Returns
+    -------
+    dict or None
+        As the attribute, with ``coords`` mapping each dimension to
+        ``(values ndarray, attrs dict)``.
+    """
+    labels = group.attrs.get("labels")
+    if not labels:
+        return None
+    coords = {dim: (group["coords"][dim][...], dict(attrs))  # zarr reads an ndarray
+              for dim, attrs in (labels.get("coords") or {}).items()}
+    return {**labels, "coords": coords}

@@ -222,15 +222,6 @@ def _write_coords(grp, labels):
     return out
 
 
-def _read_labels(grp, attrs):
-    labels = attrs.get("labels")
-    if not labels:
-        return None
-    coords = {dim: (np.asarray(grp["coords"][dim][...]), a)
-              for dim, a in labels.get("coords", {}).items()}
-    return {**labels, "coords": coords}
-
-
 def load(url, storage_options=None):
     """Open a finished result group.
 
@@ -269,4 +260,4 @@ def load(url, storage_options=None):
         method=prov.get("method", ""), url=url, provenance=prov,
         events=list(prov.get("events", [])), reads=float(prov.get("reads", 0.0)),
         mask=np.asarray(grp["mask"][...]) if "mask" in manifest["arrays"] else None,
-        labels=_read_labels(grp, attrs))
+        labels=_manifest.read_labels(grp))
