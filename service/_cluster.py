@@ -28,6 +28,8 @@ import logging
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
+from svdserve.worker import smallest_memory_limit
+
 from ._settings import Settings
 
 __all__ = ["Cluster"]
@@ -155,9 +157,7 @@ class Cluster:
             ident = await asyncio.wait_for(self.aclient.scheduler.identity(), timeout)
         except Exception:  # noqa: BLE001 - the job is checked again when it runs
             return None
-        limits = [int(w.get("memory_limit") or 0) for w in ident.get("workers", {}).values()]
-        limits = [x for x in limits if x > 0]
-        return min(limits) if limits else None
+        return smallest_memory_limit(ident.get("workers", {}))
 
     async def _close_clients(self) -> None:
         if self.sync_client is not None:

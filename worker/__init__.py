@@ -18,7 +18,7 @@ This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 
 from ._api import EXACT_MAX_COLUMNS, choose_method, svd
 from ._energy import energy_report
-from ._engine import Phase
+from ._engine import Phase, smallest_memory_limit
 from ._layout import Layout, check_layout, plan_layout
 from ._plan import SVDParams, plan
 from ._errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "plan_layout",
     "check_layout",
     "Layout",
+    "smallest_memory_limit",
     "pin_source",
     "SourcePin",
     "Limits",

@@ -18,15 +18,14 @@ from ._energy import energy_report, spectral_estimate
 from ._engine import Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
-from ._layout import (DEFAULT_MEMORY_FRACTION, MIN_BAND_BYTES, check_layout, plan_layout, rechunk,
-                      remove_scratch)
+from ._layout import DEFAULT_MEMORY_FRACTION, check_layout, plan_layout, rechunk, remove_scratch
 from ._missing import check_none_missing, decide_mask, describe_feature, feature_counts
 from ._plan import EXACT_MAX_COLUMNS, choose_method, plan
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
 from ._run import Run
 from ._sketch import sketch_svd
-from ._source import DEFAULT_PANEL_BYTES, PanelRef, PanelRefs, Source, open_source, read_panel
+from ._source import PanelRef, PanelRefs, Source, open_source, read_panel
 from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
 
@@ -117,9 +116,7 @@ def _bounded(src, panel_bytes):
     (dask then rechunks it to panels in bounded memory); other sources unchanged."""
     if src.kind != "zarr" or src.pin is not None or src.view is not None:
         return src
-    m, n = src.shape
-    band = min(src.tall_chunk, max(m, n)) * min(m, n) * 8
-    if band <= max(DEFAULT_PANEL_BYTES if panel_bytes is None else panel_bytes, MIN_BAND_BYTES):
+    if plan_layout(src.info, panel_bytes=panel_bytes).kind == "chunks":  # the band fits
         return src
     import dask.array as da
 

@@ -23,7 +23,8 @@ from ._errors import WorkerLostError, map_exception
 from ._kernels import mask_missing, prepare_panel
 from ._source import PanelRef, read_panel
 
-__all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task"]
+__all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task",
+           "smallest_memory_limit"]
 
 
 class Phase(str):
@@ -348,9 +349,7 @@ class DaskEngine(_Engine):
             workers = self.client.scheduler_info(n_workers=-1)["workers"]
         except TypeError:  # older signature
             workers = self.client.scheduler_info()["workers"]
-        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
-        limits = [x for x in limits if x > 0]
-        return min(limits) if limits else None
+        return smallest_memory_limit(workers)
 
     def release_cache(self, token):
         try:
@@ -456,6 +455,20 @@ def _map_cluster_error(exc):
     """Translate distributed's (and the OS's) failures through :data:`._errors.EXC_MAP`
     (:class:`WorkerLostError`, :class:`StorageError`); keep the rest."""
     return map_exception(exc)
+
+
+def smallest_memory_limit(workers):
+    """The smallest memory limit in bytes among Dask workers, None if none is set.
+
+    Parameters
+    ----------
+    workers : dict
+        Worker address to its info (``scheduler_info()["workers"]`` or the
+        scheduler's ``identity()["workers"]``), each with ``memory_limit``.
+    """
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+    limits = [x for x in limits if x > 0]
+    return min(limits) if limits else None
 
 
 def make_engine(client, **options):
