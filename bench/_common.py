@@ -103,7 +103,7 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
-def bare_pass(client, path, panel_bytes=None):
+def bare_pass(client, path, panel_bytes=None, reader="direct"):
     """Σa² over the whole matrix through svdserve's reader (one pass, no cache).
 
     Panels as a run reads them (:func:`svdserve.worker.plan_layout`); for a
@@ -112,6 +112,7 @@ def bare_pass(client, path, panel_bytes=None):
     """
     from svdserve.worker import plan_layout
     from svdserve.worker._api import _panels_for
+    from svdserve.worker._decode import decodes_directly
     from svdserve.worker._engine import DaskEngine, Phase
     from svdserve.worker._source import open_source
 
@@ -126,7 +127,8 @@ def bare_pass(client, path, panel_bytes=None):
                                                 (j * cn, min(n, j * cn + cn))),
                                  (i, j), (cm, cn), pure=False) for i, j in cells]
         return sum(client.gather(futures))
-    panels = _panels_for(src, layout.bounds(), engine, sliced=layout.sliced)
+    panels = _panels_for(src, layout.bounds(), engine, sliced=layout.sliced,
+                         direct=decodes_directly(src.pin.ref, reader))
     handles = engine.run_pass(Phase("bare", 1, 1), panels, _sum_squares, lambda i: ())
     return sum(engine.gather([engine.part(h, 0) for h in handles]))
 

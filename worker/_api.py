@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._decode import READERS, decodes_directly
 from ._energy import energy_report, spectral_estimate
+from ._errors import InvalidInputError
 from ._engine import Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
@@ -45,18 +47,19 @@ def _versions():
             "dask": dask.__version__, "zarr": zarr.__version__}
 
 
-def _panels_for(src, bounds, engine, pin=None, sliced=False):
+def _panels_for(src, bounds, engine, pin=None, sliced=False, direct=False):
     """Panel arguments for each (start, stop) of the tall view.
 
     ``pin`` overrides the source's pin (the scratch copy of a rechunked
-    source, stored in the tall orientation); ``sliced`` reads by byte range.
+    source, stored in the tall orientation); ``sliced`` reads by byte range;
+    ``direct`` decodes the source's chunks straight into the panels (:mod:`._decode`).
     """
     wide = src.wide
     if src.kind == "zarr":
         if pin is not None:  # the scratch copy: already in the tall orientation
             return PanelRefs(pin, bounds, False, sliced)
         if src.pin is not None:  # read through the pin, made lazily per panel
-            return PanelRefs(src.pin, bounds, wide, sliced)
+            return PanelRefs(src.pin, bounds, wide, sliced, direct and not sliced)
         return [PanelRef(s, e, wide, array=src.obj, view=src.view) for s, e in bounds]
     if src.kind == "numpy":
         a = src.obj
@@ -78,7 +81,8 @@ def _pivot_row(src, panels, markers=None):
     if src.kind == "dask":
         row = src.obj[0].compute()
     elif isinstance(panels, PanelRefs):
-        row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced)[0])[0]
+        row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced,
+                                   panels.direct)[0])[0]
     elif src.view is not None:
         row = read_panel(PanelRef(0, 1, False, array=src.obj, view=src.view))[0]
     else:
@@ -129,7 +133,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False,
         energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10,
         sample_dims=None, missing="error", scratch=None,
-        memory_fraction=DEFAULT_MEMORY_FRACTION):
+        memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -252,6 +256,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         Refuse (before any read) a layout whose unavoidable per-task
         footprint -- one decoded compressed chunk -- exceeds this share of
         the smallest worker's memory limit.
+    reader : {"direct", "zarr"}, default="direct"
+        How stored chunks are decoded. ``"direct"``: each chunk file is read
+        through the pin and decoded by its numcodecs codec straight into the
+        panel buffer (:mod:`._decode`; chunks encoded as ``bytes`` plus at most
+        one of zstd, gzip, blosc, or a v2 compressor without filters), else
+        zarr's pipeline. ``"zarr"``: always zarr's pipeline. The panels are
+        bit-identical either way; ``report["plan"]["reader"]`` says which ran.
 
     Returns
     -------
@@ -287,6 +298,9 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     and the estimated peak per worker).
     """
     t_start = time.perf_counter()
+    if reader not in READERS:
+        raise InvalidInputError(f"reader must be one of {', '.join(map(repr, READERS))}; "
+                                f"got {reader!r}.", field="reader")
     src = open_source(source, array=array, storage_options=storage_options,
                       allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
                       sample_dims=sample_dims)
@@ -300,12 +314,14 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     out_opts = storage_options if out_storage_options is None else out_storage_options
     job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src))
     run, fac = _run_algorithm(job, panel_cache=panel_cache,
-                              scratch=_scratch_dir(scratch, out), panel_bytes=panel_bytes)
+                              scratch=_scratch_dir(scratch, out), panel_bytes=panel_bytes,
+                              reader=reader)
     signs, v = _fix_signs(job, fac)
     src.verify()  # after the last read: the source is still exactly what was pinned
     tall, writer = _write_tall(job, run, fac, signs)
     report, provenance = _report(job, run, fac, t_start,
-                                 {"panel_bytes": panel_bytes, "panel_cache": panel_cache})
+                                 {"panel_bytes": panel_bytes, "panel_cache": panel_cache,
+                                  "reader": reader})
     return _finish(job, run, fac, v, tall, writer, report, provenance)
 
 
@@ -322,6 +338,7 @@ class _Job:
     out_opts: dict | None
     labels: dict | None
     mask: np.ndarray | None = None
+    reader: str | None = None  # what decoded the stored chunks (report["plan"]["reader"])
 
     @property
     def bounds(self):
@@ -343,7 +360,7 @@ def _cut(src, engine, panel_bytes, memory_fraction):
     return src, layout
 
 
-def _run_algorithm(job, *, panel_cache, scratch, panel_bytes):
+def _run_algorithm(job, *, panel_cache, scratch, panel_bytes, reader):
     """Copy the source if the layout says so, build the :class:`Run`, run the method.
 
     The panel cache and the scratch copy are released however the run ends.
@@ -356,13 +373,15 @@ def _run_algorithm(job, *, panel_cache, scratch, panel_bytes):
     markers = (tuple(src.info.fill or ()) if params.missing == "mask" or src.info.fill
                else None)
     scratch_url = None
+    direct = src.pin is not None and decodes_directly(src.pin.ref, reader)
+    job.reader = _reader_used(src, job.layout, direct)
     try:
         pin = None
         if job.layout.kind == "rechunk":
             pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
                                        token=token, panel_bytes=panel_bytes,
-                                       progress=job.progress, passes=passes)
-        panels = _panels_for(src, bounds, engine, pin, job.layout.sliced)
+                                       progress=job.progress, passes=passes, direct=direct)
+        panels = _panels_for(src, bounds, engine, pin, job.layout.sliced, direct)
         run = Run(engine, panels, bounds, src.tall_shape,
                   center=center_cols, center_rows=params.center and src.wide,
                   passes=passes, progress=job.progress, wide=src.wide,
@@ -374,6 +393,16 @@ def _run_algorithm(job, *, panel_cache, scratch, panel_bytes):
     finally:
         engine.release_cache(token)
         remove_scratch(scratch_url, job.out_opts)
+
+
+def _reader_used(src, layout, direct):
+    """What decodes the stored chunks, for ``report["plan"]["reader"]``."""
+    if src.kind != "zarr":
+        return "memory" if src.kind == "numpy" else "dask"
+    decode = "direct" if direct else "zarr"
+    if layout.kind == "rechunk":
+        return f"{decode} (the one-time copy), then byte ranges"
+    return "byte ranges" if layout.sliced else decode
 
 
 def _fix_signs(job, fac):
@@ -441,7 +470,7 @@ def _report(job, run, fac, t_start, extra_params):
     timings["total"] = round(time.perf_counter() - t_start, 6)
     report.update({"passes": n_passes, "reads": reads, "n_oversamples": params.n_oversamples,
                    "n_iter": params.n_iter, "random_state": params.random_state,
-                   "timings": timings, "plan": job.layout.to_json()})
+                   "timings": timings, "plan": {**job.layout.to_json(), "reader": job.reader}})
     report.update(_method_details(params, fac, n_passes, reads))
     if job.mask is not None:
         mask = job.mask

@@ -278,12 +278,17 @@ class LocalEngine(_Engine):
         return _Lazy(fn, args)
 
     def gather(self, handles):
-        return [h.get() for h in handles]
+        return [h.get() if isinstance(h, _Lazy) else h for h in handles]
 
     def completed(self, handles):
         for i, h in enumerate(handles):
             h.get()
             yield i
+
+
+#: Seconds one batched fetch of finished futures may take before the engine
+#: falls back to fetching them one by one (a worker may have died meanwhile).
+_BATCH_TIMEOUT = 10.0
 
 
 class DaskEngine(_Engine):
@@ -360,12 +365,26 @@ class DaskEngine(_Engine):
     def gather(self, handles):
         # A finished future can still be lost (its worker killed) before its
         # value arrives; a plain client.gather would then wait forever on an
-        # empty cluster. Fetch with a short timeout, back under the watchdog.
+        # empty cluster. Once every future is finished, fetch them in one
+        # batch under a timeout; on a timeout, one by one under a short one,
+        # back under the watchdog.
         out = [None] * len(handles)
         pending = dict(enumerate(handles))
         while pending:
             for _ in self.completed(list(pending.values())):
                 pass
+            keys = list(pending)
+            try:
+                values = self.client.sync(self.client._gather, [pending[i] for i in keys],
+                                          errors="raise", callback_timeout=_BATCH_TIMEOUT)
+            except TimeoutError:
+                values = None
+            except Exception as exc:  # noqa: BLE001 - mapped to a typed error
+                _reraise(exc)
+            if values is not None:
+                for i, value in zip(keys, values):
+                    out[i] = value
+                return out
             for i, fut in list(pending.items()):
                 try:
                     out[i] = fut.result(timeout=max(self.poll, 0.5))

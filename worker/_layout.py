@@ -248,7 +248,7 @@ def remove_scratch(url, storage_options=None):
         pass
 
 
-def copy_chunks(ref, expect, cells, chunks, wide, url, options_key):
+def copy_chunks(ref, expect, cells, chunks, wide, url, options_key, direct=False):
     """Rechunk task: decode stored chunks one at a time, write them raw, transposed if wide.
 
     Parameters
@@ -263,6 +263,8 @@ def copy_chunks(ref, expect, cells, chunks, wide, url, options_key):
         Write chunk ``(i, j)`` transposed, at ``(j, i)`` of the tall view.
     url, options_key : str
         The scratch array and its fsspec options as JSON.
+    direct : bool
+        Decode each chunk directly (:func:`~._decode.read_box`) instead of through zarr.
 
     Returns
     -------
@@ -271,20 +273,22 @@ def copy_chunks(ref, expect, cells, chunks, wide, url, options_key):
     """
     import zarr
 
+    from ._decode import read_box
     from ._pin import open_pinned, read_region
 
     opts = json.loads(options_key)
     kw = {"storage_options": opts} if opts and _is_remote(url) else {}
     dst = zarr.open_array(store=url, mode="r+", **kw)
     exp = dict(expect)
-    node = open_pinned(ref, exp)
+    node = None if direct else open_pinned(ref, exp)
     (m, n), (cm, cn) = ref.matrix_view.shape, chunks
     done = 0
     for i, j in cells:
         rows = slice(i * cm, min((i + 1) * cm, m))
         cols = slice(j * cn, min((j + 1) * cn, n))
         what = f"rows {rows.start}:{rows.stop}, columns {cols.start}:{cols.stop}"
-        block = read_region(ref, exp, node, (rows, cols), what)
+        block = (read_box(ref, exp, rows, cols) if direct
+                 else read_region(ref, exp, node, (rows, cols), what))
         if wide:
             dst[cols, rows] = block.T
         else:
@@ -295,7 +299,7 @@ def copy_chunks(ref, expect, cells, chunks, wide, url, options_key):
 
 
 def rechunk(engine, src, layout, scratch, storage_options, *, token, panel_bytes=None,
-            progress=None, passes=1):
+            progress=None, passes=1, direct=False):
     """Copy a pinned source into a raw scratch array in the tall orientation.
 
     One task per group of stored chunks (about the panel budget each, at
@@ -316,6 +320,8 @@ def rechunk(engine, src, layout, scratch, storage_options, *, token, panel_bytes
         fsspec options for ``scratch``.
     token : str
         Names the copy (``svdserve-scratch-<token>.zarr``).
+    direct : bool
+        Decode the stored chunks directly (:mod:`._decode`).
 
     Returns
     -------
@@ -347,7 +353,7 @@ def rechunk(engine, src, layout, scratch, storage_options, *, token, panel_bytes
             expect.update(pin.box_expect((i * cm, min((i + 1) * cm, m)),
                                          (j * cn, min((j + 1) * cn, n))))
         handles.append(engine.submit(copy_chunks, pin.ref, tuple(expect.items()), group,
-                                     (cm, cn), src.wide, url, okey))
+                                     (cm, cn), src.wide, url, okey, direct))
     phase = Phase("rechunk", 0, passes)
     engine.phase = phase
     t0 = time.perf_counter()

@@ -59,7 +59,7 @@ from ._kernels import (
     svd_flip_rows,
 )
 from ._run import Factors
-from ._tsqr import split_ones_direction, tsqr_down, tsqr_up, with_ones_direction
+from ._tsqr import small_tree, split_ones_direction, with_ones_direction
 
 __all__ = ["randomized_svd"]
 
@@ -179,19 +179,17 @@ def power_step(run, g, deflate=None):
 def project_basis(run, leaves):
     """B = QᵀA from the last pass's :func:`~._kernels.sketch_leaf` results.
 
-    The local R factors are reduced by TSQR; its downward sweep gives each
-    panel's pair (coefficients, constant row) of the global basis.
+    The local R factors (l×l each) are reduced by TSQR in this process
+    (:func:`~._tsqr.small_tree`); its downward sweep gives each panel's pair
+    (coefficients, constant row) of the global basis.
 
     Returns
     -------
     b : ndarray of shape (l, n)
-    ws : list of handles to each leaf's pair from the downward sweep
+    ws : list of each leaf's pair from the downward sweep
     """
     eng = run.engine
-    root, nodes = tsqr_up(eng, [eng.part(h, "tree") for h in leaves])
-    width = root["r"].shape[0]
-    ws = tsqr_down(eng, nodes, len(leaves), np.eye(width),
-                   np.zeros(width) if run.center else None)
+    _, ws = small_tree(eng, [eng.part(h, "tree") for h in leaves], run.center)
     shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
     b = _sum([s[0] for s in shares])
     if run.center:

@@ -52,7 +52,7 @@ import numpy as np
 from ._kernels import panel_tests, stream_leaf, svd_flip_rows, tall_block, tsqr_leaf
 from ._rsvd import _sum, probe_matrix, probe_norms
 from ._run import Factors
-from ._tsqr import tsqr_down, tsqr_up
+from ._tsqr import small_tree
 
 __all__ = ["sketch_svd", "sketch_sizes"]
 
@@ -129,9 +129,7 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
         x -= np.outer(_sum([p["ups1"] for p in parts]), mu)
         z -= np.outer(_sum([p["phi1"] for p in parts]), mu @ psi)
     ys = [eng.part(h, "y") for h in leaves]
-    root, nodes = tsqr_up(eng, [eng.submit(tsqr_leaf, y, run.center) for y in ys])
-    width = root["r"].shape[0]
-    ws = tsqr_down(eng, nodes, len(ys), np.eye(width), np.zeros(width) if run.center else None)
+    _, ws = small_tree(eng, [eng.submit(tsqr_leaf, y, run.center) for y in ys], run.center)
     phi_q = _sum(eng.gather([
         eng.submit(_phi_q, seed, start, stop, kr, s, eng.submit(tall_block, y, w, run.center))
         for y, w, (start, stop) in zip(ys, ws, run.bounds)]))

@@ -409,10 +409,12 @@ class PanelRefs(Sequence):
     """The :class:`PanelRef` of each panel of a pinned source, made on demand.
 
     ``sliced``: read by byte ranges (:func:`~._pin.read_slices`; raw chunks only).
+    ``direct``: chunks decoded straight into the panel (:mod:`._decode`).
     """
 
-    def __init__(self, pin, bounds, wide, sliced=False):
+    def __init__(self, pin, bounds, wide, sliced=False, direct=False):
         self.pin, self.bounds, self.wide, self.sliced = pin, bounds, wide, sliced
+        self.direct = direct
 
     def __len__(self):
         return len(self.bounds)
@@ -422,7 +424,8 @@ class PanelRefs(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         s, e = self.bounds[i]
         return PanelRef(s, e, self.wide, ref=self.pin.ref,
-                        expect=self.pin.panel_expect(s, e, self.wide), sliced=self.sliced)
+                        expect=self.pin.panel_expect(s, e, self.wide), sliced=self.sliced,
+                        direct=self.direct)
 
 
 @dataclass(frozen=True)
@@ -432,7 +435,9 @@ class PanelRef:
     ``ref`` and ``expect`` (a pinned source and the stamps of this panel's
     chunk keys) are set for pinned sources; ``array`` (a ``zarr.Array``)
     otherwise. ``sliced`` panels are read by byte ranges, so a panel may
-    cut through chunks (raw chunks only, :func:`~._pin.read_slices`).
+    cut through chunks (raw chunks only, :func:`~._pin.read_slices`);
+    ``direct`` panels of a pinned source decode each chunk straight into the
+    panel buffer (:func:`~._decode.read_box`), others go through zarr.
     """
 
     start: int
@@ -443,8 +448,10 @@ class PanelRef:
     array: object = None  # a zarr.Array when the source is not pinned
     view: object = None  # its MatrixView, for an N-D variable
     sliced: bool = False
+    direct: bool = False
 
     def read(self):
+        from ._decode import read_box
         from ._pin import open_pinned, read_region, read_slices
 
         full = None if self.ref is None else self.ref.matrix_view.shape[0 if self.wide else 1]
@@ -453,6 +460,8 @@ class PanelRef:
         what = f"{'columns' if self.wide else 'rows'} {self.start}:{self.stop}"
         if self.sliced:
             block = read_slices(self.ref, dict(self.expect), *sel)
+        elif self.direct:
+            block = read_box(self.ref, dict(self.expect), *sel)
         elif self.ref is not None:
             expect = dict(self.expect)
             block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._engine import LocalEngine
 from ._kernels import (
     gemm_leaf,
     gemm_tall,
@@ -54,7 +55,7 @@ from ._kernels import (
 )
 from ._run import Factors
 
-__all__ = ["tsqr_up", "tsqr_down", "exact_svd", "with_ones_direction", "split_ones_direction",
+__all__ = ["tsqr_up", "tsqr_down", "small_tree", "exact_svd", "with_ones_direction", "split_ones_direction",
            "GEMM_MAX_COND"]
 
 #: Largest σ₁/σ_k for which U_k is formed as A V_k Σ_k⁻¹ plus a TSQR (see the module docstring).
@@ -101,6 +102,32 @@ def tsqr_down(engine, nodes, n_leaves, w_root, c_root=None):
         wmap[ra] = engine.part(pair, 0)
         wmap[rb] = engine.part(pair, 1)
     return [wmap[(i, i + 1)] for i in range(n_leaves)]
+
+
+def small_tree(engine, trees, center=False):
+    """TSQR of small leaf R factors (l×l, l a sketch width or a rank) in this process.
+
+    The tree is the one the workers would build (:meth:`~._engine._Engine.tree`:
+    same shape, same merges, so the same bits) without a round trip per node.
+
+    Parameters
+    ----------
+    engine : LocalEngine or DaskEngine
+    trees : list of handles to :func:`~._kernels.tsqr_leaf`-like dicts
+    center : bool
+        Centred leaves: the downward sweep starts the constant rows at zero.
+
+    Returns
+    -------
+    root : dict
+        As :func:`tsqr_up`.
+    ws : list of ``(w_i, c_i)`` pairs, one per leaf, as :func:`tsqr_down` (values).
+    """
+    here = LocalEngine()
+    root, nodes = tsqr_up(here, engine.gather(trees))
+    width = root["r"].shape[0]
+    ws = tsqr_down(here, nodes, len(trees), np.eye(width), np.zeros(width) if center else None)
+    return root, here.gather(ws)
 
 
 def with_ones_direction(r, k, center):
@@ -170,8 +197,7 @@ def exact_svd(run, k, *, compute_u=True):
         w = eng.scatter(w)
         handles = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
         gemm = [eng.part(h, 0) for h in handles]
-        groot, gnodes = tsqr_up(eng, [eng.part(h, "tree") for h in gemm])
-        ws = tsqr_down(eng, gnodes, len(gemm), np.eye(groot["r"].shape[0]))
+        _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
         return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
                             u_route="gemm")
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)

@@ -1,0 +1,189 @@
+"""Direct chunk decoding: stored chunk bytes decoded straight into one panel buffer.
+
+Zarr's own read path (``array[a:b]``) goes through its asynchronous codec
+pipeline: an event loop thread, a thread per file read, a decoded buffer per
+chunk and a copy of each into the result. On a Dask worker that shares its
+core with another worker, that machinery costs more than the decoding itself
+(measured in ``bench/compare.py``: a pass through zarr ran at about 0.65 of
+the decode floor).
+
+For the chunk encodings that are a plain byte stream, this module does the
+same work with none of it: each chunk file is read through the pin's guard
+(:func:`~._pin._local_get_ranges`: the stamp checked, exactly the pinned
+bytes read) and decoded by the same numcodecs codec zarr would use, *into*
+its rows of the panel buffer when the chunk covers whole rows of it, else
+into one reused chunk buffer copied from. The decoded values are the same
+bits either way (decoding is exact); ``reader="zarr"`` in
+:func:`svdserve.worker.svd` keeps zarr's path.
+
+Direct decoding applies when the chunk is C-ordered bytes with at most one
+compressor and nothing else:
+
+- zarr v3: ``bytes`` followed by at most one of ``zstd``, ``gzip``, ``blosc``;
+- zarr v2: any numcodecs ``compressor`` (or none), no ``filters``, order C.
+
+Sharded arrays, transposes, checksums and filters keep zarr's path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import InvalidInputError, SourceChangedError, StorageError
+
+__all__ = ["READERS", "chunk_decoder", "decodes_directly", "read_box"]
+
+#: Values of the ``reader`` setting: which code decodes the stored chunks.
+READERS = ("direct", "zarr")
+
+
+class _Decoder:
+    """Decode one stored chunk: ``decode(raw, out)`` fills ``out`` (stored dtype, chunk shape)."""
+
+    def __init__(self, codec, dtype, chunks, fill):
+        self.codec, self.dtype, self.chunks, self.fill = codec, dtype, chunks, fill
+
+    def decode(self, raw, out):
+        if self.codec is None:
+            if len(raw) != out.nbytes:
+                raise ValueError(f"{len(raw)} bytes stored, {out.nbytes} expected")
+            out.view(np.uint8).reshape(-1)[:] = np.frombuffer(raw, dtype=np.uint8)
+            return
+        got = self.codec.decode(raw, out=out)
+        if np.asarray(got).nbytes != out.nbytes:
+            raise ValueError(f"decoded {np.asarray(got).nbytes} bytes, {out.nbytes} expected")
+
+
+def _v3_codec(codecs):
+    """The numcodecs codec behind a v3 chain ``bytes [+ compressor]``, or False if not direct.
+
+    It is the very object zarr's pipeline decodes with (zarr is pinned in
+    ``pyproject.toml``; each compressor codec keeps its numcodecs twin).
+    """
+    from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
+
+    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        return False
+    if len(codecs) == 1:
+        return None
+    twins = {ZstdCodec: "_zstd_codec", GzipCodec: "_gzip_codec", BloscCodec: "_blosc_codec"}
+    attr = twins.get(type(codecs[1]))
+    return False if attr is None else getattr(codecs[1], attr)
+
+
+def chunk_decoder(meta):
+    """A direct decoder for an array's chunks, or None when zarr's path is needed.
+
+    Parameters
+    ----------
+    meta : ArrayV2Metadata or ArrayV3Metadata
+
+    Returns
+    -------
+    _Decoder or None
+    """
+    if meta.zarr_format == 2:
+        if meta.filters or meta.order != "C":
+            return None
+        codec, dtype = meta.compressor, meta.dtype.to_native_dtype()
+    else:
+        codec = _v3_codec(tuple(meta.codecs))
+        if codec is False:
+            return None
+        dtype = np.dtype(meta.data_type.to_native_dtype())
+        endian = getattr(meta.codecs[0].endian, "value", None)
+        if endian and dtype.itemsize > 1:
+            dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    chunks = tuple(meta.chunks)
+    if len(chunks) != 2:
+        return None
+    return _Decoder(codec, np.dtype(dtype), chunks, meta.fill_value)
+
+
+def _remote_whole(ref, expect, keys):
+    """Whole objects of ``keys`` fetched concurrently; None for an allowed missing one."""
+    from ._pin import _missing_message, _change_message, _remote_fs
+
+    fs, path = _remote_fs(ref)
+    got = fs.cat([f"{path}/{key}" for key in keys], on_error="return")
+    out = []
+    for key in keys:
+        data = got.get(f"{path}/{key}") if isinstance(got, dict) else got
+        if isinstance(data, FileNotFoundError):
+            where, stamp = expect[key]
+            if stamp == "" and ref.allow_missing:
+                data = None
+            elif stamp == "":
+                raise InvalidInputError(_missing_message(ref, where, 1), field="source")
+            else:
+                raise SourceChangedError(_change_message(ref, key, where, stamp, ""))
+        elif isinstance(data, BaseException):
+            raise data
+        out.append(data)
+    return out
+
+
+def read_box(ref, expect, rows, cols, decoder=None):
+    """Rows ``rows`` and columns ``cols`` (slices) of a pinned 2-D array, decoded directly.
+
+    Parameters
+    ----------
+    ref : SourceRef
+    expect : dict
+        Chunk key to ``((i, j), stamp)`` for every chunk the box touches.
+    rows, cols : slice
+    decoder : _Decoder, optional
+        From :func:`chunk_decoder` of the pinned metadata (looked up if omitted).
+
+    Returns
+    -------
+    ndarray of shape (rows, cols), float64, C order
+    """
+    from ._pin import _local_get_ranges, _meta_of, chunk_region
+
+    meta = _meta_of(ref)
+    dec = decoder or chunk_decoder(meta)
+    (r0, r1), (c0, c1) = (rows.start, rows.stop), (cols.start, cols.stop)
+    cm, cn = dec.chunks
+    out = np.empty((r1 - r0, c1 - c0))
+    cells = [(i, j) for i in range(r0 // cm, -(-r1 // cm)) for j in range(c0 // cn, -(-c1 // cn))]
+    keys = [meta.encode_chunk_key(cell) for cell in cells]
+    fetched = _remote_whole(ref, expect, keys) if ref.remote else None
+    scratch = None
+    direct_ok = dec.dtype == out.dtype  # native float64: decode in place
+    for n_cell, ((i, j), key) in enumerate(zip(cells, keys)):
+        a0, a1 = max(r0, i * cm) - i * cm, min(r1, (i + 1) * cm) - i * cm
+        b0, b1 = max(c0, j * cn) - j * cn, min(c1, (j + 1) * cn) - j * cn
+        dst = out[i * cm + a0 - r0:i * cm + a1 - r0, j * cn + b0 - c0:j * cn + b1 - c0]
+        if fetched is not None:
+            raw = fetched[n_cell]
+        else:
+            got = _local_get_ranges(ref, expect, key, None)
+            raw = None if got is None else got[0]
+        if raw is None:  # missing at rest, allowed: the fill value
+            dst[...] = dec.fill if dec.fill is not None else 0
+            continue
+        whole = direct_ok and (a0, a1, b0, b1) == (0, cm, 0, cn) and cn == c1 - c0
+        try:
+            if whole:
+                dec.decode(raw, dst)
+                continue
+            if scratch is None:
+                scratch = np.empty((cm, cn), dtype=dec.dtype)
+            dec.decode(raw, scratch)
+        except (MemoryError, SourceChangedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec, truncation
+            raise StorageError(
+                f"chunk {key!r} of {ref.name} ({chunk_region(ref, i, j)}) could not be read: "
+                f"{type(exc).__name__}: {exc}. The stored chunk is corrupt or truncated; "
+                "rewrite the array.") from exc
+        dst[...] = scratch[a0:a1, b0:b1]
+    return out
+
+
+def decodes_directly(ref, reader):
+    """Whether panels of the pinned array ``ref`` are read by :func:`read_box` under ``reader``."""
+    from ._pin import _meta_of
+
+    return reader == "direct" and ref.view is None and chunk_decoder(_meta_of(ref)) is not None
