@@ -227,7 +227,7 @@ class Runner:
                                     sample_dims=params.get("sample_dims"))
             res = svd(source, **_svd_params(job).svd_kwargs(),
                       allow_missing_chunks=allow_missing,
-                      panel_cache=self.settings.panel_cache,
+                      panel_cache=self.settings.panel_cache, reader=self.settings.reader,
                       client=self.cluster.sync_client,
                       storage_options=options, out=out,
                       out_storage_options=self.results.out_options,

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     panel_cache : float, default=0.3
         Share of each worker's memory limit that may keep decoded panels
         between passes (0 streams every pass; see ``svdserve.worker._cache``).
+    reader : {"direct", "zarr"}, default="direct"
+        How workers decode stored chunks: straight into the panel buffer
+        where the encoding allows (``svdserve.worker._decode``), or always
+        through zarr's codec pipeline. The panels are the same bits.
     max_body_bytes : int, default=65536
         Larger request bodies are refused with 413.
     progress_interval : float, default=0.2
@@ -155,6 +159,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     panel_bytes: int | None = Field(default=None, ge=1)
     panel_cache: float = Field(default=0.3, ge=0.0, le=0.5)
+    reader: Literal["direct", "zarr"] = "direct"
     max_body_bytes: int = Field(default=65536, ge=1024)
     progress_interval: float = Field(default=0.2, ge=0)
     connect_timeout: float = Field(default=30.0, gt=0)
