@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         A job interrupted by service restarts this many times is failed.
     panel_bytes : int or None, default=None
         Panel byte budget passed to the core (None: its default, 128 MiB).
-    panel_cache : float, default=0.3
+    panel_cache : float, default=0.4
         Share of each worker's memory limit that may keep decoded panels
         between passes (0 streams every pass; see ``svdserve.worker._cache``).
     reader : {"direct", "zarr"}, default="direct"
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=100, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     panel_bytes: int | None = Field(default=None, ge=1)
-    panel_cache: float = Field(default=0.3, ge=0.0, le=0.5)
+    panel_cache: float = Field(default=0.4, ge=0.0, le=0.5)
     reader: Literal["direct", "zarr"] = "direct"
     max_body_bytes: int = Field(default=65536, ge=1024)
     progress_interval: float = Field(default=0.2, ge=0)

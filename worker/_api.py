@@ -32,7 +32,7 @@ from ._store import ResultWriter, SVDResult, write_tall_block
 from ._tsqr import exact_svd
 
 #: Default share of a worker's memory limit for cached panels (see :mod:`._cache`).
-DEFAULT_PANEL_CACHE = 0.3
+DEFAULT_PANEL_CACHE = 0.4
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
 
@@ -204,7 +204,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         False: σ and V only (``U`` is None). ``exact`` then makes **one** pass;
         ``randomized`` skips forming U. For a wide matrix U is the small
         factor and is returned anyway (it costs nothing).
-    panel_cache : float, default=0.3
+    panel_cache : float, default=0.4
         Fraction of each worker's memory limit that may hold decoded panels
         between passes (:mod:`._cache`); later passes then read from memory
         instead of storage. 0 streams every pass. Never lets a worker pass
