@@ -1,6 +1,7 @@
 """Pure NumPy kernels, tested without a cluster."""
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -185,6 +186,59 @@ def test_sketch_kernels_give_b_and_the_exact_residual(center):
                         K.sketch_residual(leaves[2], wcs[2], B, mu))
     # ‖P − QB‖_F formed directly, no cancellation: agreement to ~ε·‖P‖.
     assert K.sumsq_norm(resid) == pytest.approx(np.linalg.norm(P - Q @ B), abs=1e3 * EPS * np.linalg.norm(P))
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_sketch_leaf_local_qr_at_kappa_1e15(center):
+    # Y = AG = U diag(1 … 1e-15) W: κ(Y) ≈ 1e15, so YᵀY is singular in float64
+    # (a Gram/Cholesky QR breaks down) while Householder QR keeps Q orthonormal
+    # to O(l·ε) whatever κ (Higham, Thm 19.4; observed ≤ 9ε here).
+    gen = np.random.default_rng(15)  # own stream: the module's rng draws stay as they were
+    m, n, l = 3000, 40, 12
+    U = np.linalg.qr(gen.standard_normal((m, n)))[0]
+    V = np.linalg.qr(gen.standard_normal((n, n)))[0]
+    A = (U * np.logspace(0, -15, n)) @ V.T
+    G = V[:, np.linspace(0, n - 1, l).astype(int)] @ np.linalg.qr(gen.standard_normal((l, l)))[0]
+    leaf = K.sketch_leaf(A, G, center)
+    q = leaf["q"]
+    Y = np.hstack([np.ones((m, 1)), A @ G]) if center else A @ G
+    assert q.shape == (m, l + center)
+    np.testing.assert_allclose(q.T @ q, np.eye(l + center), atol=10 * (l + 1) * EPS)
+    # Backward stable: Q spans Y to ε·‖Y‖ (the same bar as the other sketch tests).
+    np.testing.assert_allclose(q @ (q.T @ Y), Y, atol=1e3 * EPS * np.abs(Y).max())
+    np.testing.assert_array_equal(leaf["c"], q.T @ A)
+    # The residual formed as a difference agrees with numpy's to ε·‖A‖.
+    resid = np.linalg.norm(A - q @ (q.T @ A))
+    assert K.sumsq_norm(leaf["local"]) == pytest.approx(resid, abs=1e3 * EPS * np.linalg.norm(A))
+
+
+def _at_offset(x, offset):
+    """A C-ordered copy of ``x`` whose data start ``offset`` bytes past a 64-byte boundary."""
+    buf = np.empty(x.nbytes + 64 + offset, dtype=np.uint8)
+    start = -buf.ctypes.data % 64 + offset
+    out = buf[start:start + x.nbytes].view(np.float64).reshape(x.shape)
+    out[...] = x
+    return out
+
+
+@pytest.mark.parametrize("offset", [0, 8, 16, 24, 32, 40, 48, 56])
+def test_panel_kernels_do_not_depend_on_alignment(offset):
+    # Same panel values at another address: the same bits out (pickled, so
+    # every array, pair and float of the results is compared). 600 rows span
+    # several _BLOCK-row blocks of the blocked loops.
+    gen = np.random.default_rng(16)
+    A = gen.standard_normal((600, 37)) + 2.0
+    G, P = gen.standard_normal((37, 6)), gen.standard_normal((37, 3))
+
+    def outputs(a):
+        return pickle.dumps([
+            K.panel_stats(a), K.panel_stats(a, True), K.power_leaf(a, G, None),
+            K.power_leaf(a, G, a.mean(axis=0)), K.sketch_leaf(a, G, False, P),
+            K.sketch_leaf(a, G, True, P), K.tsqr_leaf(a, False), K.tsqr_leaf(a, True),
+            K.qr_apply(a, np.eye(37, 2)),
+        ])
+
+    assert outputs(_at_offset(A, offset)) == outputs(A)
 
 
 def test_svd_flip_rows_makes_largest_entry_positive():
