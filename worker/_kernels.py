@@ -43,6 +43,7 @@ __all__ = [
     "sketch_project",
     "sketch_residual",
     "sketch_tall",
+    "sketch_finish",
     "deflated_power_leaf",
     "probe_sumsq",
     "panel_tests",
@@ -931,6 +932,33 @@ def sketch_tall(leaf, wc, uk, const=None):
     if const is not None:
         t += const
     return t
+
+
+def sketch_finish(leaf, wc, b, mu, uk, const=None, c=None, shift=None):
+    """One panel's last steps once B and its SVD are known, in one task.
+
+    :func:`sketch_residual`, :func:`sketch_tall` and (with probes)
+    :func:`probe_sumsq` of the same kept blocks.
+
+    Parameters
+    ----------
+    leaf, wc, b, mu
+        As :func:`sketch_residual`.
+    uk, const
+        As :func:`sketch_tall`.
+    c : ndarray of shape (k, p), optional
+        diag(S) Vᵀ ω of the probes (no probes: None).
+    shift : ndarray of shape (p,), optional
+        μᵀω (centred runs).
+
+    Returns
+    -------
+    dict with ``tall`` (ndarray of shape (rows, k)) and ``small``: the pair
+    (residual :func:`sumsq` pair, :func:`probe_sumsq` result or None).
+    """
+    t = sketch_tall(leaf, wc, uk, const)
+    probe = None if c is None else probe_sumsq(leaf["probe"], t, c, shift)
+    return {"tall": t, "small": (sketch_residual(leaf, wc, b, mu), probe)}
 
 
 # --------------------------------------------------------------------------- small dense helpers

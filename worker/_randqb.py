@@ -49,15 +49,12 @@ import math
 import numpy as np
 
 from ._kernels import (
-    add_sumsq,
     orthonormalize,
     sketch_leaf,
-    sketch_residual,
     sketch_tall,
     sumsq,
-    svd_flip_rows,
 )
-from ._rsvd import power_step, probe_matrix, probe_norms, project_basis
+from ._rsvd import power_step, probe_matrix, project_basis, qb_factors
 from ._run import Factors
 
 __all__ = ["randqb_svd", "energy_rank", "sumsq_ratio"]
@@ -95,29 +92,6 @@ def _range_pass(run, g, pr_h, basis, b_mat):
         first = (g_h, run.center, pr_h)
         return first if basis is None else (*first, basis[i], bg_h)
     return [eng.part(h, 0) for h in run.run_pass("range+project", sketch_leaf, args)]
-
-
-def _qb_factors(run, leaves, ws, b_mat, k, probes):
-    """Rank-k factors of A ≈ QB, the exact ‖A − QB‖²_F and the probe norms.
-
-    Returns
-    -------
-    (tall handles, σ of B, Vᵀ of B, residual sum of squares, probe norms or None)
-    """
-    eng = run.engine
-    b_h, mu_h = eng.scatter(b_mat), eng.scatter(run.shifted_mean if run.center else None)
-    resid = (0, 0.0)
-    for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)
-                            for h, w in zip(leaves, ws)]):
-        resid = add_sumsq(resid, part)
-    u_b, sigma, vt = np.linalg.svd(b_mat, full_matrices=False)
-    u_b, vt = svd_flip_rows(u_b, vt)
-    uk_h = eng.scatter(u_b[:, :k])
-    t = [eng.submit(sketch_tall, h, w, uk_h) for h, w in zip(leaves, ws)]
-    norms = None
-    if probes is not None:
-        norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
-    return t, sigma, vt, resid, norms
 
 
 def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, random_state,
@@ -181,7 +155,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         basis = [eng.submit(sketch_tall, h, w, eye) for h, w in zip(leaves, ws)]
     reached = bool(frac >= energy and r <= min(ell, max_rank))
     k = max(1, min(r, ell, max_rank))
-    t, sigma, vt, resid, norms = _qb_factors(run, leaves, ws, b_mat, k, probes)
+    t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b_mat, k, probes)
     qb = {"energy": float(energy), "max_rank": int(max_rank), "block_size": int(block_size),
           "blocks": blocks, "basis_width": int(ell), "n_iter_per_block": int(n_iter),
           "indicator": float(1.0 - frac), "reached": reached, "history": history,

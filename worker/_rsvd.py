@@ -52,10 +52,9 @@ from ._kernels import (
     orthonormalize,
     power_leaf,
     probe_sumsq,
+    sketch_finish,
     sketch_leaf,
     sketch_project,
-    sketch_residual,
-    sketch_tall,
     svd_flip_rows,
 )
 from ._run import Factors
@@ -197,6 +196,46 @@ def project_basis(run, leaves):
     return b, ws
 
 
+def qb_factors(run, leaves, ws, b, k, probes):
+    """Rank-k factors of A ≈ QB from the blocks kept on the workers, without a pass.
+
+    svd(B) = Ũ Σ Vᵀ here, then one task per panel
+    (:func:`~._kernels.sketch_finish`) forms its rows of U = Q M Ũ_k, its
+    share of the exact ‖A − QB‖²_F and of the probe residuals.
+
+    Parameters
+    ----------
+    leaves : list of handles to :func:`~._kernels.sketch_leaf` results
+    ws : list of each leaf's pair from the downward sweep (:func:`project_basis`)
+    b : ndarray of shape (l, n)
+    k : int
+    probes : ndarray of shape (n, p) or None
+
+    Returns
+    -------
+    (tall handles, σ of B (every one), Vᵀ of B, residual :func:`~._kernels.sumsq`
+    pair, probe norms of shape (p,) or None)
+    """
+    eng = run.engine
+    b_ones, extra = with_ones_direction(b, k, run.center)
+    u_b, sigma, vt = np.linalg.svd(b_ones, full_matrices=False)
+    u_b, vt = svd_flip_rows(u_b, vt)
+    uk, const = split_ones_direction(u_b[:, :k], extra, run.m, run.center)
+    mu = run.shifted_mean if run.center else None
+    c = shift = None
+    if probes is not None:
+        c = (sigma[:k, None] * vt[:k]) @ probes
+        shift = mu @ probes if run.center else None
+    args = [eng.scatter(x) for x in (b, mu, uk, const, c, shift)]
+    done = [eng.submit(sketch_finish, h, w, *args) for h, w in zip(leaves, ws)]
+    small = eng.gather([eng.part(h, "small") for h in done])
+    resid = (0, 0.0)
+    for part, _ in small:
+        resid = add_sumsq(resid, part)
+    norms = None if probes is None else combine_scaled([p for _, p in small])
+    return [eng.part(h, "tall") for h in done], sigma, vt, resid, norms
+
+
 def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
                    compute_u=True):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
@@ -245,21 +284,7 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
             "range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))]
     phase = run.phase("factor", reads=False)
     b, ws = project_basis(run, leaves)
-    mu = run.shifted_mean if run.center else None
-    b_h, mu_h = eng.scatter(b), eng.scatter(mu)
-    resid = (0, 0.0)
-    for part in eng.gather([eng.submit(sketch_residual, h, w, b_h, mu_h)
-                            for h, w in zip(leaves, ws)]):
-        resid = add_sumsq(resid, part)
-    b, extra = with_ones_direction(b, k, run.center)
-    u_b, sigma, vt = np.linalg.svd(b, full_matrices=False)
-    u_b, vt = svd_flip_rows(u_b, vt)
-    uk, const = split_ones_direction(u_b[:, :k], extra, run.m, run.center)
-    uk_h, const_h = eng.scatter(uk), eng.scatter(const)
-    t = [eng.submit(sketch_tall, h, w, uk_h, const_h) for h, w in zip(leaves, ws)]
-    norms = None
-    if probes is not None:
-        norms = probe_norms(run, leaves, t, sigma[:k], vt[:k].T, probes)
+    t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b, k, probes)
     run.tick(phase, 1, 1)
     return Factors(t if compute_u else None, sigma[:k], vt[:k].T, k, sigma_b=sigma,
                    resid_ss=resid, probe_norms=norms, width=ell)

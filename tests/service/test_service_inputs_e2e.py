@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 
-import httpx
 import numpy as np
 import psutil
 import pytest

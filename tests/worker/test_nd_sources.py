@@ -38,7 +38,6 @@ def _field(dims, *, seed=0, land=True, sizes=SIZES):
     Returns the DataArray (dims as given) and the dense masked matrix helpers.
     """
     rng = np.random.default_rng(seed)
-    shape = [sizes[d] for d in dims]
     samples = [d for d in dims if d in ("time", "member")]
     s_shape = [sizes[d] for d in samples]
     f_dims = [d for d in dims if d not in samples]
