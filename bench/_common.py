@@ -130,7 +130,7 @@ def bare_pass(client, path, panel_bytes=None, reader="direct"):
     panels = _panels_for(src, layout.bounds(), engine, sliced=layout.sliced,
                          direct=decodes_directly(src.pin.ref, reader))
     handles = engine.run_pass(Phase("bare", 1, 1), panels, _sum_squares, lambda i: ())
-    return sum(engine.gather([engine.part(h, 0) for h in handles]))
+    return sum(engine.gather(handles))
 
 
 def _sum_squares(block):

@@ -106,8 +106,8 @@ def panel_task(kernel, panel, shift, cache, missing, *args):
     return out, block.shape[0], rows_read, counts
 
 
-#: Picks ``(rows, rows_read)`` out of a panel task's result.
-_COUNTS = slice(1, 3)
+#: Picks ``(rows, rows_read, counts)`` out of a panel task's result.
+_TAIL = slice(1, 4)
 
 
 def _identity(x):
@@ -151,6 +151,7 @@ class _Engine:
         self.timings = {}
         self.events = []
         self.phase = None
+        self.missing_counts = []  # per panel of the last pass (see run_pass)
 
     # interface -----------------------------------------------------------
     def submit(self, fn, *args):  # pragma: no cover - abstract
@@ -191,7 +192,8 @@ class _Engine:
 
     # shared --------------------------------------------------------------
     def part(self, handle, *keys):
-        """Handle to ``handle[k1][k2]...`` (computed where the value lives)."""
+        """Handle to ``handle[k1][k2]...`` (computed where the value lives, before
+        any queued panel task)."""
         return self.submit(_pick, handle, *keys)
 
     def run_pass(self, phase, panels, kernel, args_for, *, shift=None,
@@ -211,37 +213,43 @@ class _Engine:
             Keep decoded panels in worker memory (:mod:`._cache`).
         missing : tuple of float or None
             ``missing="mask"``: markers of missing entries besides NaN
-            (:func:`panel_task`).
+            (:func:`panel_task`); the counts per panel are left in
+            :attr:`missing_counts`.
         on_result : callable, optional
             ``on_result(i, handle)`` as panel ``i`` finishes, before progress
             is reported (used for early NaN detection).
 
         Returns
         -------
-        list of handles to ``(result, rows, rows_read, counts)`` per panel.
+        list of handles to each panel's kernel result.
         """
         t0 = time.perf_counter()
         self.phase = phase
-        handles = [self.submit_panel(i, panel_task, kernel, p, shift, cache,
-                                     missing, *args_for(i))
-                   for i, p in enumerate(panels)]
-        counts = [self.part(h, _COUNTS) for h in handles]
+        tasks = [self.submit_panel(i, panel_task, kernel, p, shift, cache,
+                                   missing, *args_for(i))
+                 for i, p in enumerate(panels)]
+        # Picked out as soon as each panel is done (:meth:`part` runs first), so
+        # a caller's fetch never waits behind the next panel's task.
+        results = [self.part(h, 0) for h in tasks]
+        tails = [self.part(h, _TAIL) for h in tasks]
         try:
-            for done, i in enumerate(self.completed(handles), start=1):
+            for done, i in enumerate(self.completed(tasks), start=1):
                 if on_result is not None:
-                    on_result(i, handles[i])
+                    on_result(i, results[i])
                 if progress is not None:
                     progress(done, len(panels), phase)
-            for rows, read in self.gather(counts):
+            self.missing_counts = []
+            for rows, read, counts in self.gather(tails):
                 self.rows_done += rows
                 self.rows_read += read
+                self.missing_counts.append(counts)
             if cache is not None:
-                self.learn_homes(handles)
+                self.learn_homes(results)
         except BaseException:
-            self.abort(handles + counts)
+            self.abort(tasks + results + tails)
             raise
         self.timings[phase.name] = self.timings.get(phase.name, 0.0) + time.perf_counter() - t0
-        return handles
+        return results
 
     def tree(self, leaves, merge):
         """Binary reduction tree over ``leaves`` in panel order.
@@ -322,15 +330,18 @@ class DaskEngine(_Engine):
         self._empty_since = None
         self.homes = {}
 
-    def submit(self, fn, *args, workers=None):
+    def submit(self, fn, *args, workers=None, priority=0):
         from dask.delayed import Delayed, delayed
 
         if any(isinstance(a, Delayed) for a in args):
             return self.client.compute(delayed(fn, pure=False)(*args))
         if workers:
             return self.client.submit(fn, *args, pure=False, workers=workers,
-                                      allow_other_workers=True)
-        return self.client.submit(fn, *args, pure=False)
+                                      allow_other_workers=True, priority=priority)
+        return self.client.submit(fn, *args, pure=False, priority=priority)
+
+    def part(self, handle, *keys):
+        return self.submit(_pick, handle, *keys, priority=1)
 
     def submit_panel(self, i, fn, *args):
         home = self.homes.get(i)

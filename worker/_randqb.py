@@ -91,7 +91,7 @@ def _range_pass(run, g, pr_h, basis, b_mat):
     def args(i):
         first = (g_h, run.center, pr_h)
         return first if basis is None else (*first, basis[i], bg_h)
-    return [eng.part(h, 0) for h in run.run_pass("range+project", sketch_leaf, args)]
+    return run.run_pass("range+project", sketch_leaf, args)
 
 
 def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, random_state,

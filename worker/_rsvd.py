@@ -172,7 +172,7 @@ def power_step(run, g, deflate=None):
         bg_h, b_h = eng.scatter(b_mat @ g), eng.scatter(b_mat)
         handles = run.run_pass("power", deflated_power_leaf,
                                lambda i: (g_h, mu_h, mu_g, basis[i], bg_h, b_h))
-    return _power_sum(eng.gather([eng.part(h, 0) for h in handles]))
+    return _power_sum(eng.gather(handles))
 
 
 def project_basis(run, leaves):
@@ -280,8 +280,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
         leaves = run.first_pass("range+project", sketch_leaf,
                                 lambda i: (g_h, run.center, pr_h))
     else:
-        leaves = [eng.part(h, 0) for h in run.run_pass(
-            "range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))]
+        leaves = run.run_pass("range+project", sketch_leaf,
+                              lambda i: (g_h, run.center, pr_h))
     phase = run.phase("factor", reads=False)
     b, ws = project_basis(run, leaves)
     t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b, k, probes)

@@ -176,7 +176,7 @@ class Run:
             self.progress(done, total, phase)
 
     def run_pass(self, name, kernel, args_for=lambda i: ()):
-        """A pass over A; returns per-panel handles to ``(result, rows, rows_read, counts)``."""
+        """A pass over A; returns per-panel handles to the kernel's result."""
         if self.center_rows:
             kernel = _RowCentered(kernel)
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
@@ -193,14 +193,12 @@ class Run:
         """
         eng = self.engine
         phase = self.phase(name)
-        stats, counts = {}, {}
+        stats = {}
 
         def check(i, handle):
             # The statistics are small (two n-vectors): fetch them as each
             # panel finishes, so a NaN stops the pass without waiting for it.
-            if self.missing is not None:
-                counts[i] = eng.gather([eng.part(handle, 3)])[0]
-            s = eng.gather([eng.part(handle, 0, "stats")])[0]
+            s = eng.gather([eng.part(handle, "stats")])[0]
             if not s["finite"]:
                 start, stop = self.bounds[i]
                 what = "columns" if self.wide else "rows"
@@ -219,16 +217,16 @@ class Run:
                                cache=self.cache, progress=self.progress, on_result=check,
                                missing=self.missing)
         if self.decide_missing is not None:
-            self.decide_missing([counts.get(i) for i in range(len(handles))])
+            self.decide_missing(list(eng.missing_counts))
         self.panel_stats = [stats[i] for i in range(len(handles))]
         merged = self.panel_stats[0]
         for s in self.panel_stats[1:]:
             merged = merge_stats(merged, s)
         self.stats = merged
         if self.center_rows:
-            means = eng.gather([eng.part(h, 0, "row_means") for h in handles])
+            means = eng.gather([eng.part(h, "row_means") for h in handles])
             self.row_means = np.concatenate(means)
-        return [eng.part(h, 0, "out") for h in handles]
+        return [eng.part(h, "out") for h in handles]
 
     @property
     def shifted_mean(self):

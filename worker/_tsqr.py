@@ -195,12 +195,11 @@ def exact_svd(run, k, *, compute_u=True):
         w = vt[:k].T / s_all[:k]
         mu_w = eng.scatter(run.shifted_mean @ w) if run.center else None
         w = eng.scatter(w)
-        handles = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
-        gemm = [eng.part(h, 0) for h in handles]
+        gemm = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
         _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
         return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
                             u_route="gemm")
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
     handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center))
-    return out._replace(tall=[eng.part(h, 0) for h in handles], u_route="reapply")
+    return out._replace(tall=handles, u_route="reapply")
