@@ -688,15 +688,57 @@ def power_leaf(a, g, mu, mu_g=None):
     dict with ``z`` (ndarray of shape (n, l)) and ``e`` (int): the product is
     ``z·2**e``.
     """
+    if mu is None or mu_g is not None:
+        return _power_blocked(a, g, mu, mu_g)
     y = a @ g
-    if mu is not None:
-        y -= y.mean(axis=0) if mu_g is None else mu_g
+    y -= y.mean(axis=0)
     e = _exponent(y)
     y = _times_pow2(y, -e, out=y)
     z = a.T @ y
-    if mu is not None:
-        z -= np.outer(mu, y.sum(axis=0))
+    z -= np.outer(mu, y.sum(axis=0))
     return {"z": z, "e": e}
+
+
+#: Rows per block of the fused power step: a block of A (512 × n) stays in
+#: cache between its two products, so A streams through memory once.
+_POWER_BLOCK = 512
+
+
+def _power_blocked(a, g, mu, mu_g):
+    """:func:`power_leaf` block by block: y_b = A_b G (− 1μᵀG), z += A_bᵀ y_b.
+
+    Each block's y_b is scaled by its own power of two and the running sum
+    (with Σ y_b for the centring term) is rescaled exactly when a larger
+    one arrives, so no block overflows or underflows. Blocks start at fixed
+    row offsets: the bits depend only on the panel's values.
+    """
+    rows, ell = a.shape[0], g.shape[1]
+    z = np.zeros((a.shape[1], ell))
+    ysum = np.zeros(ell)
+    e = None
+    buf = np.empty((min(_POWER_BLOCK, rows), ell))
+    for s in range(0, rows, _POWER_BLOCK):
+        ab = a[s:s + _POWER_BLOCK]
+        yb = np.matmul(ab, g, out=buf[: ab.shape[0]])
+        if mu_g is not None:
+            yb -= mu_g
+        eb = _exponent(yb)
+        _times_pow2(yb, -eb, out=yb)
+        zb = ab.T @ yb
+        if e is None or eb > e:
+            if e is not None:
+                _times_pow2(z, e - eb, out=z)
+                _times_pow2(ysum, e - eb, out=ysum)
+            e = eb
+        elif eb < e:
+            _times_pow2(zb, eb - e, out=zb)
+            yb = _times_pow2(yb, eb - e)
+        z += zb
+        if mu is not None:
+            ysum += yb.sum(axis=0)
+    if mu is not None:
+        z -= np.outer(mu, ysum)
+    return {"z": z, "e": 0 if e is None else e}
 
 
 def _residual_sumsq(a, q, c):

@@ -163,6 +163,32 @@ def test_power_leaf_centers_implicitly_and_scales():
         np.testing.assert_allclose(got, ref / np.abs(ref).max(), rtol=1e-12, atol=1e-14)
 
 
+def test_power_leaf_blocks_of_very_different_scales():
+    """The blocked power step (512-row blocks, each scaled by its own power of two) on
+    a panel whose blocks range from 1e-150 to 1e150: every block's share survives the
+    rescaling in the exact amount, and the mean-shifted variant matches too."""
+    blocks = [rng.standard_normal((512, 7)) * s for s in (1e-150, 1.0, 1e150, 3.0)]
+    A = np.vstack(blocks + [rng.standard_normal((100, 7))])  # a short last block
+    G = rng.standard_normal((7, 3))
+    mu = rng.standard_normal(7)
+    out = K.power_leaf(A, G, None)
+    # The exact sum, in scaled form: the 1e150 block dominates; the others are
+    # below its rounding (1e150² · ε ≫ 1) and must neither overflow nor be NaN.
+    big = blocks[2] / 1e150
+    want = big.T @ (big @ G)  # × 1e300
+    got = np.ldexp(out["z"], out["e"]) / 1e300
+    # Each entry is a sum of 512 products: 512·ε·max relative to the largest entry.
+    np.testing.assert_allclose(got, want, rtol=0, atol=512 * 2.3e-16 * np.abs(want).max())
+    # Moderate scales: all blocks count, with the centring term.
+    A2 = np.vstack([rng.standard_normal((512, 7)) * s for s in (1e-3, 1.0, 1e3)])
+    C = A2 - mu
+    z = K.power_leaf(A2, G, mu, mu @ G)
+    # 1536 rows of terms up to 1e6·|G|: 1536·ε relative to the largest entry.
+    ref = C.T @ (C @ G)
+    np.testing.assert_allclose(np.ldexp(z["z"], z["e"]), ref, rtol=0,
+                               atol=1536 * 2.3e-16 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("center", [False, True])
 def test_sketch_kernels_give_b_and_the_exact_residual(center):
     A = rng.standard_normal((120, 10)) + (7.0 if center else 0.0)
