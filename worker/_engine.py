@@ -160,9 +160,14 @@ class _Engine:
     def gather(self, handles):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def completed(self, handles):  # pragma: no cover - abstract
-        """Yield indices of ``handles`` as they finish."""
+    def finished(self, handles):  # pragma: no cover - abstract
+        """Yield lists of indices of ``handles`` as they finish (each list in order)."""
         raise NotImplementedError
+
+    def completed(self, handles):
+        """Yield indices of ``handles`` as they finish."""
+        for batch in self.finished(handles):
+            yield from batch
 
     def abort(self, handles):
         """Stop work that is no longer wanted (cancellation, errors)."""
@@ -190,6 +195,15 @@ class _Engine:
         """The smallest worker memory limit in bytes, or None (unknown or unlimited)."""
         return None
 
+    def peek(self, handles, *keys):
+        """Values of ``handle[k1][k2]...`` for each handle, fetching only those parts.
+
+        Returns
+        -------
+        list, one value per handle.
+        """
+        return [_pick(v, *keys) for v in self.gather(handles)]
+
     # shared --------------------------------------------------------------
     def part(self, handle, *keys):
         """Handle to ``handle[k1][k2]...`` (computed where the value lives, before
@@ -216,8 +230,10 @@ class _Engine:
             (:func:`panel_task`); the counts per panel are left in
             :attr:`missing_counts`.
         on_result : callable, optional
-            ``on_result(i, handle)`` as panel ``i`` finishes, before progress
-            is reported (used for early NaN detection).
+            ``on_result(indices, handles)`` as panels finish (a batch: those
+            found finished together, in panel order, with handles to their
+            tasks' ``(result, rows, rows_read, counts)``), before progress is
+            reported (early NaN detection).
 
         Returns
         -------
@@ -231,22 +247,24 @@ class _Engine:
         # Picked out as soon as each panel is done (:meth:`part` runs first), so
         # a caller's fetch never waits behind the next panel's task.
         results = [self.part(h, 0) for h in tasks]
-        tails = [self.part(h, _TAIL) for h in tasks]
         try:
-            for done, i in enumerate(self.completed(tasks), start=1):
+            done = 0
+            for batch in self.finished(tasks):
                 if on_result is not None:
-                    on_result(i, results[i])
-                if progress is not None:
-                    progress(done, len(panels), phase)
+                    on_result(batch, [tasks[i] for i in batch])
+                for _ in batch:
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(panels), phase)
             self.missing_counts = []
-            for rows, read, counts in self.gather(tails):
+            for rows, read, counts in self.peek(tasks, _TAIL):
                 self.rows_done += rows
                 self.rows_read += read
                 self.missing_counts.append(counts)
             if cache is not None:
                 self.learn_homes(results)
         except BaseException:
-            self.abort(tasks + results + tails)
+            self.abort(tasks + results)
             raise
         self.timings[phase.name] = self.timings.get(phase.name, 0.0) + time.perf_counter() - t0
         return results
@@ -288,10 +306,10 @@ class LocalEngine(_Engine):
     def gather(self, handles):
         return [h.get() if isinstance(h, _Lazy) else h for h in handles]
 
-    def completed(self, handles):
+    def finished(self, handles):
         for i, h in enumerate(handles):
             h.get()
-            yield i
+            yield [i]
 
 
 #: Seconds one batched fetch of finished futures may take before the engine
@@ -360,6 +378,26 @@ class DaskEngine(_Engine):
             if addrs:
                 self.homes[i] = sorted(addrs)[0]
 
+    def peek(self, handles, *keys):
+        # Read the parts where the values live (one call to every worker, no
+        # task per part); a value not found in any worker's memory (in
+        # flight, or recomputed after a worker left) is fetched by a task.
+        if not handles:
+            return []
+        want = [h.key for h in handles]
+        try:
+            found = {}
+            for got in self.client.run(_peek_local, want, keys).values():
+                found.update(got)
+        except Exception:  # noqa: BLE001 - fall back to tasks below
+            found = {}
+        out = [found.get(k, _MISSING) for k in want]
+        lost = [i for i, v in enumerate(out) if v is _MISSING]
+        if lost:
+            for i, v in zip(lost, self.gather([self.part(handles[i], *keys) for i in lost])):
+                out[i] = v
+        return out
+
     def memory_limit(self):
         try:
             workers = self.client.scheduler_info(n_workers=-1)["workers"]
@@ -406,7 +444,7 @@ class DaskEngine(_Engine):
                 del pending[i]
         return out
 
-    def completed(self, handles):
+    def finished(self, handles):
         remaining = dict(enumerate(handles))
         while remaining:
             # "lost" futures are being recomputed by the scheduler: still pending.
@@ -416,6 +454,7 @@ class DaskEngine(_Engine):
                 self._watch()
                 time.sleep(self.poll)
                 continue
+            batch = []
             for i in sorted(done):
                 fut = remaining.pop(i)
                 if fut.status != "finished":
@@ -427,7 +466,9 @@ class DaskEngine(_Engine):
                         continue
                     except Exception as exc:  # noqa: BLE001
                         _reraise(exc)
-                yield i
+                batch.append(i)
+            if batch:
+                yield batch
 
     def _watch(self):
         """Note departed workers; give up when none is left for too long."""
@@ -472,6 +513,21 @@ class DaskEngine(_Engine):
 
     def put(self, value):
         return self.client.scatter(value, broadcast=False, hash=False)
+
+
+_MISSING = object()
+
+
+def _peek_local(dask_worker, keys, path):
+    """On a worker (``client.run``): ``value[path]`` of each of ``keys`` it holds in memory."""
+    out = {}
+    for key in keys:
+        try:
+            value = dask_worker.data[key]
+        except KeyError:
+            continue
+        out[key] = _pick(value, *path)
+    return out
 
 
 def _reraise(exc):

@@ -195,20 +195,20 @@ class Run:
         phase = self.phase(name)
         stats = {}
 
-        def check(i, handle):
-            # The statistics are small (two n-vectors): fetch them as each
-            # panel finishes, so a NaN stops the pass without waiting for it.
-            s = eng.gather([eng.part(handle, "stats")])[0]
-            if not s["finite"]:
-                start, stop = self.bounds[i]
-                what = "columns" if self.wide else "rows"
-                raise NonFiniteError(
-                    f"the matrix holds NaN or Inf values in {what} {start}:{stop} "
-                    f"(panel {i + 1} of {len(self.panels)}); clean or impute them, then resubmit "
-                    "(features missing in every sample, such as land in an ocean field, are "
-                    "dropped with missing='mask').",
-                    rows=(start, stop))
-            stats[i] = s
+        def check(indices, handles):
+            # The statistics are small (two n-vectors): fetch them as panels
+            # finish, so a NaN stops the pass without waiting for the rest.
+            for i, s in zip(indices, eng.peek(handles, 0, "stats")):
+                if not s["finite"]:
+                    start, stop = self.bounds[i]
+                    what = "columns" if self.wide else "rows"
+                    raise NonFiniteError(
+                        f"the matrix holds NaN or Inf values in {what} {start}:{stop} "
+                        f"(panel {i + 1} of {len(self.panels)}); clean or impute them, then "
+                        "resubmit (features missing in every sample, such as land in an ocean "
+                        "field, are dropped with missing='mask').",
+                        rows=(start, stop))
+                stats[i] = s
 
         handles = eng.run_pass(phase, self.panels,
                                with_stats(kernel, center=self.center, local_mean=local_mean,
