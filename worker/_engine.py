@@ -518,7 +518,7 @@ class DaskEngine(_Engine):
 _MISSING = object()
 
 
-def _peek_local(dask_worker, keys, path):
+def _peek_local(keys, path, dask_worker=None):
     """On a worker (``client.run``): ``value[path]`` of each of ``keys`` it holds in memory."""
     out = {}
     for key in keys:

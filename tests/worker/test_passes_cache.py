@@ -80,3 +80,21 @@ def test_exact_u_route_switches_at_its_bound(dask_client, cond, route):
     ref_u = np.linalg.svd(A, full_matrices=False)[0][:, :8]
     align = np.abs(np.sum(np.asarray(res.U) * ref_u, axis=0))
     assert np.all(np.abs(1 - align) <= 100 * np.sqrt(30) * np.finfo(float).eps * cond)
+
+
+def test_engine_reads_small_parts_where_they_live(dask_client):
+    """A pass's tallies and pass-1 statistics are read in the workers' memory
+    (one call per batch), not fetched by a task per panel: no fallback task runs."""
+    from svdserve.worker._engine import DaskEngine
+
+    eng = DaskEngine(dask_client)
+    handles = [dask_client.submit(lambda i: ({"stats": i, "big": np.zeros(10)}, i, 2 * i), i,
+                                  pure=False) for i in range(6)]
+    list(eng.completed(handles))
+
+    def no_task(*_args):
+        raise AssertionError("peek fell back to a task")
+
+    eng.part = no_task
+    assert eng.peek(handles, 0, "stats") == list(range(6))
+    assert eng.peek(handles, slice(1, 3)) == [(i, 2 * i) for i in range(6)]
