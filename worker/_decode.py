@@ -44,14 +44,54 @@ class _Decoder:
         self.codec, self.dtype, self.chunks, self.fill = codec, dtype, chunks, fill
 
     def decode(self, raw, out):
+        """Decode ``raw`` into ``out``; a chunk that does not decode to exactly
+        ``out.nbytes`` bytes raises ``ValueError`` (never a partly filled ``out``)."""
         if self.codec is None:
-            if len(raw) != out.nbytes:
-                raise ValueError(f"{len(raw)} bytes stored, {out.nbytes} expected")
+            _check_size(len(raw), out)
             out.view(np.uint8).reshape(-1)[:] = np.frombuffer(raw, dtype=np.uint8)
             return
-        got = self.codec.decode(raw, out=out)
-        if np.asarray(got).nbytes != out.nbytes:
-            raise ValueError(f"decoded {np.asarray(got).nbytes} bytes, {out.nbytes} expected")
+        declared = _declared_size(self.codec, raw)
+        if declared is not None:  # the header says how much it holds: decode in place
+            _check_size(declared, out)
+            self.codec.decode(raw, out=out)
+            return
+        got = np.frombuffer(memoryview(self.codec.decode(raw)).cast("B"), dtype=np.uint8)
+        _check_size(got.nbytes, out)
+        out.view(np.uint8).reshape(-1)[:] = got
+
+
+def _check_size(nbytes, out):
+    if nbytes != out.nbytes:
+        raise ValueError(f"the chunk holds {nbytes} bytes decoded, {out.nbytes} expected")
+
+
+#: The zstd frame magic number (RFC 8878 §3.1.1).
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _declared_size(codec, raw):
+    """Decoded size a zstd frame or blosc buffer declares in its header, else None.
+
+    Decoding into a buffer larger than the data would leave its tail as it
+    was, so the in-place path is taken only when the header gives the size:
+    zstd's Frame_Content_Size (RFC 8878 §3.1.1.1; a single frame, as zarr
+    writes) or blosc's ``nbytes`` (bytes 4–7 of its header).
+    """
+    from numcodecs import Blosc, Zstd
+
+    head = bytes(memoryview(raw)[:18])
+    if isinstance(codec, Blosc):
+        return int.from_bytes(head[4:8], "little") if len(head) >= 16 else None
+    if not isinstance(codec, Zstd) or len(head) < 6 or head[:4] != _ZSTD_MAGIC:
+        return None
+    fhd = head[4]
+    single = (fhd >> 5) & 1
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]
+    width = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    if width == 0 or len(head) < pos + width:
+        return None
+    size = int.from_bytes(head[pos:pos + width], "little")
+    return size + 256 if width == 2 else size
 
 
 def _v3_codec(codecs):

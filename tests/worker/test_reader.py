@@ -110,6 +110,25 @@ def test_corrupt_chunk_is_named(tmp_path):
         read_box(pin.ref, dict(pin.panel_expect(0, M, False)), slice(0, M), slice(0, N))
 
 
+@pytest.mark.parametrize("codec, numcodec", [(ZstdCodec(), ZstdV2()), (GzipCodec(), GZipV2()),
+                                             (BloscCodec(cname="lz4"), None)],
+                         ids=["zstd", "gzip", "blosc"])
+def test_chunk_of_the_wrong_size_is_refused_not_half_filled(tmp_path, codec, numcodec):
+    """A chunk whose bytes decode to fewer values than the chunk shape (rewritten by
+    hand, then pinned as it is) fails by name; the panel is never left half filled."""
+    from numcodecs import Blosc
+
+    a = _data("float64")
+    path = _write(tmp_path / "A.zarr", a, (40, 37), 3, {"compressors": codec})
+    short = np.arange(40 * 37 - 5, dtype="<f8")
+    numcodec = numcodec or Blosc(cname="lz4", typesize=8)
+    with open(os.path.join(path, "c", "1", "0"), "wb") as fh:
+        fh.write(numcodec.encode(short))
+    pin = pin_source(path)
+    with pytest.raises(StorageError, match=r"chunk 'c/1/0'.*rows 40:80.*11840 expected"):
+        read_box(pin.ref, dict(pin.panel_expect(0, M, False)), slice(0, M), slice(0, N))
+
+
 @pytest.mark.parametrize("method", ["exact", "randomized"])
 def test_svd_same_bits_with_either_reader(tmp_path, method, dask_client):
     a = _data("float64")[:, :12] @ np.diag(np.logspace(0, -3, 12))  # finite scales for an SVD
