@@ -519,14 +519,18 @@ _MISSING = object()
 
 
 def _peek_local(keys, path, dask_worker=None):
-    """On a worker (``client.run``): ``value[path]`` of each of ``keys`` it holds in memory."""
+    """On a worker (``client.run``): ``value[path]`` of each of ``keys`` it holds in memory.
+
+    Values Dask spilled to disk are skipped (the caller fetches those by a
+    task): reading one here would load it back into memory whole, on a
+    worker that spilled it for want of memory.
+    """
+    data = dask_worker.data
+    fast = getattr(data, "fast", data)  # SpillBuffer: the in-memory part
     out = {}
     for key in keys:
-        try:
-            value = dask_worker.data[key]
-        except KeyError:
-            continue
-        out[key] = _pick(value, *path)
+        if key in fast:
+            out[key] = _pick(fast[key], *path)
     return out
 
 
