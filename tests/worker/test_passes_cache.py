@@ -98,3 +98,21 @@ def test_engine_reads_small_parts_where_they_live(dask_client):
     eng.part = no_task
     assert eng.peek(handles, 0, "stats") == list(range(6))
     assert eng.peek(handles, slice(1, 3)) == [(i, 2 * i) for i in range(6)]
+
+
+def test_peek_leaves_spilled_values_on_disk(tmp_path):
+    """A value Dask spilled is not read back into memory by a peek (the caller
+    fetches it by a task instead): on a tight worker that would undo the spill."""
+    from types import SimpleNamespace
+
+    from distributed.spill import SpillBuffer
+
+    from svdserve.worker._engine import _peek_local
+
+    data = SpillBuffer(str(tmp_path), target=10_000)
+    data["small"] = (1, 2)
+    data["big"] = (np.zeros(100_000), 3)  # over the target: spilled to disk at once
+    assert "big" in data.slow and "big" not in data.fast
+    got = _peek_local(["small", "big"], (1,), dask_worker=SimpleNamespace(data=data))
+    assert got == {"small": 2}
+    assert "big" not in data.fast  # still on disk
