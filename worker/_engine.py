@@ -195,6 +195,9 @@ class _Engine:
         """The smallest worker memory limit in bytes, or None (unknown or unlimited)."""
         return None
 
+    def check_members(self):
+        """Note workers that left since the last check (in :attr:`events`)."""
+
     def peek(self, handles, *keys):
         """Values of ``handle[k1][k2]...`` for each handle, fetching only those parts.
 
@@ -241,6 +244,7 @@ class _Engine:
         """
         t0 = time.perf_counter()
         self.phase = phase
+        self.check_members()
         tasks = [self.submit_panel(i, panel_task, kernel, p, shift, cache,
                                    missing, *args_for(i))
                  for i, p in enumerate(panels)]
@@ -263,6 +267,7 @@ class _Engine:
                 self.missing_counts.append(counts)
             if cache is not None:
                 self.learn_homes(results)
+            self.check_members()
         except BaseException:
             self.abort(tasks + results)
             raise
@@ -470,10 +475,17 @@ class DaskEngine(_Engine):
             if batch:
                 yield batch
 
-    def _watch(self):
-        """Note departed workers; give up when none is left for too long."""
+    def check_members(self):
+        self._watch(force=True)
+
+    def _watch(self, force=False):
+        """Note departed workers; give up when none is left for too long.
+
+        At most once a second while waiting; ``force`` (at each pass's start
+        and end) checks now, so a worker lost in a short pass is still noted.
+        """
         now = time.monotonic()
-        if now - self._checked < 1.0:
+        if not force and now - self._checked < 1.0:
             return
         self._checked = now
         try:

@@ -63,8 +63,9 @@ def api(topo):
 
 @pytest.fixture(scope="module")
 def matrix(topo, api):
-    """12,000 × 40 in 300-row chunks: 40 panels (a job of several seconds)."""
-    A = make_matrix()
+    """120,000 × 40 in 300-row chunks: 400 panels, so that pass 1 lasts long enough
+    (about a second) for a worker to be killed in the middle of it."""
+    A = make_matrix(120_000)
     url = api.upload(A, str(topo.volumes["data"] / "many-panels.zarr"), chunks=CHUNK_ROWS)
     return A, url
 
