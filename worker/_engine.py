@@ -455,8 +455,8 @@ class DaskEngine(_Engine):
             # "lost" futures are being recomputed by the scheduler: still pending.
             done = [i for i, f in remaining.items()
                     if f.status in ("finished", "error", "cancelled")]
+            self._watch()  # at most once a second: who joined, who left
             if not done:
-                self._watch()
                 time.sleep(self.poll)
                 continue
             batch = []
