@@ -489,11 +489,16 @@ class DaskEngine(_Engine):
             return
         self._checked = now
         try:
-            workers = set(self.client.scheduler_info(n_workers=-1)["workers"])
+            info = self.client.scheduler_info(n_workers=-1)
         except TypeError:  # older signature
-            workers = set(self.client.scheduler_info()["workers"])
+            info = self.client.scheduler_info()
         except Exception as exc:  # noqa: BLE001 - the scheduler is gone
             _reraise(exc)
+        if "workers" not in info:  # the client holds no scheduler identity: disconnected
+            raise WorkerLostError("lost contact with the Dask scheduler (the client is no "
+                                  "longer connected to it); check that the cluster is up, "
+                                  "then resubmit.")
+        workers = set(info["workers"])
         if self._workers is not None:
             for addr in sorted(self._workers - workers):
                 where = f" during {self.phase}" if self.phase else ""
