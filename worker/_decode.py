@@ -46,18 +46,16 @@ class _Decoder:
     def decode(self, raw, out):
         """Decode ``raw`` into ``out``; a chunk that does not decode to exactly
         ``out.nbytes`` bytes raises ``ValueError`` (never a partly filled ``out``)."""
-        if self.codec is None:
-            _check_size(len(raw), out)
-            out.view(np.uint8).reshape(-1)[:] = np.frombuffer(raw, dtype=np.uint8)
-            return
-        declared = _declared_size(self.codec, raw)
-        if declared is not None:  # the header says how much it holds: decode in place
-            _check_size(declared, out)
-            self.codec.decode(raw, out=out)
-            return
-        got = np.frombuffer(memoryview(self.codec.decode(raw)).cast("B"), dtype=np.uint8)
-        _check_size(got.nbytes, out)
-        out.view(np.uint8).reshape(-1)[:] = got
+        if self.codec is not None:
+            declared = _declared_size(self.codec, raw)
+            if declared is not None:  # the header says how much it holds: decode in place
+                _check_size(declared, out)
+                self.codec.decode(raw, out=out)
+                return
+            raw = self.codec.decode(raw)
+        data = np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
+        _check_size(data.nbytes, out)
+        out.view(np.uint8).reshape(-1)[:] = data
 
 
 def _check_size(nbytes, out):
@@ -145,10 +143,10 @@ def _remote_whole(ref, expect, keys):
     from ._pin import _missing_message, _change_message, _remote_fs
 
     fs, path = _remote_fs(ref)
-    got = fs.cat([f"{path}/{key}" for key in keys], on_error="return")
+    got = fs.cat([f"{path}/{key}" for key in keys], on_error="return")  # a list: a dict back
     out = []
     for key in keys:
-        data = got.get(f"{path}/{key}") if isinstance(got, dict) else got
+        data = got[f"{path}/{key}"]
         if isinstance(data, FileNotFoundError):
             where, stamp = expect[key]
             if stamp == "" and ref.allow_missing:
@@ -163,38 +161,33 @@ def _remote_whole(ref, expect, keys):
     return out
 
 
-def read_box(ref, expect, rows, cols, decoder=None):
+def read_box(ref, expect, rows, cols):
     """Rows ``rows`` and columns ``cols`` (slices) of a pinned 2-D array, decoded directly.
 
     Parameters
     ----------
     ref : SourceRef
+        Its chunks must have a :func:`chunk_decoder`.
     expect : dict
         Chunk key to ``((i, j), stamp)`` for every chunk the box touches.
     rows, cols : slice
-    decoder : _Decoder, optional
-        From :func:`chunk_decoder` of the pinned metadata (looked up if omitted).
 
     Returns
     -------
     ndarray of shape (rows, cols), float64, C order
     """
-    from ._pin import _local_get_ranges, _meta_of, chunk_region
+    from ._pin import _local_get_ranges, _meta_of, box_cells, chunk_region
 
     meta = _meta_of(ref)
-    dec = decoder or chunk_decoder(meta)
-    (r0, r1), (c0, c1) = (rows.start, rows.stop), (cols.start, cols.stop)
+    dec = chunk_decoder(meta)
     cm, cn = dec.chunks
-    out = np.empty((r1 - r0, c1 - c0))
-    cells = [(i, j) for i in range(r0 // cm, -(-r1 // cm)) for j in range(c0 // cn, -(-c1 // cn))]
-    keys = [meta.encode_chunk_key(cell) for cell in cells]
+    out = np.empty((rows.stop - rows.start, cols.stop - cols.start))
+    cells = list(box_cells(rows, cols, (cm, cn)))
+    keys = [meta.encode_chunk_key(cell) for cell, _, _ in cells]
     fetched = _remote_whole(ref, expect, keys) if ref.remote else None
     scratch = None
-    direct_ok = dec.dtype == out.dtype  # native float64: decode in place
-    for n_cell, ((i, j), key) in enumerate(zip(cells, keys)):
-        a0, a1 = max(r0, i * cm) - i * cm, min(r1, (i + 1) * cm) - i * cm
-        b0, b1 = max(c0, j * cn) - j * cn, min(c1, (j + 1) * cn) - j * cn
-        dst = out[i * cm + a0 - r0:i * cm + a1 - r0, j * cn + b0 - c0:j * cn + b1 - c0]
+    for n_cell, (((i, j), (a0, a1, b0, b1), at), key) in enumerate(zip(cells, keys)):
+        dst = out[at]
         if fetched is not None:
             raw = fetched[n_cell]
         else:
@@ -203,7 +196,8 @@ def read_box(ref, expect, rows, cols, decoder=None):
         if raw is None:  # missing at rest, allowed: the fill value
             dst[...] = dec.fill if dec.fill is not None else 0
             continue
-        whole = direct_ok and (a0, a1, b0, b1) == (0, cm, 0, cn) and cn == c1 - c0
+        # A whole chunk spanning the box's width is contiguous in ``out``: decode in place.
+        whole = dec.dtype == out.dtype and (a0, a1, b0, b1) == (0, cm, 0, cn) and cn == out.shape[1]
         try:
             if whole:
                 dec.decode(raw, dst)

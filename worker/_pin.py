@@ -1134,27 +1134,52 @@ def read_slices(ref, expect, rows, cols):
     meta = _meta_of(ref)
     dt = raw_dtype(meta)
     isz = dt.itemsize
-    (r0, r1), (c0, c1) = (rows.start, rows.stop), (cols.start, cols.stop)
     cm, cn = ref.key_chunks
-    out = np.empty((r1 - r0, c1 - c0), dtype=dt.newbyteorder("="))
+    out = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=dt.newbyteorder("="))
     get = _remote_get_ranges if ref.remote else _local_get_ranges
+    for cell, (a0, a1, b0, b1), at in box_cells(rows, cols, (cm, cn)):
+        dst = out[at]
+        whole_rows = 2 * (b1 - b0) >= cn
+        spans = ([(a0 * cn * isz, a1 * cn * isz)] if whole_rows
+                 else [((a * cn + b0) * isz, (a * cn + b1) * isz) for a in range(a0, a1)])
+        key = meta.encode_chunk_key(cell)
+        if ref.remote:
+            got = get(ref, expect, key, spans)
+        else:
+            got = get(ref, expect, key, [RangeByteRequest(a, b) for a, b in spans])
+        if got is None:
+            dst[...] = meta.fill_value if meta.fill_value is not None else 0
+        elif whole_rows:
+            dst[...] = np.frombuffer(got[0], dtype=dt).reshape(a1 - a0, cn)[:, b0:b1]
+        else:
+            dst[...] = np.frombuffer(b"".join(got), dtype=dt).reshape(a1 - a0, b1 - b0)
+    return out
+
+
+def box_cells(rows, cols, chunks):
+    """The chunks a box touches, row-major, and what of each.
+
+    Parameters
+    ----------
+    rows, cols : slice
+        The box, in array coordinates.
+    chunks : (int, int)
+        Chunk shape ``(cm, cn)``.
+
+    Yields
+    ------
+    cell : (int, int)
+        Chunk index.
+    within : (a0, a1, b0, b1)
+        Rows ``a0:a1`` and columns ``b0:b1`` of the chunk inside the box.
+    at : (slice, slice)
+        Where they go in an array holding the box.
+    """
+    (r0, r1), (c0, c1), (cm, cn) = (rows.start, rows.stop), (cols.start, cols.stop), chunks
     for i in range(r0 // cm, -(-r1 // cm)):
         a0, a1 = max(r0, i * cm) - i * cm, min(r1, (i + 1) * cm) - i * cm
         for j in range(c0 // cn, -(-c1 // cn)):
             b0, b1 = max(c0, j * cn) - j * cn, min(c1, (j + 1) * cn) - j * cn
-            dst = out[i * cm + a0 - r0:i * cm + a1 - r0, j * cn + b0 - c0:j * cn + b1 - c0]
-            whole_rows = 2 * (b1 - b0) >= cn
-            spans = ([(a0 * cn * isz, a1 * cn * isz)] if whole_rows
-                     else [((a * cn + b0) * isz, (a * cn + b1) * isz) for a in range(a0, a1)])
-            key = meta.encode_chunk_key((i, j))
-            if ref.remote:
-                got = get(ref, expect, key, spans)
-            else:
-                got = get(ref, expect, key, [RangeByteRequest(a, b) for a, b in spans])
-            if got is None:
-                dst[...] = meta.fill_value if meta.fill_value is not None else 0
-            elif whole_rows:
-                dst[...] = np.frombuffer(got[0], dtype=dt).reshape(a1 - a0, cn)[:, b0:b1]
-            else:
-                dst[...] = np.frombuffer(b"".join(got), dtype=dt).reshape(a1 - a0, b1 - b0)
-    return out
+            yield ((i, j), (a0, a1, b0, b1),
+                   (slice(i * cm + a0 - r0, i * cm + a1 - r0),
+                    slice(j * cn + b0 - c0, j * cn + b1 - c0)))
