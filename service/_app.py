@@ -71,7 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(os.makedirs, os.path.dirname(db) or ".", exist_ok=True)
         if not settings.results_root.startswith("s3://"):
             await asyncio.to_thread(os.makedirs, settings.results_root, exist_ok=True)
-        store = await asyncio.to_thread(JobStore, db, feed.notify_threadsafe)
+        store = await asyncio.to_thread(
+            JobStore, db, feed.notify_threadsafe,
+            tenant_queued=settings.max_queued_jobs_per_tenant,
+            tenant_running=settings.max_running_jobs_per_tenant)
         options = settings.fs_options()
         sandbox = Sandbox(settings.data_roots, storage_options=options, forbidden=[
             settings.results_root, db, db + "-wal", db + "-shm", db + "-journal"])
@@ -97,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="svdserve", version=svdserve.__version__, description=_DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
-    app.state.auth = TokenAuth(settings.tenant_tokens())
+    app.state.auth = TokenAuth(settings.tenant_tokens(), settings.metrics_token
+                               and settings.metrics_token.get_secret_value())
     _problems.install(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)

@@ -10,7 +10,6 @@ are spawned, so this module only starts serving under
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 __all__ = ["serve_main", "build_parser"]
@@ -38,6 +37,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from ._app import create_app
+    from ._logs import configure_logging
     from ._settings import Settings
 
     try:
@@ -49,11 +49,12 @@ def serve_main(argv: list[str] | None = None) -> int:
                                    ("log_level", args.log_level)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
+    # JSON: uvicorn's own loggers propagate to the root's JSON handler.
+    extra = {"log_config": None} if settings.log_format == "json" else {}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5, lifespan="on")
+                timeout_graceful_shutdown=5, lifespan="on", **extra)
     return 0
 
 
