@@ -552,11 +552,18 @@ class _Transaction:
         touched: set[str] = set()
         try:
             if exc_type is None:
-                store._db.execute("COMMIT")
+                try:
+                    store._db.execute("COMMIT")
+                except sqlite3.Error:
+                    # e.g. SQLITE_FULL: a failed COMMIT may leave the transaction
+                    # open, and every later BEGIN would fail; end it.
+                    _rollback(store._db)
+                    store._touched = set()
+                    raise
                 touched, store._touched = store._touched, set()
                 store._committed(touched)
             else:
-                store._db.execute("ROLLBACK")
+                _rollback(store._db)
                 store._touched = set()
         finally:
             try:
@@ -564,3 +571,12 @@ class _Transaction:
             finally:
                 store._lock.release()
         store._changed(touched)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if any (SQLite may have rolled it back itself)."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
