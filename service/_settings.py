@@ -145,10 +145,10 @@ class Settings(BaseSettings):
         embedded cluster always uses TLS with a temporary certificate.
     task_deadline : float, default=60
         Floor of the deadline of a pass: when no panel task finishes for
-        ``max(task_deadline, task_deadline_factor x the longest a panel has
-        taken so far in the job)`` seconds, the workers holding the pass's
-        unfinished tasks are retired as lost (a hung, e.g. SIGSTOPped,
-        worker) and their tasks recompute elsewhere.
+        ``max(task_deadline, task_deadline_factor x the median time between
+        two task completions so far in the job)`` seconds, the workers that do
+        not answer a ping (a hung, e.g. SIGSTOPped, worker) are retired as
+        lost and their tasks recompute elsewhere.
     task_deadline_factor : float, default=10
     state_retry_max : float, default=5
         Longest pause between two tries of a job-state write the database

@@ -272,9 +272,9 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     task_deadline : float, optional
         Floor of the deadline of a wait on the cluster (Dask only): when no
         task finishes for ``max(task_deadline, task_deadline_factor × the
-        longest a task took so far)`` seconds, workers that do not answer a
-        ping (hung, e.g. stopped) are retired as lost; their tasks recompute
-        elsewhere (noted in ``res.events``). None: no deadline.
+        median time between two task completions)`` seconds, workers that
+        do not answer a ping (hung, e.g. stopped) are retired as lost; their
+        tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
     task_deadline_factor : float, default=10
 
     Returns

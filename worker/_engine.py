@@ -16,7 +16,9 @@ Each panel task returns ``(result, rows, rows_read, missing)``;
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 
 from . import _cache
 from ._errors import WorkerLostError, map_exception
@@ -342,10 +344,11 @@ class DaskEngine(_Engine):
         (the caller releases the outstanding futures).
     task_deadline : float, optional
         Floor of the deadline (seconds) of a wait in which no task finishes;
-        the deadline is ``max(task_deadline, deadline_factor * slowest)``
-        with ``slowest`` the longest wait for a task to finish so far. Past
-        it, workers that do not answer a ping within :data:`PING_TIMEOUT` are
-        retired as lost (:meth:`_retire_hung`). None: no deadline.
+        the deadline is ``max(task_deadline, deadline_factor * cost)`` with
+        ``cost`` the median time between two task completions so far. Past
+        it, workers that do not answer a ping within a quarter of the deadline
+        (2 to :data:`PING_TIMEOUT` seconds) are retired as lost, unless none
+        answers (:meth:`_retire_hung`). None: no deadline.
     deadline_factor : float, default=10
 
     Attributes
@@ -364,7 +367,7 @@ class DaskEngine(_Engine):
         self.interrupt = interrupt
         self.task_deadline = None if task_deadline is None else float(task_deadline)
         self.deadline_factor = float(deadline_factor)
-        self.slowest = 0.0  # longest wait for a task to finish so far (the measured cost)
+        self.gaps = deque(maxlen=1024)  # seconds between task completions (the measured cost)
         self.events = []
         self.phase = None
         self._workers = None
@@ -484,7 +487,8 @@ class DaskEngine(_Engine):
                 time.sleep(self.poll)
                 continue
             now = time.monotonic()
-            self.slowest, since = max(self.slowest, now - since), now
+            self.gaps.append(now - since)
+            since = now
             batch = []
             for i in sorted(done):
                 fut = remaining.pop(i)
@@ -508,7 +512,8 @@ class DaskEngine(_Engine):
         """Seconds a wait may go without any task finishing (None: no deadline)."""
         if self.task_deadline is None:
             return None
-        return max(self.task_deadline, self.deadline_factor * self.slowest)
+        cost = statistics.median(self.gaps) if self.gaps else 0.0
+        return max(self.task_deadline, self.deadline_factor * cost)
 
     def _tick(self, since):
         """One check while nothing finishes: the interrupt, then the deadline.
@@ -527,7 +532,12 @@ class DaskEngine(_Engine):
         """Retire workers that do not answer a ping: a hung worker holds its tasks forever
         (the scheduler notices a stopped process only when its heartbeat times out)."""
         try:
-            hung = self.client.run_on_scheduler(_unresponsive_workers, PING_TIMEOUT)
+            ping = min(PING_TIMEOUT, max(2.0, limit / 4))
+            hung, n_workers = self.client.run_on_scheduler(_unresponsive_workers, ping)
+            if len(hung) >= n_workers:
+                # No worker answers: a pause of the whole cluster (or of this
+                # machine), not one hung worker; nobody would be left to recompute.
+                return
             if hung:
                 self.client.run_on_scheduler(_remove_workers, hung)
         except Exception as exc:  # noqa: BLE001 - the scheduler is gone
@@ -634,7 +644,8 @@ def run_on_workers(client, fn, *args, workers=None, timeout=PING_TIMEOUT):
 
 
 async def _unresponsive_workers(timeout, dask_scheduler=None):
-    """On the scheduler: addresses of the workers that do not answer ``identity`` in time."""
+    """On the scheduler: ``(addresses of the workers that do not answer ``identity``
+    in time, number of workers asked)``."""
     import asyncio
 
     async def ping(addr):
@@ -644,8 +655,9 @@ async def _unresponsive_workers(timeout, dask_scheduler=None):
             return addr
         return None
 
-    answers = await asyncio.gather(*(ping(a) for a in list(dask_scheduler.workers)))
-    return sorted(a for a in answers if a is not None)
+    workers = list(dask_scheduler.workers)
+    answers = await asyncio.gather(*(ping(a) for a in workers))
+    return sorted(a for a in answers if a is not None), len(workers)
 
 
 async def _remove_workers(addresses, dask_scheduler=None):
