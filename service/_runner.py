@@ -187,11 +187,13 @@ class Runner:
 
     def submitted(self, row: JobRow) -> None:
         """A job was accepted: log it and wake the dispatcher."""
-        params = row.params
-        job_event("submit", row, "submitted by tenant %s: %s, rank %s, method %s",
-                  row.tenant, "x".join(map(str, params.get("shape") or ())) or "?",
-                  params.get("rank", params.get("energy")), params.get("method"),
-                  method=params.get("method"), shape=params.get("shape"))
+        params, req = row.params, row.request
+        method = (params.get("svd") or {}).get("resolved") or req.get("method")
+        rank = (f"rank {req['rank']}" if req.get("rank") is not None
+                else f"energy {req.get('energy')}")
+        job_event("submit", row, "submitted by tenant %s: %s, %s, method %s", row.tenant,
+                  "x".join(map(str, params.get("shape") or ())) or "?", rank, method,
+                  method=method, shape=params.get("shape"))
         self.wake()
 
     def cancel(self, job_id: str) -> None:
