@@ -191,6 +191,14 @@ def test_named_2d_variable_defaults_sample_dims_to_its_first_dimension(tmp_path)
     assert pin.info.sample_dims == ("time",)
     res = svd(pin, 3, method="exact")
     check_svd(res, a, 3)
+    # The result maps back to the variable's dimensions without sample_dims being given.
+    from svdserve.client import StoredResult
+
+    out = str(tmp_path / "res.zarr")
+    svd(str(tmp_path / "s.zarr"), 3, array="x", method="exact", out=out)
+    ds = StoredResult.open(out).to_xarray()
+    assert ds["components"].dims == ("mode", "station") and ds["scores"].dims == ("time", "mode")
+    np.testing.assert_array_equal(ds["components"].values, res.Vt)
     assert res.labels["sample_dims"] == ["time"] and res.labels["feature_dims"] == ["station"]
     assert np.array_equal(res.labels["coords"]["station"][0], np.arange(12) * 10)
     note = "sample_dims not given: using the first dimension 'time' of ['time', 'station']"
