@@ -132,8 +132,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
         compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, missing_chunks="fill",
-        allow_missing_chunks=None, energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10,
-        sample_dims=None, missing="error", scratch=None,
+        allow_missing_chunks=None, energy=None, max_rank=None, block_size=16,
+        sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 

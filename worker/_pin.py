@@ -302,7 +302,8 @@ class SourcePin:
         return out
 
     def check_missing(self):
-        """Raise :class:`InvalidInputError` for a chunk absent at rest (``missing_chunks="error"``)."""
+        """Raise :class:`InvalidInputError` for a chunk absent at rest, in the strict mode
+        (``missing_chunks="error"``)."""
         where = self.first_missing()
         if where is None or self.ref.allow_missing:
             return
@@ -454,8 +455,8 @@ def _missing_message(ref, where, n_missing):
     more = f" ({n_missing} chunks are missing in all)" if n_missing > 1 else ""
     return (f"chunk {key!r} of {ref.name} ({chunk_region(ref, *where)}) is missing from the "
             f"store{more}; an incomplete upload? Finish writing the array, or submit with "
-            "missing_chunks='fill' (the default; the deprecated allow_missing_chunks=true) "
-            "to read missing chunks as the fill value, as Zarr does.")
+            "missing_chunks='fill' (the default) to read missing chunks as the fill value, "
+            "as Zarr does.")
 
 
 def _describe(stamp, remote):
