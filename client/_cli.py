@@ -140,7 +140,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             center=args.center,
             random_state=args.seed,
             compute_u=not args.no_u,
-            allow_missing_chunks=args.allow_missing_chunks,
+            missing_chunks=args.missing_chunks or ("fill" if args.allow_missing_chunks else None),
             idempotency_key=args.idempotency_key,
             sample_dims=args.sample_dims,
             missing=args.missing,
@@ -374,9 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random_state")
     p.add_argument("--no-u", action="store_true",
                    help="σ and V only (compute_u=false): one pass for the exact method")
+    p.add_argument("--missing-chunks", choices=("fill", "error"), default=None,
+                   help="a chunk absent from the store: fill (the default) reads it as the "
+                        "fill value, as Zarr does (zarr does not write chunks equal to it; "
+                        "the job's notes give the count); error fails the job, to catch "
+                        "half-finished uploads")
     p.add_argument("--allow-missing-chunks", action="store_true",
-                   help="read chunks missing from the store as the fill value "
-                        "(default: a missing chunk fails the job)")
+                   help="deprecated: the same as --missing-chunks fill")
     p.add_argument("--sample-dims", nargs="+", metavar="DIM",
                    help="decompose an N-D variable: these dimensions are the samples (rows), "
                         "the others are flattened into features, e.g. --sample-dims time")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from typing import Any, Literal
 
 import httpx
@@ -156,7 +157,8 @@ class Client:
         center: bool = False,
         random_state: int = 0,
         compute_u: bool = True,
-        allow_missing_chunks: bool = False,
+        missing_chunks: Literal["fill", "error"] | None = None,
+        allow_missing_chunks: bool | None = None,
         idempotency_key: str | None = None,
         energy: float | None = None,
         max_rank: int | None = None,
@@ -189,10 +191,15 @@ class Client:
         compute_u : bool, default=True
             False: σ and V only (one pass over A for ``exact``); the result has
             no ``U``, so ``reconstruct`` and ``lstsq`` are unavailable.
-        allow_missing_chunks : bool, default=False
-            Read chunks the array's metadata implies but its store lacks as
-            the fill value. By default such a chunk fails the job with
-            ``invalid_input``, naming the chunk and its row range.
+        missing_chunks : {"fill", "error"} or None, default=None (the service's "fill")
+            A chunk the array's metadata implies but its store lacks is the
+            fill value in Zarr (zarr does not write chunks equal to it):
+            ``"fill"`` reads it so (the job's notes and ``report["input"]``
+            give the count); ``"error"`` fails the job with ``invalid_input``,
+            naming the chunk and its row range (to catch half-finished uploads).
+        allow_missing_chunks : bool or None, default=None
+            Deprecated (a DeprecationWarning): True is ``missing_chunks="fill"``,
+            False is ``"error"``.
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
@@ -235,8 +242,17 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
-            body["allow_missing_chunks"] = True
+        # Sent only when set: older services refuse unknown fields.
+        if missing_chunks is not None:
+            if missing_chunks not in ("fill", "error"):
+                raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
+                                 f"{missing_chunks!r}")
+            body["missing_chunks"] = missing_chunks
+        if allow_missing_chunks is not None:
+            warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
+                          "value by default; pass missing_chunks='error' to refuse them",
+                          DeprecationWarning, stacklevel=2)
+            body["allow_missing_chunks"] = bool(allow_missing_chunks)
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
