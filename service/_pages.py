@@ -45,6 +45,15 @@ pages_router = APIRouter(include_in_schema=False)
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _APIDOCS = "/static/apidocs"
+#: /docs and /redoc: Swagger UI starts from an inline script, ReDoc styles inline and
+#: runs a blob: worker; still nothing from another origin.
+_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' blob:; "
+             "worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+             "frame-ancestors 'none'")
+#: ReDoc's sidebar shows a logo from its CDN: served with our icon in its place.
+_REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+_redoc_js: list[bytes] = []
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -53,10 +62,10 @@ def install_pages(app: FastAPI) -> None:
 
     The app must be built with ``docs_url=None, redoc_url=None``.
     """
+    app.include_router(pages_router)  # first: its /static/redoc.js goes before the mounts
     app.mount("/static/apidocs", StaticFiles(packages=[("fastapi_offline", "static")]),
               name="apidocs")
     app.mount("/static", StaticFiles(packages=[("svdserve.service", "static")]), name="static")
-    app.include_router(pages_router)
 
 
 def dashboard_link(request: Request) -> str | None:
@@ -238,13 +247,13 @@ async def logout() -> Response:
 @pages_router.get("/docs", response_class=HTMLResponse)
 async def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI, its assets served from this service."""
-    return get_swagger_ui_html(
+    return _docs_csp(get_swagger_ui_html(
         openapi_url=request.app.openapi_url, title="svdserve - Swagger UI",
         oauth2_redirect_url="/docs/oauth2-redirect",
         swagger_js_url=f"{_APIDOCS}/swagger-ui-bundle.js",
         swagger_css_url=f"{_APIDOCS}/swagger-ui.css",
         swagger_favicon_url="/static/favicon.svg",
-        swagger_ui_parameters={"validatorUrl": None})
+        swagger_ui_parameters={"validatorUrl": None}))
 
 
 @pages_router.get("/docs/oauth2-redirect", response_class=HTMLResponse)
@@ -255,6 +264,24 @@ async def swagger_ui_redirect() -> HTMLResponse:
 @pages_router.get("/redoc", response_class=HTMLResponse)
 async def redoc(request: Request) -> HTMLResponse:
     """ReDoc, its script served from this service, no web fonts."""
-    return get_redoc_html(openapi_url=request.app.openapi_url, title="svdserve - ReDoc",
-                          redoc_js_url=f"{_APIDOCS}/redoc.standalone.js",
-                          redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+    return _docs_csp(get_redoc_html(
+        openapi_url=request.app.openapi_url, title="svdserve - ReDoc",
+        redoc_js_url="/static/redoc.js", redoc_favicon_url="/static/favicon.svg",
+        with_google_fonts=False))
+
+
+@pages_router.get("/static/redoc.js")
+async def redoc_js() -> Response:
+    """``fastapi_offline``'s ReDoc bundle with the CDN logo replaced by a local icon."""
+    if not _redoc_js:
+        from importlib.resources import files
+
+        data = (files("fastapi_offline") / "static" / "redoc.standalone.js").read_bytes()
+        _redoc_js.append(data.replace(_REDOC_LOGO, b"/static/favicon.svg"))
+    return Response(_redoc_js[0], media_type="text/javascript",
+                    headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _docs_csp(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = _DOCS_CSP
+    return response
