@@ -144,9 +144,14 @@ def _not_found_page(request: Request, tenant: str, job_id: str) -> HTMLResponse:
     return _page(request, "No such job", main, page="missing", tenant=tenant, status=404)
 
 
+#: A local path: one slash, then printable ASCII only (browsers drop tabs and
+#: newlines from URLs, so "/\t/evil.example" would otherwise leave the site).
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[\x21-\x7e]*$")
+
+
 def _safe_next(value: str | None) -> str:
     """A local path to go to after logging in (never another site)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value or not _LOCAL_PATH.match(value) or "\\" in value:
         return "/"
     return value
 

@@ -63,7 +63,9 @@ def test_log_in_once_with_an_http_only_cookie(service):
         assert "token-alice" not in cookie  # a signed session, not the token
         assert c.get("/").status_code == 200
         # an open redirect is refused: only local paths
-        assert login(c, next_path="//evil.example/x").headers["location"] == "/"
+        for evil in ("//evil.example/x", "/\t/evil.example", "/\\evil.example",
+                     "https://evil.example/", "javascript:alert(1)"):
+            assert login(c, next_path=evil).headers["location"] == "/", evil
         assert c.get("/v1/jobs").status_code == 200  # the cookie works on the API for reads
         c.post("/logout", follow_redirects=False)
         assert c.get("/").status_code == 401
@@ -85,15 +87,19 @@ def test_a_forged_or_stale_session_is_refused():
     assert auth.tenant_of_session("a.b.c.d", now=1000.0) is None
 
 
-def test_the_cookie_alone_cannot_change_state_without_the_page_header(service, wait):
+def test_the_cookie_alone_cannot_change_state_without_the_page_header(service):
     with service(tokens=TOKENS) as c:
-        job = c.post("/v1/jobs", json=SMALL, headers=ALICE).json()
-        wait(c, job["id"], headers=ALICE)
+        job = c.post("/v1/jobs", json=SMALL, headers=ALICE).json()["id"]
         login(c)
+        page = {"X-Svdserve-Page": "1"}
         # a cross-site form could send the cookie, not this header: 401
-        assert c.delete(f"/v1/jobs/{job['id']}").status_code == 401
-        assert c.delete(f"/v1/jobs/{job['id']}",
-                        headers={"X-Svdserve-Page": "1"}).status_code == 204
+        for method in ("post", "delete"):
+            path = f"/v1/jobs/{job}" + ("/cancel" if method == "post" else "")
+            assert getattr(c, method)(path).status_code == 401
+        assert c.post("/v1/jobs", json=SMALL).status_code == 401
+        assert c.post("/v1/jobs", json=SMALL, headers=page).status_code == 202
+        # with the header the cookie acts for its tenant (409: the job may have finished)
+        assert c.post(f"/v1/jobs/{job}/cancel", headers=page).status_code in (202, 409)
 
 
 def test_another_tenants_job_page_is_404(service, wait):
@@ -136,10 +142,24 @@ def test_no_page_refers_to_another_host(service, wait, tokens):
             assert not hosts, f"{asset.name} refers to {hosts}"
 
 
+def test_the_dask_dashboard_is_linked_when_the_cluster_has_one(service):
+    link = "http://127.0.0.1:8787/status"
+    with service(dashboard_link=link) as c:
+        assert f'href="{link}" id="dashboard"' in c.get("/").text
+    with service() as c:  # an external scheduler and no link configured: none shown
+        assert 'id="dashboard"' not in c.get("/").text
+
+
 def test_pages_send_a_same_origin_content_security_policy(service):
     with service() as c:
         csp = c.get("/").headers["content-security-policy"]
         assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+        for path in ("/docs", "/redoc"):
+            assert "img-src 'self' data:" in c.get(path).headers["content-security-policy"]
+        # ReDoc's bundle is served with its CDN logo replaced by a local icon
+        redoc = c.get("/static/redoc.js")
+        assert redoc.status_code == 200 and len(redoc.content) > 500_000
+        assert b"cdn.redoc.ly" not in redoc.content
 
 
 def test_static_assets_are_package_data():
