@@ -46,6 +46,8 @@ Submit a job (`POST /v1/jobs`), follow it (`GET /v1/jobs/{id}?wait=30`), read th
 energy report (`/report`) and the factors (`/result/...`, a read-only Zarr store).
 Errors are RFC 9457 `application/problem+json`. When tokens are configured every
 route except `/v1/health` needs `Authorization: Bearer <token>`.
+
+For people: the jobs at `/`, one job with its energy report drawn at `/jobs/{id}`.
 """
 
 

@@ -94,7 +94,8 @@
 
   /* ------------------------------------------------------------------ the list */
   function listPage() {
-    var state = "", cursors = [null], timer = null, limit = 20;
+    var state = "", cursors = [null], timer = null;
+    var limit = Math.min(100, Math.max(1, parseInt(new URLSearchParams(location.search).get("limit"), 10) || 20));
     var tbody = $("jobs-body"), status = $("status");
     function load() {
       clearTimeout(timer);

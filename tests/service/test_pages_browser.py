@@ -125,6 +125,12 @@ def fraction(driver, job_id) -> float | None:
     return float(value) if value is not None else None
 
 
+def rows(driver) -> list[str]:
+    """The job ids the list shows, in order (read in one script: the rows are redrawn)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.job')).map(r => r.dataset.job);")
+
+
 def screenshot(driver, name, height=None):
     if SHOTS:
         if height:
@@ -236,6 +242,19 @@ def test_another_tenants_job_is_not_listed_and_its_page_is_404(server, api, brow
     browser.get(server.url + "/")
     wait_for(browser, lambda d: len(css(d, "tr.job")) == len(mine))
     assert not css(browser, f'tr[data-job="{theirs}"]')
+    network(browser)
+    # filters by state, and pages with the API's cursors (two jobs a page here)
+    browser.get(server.url + "/?limit=2")
+    wait_for(browser, lambda d: len(css(d, "tr.job")) == 2)
+    first = rows(browser)
+    css(browser, "#older")[0].click()
+    wait_for(browser, lambda d: rows(d) and rows(d) != first)
+    assert set(rows(browser)).isdisjoint(first)
+    css(browser, "#newer")[0].click()
+    wait_for(browser, lambda d: rows(d) == first)
+    css(browser, '#filters button[data-state="failed"]')[0].click()
+    failed = [j["id"] for j in mine if j["state"] == "failed"]
+    wait_for(browser, lambda d: rows(d) == failed)
     network(browser)
     browser.get(f"{server.url}/jobs/{theirs}")
     assert css(browser, "h1")[0].text == "No such job"
