@@ -74,9 +74,14 @@ def serve_main(argv: list[str] | None = None) -> int:
                           "stop with Ctrl-C")
     config = uvicorn.Config(app, host=settings.host, port=port, log_level=settings.log_level,
                             timeout_graceful_shutdown=5, lifespan="on")
-    with sock:
-        uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    server = uvicorn.Server(config)
+    try:  # as uvicorn.run: Ctrl-C is a clean stop, a failed start-up exits 3
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0 if server.started else 3
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
