@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests._server import ServerProcess, follow_job, free_port, server_env, write_chunked
+from tests._server import follow_job, running_server, server_env, write_chunked
 from tests.service._kit import low_rank, write
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -55,8 +55,8 @@ def server(tmp_path_factory):
     write(data / "nan.zarr", bad, chunks=(100, 10))
     env = server_env(data, state, tokens=TOKENS, n_workers=1, worker_processes="false",
                      panel_bytes=LONG_CHUNK * 40 * 8, log_level="info")
-    srv = ServerProcess(env, token=TOKENS["alice"], log_path=base / "server.log")
-    with srv:
+    # running_server: it must also stop cleanly (exit 0 on SIGINT) at the end
+    with running_server(env, token=TOKENS["alice"], log_path=base / "server.log") as srv:
         yield srv
 
 
