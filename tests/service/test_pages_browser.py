@@ -140,26 +140,6 @@ def screenshot(driver, name, height=None):
         driver.set_window_size(1280, 900)
 
 
-def test_the_list_updates_while_a_job_runs(server, api, browser):
-    job = api["alice"].post("/v1/jobs", json=LONG).json()["id"]
-    try:
-        browser.get(server.url + "/")
-        browser.execute_script("window.__notReloaded = true;")
-        first = wait_for(browser, lambda d: (fraction(d, job) or 0) > 0 and fraction(d, job))
-        later = wait_for(browser, lambda d: (fraction(d, job) or 0) > first and fraction(d, job))
-        assert later > first
-        assert browser.execute_script("return window.__notReloaded === true;")  # no reload
-        row = browser.execute_script("return document.querySelector(arguments[0]).innerText;",
-                                     f'tr[data-job="{job}"]')
-        assert "pass" in row and "panels" in row and "randomized" in row
-        assert "ETA" in row or "succeeded" in row
-        screenshot(browser, "pages-list.png")
-    finally:
-        api["alice"].post(f"/v1/jobs/{job}/cancel")
-        follow_job(api["alice"], job)
-    network(browser)
-
-
 def test_cancel_from_the_job_page_cancels(server, api, browser):
     job = api["alice"].post("/v1/jobs", json=LONG).json()["id"]
     browser.get(f"{server.url}/jobs/{job}")
@@ -231,6 +211,26 @@ def test_a_failed_job_shows_its_error(server, api, browser):
     assert box.text == final["error"]["message"]
     assert "NaN or infinite" in css(browser, "#error .words")[0].text
     assert "non_finite_values" in css(browser, "#error")[0].text
+    network(browser)
+
+
+def test_the_list_updates_while_a_job_runs(server, api, browser):
+    job = api["alice"].post("/v1/jobs", json=LONG).json()["id"]
+    try:
+        browser.get(server.url + "/")
+        browser.execute_script("window.__notReloaded = true;")
+        first = wait_for(browser, lambda d: (fraction(d, job) or 0) > 0 and fraction(d, job))
+        later = wait_for(browser, lambda d: (fraction(d, job) or 0) > first and fraction(d, job))
+        assert later > first
+        assert browser.execute_script("return window.__notReloaded === true;")  # no reload
+        row = browser.execute_script("return document.querySelector(arguments[0]).innerText;",
+                                     f'tr[data-job="{job}"]')
+        assert "pass" in row and "panels" in row and "randomized" in row
+        assert "ETA" in row or "succeeded" in row
+        screenshot(browser, "pages-list.png", height=600)
+    finally:
+        api["alice"].post(f"/v1/jobs/{job}/cancel")
+        follow_job(api["alice"], job)
     network(browser)
 
 
