@@ -26,6 +26,7 @@ from ._cluster import Cluster
 from ._events import ChangeFeed
 from ._metrics import Metrics
 from ._middleware import ServiceMiddleware
+from ._pages import install_pages, pages_router
 from ._results import Results
 from ._routes import Services, ops_router, problems, router
 from ._runner import Runner
@@ -45,6 +46,8 @@ Submit a job (`POST /v1/jobs`), follow it (`GET /v1/jobs/{id}?wait=30`), read th
 energy report (`/report`) and the factors (`/result/...`, a read-only Zarr store).
 Errors are RFC 9457 `application/problem+json`. When tokens are configured every
 route except `/v1/health` needs `Authorization: Bearer <token>`.
+
+For people: the jobs at `/`, one job with its energy report drawn at `/jobs/{id}`.
 """
 
 
@@ -87,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.start()
             log.info("svdserve ready: scheduler %s, data roots %s, results %s",
                      cluster.address, settings.data_roots, settings.results_root)
+            announce = getattr(app.state, "announce", None)
+            if announce:  # set by `svdserve serve`: the pages' address, whatever the log level
+                print(announce, flush=True)
             yield
         finally:
             feed.wake_all()
@@ -94,16 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await cluster.close()
             await asyncio.to_thread(store.close)
 
+    # /docs and /redoc come from _pages, with their assets served locally
     app = FastAPI(title="svdserve", version=svdserve.__version__, description=_DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.auth = TokenAuth(settings.tenant_tokens())
     _problems.install(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     app.include_router(ops_router)
+    install_pages(app)
     app.state.method_table = [(r.path_regex, frozenset(r.methods))
-                              for r in (*router.routes, *ops_router.routes)
+                              for r in (*router.routes, *ops_router.routes, *pages_router.routes)
                               if getattr(r, "methods", None)]
 
     app.openapi = functools.partial(_openapi, app)

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
         service's client certificate and key. Required together. The
         embedded cluster always uses TLS with a temporary certificate.
     log_level : str, default="info"
+    dashboard_link : str or None, default=None
+        Address of the Dask dashboard as the browser reaches it, linked from
+        the pages (an external scheduler's, e.g. ``http://localhost:8787/status``).
+        None: the embedded cluster's when bokeh is installed, else no link.
     """
 
     model_config = SettingsConfigDict(env_prefix="SVDSERVE_", extra="ignore",
@@ -172,6 +176,7 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     log_level: str = "info"
+    dashboard_link: str | None = None
     # (tenant, token) pairs, tokens kept secret (out of repr and logs)
     _tenant_tokens: list[tuple[str, SecretStr]] = PrivateAttr(default_factory=list)
 
