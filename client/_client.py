@@ -395,7 +395,7 @@ class Client:
     def delete_upload(self, upload: str) -> None:
         """Delete an upload, committed or not, given its id or its name."""
         for item in self.uploads():
-            if upload in (item["id"], item["name"], zarr_name(upload)):
+            if upload == item["id"] or zarr_name(upload) == item["name"]:
                 self._http.request("DELETE", f"/v1/uploads/{item['id']}")
                 return
         self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404

@@ -211,7 +211,7 @@ class HTTPTransport:
         headers: Mapping[str, str] | None = None,
         timeout: float | httpx.Timeout | None = None,
         idempotent: bool | None = None,
-        content: bytes | None = None,
+        content: bytes | list | None = None,
     ) -> httpx.Response:
         """Send a request; retry what is safe to retry; return a 2xx response or raise.
 
@@ -221,8 +221,9 @@ class HTTPTransport:
             Whether repeating the request after a broken connection is safe.
             None means: yes for GET/HEAD/PUT/DELETE/OPTIONS, and for a POST
             that carries an ``Idempotency-Key``.
-        content : bytes or None, default=None
-            A raw body (an upload's block) instead of ``json``.
+        content : bytes, list of bytes-like or None, default=None
+            A raw body (an upload's block) instead of ``json``; a list is sent
+            as its parts in turn (give ``Content-Length``).
 
         Raises
         ------

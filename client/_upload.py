@@ -7,7 +7,7 @@ the complete array into place atomically and answers its ``source`` path,
 which :meth:`Client.submit` takes like any other.
 
 - Memory: one block at a time (a NumPy memmap, a dask or a zarr array is
-  read block by block), plus its bytes while they are sent.
+  read block by block into one reused buffer).
 - Resume: an interrupted upload is found again by name, shape and dtype;
   only the blocks the service lacks are sent.
 - A block sent twice is a no-op on the service, so retries are safe.
@@ -59,12 +59,20 @@ def _as_matrix(data) -> tuple[Any, tuple[int, int], np.dtype]:
     return data, (m, n), dt.newbyteorder("<")
 
 
-def _block(data, start: int, stop: int, wire: np.dtype) -> bytes:
-    """Rows ``start:stop`` as little-endian C-order bytes (one block in memory)."""
+def _fill(buffer: bytearray, data, start: int, stop: int, wire: np.dtype) -> memoryview:
+    """Rows ``start:stop`` as little-endian C-order bytes, copied into ``buffer``.
+
+    One buffer serves every block: httpx keeps a sent body alive in reference
+    cycles until the garbage collector runs, so fresh ``bytes`` per block would
+    pile up to many blocks; a reused buffer keeps the client at one block.
+    """
     part = data[start:stop]
     if hasattr(part, "compute"):  # dask: compute this block only
         part = part.compute()
-    return np.ascontiguousarray(np.asarray(part), dtype=wire).tobytes()
+    n = int(data.shape[1])
+    view = memoryview(buffer)[:(stop - start) * n * wire.itemsize]
+    np.frombuffer(view, dtype=wire).reshape(stop - start, n)[...] = np.asarray(part)
+    return view
 
 
 def _find_or_create(http: HTTPTransport, name: str, shape: tuple[int, int], dtype: str,
@@ -123,14 +131,15 @@ def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None 
     record = _find_or_create(http, zarr_name(name), shape, wire.name, block_rows)
     path = f"/v1/uploads/{record['id']}"
     rows = int(record["block_rows"])
+    buffer = bytearray(rows * shape[1] * wire.itemsize)
     with _progress_bar(record, progress) as bar:
         for i in expand_ranges(record["missing"]):
             start, stop = i * rows, min(shape[0], (i + 1) * rows)
-            body = _block(data, start, stop, wire)
-            digest = hashlib.sha256(body).digest()
-            http.request("PUT", f"{path}/blocks/{i}", content=body, headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:"})
+            body = _fill(buffer, data, start, stop, wire)
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            # a list (not a generator) so that a retry sends the same bytes again
+            http.request("PUT", f"{path}/blocks/{i}", content=[body], headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
+                "Content-Digest": f"sha-256=:{digest}:"})
             bar.update(len(body))
-            del body
     return http.request("POST", f"{path}/commit", idempotent=True).json()["source"]
