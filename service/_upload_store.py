@@ -320,15 +320,22 @@ class UploadStore:
                 extra={"used": used, "requested": requested, "limit": self.quota_bytes})
 
     # ------------------------------------------------------------------ blocks
-    def put_block(self, rec: UploadRecord, i: int, data: bytes, digest: str) -> bool:
-        """Store block ``i`` (its bytes already checked against ``digest``).
+    def put_block(self, rec: UploadRecord, i: int, data: bytes | bytearray, digest: str) -> bool:
+        """Store block ``i`` after checking its bytes against ``digest`` (SHA-256, hex).
 
         Returns True when written, False when the same block was received
-        before (a no-op). Raises :class:`UploadError` 409 when a different
-        block ``i`` was received before.
+        before (a no-op). Raises :class:`UploadError` 400 when the bytes do
+        not match the digest, 409 when a different block ``i`` was received
+        before.
         """
         import zarr
 
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise UploadError(
+                400, f"block {i} does not match its checksum (SHA-256 of the body is {actual}, "
+                     f"the header says {digest}): it was corrupted on the way; send it again",
+                field="header.content-digest")
         with self.lock(rec.tenant, rec.id, i):
             known = self._known_digest(rec, i)
             if known is not None:
