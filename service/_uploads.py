@@ -358,8 +358,11 @@ def check_source(settings: Settings, sandbox: Sandbox, url: str, array: str | No
         return
     root = settings.uploads_root
     own = os.path.join(root, tenant)
-    real = os.path.realpath(resolved.url)
-    paths = [real] + ([os.path.realpath(os.path.join(real, array))] if array else [])
+    try:
+        real = os.path.realpath(resolved.url)
+        paths = [real] + ([os.path.realpath(os.path.join(real, array))] if array else [])
+    except (OSError, ValueError):
+        return  # not a usable path: the submit route's own checks answer it
     for path in paths:
         inside_uploads = path == root or path.startswith(root + os.sep)
         if inside_uploads and not (path == own or path.startswith(own + os.sep)):
