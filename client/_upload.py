@@ -9,7 +9,8 @@ which :meth:`Client.submit` takes like any other.
 - Memory: one block at a time (a NumPy memmap, a dask or a zarr array is
   read block by block into one reused buffer).
 - Resume: an interrupted upload is found again by name, shape and dtype;
-  only the blocks the service lacks are sent.
+  the blocks already received are checked against ``data`` by their SHA-256
+  (read locally, not sent), and only the blocks the service lacks are sent.
 - A block sent twice is a no-op on the service, so retries are safe.
 """
 
@@ -82,11 +83,24 @@ def _find_or_create(http: HTTPTransport, name: str, shape: tuple[int, int], dtyp
         if (item["name"] == name and item["state"] == "uploading"
                 and tuple(item["shape"]) == shape and item["dtype"] == dtype
                 and block_rows in (None, item["block_rows"])):
-            return http.get_json(f"/v1/uploads/{item['id']}")
+            return http.get_json(f"/v1/uploads/{item['id']}", params={"digests": "true"})
     body: dict[str, Any] = {"name": name, "shape": list(shape), "dtype": dtype}
     if block_rows is not None:
         body["block_rows"] = int(block_rows)
     return http.request("POST", "/v1/uploads", json=body, idempotent=False).json()
+
+
+def _check_resumed(record: dict, data, wire: np.dtype, buffer: bytearray) -> None:
+    """Refuse to resume an upload whose received blocks hold other data than ``data``."""
+    rows, m = int(record["block_rows"]), int(record["shape"][0])
+    for key, known in sorted((record.get("block_sha256") or {}).items(), key=lambda kv: int(kv[0])):
+        i = int(key)
+        body = _fill(buffer, data, i * rows, min(m, (i + 1) * rows), wire)
+        if hashlib.sha256(body).hexdigest() != known:
+            raise ValueError(
+                f"the unfinished upload {record['name']!r} (id {record['id']}) holds other data "
+                f"in block {i} (rows {i * rows}:{min(m, (i + 1) * rows)}) than the array given; "
+                "delete it (Client.delete_upload) or upload under another name")
 
 
 def _progress_bar(record: dict, progress: bool):
@@ -132,6 +146,7 @@ def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None 
     path = f"/v1/uploads/{record['id']}"
     rows = int(record["block_rows"])
     buffer = bytearray(rows * shape[1] * wire.itemsize)
+    _check_resumed(record, data, wire, buffer)
     with _progress_bar(record, progress) as bar:
         for i in expand_ranges(record["missing"]):
             start, stop = i * rows, min(shape[0], (i + 1) * rows)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
 import re
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ._auth import Tenant
@@ -125,6 +126,9 @@ class UploadPublic(BaseModel):
     committed_at: datetime | None = None
     source: str | None = Field(default=None, description="After the commit: the path a job "
                                                          "names as `source.url`.")
+    block_sha256: dict[int, str] | None = Field(
+        default=None, description="With `?digests=true`: the SHA-256 (hex) of each received "
+                                  "block, so a resuming client can check its data is the same.")
     links: UploadLinks
 
 
@@ -162,7 +166,7 @@ def _when(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc)
 
 
-def to_public(store: UploadStore, rec: UploadRecord) -> UploadPublic:
+def to_public(store: UploadStore, rec: UploadRecord, *, digests: bool = False) -> UploadPublic:
     got = store.received(rec)
     base = f"/v1/uploads/{rec.id}"
     return UploadPublic.model_validate({
@@ -174,6 +178,7 @@ def to_public(store: UploadStore, rec: UploadRecord) -> UploadPublic:
         "expires_at": _when(rec.updated_at + store.expiry) if rec.state == "uploading"
         else None,
         "committed_at": _when(rec.committed_at), "source": rec.source,
+        "block_sha256": got if digests else None,
         "links": {"self": base, "blocks": base + "/blocks/{i}", "commit": base + "/commit"},
     })
 
@@ -239,10 +244,14 @@ async def list_uploads(tenant: Tenant, store: Store) -> UploadList:
 
 @router.get("/uploads/{upload_id}", response_model=UploadPublic, summary="Get an upload",
             responses=_problems(404))
-async def get_upload(upload_id: UploadId, tenant: Tenant, store: Store) -> UploadPublic:
+async def get_upload(
+    upload_id: UploadId, tenant: Tenant, store: Store,
+    digests: Annotated[bool, Query(description="Add `block_sha256`: each received block's "
+                                               "SHA-256.")] = False,
+) -> UploadPublic:
     """The upload with the blocks received and missing: resume by sending the missing ones."""
     rec = await _get(store, tenant, upload_id)
-    return await asyncio.to_thread(to_public, store, rec)
+    return await asyncio.to_thread(functools.partial(to_public, digests=digests), store, rec)
 
 
 def parse_digest(request: Request) -> str:

@@ -55,6 +55,9 @@ def test_interrupted_upload_resumes_with_the_missing_blocks_only(service):
     pending = [u for u in c1.uploads() if u["name"] == "resumed.zarr"]
     assert len(pending) == 1 and pending[0]["received"] == [[0, 6]]
     c2, sent2 = recording_client(service)
+    with pytest.raises(ValueError, match="holds other data in block 0"):
+        c2.upload(A + 1, "resumed", block_rows=20)  # not the same matrix: no mixing
+    assert sent2 == []
     source = c2.upload(A, "resumed", block_rows=20)
     assert [i for i, _ in sent2] == list(range(6, 15))  # only the missing blocks, once each
     np.testing.assert_array_equal(zarr.open_array(source, mode="r")[...], A)
