@@ -42,8 +42,8 @@ __all__ = ["router", "UploadCreate", "UploadPublic", "UploadList", "BlockPublic"
            "make_store", "is_block_upload", "check_source"]
 
 _BLOCK_PATH = re.compile(r"^/v1/uploads/[^/]+/blocks/[^/]+$")
-#: Seconds between two sweeps of every tenant's expired uploads (each request
-#: also sweeps its own tenant's).
+#: Seconds between two sweeps of every tenant's expired uploads (reading an
+#: expired upload, or listing, drops it at once).
 SWEEP_INTERVAL = 60.0
 
 _DESCRIPTIONS = {
@@ -188,15 +188,15 @@ def _problem(exc: UploadError) -> ProblemError:
     return ProblemError(exc.status, str(exc), errors=errors, extra=exc.extra or None)
 
 
-async def _store(request: Request, tenant: Tenant) -> UploadStore:
-    """The store, after deleting expired uploads (the tenant's now, everyone's now and then)."""
+async def _store(request: Request) -> UploadStore:
+    """The store; every :data:`SWEEP_INTERVAL` seconds a request first deletes every
+    tenant's expired uploads (an expired upload is also dropped whenever it is read)."""
     store: UploadStore = request.app.state.uploads
     state = request.app.state
     now = time.monotonic()
-    everyone = now - getattr(state, "uploads_swept", -SWEEP_INTERVAL) >= SWEEP_INTERVAL
-    if everyone:
+    if now - getattr(state, "uploads_swept", -SWEEP_INTERVAL) >= SWEEP_INTERVAL:
         state.uploads_swept = now
-    await asyncio.to_thread(store.sweep, None if everyone else tenant)
+        await asyncio.to_thread(store.sweep)
     return store
 
 

@@ -244,3 +244,23 @@ def test_int_upload_runs_and_a_name_is_taken_once(service, wait, tmp_path):
                                    ["singular_values"], s[:2], rtol=1e-10)
         assert c.delete(f"/v1/uploads/{rec['id']}").status_code == 204
         assert not os.path.exists(source)
+
+
+def test_an_upload_is_pinned_like_any_source(service, wait, gate, tmp_path):
+    """Deleting a committed upload while a job on it is queued fails that job with
+    storage_error; it never succeeds on data that vanished."""
+    a = low_rank(60, 8, 3, seed=13)
+    with service(uploads_root=str(tmp_path / "up"), max_concurrent_jobs=1) as c:
+        sources = {}
+        for name in ("first", "second"):
+            rec = upload_all(c, a, name, block_rows=20)
+            sources[name] = (rec["id"], c.post(f"/v1/uploads/{rec['id']}/commit").json()["source"])
+        busy = c.post("/v1/jobs", json={"source": {"url": sources["first"][1]}, "rank": 2}).json()
+        assert gate.entered.wait(30)  # the only slot is held inside the first job
+        queued = c.post("/v1/jobs", json={"source": {"url": sources["second"][1]}, "rank": 2})
+        assert queued.status_code == 202, queued.text
+        assert c.delete(f"/v1/uploads/{sources['second'][0]}").status_code == 204
+        gate.release()
+        assert wait(c, busy["id"])["state"] == "succeeded"
+        job = wait(c, queued.json()["id"])
+        assert job["state"] == "failed" and job["error"]["type"] == "storage_error", job
