@@ -29,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ._auth import Tenant
@@ -254,9 +254,8 @@ async def get_upload(
     return await asyncio.to_thread(functools.partial(to_public, digests=digests), store, rec)
 
 
-def parse_digest(request: Request) -> str:
+def parse_digest(header: str | None, hex_value: str | None) -> str:
     """The SHA-256 (hex) announced by ``Content-Digest`` or ``X-Checksum-SHA256``."""
-    header = request.headers.get("content-digest")
     if header is not None:
         for item in header.split(","):
             key, _, value = item.strip().partition("=")
@@ -270,7 +269,6 @@ def parse_digest(request: Request) -> str:
             if len(value) > 2 and value[0] == value[-1] == ":" and len(raw) == 32:
                 return raw.hex()
             break
-    hex_value = request.headers.get("x-checksum-sha256")
     if hex_value is not None and re.fullmatch(r"[0-9a-fA-F]{64}", hex_value.strip()):
         return hex_value.strip().lower()
     message = ("each block needs its SHA-256: `Content-Digest: sha-256=:<base64 of the "
@@ -303,9 +301,18 @@ async def _read_block(request: Request, rec: UploadRecord, i: int) -> bytearray:
 @router.put("/uploads/{upload_id}/blocks/{block}", status_code=201, response_model=BlockPublic,
             summary="Send one row block",
             responses={200: {"description": "The same block again: nothing written",
-                             "model": BlockPublic}, **_problems(400, 404, 409, 422)})
-async def put_block(upload_id: UploadId, block: Annotated[int, Path(ge=0)], request: Request,
-                    response: Response, tenant: Tenant, store: Store) -> BlockPublic:
+                             "model": BlockPublic}, **_problems(400, 404, 409, 422)},
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def put_block(
+    upload_id: UploadId, block: Annotated[int, Path(ge=0)], request: Request,
+    response: Response, tenant: Tenant, store: Store,
+    content_digest: Annotated[str | None, Header(
+        description="`sha-256=:<base64 of the body's SHA-256>:` (RFC 9530); or send "
+                    "X-Checksum-SHA256.")] = None,
+    x_checksum_sha256: Annotated[str | None, Header(
+        description="The body's SHA-256 as 64 hex digits.")] = None,
+) -> BlockPublic:
     """Store block `i`: rows `i*block_rows` to `(i+1)*block_rows` as raw little-endian bytes
     in C order (`application/octet-stream`), exactly `block_bytes` long (the last block:
     its rows only). Sending a block again is a no-op (200); different bytes for a block
@@ -314,7 +321,7 @@ async def put_block(upload_id: UploadId, block: Annotated[int, Path(ge=0)], requ
     if block >= rec.n_blocks:
         message = f"this upload has {rec.n_blocks} blocks (0 to {rec.n_blocks - 1}); got {block}"
         raise ProblemError(422, message, errors=[{"field": "path.block", "message": message}])
-    digest = parse_digest(request)
+    digest = parse_digest(content_digest, x_checksum_sha256)
     data = await _read_block(request, rec, block)
     try:  # the checksum, the zarr write and the digest file, off the event loop
         written = await asyncio.to_thread(store.put_block, rec, block, data, digest)
