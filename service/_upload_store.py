@@ -242,14 +242,18 @@ class UploadStore:
         records = [self.get(tenant, name) for name in names if _ID.match(name)]
         return sorted((r for r in records if r is not None), key=lambda r: -r.created_at)
 
-    def received(self, rec: UploadRecord) -> dict[int, str]:
-        """``{block index: sha-256 hex}`` of the blocks received so far."""
+    def received(self, rec: UploadRecord) -> set[int]:
+        """Indices of the blocks received so far (one directory listing)."""
         folder = os.path.join(self._dir(rec.tenant, rec.id), "blocks")
+        names = os.listdir(folder) if os.path.isdir(folder) else ()
+        return {int(name) for name in names if _BLOCK_FILE.match(name)}
+
+    def digests(self, rec: UploadRecord) -> dict[int, str]:
+        """``{block index: sha-256 hex}`` of the blocks received so far."""
         out = {}
-        for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            if _BLOCK_FILE.match(name):
-                with open(os.path.join(folder, name)) as f:
-                    out[int(name)] = f.read().strip()
+        for i in self.received(rec):
+            with open(self._block_file(rec, i)) as f:
+                out[i] = f.read().strip()
         return out
 
     # ------------------------------------------------------------------ create
@@ -382,7 +386,7 @@ class UploadStore:
             rec = self._load(rec.tenant, rec.id) or rec
             if rec.state == "committed":
                 return rec
-            got = self.received(rec)
+            got = self.digests(rec)
             missing = [i for i in range(rec.n_blocks) if i not in got]
             if missing:
                 shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")

@@ -167,6 +167,7 @@ def _when(t: float | None) -> datetime | None:
 
 
 def to_public(store: UploadStore, rec: UploadRecord, *, digests: bool = False) -> UploadPublic:
+    """The upload as the API shows it (``digests``: with each received block's SHA-256)."""
     got = store.received(rec)
     base = f"/v1/uploads/{rec.id}"
     return UploadPublic.model_validate({
@@ -178,7 +179,7 @@ def to_public(store: UploadStore, rec: UploadRecord, *, digests: bool = False) -
         "expires_at": _when(rec.updated_at + store.expiry) if rec.state == "uploading"
         else None,
         "committed_at": _when(rec.committed_at), "source": rec.source,
-        "block_sha256": got if digests else None,
+        "block_sha256": store.digests(rec) if digests else None,
         "links": {"self": base, "blocks": base + "/blocks/{i}", "commit": base + "/commit"},
     })
 
