@@ -31,12 +31,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import ClientDisconnect
 
 from ._auth import Tenant
 from ._problems import ProblemError
 from ._sandbox import Sandbox, SandboxError
 from ._settings import Settings
-from ._upload_store import NAME_PATTERN, UploadError, UploadRecord, UploadStore, check_dtype, ranges
+from ._upload_store import (NAME_PATTERN, UploadError, UploadRecord, UploadStore, check_dtype,
+                            ranges)
 
 __all__ = ["router", "UploadCreate", "UploadPublic", "UploadList", "BlockPublic",
            "make_store", "is_block_upload", "check_source"]
@@ -285,10 +287,14 @@ async def _read_block(request: Request, rec: UploadRecord, i: int) -> bytearray:
     """The request body, refused (422 naming the block) unless it is exactly the block's size."""
     expected = rec.block_nbytes(i)
     data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > expected:
-            break
+    try:
+        async for piece in request.stream():
+            data += piece
+            if len(data) > expected:
+                break
+    except ClientDisconnect as exc:  # nothing stored; the client sends the block again
+        raise ProblemError(400, f"the connection closed after {len(data)} of {expected} bytes "
+                                f"of block {i}; nothing was stored") from exc
     if len(data) != expected:
         start, stop = rec.rows(i)
         received = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
