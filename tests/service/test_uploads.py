@@ -23,7 +23,8 @@ TOKENS = "alice:token-alice,bob:token-bob"
 
 
 def digest_header(data: bytes) -> dict[str, str]:
-    return {"Content-Digest": f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"}
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return {"Content-Digest": f"sha-256=:{digest}:"}
 
 
 def create(c, name="A", shape=(600, 40), dtype="float64", headers=None, **kw):
