@@ -354,11 +354,15 @@ class UploadStore:
                 raise UploadError(409, f"upload {rec.id} is {rec.state}; it takes no blocks")
             start, stop = rec.rows(i)
             block = np.frombuffer(data, dtype=np.dtype(rec.dtype).newbyteorder("<"))
-            # Every block is stored, zeros too: a strict reader then finds every chunk.
-            z = zarr.open_array(self.staging(rec), mode="r+").with_config(
-                {"write_empty_chunks": True})
-            z[start:stop] = block.reshape(stop - start, rec.shape[1])
-            _write_atomic(self._block_file(rec, i), digest.encode())
+            try:
+                # Every block is stored, zeros too: a strict reader then finds every chunk.
+                z = zarr.open_array(self.staging(rec), mode="r+").with_config(
+                    {"write_empty_chunks": True})
+                z[start:stop] = block.reshape(stop - start, rec.shape[1])
+                _write_atomic(self._block_file(rec, i), digest.encode())
+            except FileNotFoundError as exc:  # deleted or expired meanwhile
+                raise UploadError(404, f"upload {rec.id} was deleted while block {i} was "
+                                       "being written") from exc
         with self.lock(rec.tenant, rec.id):  # the last activity, for expiry
             fresh = self._load(rec.tenant, rec.id)
             if fresh is not None and fresh.state == "uploading":
