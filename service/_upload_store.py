@@ -278,9 +278,13 @@ class UploadStore:
             self._check_name(tenant, name)
             self._check_quota(tenant, rec.nbytes)
             os.makedirs(os.path.join(self._dir(tenant, rec.id), "blocks"))
-            zarr.create_array(self.staging(rec), shape=(m, n), chunks=(rec.block_rows, n),
-                              dtype=dtype, zarr_format=3, fill_value=0)
-            self._save(rec)
+            try:
+                zarr.create_array(self.staging(rec), shape=(m, n), chunks=(rec.block_rows, n),
+                                  dtype=dtype, zarr_format=3, fill_value=0)
+                self._save(rec)
+            except BaseException:
+                shutil.rmtree(self._dir(tenant, rec.id), ignore_errors=True)
+                raise
         return rec
 
     def _check_blocks(self, m: int, n: int, itemsize: int, rows: int, *, chosen: bool) -> None:
