@@ -264,6 +264,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         url = client.upload(
             data, args.dest, storage_options=so, chunks=args.chunks,
             array=args.dest_array, overwrite=args.overwrite,
+            via="http" if args.http else "auto",
         )
     m, n = data.shape
     print(url)
@@ -421,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("upload", "write a .npy file or a Zarr array as row-chunked Zarr v3 for the "
             "service; prints the URL", cmd_upload)
     p.add_argument("source", help=".npy file, or Zarr array/group (path or URL)")
-    p.add_argument("dest", help="destination path (in a data root) or s3:// URL")
+    p.add_argument("dest", help="destination path (in a data root) or s3:// URL; a bare NAME "
+                   "(no '/') is sent over HTTP to the service's upload API")
+    p.add_argument("--http", action="store_true",
+                   help="send DEST over HTTP (POST /v1/uploads) even if it looks like a path")
     p.add_argument("--array", help="array inside the SOURCE group")
     p.add_argument("--dest-array", metavar="NAME", help="write into a group at DEST as NAME")
     p.add_argument("--chunks", type=_positive_int, metavar="ROWS", help="rows per chunk")

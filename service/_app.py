@@ -34,6 +34,9 @@ from ._sandbox import Sandbox
 from ._schemas import Problem
 from ._settings import Settings
 from ._store import JobStore
+from ._upload_store import STATE_DIR
+from ._uploads import is_block_upload, make_store
+from ._uploads import router as uploads_router
 
 __all__ = ["create_app"]
 
@@ -76,8 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(os.makedirs, settings.results_root, exist_ok=True)
         store = await asyncio.to_thread(JobStore, db, feed.notify_threadsafe)
         options = settings.fs_options()
-        sandbox = Sandbox(settings.data_roots, storage_options=options, forbidden=[
-            settings.results_root, db, db + "-wal", db + "-shm", db + "-journal"])
+        sandbox = Sandbox([*settings.data_roots, settings.uploads_root], storage_options=options,
+                          forbidden=[settings.results_root, db, db + "-wal", db + "-shm",
+                                     db + "-journal",
+                                     os.path.join(settings.uploads_root, STATE_DIR)])
         results = Results(settings.results_root, options)
         metrics = Metrics(store.count_by_state)
         cluster = Cluster(settings)
@@ -106,12 +111,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.auth = TokenAuth(settings.tenant_tokens())
     _problems.install(app)
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
+                       streamed=is_block_upload)
+    app.state.uploads = make_store(settings)
     app.include_router(router)
     app.include_router(ops_router)
+    app.include_router(uploads_router)
     install_pages(app)
     app.state.method_table = [(r.path_regex, frozenset(r.methods))
-                              for r in (*router.routes, *ops_router.routes, *pages_router.routes)
+                              for r in (*router.routes, *ops_router.routes,
+                                        *uploads_router.routes, *pages_router.routes)
                               if getattr(r, "methods", None)]
 
     app.openapi = functools.partial(_openapi, app)

@@ -37,6 +37,7 @@ from ._sandbox import Sandbox, SandboxError
 from ._schemas import Health, JobCreate, JobList, JobPublic, JobState, Ready
 from ._settings import Settings
 from ._store import WrongState, JobRow, JobStore, QueueFull
+from ._uploads import check_source
 
 __all__ = ["router", "ops_router", "Services", "to_public"]
 
@@ -281,6 +282,8 @@ async def submit_job(
                                     "processed; retry shortly", headers={"Retry-After": "1"})
         key_reserved = outcome == "new"
     try:
+        await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
+                                body.source.array, tenant)  # another tenant's upload: 404
         params, notes, pin = await _validate_source(svc, body)
         row = await asyncio.to_thread(
             svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,
