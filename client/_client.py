@@ -236,14 +236,8 @@ class Client:
         if (rank is None) == (energy is None):
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")
-        if not isinstance(source, (str, os.PathLike)):
-            if not (hasattr(source, "shape") and hasattr(source, "dtype")):
-                raise TypeError(
-                    f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
-                    f"upload; got {type(source).__name__} (np.asarray(x) first)")
-            source = self.upload(source, f"array-{uuid.uuid4().hex[:12]}", via="http")
         body = {
-            "source": {"url": normalize_source(source), "array": array},
+            "source": {"url": self._source_url(source), "array": array},
             "rank": rank,
             "method": method,
             "n_oversamples": n_oversamples,
@@ -278,6 +272,16 @@ class Client:
             "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
         )
         return Job(self, response.json())
+
+    def _source_url(self, source: Any) -> str:
+        """The URL a job names: a path or URL as given, an in-memory array uploaded first."""
+        if not isinstance(source, (str, os.PathLike)):
+            if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+                raise TypeError(
+                    f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
+                    f"upload; got {type(source).__name__} (np.asarray(x) first)")
+            source = self.upload(source, f"array-{uuid.uuid4().hex[:12]}", via="http")
+        return normalize_source(source)
 
     def get(self, job_id: str) -> Job:
         """The job with this id (:class:`NotFound` if unknown to this tenant)."""
