@@ -297,7 +297,9 @@ class Runner:
         req, params = job.request, job.params
         source = params["url"]
         options = options_for(source, self.settings.fs_options())
-        allow_missing = bool(req.get("allow_missing_chunks", False))
+        # Jobs stored before missing_chunks existed said allow_missing_chunks (default false).
+        missing_chunks = req.get("missing_chunks") or (
+            "fill" if req.get("allow_missing_chunks") else "error")
         # The source pinned at submit: svd re-lists it before the first read
         # and after the last, and every read checks its chunk against it.
         pinned = self.store.get_pin(job.id)
@@ -307,13 +309,13 @@ class Runner:
             roots, forbidden = self.guard
             source = pin_source(source, params.get("array"), storage_options=options,
                                 roots=roots, forbidden=forbidden,
-                                allow_missing_chunks=allow_missing,
+                                missing_chunks=missing_chunks,
                                 panel_bytes=self.settings.panel_bytes,
                                 limits=self.settings.limits(),
                                 sample_dims=params.get("sample_dims"))
         s = self.settings
         return svd(source, **_svd_params(job).svd_kwargs(),
-                   allow_missing_chunks=allow_missing,
+                   missing_chunks=missing_chunks,
                    panel_cache=s.panel_cache, reader=s.reader,
                    client=self.cluster.sync_client,
                    storage_options=options, out=out,
@@ -386,7 +388,8 @@ class Runner:
         result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
                   "shape": list(job.params["shape"]), "rank": int(res.S.size),
                   "method": res.method}
-        events = [str(e) for e in res.events]
+        # the run's events, then what the report says a user must know (report["notes"])
+        events = [str(e) for e in res.events] + list(res.report.get("notes") or [])
         # res.report is JSON-safe already (svdserve.worker.energy_report)
         done = self._write_state(job, "its success", self.store.finish, job.id, job.attempt,
                                  "succeeded", result=result, report=res.report, notes=events,
