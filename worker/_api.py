@@ -417,7 +417,8 @@ def _run_algorithm(job, *, panel_cache, scratch, panel_bytes, reader):
                   decide_missing=None if markers is None else _missing_decider(job))
         return run, _factor(run, params)
     finally:
-        engine.release_cache(token)
+        if panel_cache:  # nothing to release otherwise (and no call to a hung worker)
+            engine.release_cache(token)
         remove_scratch(scratch_url, job.out_opts)
 
 
