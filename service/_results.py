@@ -13,6 +13,8 @@ import posixpath
 import re
 import shutil
 
+from collections.abc import Callable
+
 import fsspec
 
 from svdserve import _manifest
@@ -79,7 +81,7 @@ class Results:
     def remove_attempt(self, tenant: str, job_id: str, attempt: int) -> None:
         self.remove(posixpath.dirname(self.url(tenant, job_id, attempt)))
 
-    def sweep(self, active: set[tuple[str, str, int]]) -> list[str]:
+    def sweep(self, active: Callable[[], set[tuple[str, str, int]]]) -> list[str]:
         """Remove every attempt directory without a manifest that is not ``active``.
 
         Such a directory is what a failed, cancelled or interrupted attempt
@@ -89,8 +91,11 @@ class Results:
 
         Parameters
         ----------
-        active : set of (tenant, job id, attempt)
-            The attempts of running jobs (:meth:`JobStore.active_attempts`).
+        active : callable
+            Returns the ``(tenant, job id, attempt)`` of running jobs
+            (:meth:`JobStore.active_attempts`). Called *after* the directories
+            are listed: a job claimed meanwhile is then in it, so the sweep
+            never removes an attempt that started while it looked.
 
         Returns
         -------
@@ -99,10 +104,16 @@ class Results:
         """
         if self.remote or not os.path.isdir(self.root):
             return []
+        candidates = [(key, path) for *key, path in _attempt_dirs(self.root)
+                      if not self.complete(f"{path}/result.zarr")]
+        if not candidates:
+            return []
+        running = active()
         removed = []
-        for tenant, job_id, attempt, path in _attempt_dirs(self.root):
-            if (tenant, job_id, attempt) in active or self.complete(
-                    f"{path}/result.zarr"):
+        for key, path in candidates:
+            # Checked again: a job that finished meanwhile wrote its manifest before
+            # it left the running state (so before ``active()`` looked).
+            if tuple(key) in running or self.complete(f"{path}/result.zarr"):
                 continue
             log.warning("removing %s: an attempt that left files but no result "
                         "(no manifest) and is not running", path)

@@ -249,7 +249,7 @@ class Runner:
     def sweep(self) -> None:
         """Remove attempt directories with no manifest that no running job owns."""
         try:
-            self.results.sweep(self.store.active_attempts())
+            self.results.sweep(self.store.active_attempts)
         except (OSError, sqlite3.Error):
             log.warning("could not sweep the results root %s", self.results.root,
                         exc_info=True)

@@ -540,8 +540,8 @@ class DaskEngine(_Engine):
                 return
             if hung:
                 self.client.run_on_scheduler(_remove_workers, hung)
-        except Exception as exc:  # noqa: BLE001 - the scheduler is gone
-            _reraise(exc)
+        except Exception:  # noqa: BLE001 - best effort; a lost scheduler is _watch's to report
+            return
         where = f" during {self.phase}" if self.phase else ""
         for addr in hung:
             self.events.append(
