@@ -1,7 +1,8 @@
 """The job runner: one dispatcher, bounded concurrency, cooperative cancel.
 
-The dispatcher (an asyncio task started in the lifespan) claims the oldest
-queued job while fewer than ``max_concurrent_jobs`` run, and runs each in a
+The dispatcher (an asyncio task started in the lifespan) claims the next
+queued job -- fair between tenants, FIFO within one (:meth:`JobStore.claim_next`)
+-- while fewer than ``max_concurrent_jobs`` run, and runs each in a
 thread of its own pool: :func:`svdserve.worker.svd` blocks, so it gets a
 *synchronous* ``distributed.Client`` to the service's scheduler and never
 touches the event loop.

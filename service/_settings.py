@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     tokens_file : path or None, default=None
         A file of ``tenant:token`` lines (``#`` comments allowed).
     max_concurrent_jobs : int, default=2
-        Jobs running at once; the rest wait in the queue in submission order.
+        Jobs running at once; the rest wait in the queue, dispatched fairly
+        between tenants (FIFO within one; see ``max_running_jobs_per_tenant``).
     max_queued_jobs : int, default=100
         Queue capacity; a submission beyond it is answered 429 with Retry-After.
     max_queued_jobs_per_tenant : int or None, default=None
