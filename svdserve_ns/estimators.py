@@ -56,8 +56,6 @@ __all__ = ["PCA", "TruncatedSVD"]
 SOLVERS = {"auto": "auto", "full": "exact", "covariance_eigh": "exact", "exact": "exact",
            "arpack": "auto", "randomized": "randomized", "sketch": "sketch"}
 
-#: Power iterations for ``iterated_power="auto"``: each one is a pass over A.
-AUTO_POWER_ITERATIONS = 2
 
 _SHARED_CONSTRAINTS = {
     "n_oversamples": [Interval(Integral, 0, None, closed="left")],
@@ -183,6 +181,9 @@ class PCA(_SVDEstimator):
         rule; with the randomized method the rank is found by adaptive
         blocks, Yu, Gu & Li 2018). ``"mle"``: Minka's estimate from the
         whole spectrum (runs the exact method). None: min(n_samples, n_features).
+        0: no component (the model is all noise; ``score`` still works).
+    copy : bool, default=True
+        Accepted for scikit-learn compatibility: X is never modified either way.
     whiten : bool, default=False
         Divide the projections by √explained_variance_ (unit variance each).
     svd_solver : {"auto", "full", "covariance_eigh", "arpack", "randomized", \
@@ -193,8 +194,10 @@ class PCA(_SVDEstimator):
         ``"randomized"`` (Halko et al.) and ``"sketch"`` (one pass, Tropp
         et al.) as named.
     iterated_power : int or "auto", default="auto"
-        Power iterations of the randomized method, one pass over X each;
-        ``"auto"`` is 2.
+        Power iterations of the randomized method, one pass over X each
+        (later passes come from the panel cache when it holds X);
+        ``"auto"``: 7 when n_components < 0.1·min(n_samples, n_features),
+        else 4, as scikit-learn.
     n_oversamples : int, default=10
         Extra random vectors of the randomized method.
     random_state : int, RandomState instance or None, default=None
@@ -238,20 +241,22 @@ class PCA(_SVDEstimator):
     """
 
     _parameter_constraints = {
-        "n_components": [Interval(Integral, 1, None, closed="left"),
+        "n_components": [Interval(Integral, 0, None, closed="left"),
                          Interval(RealNotInt, 0, 1, closed="neither"),
                          StrOptions({"mle"}), None],
+        "copy": ["boolean"],
         "whiten": ["boolean"],
         "svd_solver": [StrOptions(set(SOLVERS))],
         "iterated_power": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
         **_SHARED_CONSTRAINTS,
     }
 
-    def __init__(self, n_components=None, *, whiten=False, svd_solver="auto",
+    def __init__(self, n_components=None, *, copy=True, whiten=False, svd_solver="auto",
                  iterated_power="auto", n_oversamples=10, random_state=None, client=None,
                  sample_dims=None, missing="error", array=None, storage_options=None,
                  panel_bytes=None):
         self.n_components = n_components
+        self.copy = copy
         self.whiten = whiten
         self.svd_solver = svd_solver
         self.iterated_power = iterated_power
@@ -307,18 +312,29 @@ class PCA(_SVDEstimator):
             rank = min(m, n)
             method = "exact" if nc == "mle" else method
         elif isinstance(nc, Integral):
-            rank = int(nc)
+            rank = max(int(nc), 1)  # n_components=0 keeps none of the rank-1 fit
         else:
             energy = float(nc)
-        n_iter = (AUTO_POWER_ITERATIONS if self.iterated_power == "auto"
-                  else self.iterated_power)
-        fac = self._decompose(data, rank, energy, method, n_iter)
+        fac = self._decompose(data, rank, energy, method, self._power_iterations(data, rank))
         self._set_attributes(fac, self._dtype(data))
         return data, fac
 
+    def _power_iterations(self, data, rank):
+        """``iterated_power``, with scikit-learn's rule for ``"auto"``: 7 when
+        n_components < 0.1·min(n_samples, n_features), else 4."""
+        if self.iterated_power != "auto":
+            return self.iterated_power
+        if rank is None:
+            return 4
+        try:
+            short = min(data.shape)
+        except Exception:  # noqa: BLE001 - a path only the service can read: its metadata
+            return 4
+        return 7 if rank < 0.1 * short else 4
+
     def _set_attributes(self, fac, dtype):
         m, n = fac.n_samples, fac.Vt.shape[1]
-        k = len(fac.S)
+        k = 0 if self.n_components == 0 else len(fac.S)
         if self.n_components == "mle":
             spectrum = fac.S**2 / (m - 1)
             k = int(infer_dimension(spectrum, m))
