@@ -315,9 +315,27 @@ class PCA(_SVDEstimator):
             rank = max(int(nc), 1)  # n_components=0 keeps none of the rank-1 fit
         else:
             energy = float(nc)
-        fac = self._decompose(data, rank, energy, method, self._power_iterations(data, rank))
-        self._set_attributes(fac, self._dtype(data))
+        n_iter = self._power_iterations(data, rank)
+        fac = self._decompose(data, rank, energy, method, n_iter)
+        k = self._kept(fac, energy)
+        if k > len(fac.S):  # a tie at the energy target, decided as scikit-learn does
+            fac = self._decompose(data, k, None, "exact", n_iter)
+        self._set_attributes(fac, k, self._dtype(data))
         return data, fac
+
+    def _kept(self, fac, energy):
+        """Components kept: scikit-learn's rules for ``"mle"``, 0 and an energy target
+        (decided on the whole spectrum when the exact method gave it)."""
+        nc, m, n = self.n_components, fac.n_samples, fac.Vt.shape[1]
+        if nc == 0:
+            return 0
+        if nc == "mle":
+            return int(infer_dimension(fac.S**2 / (m - 1), m))
+        if energy is not None and fac.s_all is not None:
+            _, ratio, _ = variances(fac.s_all, m, fac.total_ss, n)
+            k = int(np.searchsorted(np.cumsum(ratio), energy, side="right")) + 1
+            return min(k, len(fac.s_all))
+        return len(fac.S)
 
     def _power_iterations(self, data, rank):
         """``iterated_power``, with scikit-learn's rule for ``"auto"``: 7 when
@@ -332,12 +350,8 @@ class PCA(_SVDEstimator):
             return 4
         return 7 if rank < 0.1 * short else 4
 
-    def _set_attributes(self, fac, dtype):
+    def _set_attributes(self, fac, k, dtype):
         m, n = fac.n_samples, fac.Vt.shape[1]
-        k = 0 if self.n_components == 0 else len(fac.S)
-        if self.n_components == "mle":
-            spectrum = fac.S**2 / (m - 1)
-            k = int(infer_dimension(spectrum, m))
         self._common_attributes(fac, k, dtype)
         explained, ratio, noise = variances(fac.S[:k], m, fac.total_ss, n)
         self.mean_ = fac.mean.astype(dtype)
