@@ -29,11 +29,17 @@ The PCA arithmetic (projection, whitening, the probabilistic model behind
 
 from __future__ import annotations
 
+import copy
 from math import sqrt
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    clone,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
@@ -80,6 +86,24 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     """What :class:`PCA` and :class:`TruncatedSVD` share: inputs, backends, transforms."""
 
     _center = True
+
+    # -- the client is a connection: shared by clones, not pickled ----------------------
+
+    def __sklearn_clone__(self):
+        """A clone with the same ``client`` object (scikit-learn would deep-copy it)."""
+        params = self.get_params(deep=False)
+        client = params.pop("client")
+        new = type(self)(**{k: clone(v, safe=False) for k, v in params.items()}, client=client)
+        for attr in ("_metadata_request", "_sklearn_output_config"):
+            if hasattr(self, attr):
+                setattr(new, attr, copy.deepcopy(getattr(self, attr)))
+        return new
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if state.get("client") is not None:  # a live connection: unpickled as None
+            state = {**state, "client": None}
+        return state
 
     # -- inputs -------------------------------------------------------------------------
 
