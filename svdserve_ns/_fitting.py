@@ -203,7 +203,8 @@ def backend_of(client) -> str:
 
 
 def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_oversamples,
-              n_iter, random_state, missing="error", panel_bytes=None) -> Factors:
+              n_iter, random_state, missing="error", panel_bytes=None,
+              compute_u=True) -> Factors:
     """Run one truncated SVD of ``data`` where ``client`` says.
 
     Parameters
@@ -212,8 +213,9 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
     client : None, distributed.Client or svdserve.client.Client
         None: an in-memory matrix in this process; any other input on the
         default Dask client if there is one, else in this process.
-    rank, energy, center, method, n_oversamples, n_iter, random_state, missing :
-        As :func:`svdserve.worker.svd` takes them.
+    rank, energy, center, method, n_oversamples, n_iter, random_state, missing, compute_u :
+        As :func:`svdserve.worker.svd` takes them (``compute_u=False``: no U, one
+        pass fewer for the exact method).
     panel_bytes : int or None
         Panel budget (this process or a Dask cluster; a service uses its own).
 
@@ -222,7 +224,8 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
     Factors
     """
     kw = dict(method=method, n_oversamples=n_oversamples, n_iter=n_iter, center=center,
-              random_state=random_state, energy=energy, missing=missing)
+              random_state=random_state, energy=energy, missing=missing,
+              compute_u=compute_u)
     if backend_of(client) == "service":
         return _on_service(data, client, rank, kw)
     from svdserve.worker import svd
@@ -243,10 +246,10 @@ def _on_service(data, client, rank, kw):
             job = client.submit(data.obj, rank, **kw)
         except TypeError as exc:
             raise TypeError(
-                f"this svdserve service client cannot take a {data.kind} matrix "
-                f"({type(data.obj).__name__}) yet ({exc}); store it where the service "
-                "can read it with Client.upload(X, path) and fit on the returned path, "
-                "or fit with client=None (this process) or a distributed.Client") from exc
+                f"the service reads matrices by path, and this client cannot send it a "
+                f"{type(data.obj).__name__} ({exc}); store X where the service reads with "
+                "Client.upload(X, path) and fit on the path it returns, or fit with "
+                "client=None (this process) or a distributed.Client") from exc
     else:
         job = client.submit(data.obj, rank, array=data.array,
                             sample_dims=data.sample_dims, **kw)

@@ -115,7 +115,8 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset,
                               ensure_min_samples=2 if reset else 1,
                               ensure_min_features=2 if reset and not self._center else 1,
-                              ensure_all_finite="allow-nan" if self.missing == "mask" else True)
+                              # fit: the decomposition's first pass finds NaN/Inf anyway
+                              ensure_all_finite=self._finite(reset))
             return Data("memory", X)
         if reset:
             if hasattr(self, "feature_names_in_"):
@@ -127,15 +128,20 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                                  f"{self.n_features_in_} features as input.")
         return data
 
+    def _finite(self, reset):
+        if reset:
+            return False
+        return "allow-nan" if self.missing == "mask" else True
+
     def _dtype(self, data):
         return np.float32 if data.dtype == np.float32 else np.float64
 
-    def _decompose(self, data, rank, energy, method, n_iter):
+    def _decompose(self, data, rank, energy, method, n_iter, compute_u=True):
         return decompose(data, client=self.client, rank=rank, energy=energy,
                          center=self._center, method=method,
                          n_oversamples=self.n_oversamples, n_iter=n_iter,
                          random_state=_seed(self.random_state), missing=self.missing,
-                         panel_bytes=self.panel_bytes)
+                         panel_bytes=self.panel_bytes, compute_u=compute_u)
 
     def _common_attributes(self, fac, k, dtype):
         """The attributes both estimators set from the factors (the first ``k``)."""
@@ -307,7 +313,7 @@ class PCA(_SVDEstimator):
         -------
         self : PCA
         """
-        self._fit(X)
+        self._fit(X, compute_u=False)  # σ, V and the mean: one pass fewer for "exact"
         return self
 
     def fit_transform(self, X, y=None):
@@ -322,7 +328,7 @@ class PCA(_SVDEstimator):
         scale = sqrt(self.n_samples_ - 1) if self.whiten else fac.S[:self.n_components_]
         return self._scores(fac, data, scale)
 
-    def _fit(self, X):
+    def _fit(self, X, compute_u=True):
         self._validate_params()
         data = self._data(X, reset=True)
         nc = self.n_components
@@ -340,10 +346,10 @@ class PCA(_SVDEstimator):
         else:
             energy = float(nc)
         n_iter = self._power_iterations(data, rank)
-        fac = self._decompose(data, rank, energy, method, n_iter)
+        fac = self._decompose(data, rank, energy, method, n_iter, compute_u)
         k = self._kept(fac, energy)
         if k > len(fac.S):  # a tie at the energy target, decided as scikit-learn does
-            fac = self._decompose(data, k, None, "exact", n_iter)
+            fac = self._decompose(data, k, None, "exact", n_iter, compute_u)
         self._set_attributes(fac, k, self._dtype(data))
         return data, fac
 

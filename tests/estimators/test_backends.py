@@ -65,6 +65,8 @@ def test_stored_and_lazy_inputs_same_numbers(low_rank, low_rank_zarr, dask_clien
     T = est.transform(X)
     assert isinstance(T, da.Array)
     np.testing.assert_allclose(T.compute(), ref.transform(low_rank), rtol=1e-9, atol=1e-9)
+    assert_same_fit(est.fit(X), ref)
+    assert est.report_["passes"] == 1  # fit alone needs no U: σ, V and the mean in one pass
 
 
 def test_transform_of_a_stored_matrix_is_lazy_and_bounded(low_rank, low_rank_zarr):
