@@ -150,3 +150,33 @@ def test_bad_client_and_re_exports():
     assert svdserve.TruncatedSVD is svdserve.estimators.TruncatedSVD
     with pytest.raises(TypeError, match="client must be None.*got 'tcp://x:8786'"):
         PCA(2, client="tcp://x:8786").fit(np.eye(4))
+
+
+def test_nd_variable_of_a_stored_dataset_by_sample_dims(low_rank, tmp_path):
+    xr = pytest.importorskip("xarray")
+    import dask.array as da
+
+    # An xarray-written store: sst(lat, time, lon); the matrix is time × (lat, lon).
+    cube = low_rank.reshape(300, 5, 8).transpose(1, 0, 2)
+    ds = xr.Dataset({"sst": (("lat", "time", "lon"), cube)})
+    path = str(tmp_path / "sst.zarr")
+    ds.chunk({"time": 64}).to_zarr(path, zarr_format=3, consolidated=False)
+    est = PCA(4, sample_dims="time", array="sst")
+    Z = est.fit_transform(path)
+    ref = PCA(4).fit(low_rank)
+    assert_same_fit(est, ref)
+    assert isinstance(Z, da.Array)
+    np.testing.assert_allclose(est.transform(path).compute(), ref.transform(low_rank),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_import_svdserve_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, svdserve; print([m for m in ('sklearn', 'svdserve.estimators', "
+            "'svdserve.worker') if m in sys.modules]); svdserve.PCA; "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"
