@@ -45,6 +45,22 @@ def test_numpy_in_process_equals_cluster(low_rank, dask_client):
     np.testing.assert_array_equal(here.singular_values_, there.singular_values_)
 
 
+def test_in_memory_matrix_stays_in_this_process(low_rank, dask_client):
+    # dask_client is the default client here: a NumPy X still never goes to it
+    # (worker.svd(client=False)), while a dask X does.
+    import dask.array as da
+
+    def transitions():
+        return dask_client.run_on_scheduler(lambda dask_scheduler:
+                                            dask_scheduler.transition_counter)
+
+    before = transitions()
+    PCA(3).fit(low_rank)
+    assert transitions() == before
+    PCA(3).fit(da.from_array(low_rank, chunks=(100, 40)))
+    assert transitions() > before
+
+
 @pytest.mark.parametrize("form", ["path", "zarr.Array", "dask"])
 @pytest.mark.parametrize("where", ["here", "cluster"])
 def test_stored_and_lazy_inputs_same_numbers(low_rank, low_rank_zarr, dask_client, form,
