@@ -22,10 +22,6 @@ import numpy as np
 
 __all__ = ["Data", "Factors", "decompose", "backend_of", "as_data"]
 
-#: Backends, as :func:`backend_of` names them.
-BACKENDS = ("local", "dask", "service")
-
-
 @dataclass
 class Data:
     """A matrix of samples × features, as the user gave it.

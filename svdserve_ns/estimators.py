@@ -235,7 +235,9 @@ class PCA(_SVDEstimator):
         components on any backend and any number of workers).
     client : None, distributed.Client or svdserve.client.Client, default=None
         Where to fit: None, this process (an in-memory X) or the default
-        Dask client if any (a stored or dask X); a Dask cluster; a service.
+        Dask client if any (a stored or dask X); a Dask cluster; a service
+        (X then a path or URL it can read). Clones share it; pickling drops
+        it (a live connection): the unpickled estimator has ``client=None``.
     sample_dims : str or sequence of str, optional
         An N-D variable (a ``DataArray``, or a Zarr path with ``array=``):
         these dimensions are the samples, the others the features.
