@@ -242,8 +242,8 @@ def _on_service(data, client, rank, kw):
             job = client.submit(data.obj, rank, **kw)
         except TypeError as exc:
             raise TypeError(
-                f"the service reads matrices by path, and this client cannot send it a "
-                f"{type(data.obj).__name__} ({exc}); store X where the service reads with "
+                f"the service reads matrices by path, and this client cannot send it X "
+                f"(a {type(data.obj).__name__}: {exc}); store X where the service reads with "
                 "Client.upload(X, path) and fit on the path it returns, or fit with "
                 "client=None (this process) or a distributed.Client") from exc
     else:
