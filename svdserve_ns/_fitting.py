@@ -6,8 +6,9 @@
   without reading it;
 - :func:`decompose`: one truncated SVD on the chosen backend -- this process
   (:func:`svdserve.worker.svd` with ``client=False``), a Dask cluster
-  (``distributed.Client``) or a service (``svdserve.client.Client``) -- as
-  one :class:`Factors`, whichever ran it.
+  (``distributed.Client``) or a service (``svdserve.client.Client``: a path is
+  submitted as it is, any other matrix uploaded over HTTP first) -- as one
+  :class:`Factors`, whichever ran it.
 
 The backends are imported when used: :mod:`svdserve.client` never imports
 :mod:`svdserve.worker`, and neither part imports this module.
@@ -16,6 +17,7 @@ The backends are imported when used: :mod:`svdserve.client` never imports
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +85,7 @@ def _open_lazy(data):
         import xarray as xr
 
         ds = xr.open_zarr(data.obj, storage_options=data.storage_options,
-                          consolidated=None, mask_and_scale=True)
+                          consolidated=False, mask_and_scale=True)
         name = data.array or _only_variable(ds, data.obj)
         return stack_samples(ds[name], data.sample_dims)
     else:
@@ -237,19 +239,22 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
 
 
 def _on_service(data, client, rank, kw):
-    if data.kind != "path":
-        try:
-            job = client.submit(data.obj, rank, **kw)
-        except TypeError as exc:
-            raise TypeError(
-                f"the service reads matrices by path, and this client cannot send it X "
-                f"(a {type(data.obj).__name__}: {exc}); store X where the service reads with "
-                "Client.upload(X, path) and fit on the path it returns, or fit with "
-                "client=None (this process) or a distributed.Client") from exc
-    else:
-        job = client.submit(data.obj, rank, array=data.array,
-                            sample_dims=data.sample_dims, **kw)
-    res = job.result()
+    """Submit to the service: a path as it is; any other matrix uploaded over HTTP
+    first (:meth:`svdserve.client.Client.upload`), its upload deleted once the job ended."""
+    if data.kind == "path":
+        job = client.submit(data.obj, rank, array=data.array, sample_dims=data.sample_dims,
+                            **kw)
+        return _stored(job.result())
+    name = f"estimator-{uuid.uuid4().hex[:12]}"
+    source = client.upload(data.lazy(), name, via="http")
+    try:
+        return _stored(client.submit(source, rank, **kw).result())
+    finally:
+        client.delete_upload(name)
+
+
+def _stored(res):
+    """:class:`Factors` of a :class:`svdserve.client.StoredResult` (U stays lazy)."""
     return _factors(res.U, res.S, np.asarray(res.Vt, dtype=np.float64), res.mean,
                     res.report, res.mask)
 

@@ -12,8 +12,9 @@ and fit on the same numerical core as the service:
 - in this process (``client=None``; an in-memory matrix never leaves it,
   any other input runs on the default Dask client if one exists);
 - on a Dask cluster (``client=distributed.Client(...)``);
-- through a service (``client=svdserve.client.Client(url)``; the input is
-  then a path or URL the service can read).
+- through a service (``client=svdserve.client.Client(url)``; a path or URL
+  the service reads is submitted as it is, any other input is uploaded over
+  HTTP first and its upload deleted when the job has ended).
 
 ``X`` may be a NumPy array (or anything scikit-learn takes as one), a dask
 array, a Zarr path or URL (``array=`` names the array in a group), a
@@ -236,7 +237,8 @@ class PCA(_SVDEstimator):
     client : None, distributed.Client or svdserve.client.Client, default=None
         Where to fit: None, this process (an in-memory X) or the default
         Dask client if any (a stored or dask X); a Dask cluster; a service
-        (X then a path or URL it can read). Clones share it; pickling drops
+        (a path or URL it reads, else X is uploaded over HTTP for the job).
+        Clones share it; pickling drops
         it (a live connection): the unpickled estimator has ``client=None``.
     sample_dims : str or sequence of str, optional
         An N-D variable (a ``DataArray``, or a Zarr path with ``array=``):

@@ -1,8 +1,7 @@
 """svdserve.PCA / TruncatedSVD fitted through the real service (``client=svdserve.client.Client``).
 
-The same numbers as the in-process fit of the same matrix; a matrix the
-service cannot read by path is refused with a TypeError that says how to
-store it (``Client.upload``) -- or, once the client sends arrays itself, fitted.
+The same numbers as the in-process fit of the same matrix, whether the
+service reads it by path or it is uploaded over HTTP for the job.
 """
 
 from __future__ import annotations
@@ -48,14 +47,16 @@ def test_pca_through_the_service_equals_in_process(client, data_dir, matrix):
                                rtol=1e-10)
 
 
-def test_in_memory_matrix_and_the_service(client, matrix):
+def test_in_memory_matrix_is_uploaded_for_the_job(client, matrix):
     from svdserve import PCA
 
+    before = {u["name"] for u in client.uploads()}
     est = PCA(3, client=client)
-    try:
-        est.fit(matrix)
-    except TypeError as exc:  # the client cannot send arrays: say how to store one
-        assert "Client.upload" in str(exc) and "ndarray" in str(exc)
-    else:  # the client uploads arrays (Client.submit(array)): then the numbers agree
-        np.testing.assert_allclose(est.singular_values_, PCA(3).fit(matrix).singular_values_,
-                                   rtol=1e-10)
+    Z = est.fit_transform(matrix)
+    local = PCA(3).fit(matrix)
+    # Exact both ways, different panel plans: rounding only (see above).
+    np.testing.assert_allclose(est.singular_values_, local.singular_values_, rtol=1e-10)
+    np.testing.assert_allclose(est.components_, local.components_, rtol=1e-10, atol=1e-10)
+    assert isinstance(Z, np.ndarray)  # NumPy in, NumPy out
+    np.testing.assert_allclose(Z, local.transform(matrix), rtol=1e-9, atol=1e-9)
+    assert {u["name"] for u in client.uploads()} == before  # the upload was deleted
