@@ -1,9 +1,9 @@
 """scikit-learn estimators that run out of core: :class:`PCA` and :class:`TruncatedSVD`.
 
 >>> from svdserve import PCA                                      # doctest: +SKIP
->>> pca = PCA(n_components=0.95).fit("data/A.zarr")               # a Zarr path, not read here
+>>> pca = PCA(n_components=0.95).fit("data/A.zarr")  # doctest: +SKIP (read panel by panel)
 >>> pca.n_components_, pca.explained_variance_ratio_.sum()        # doctest: +SKIP
->>> Z = pca.transform("data/A.zarr")                              # lazy dask array
+>>> Z = pca.transform("data/A.zarr")  # doctest: +SKIP (a lazy dask array)
 
 They take scikit-learn's constructor parameters where those apply, keep its
 fitted attribute names, pass :func:`sklearn.utils.estimator_checks.check_estimator`,
