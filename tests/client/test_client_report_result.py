@@ -51,7 +51,7 @@ def test_report_mapping_and_views():
     assert rep.captured_fraction == pytest.approx(21 / 25)
     np.testing.assert_allclose(rep.cumulative_fraction, [16 / 25, 20 / 25, 21 / 25])
     assert rep.rank_for(0.8) == 2
-    assert rep.rank_for(0.9) is None  # more than k
+    assert rep.rank_for(0.9) == 4  # beyond k, from the whole spectrum (exact): 23/25 ≥ 0.9
     assert rep.residual(0) == pytest.approx(5.0)
     assert rep.residual(2) == pytest.approx(np.sqrt(5.0))
     # beyond k with the full spectrum (exact method): the tail norm of σ_5 = √2
