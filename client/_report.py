@@ -369,7 +369,8 @@ class EnergyReport(Mapping):
         ax1.semilogy(r[:k][top], s[:k][top], "o-", ms=3, color="tab:blue", label=f"σ_1..σ_{k}")
         ax2.plot(r[:k], cum[:k], "o-", ms=3, color="tab:blue")
         for ax, what in ((ax1, "singular value σ_r"), (ax2, "cumulative energy (%)")):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            # min_n_ticks=1: one integer in view (k = 1) is enough; else it falls back to 0.1 steps
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_xlim(0.5, max(s.size, 1) + 0.5)  # every rank, none fractional
             ax.set_xlabel("rank r")
             ax.set_ylabel(what)
