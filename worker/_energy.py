@@ -263,13 +263,16 @@ def _spectrum_stats(sigma, s_all, shape, n_gaps):
     }
 
 
+#: An error bound up to this many times the numerical-rank tolerance is rounding.
+ROUNDING_FACTOR = 100.0
+
 #: The report's warning for a probe-only bound above σ_k (see :func:`_error_estimate`).
 FLAT_SPECTRUM_WARNING = (
     "the error bound {bound:.4g} exceeds σ_k = {sigma_k:.4g}: this spectrum is too flat for a "
     "one-pass sketch of this size; use method=randomized with n_iter ≥ 1, or larger sketches")
 
 
-def _error_estimate(probe, sigma, s_all, frobenius, *, exact_residual, method):
+def _error_estimate(probe, sigma, s_all, frobenius, *, exact_residual, method, tol):
     """The report's ``error_estimate``: the best bound on ‖E‖₂ = ‖A − U_k S_k V_kᵀ‖₂ known.
 
     - exact (``s_all``): σ_{k+1} itself (``source`` ``"exact"``);
@@ -280,11 +283,14 @@ def _error_estimate(probe, sigma, s_all, frobenius, *, exact_residual, method):
     - sketch: the probe bound alone (``source`` ``"probe"``). When it exceeds σ_k
       the returned factors may be far off (a flat spectrum): ``warning`` says so.
 
-    ``exceeds_sigma_k`` is ``spectral > σ_k`` for every method; ``probe_bound`` keeps
-    the probe bound (None for exact).
+    ``exceeds_sigma_k`` is ``spectral > σ_k`` for every method, unless the bound is
+    rounding: at most ``ROUNDING_FACTOR·tol`` (``tol`` = σ_1·max(m, n)·ε, the
+    numerical-rank tolerance; an exact sketch of rank-deficient data, k above its
+    rank, measured a bound of ≈ 1·tol with σ_k ≈ 1e-2·tol). ``probe_bound`` keeps the
+    probe bound (None for exact).
     """
     k = sigma.size
-    sigma_k = float(sigma[-1]) if k else 0.0
+    sigma_k = max(float(sigma[-1]) if k else 0.0, ROUNDING_FACTOR * tol)
     if probe is None and s_all is None:
         if not exact_residual or method == "exact":
             return None
@@ -306,7 +312,8 @@ def _error_estimate(probe, sigma, s_all, frobenius, *, exact_residual, method):
                        kind="exact ‖A − U_k S_k V_kᵀ‖_F, an upper bound of the spectral norm")
     bound = est["spectral"]
     est["exceeds_sigma_k"] = bool(k) and (bound is None or bound > sigma_k)
-    est["warning"] = (FLAT_SPECTRUM_WARNING.format(bound=bound or math.inf, sigma_k=sigma_k)
+    est["warning"] = (FLAT_SPECTRUM_WARNING.format(bound=bound or math.inf,
+                                                   sigma_k=float(sigma[-1]))
                       if est["exceeds_sigma_k"] and not exact_residual else None)
     return est
 
@@ -391,7 +398,7 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
     }
     report["error_estimate"] = _error_estimate(
         error_estimate, sigma, s_all, norm if not k else float(resid[-1]),
-        exact_residual=resid_est is None, method=method)
+        exact_residual=resid_est is None, method=method, tol=stats["numerical_rank_tol"])
     report["notes"] = [w for w in [(report["error_estimate"] or {}).get("warning")] if w]
     report["suggested_rank"] = {"denoise": denoise_rank(
         sigma, shape=shape, center=center, s_all=s_all,
