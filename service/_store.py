@@ -340,14 +340,16 @@ class JobStore:
                from_states: tuple[str, ...] = ("running", "cancelling")) -> JobRow | None:
         """Move a running job to a final state; None if it was not in ``from_states``.
 
-        ``notes`` are appended to the job's notes.
+        ``notes`` are appended to the job's notes, less those it already has
+        (the report repeats what the submit noted about the input).
         """
         assert state in TERMINAL
         marks = ",".join("?" * len(from_states))
         with self._tx() as db:
             ts = now()
             current = self._get(job_id)
-            all_notes = (current.notes if current else []) + list(notes or [])
+            have = list(current.notes if current else [])
+            all_notes = have + [n for n in dict.fromkeys(notes or []) if n not in have]
             cur = db.execute(
                 f"UPDATE jobs SET state = ?, error = ?, result = ?, report = ?, notes = ?, "
                 f"finished_at = ?, updated_at = ?, version = version + 1 "
