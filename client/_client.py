@@ -36,16 +36,15 @@ def normalize_source(source: str | os.PathLike) -> str:
     """The ``source.url`` sent to the service.
 
     URLs (``s3://``, ``file://``, ...) and absolute paths are sent as given; a
-    relative path that exists on this machine is sent as its absolute path;
-    any other relative path is sent as given (the service resolves it
-    against its first data root).
+    relative path is taken from the current directory, as every command-line
+    tool does (and as :meth:`Client.upload` writes it), and sent as its
+    absolute path, whether or not it exists here. A client on another
+    machine names a source by the service's absolute path (``/data/A.zarr``).
     """
     source = os.fspath(source)
     if is_remote(source) or source.startswith("file://") or os.path.isabs(source):
         return source
-    if os.path.exists(source):
-        return os.path.abspath(source)
-    return source
+    return os.path.abspath(source)
 
 
 class Client:
@@ -168,10 +167,10 @@ class Client:
         Parameters
         ----------
         source : str or path-like
-            Zarr array or group: a path inside a data root of the service
-            (absolute, or relative to its first data root), a ``file://`` URL,
-            or ``s3://bucket/key``. A relative path that exists here is sent
-            as its absolute path.
+            Zarr array or group inside a data root of the service: a path, a
+            ``file://`` URL, or ``s3://bucket/key``. A relative path is taken
+            from the current directory and sent as its absolute path; from
+            another machine, give the service's absolute path.
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
         array : str or None, default=None

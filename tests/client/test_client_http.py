@@ -100,14 +100,16 @@ def test_submit_sends_the_contract_body_and_headers(tmp_path, monkeypatch):
     assert job.id == "abc" and job.state == "queued" and job["request"]["rank"] == 7
 
 
-def test_relative_path_that_does_not_exist_here_is_sent_as_given(tmp_path, monkeypatch):
+def test_a_relative_path_is_taken_from_the_current_directory(tmp_path, monkeypatch):
+    """One rule (issue 20, item 5): a relative path is the current directory's, existing
+    here or not; it is sent absolute, so the service never joins it to its data root."""
     rec = Recorder(httpx.Response(202, json=job_json("abc", "queued")))
     c, _ = make_client(rec)
     monkeypatch.chdir(tmp_path)
     c.submit("matrices/A.zarr", 2)
     c.submit("s3://bucket/A.zarr", 2)
     urls = [json.loads(r.content)["source"]["url"] for r in rec.requests]
-    assert urls == ["matrices/A.zarr", "s3://bucket/A.zarr"]
+    assert urls == [str(tmp_path / "matrices" / "A.zarr"), "s3://bucket/A.zarr"]
     assert "Authorization" not in rec.requests[0].headers
     # a fresh idempotency key per submit
     assert rec.requests[0].headers["Idempotency-Key"] != rec.requests[1].headers["Idempotency-Key"]
