@@ -5,8 +5,10 @@ this parser runs; everything else is here.
 
 Exit codes: 0 ok; 1 the job failed or was cancelled, a wait timed out, or the
 service/storage failed; 2 usage error (bad arguments, a request the service
-rejected as invalid, unknown job, missing input file, bad credentials).
-Errors are printed as one line on stderr.
+rejected as invalid, unknown or ambiguous job id, missing or unreadable input file, bad
+credentials). Errors are printed once, as one line on stderr, with the service's parameter
+names turned into this command line's flags (:func:`flag_text`). A closed stdout
+(``svdserve jobs | head -n 1``) ends the command quietly with 0, as a Unix filter.
 """
 
 from __future__ import annotations
@@ -135,7 +137,10 @@ def _progress_text(job) -> str:
     from ._job import Progress
 
     prog = Progress.from_json(job.get("progress"))
-    return str(prog) if prog is not None else ""
+    if prog is None:
+        return ""
+    done, total = prog.overall()
+    return f"{prog.label}: {done}/{total} panels of the job ({100 * done // max(total, 1)} %)"
 
 
 def _shape_of(job) -> list[int] | None:

@@ -253,7 +253,12 @@ class Client:
         return Job(self, response.json())
 
     def get(self, job_id: str) -> Job:
-        """The job with this id (:class:`NotFound` if unknown to this tenant)."""
+        """The job with this id, or with the one id of this tenant's jobs that starts with
+        ``job_id`` (at least 6 characters, as the short ids printed by the CLI).
+
+        Raises :class:`NotFound` if unknown to this tenant, :class:`InvalidRequest`
+        (``.problem["candidates"]``) if the prefix matches several jobs.
+        """
         return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
 
     def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
@@ -283,18 +288,19 @@ class Client:
                 return out[:limit] if limit is not None else out
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job; returns it (409 :class:`Conflict` if it already finished)."""
+        """Cancel a job (id or unique prefix); returns it (409 :class:`Conflict` if it
+        already finished)."""
         return Job(
             self,
             self._http.request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True).json(),
         )
 
     def delete(self, job_id: str) -> None:
-        """Delete a finished job and its result."""
+        """Delete a finished job (id or unique prefix) and its result."""
         self._http.request("DELETE", f"/v1/jobs/{job_id}")
 
     def report(self, job_id: str) -> EnergyReport:
-        """The energy report of a succeeded job."""
+        """The energy report of a succeeded job (id or unique prefix)."""
         return EnergyReport(self._http.get_json(f"/v1/jobs/{job_id}/report"))
 
     def result(self, job_id: str, timeout: float | None = None, *, progress: bool = False):
