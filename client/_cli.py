@@ -76,7 +76,7 @@ _FIELD_RE = re.compile(r"\b(?:body|path|header)\.([A-Za-z_.-]+[A-Za-z_])")
 _ASSIGN_RE = re.compile(rf"\b({_NAMES})=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|True|False|None|"
                         r"-?[0-9][0-9.e+-]*)")
 _TICK_RE = re.compile(rf"`({_NAMES})`")
-_BARE_RE = re.compile(r"(?<![\w.-])(" + "|".join(k for k in FLAGS if "_" in k and "." not in k)
+_BARE_RE = re.compile(r"(?<![\w./-])(" + "|".join(k for k in FLAGS if "_" in k and "." not in k)
                       + r")(?![\w=])")
 
 

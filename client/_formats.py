@@ -222,8 +222,11 @@ def _scan_text(path: str, delimiter: str | None, chunks: int | None):
     return offsets, m, n, rows, delimiter
 
 
-def _load_rows(path: str, offset: int, rows: int, n: int, delimiter: str | None):
-    """``rows`` rows of the text file from byte ``offset`` (a task of the dask graph)."""
+def _load_rows(path: str, offset: int, first: int, rows: int, n: int,
+               delimiter: str | None):
+    """Data rows ``first:first + rows`` of the text file, which start at byte ``offset``
+    (a task of the dask graph)."""
+    where = f"data rows {first + 1}-{first + rows} of {path!r}"
     with open(path, "rb") as raw:
         raw.seek(offset)
         text = io.TextIOWrapper(raw, encoding="utf-8")
@@ -231,10 +234,12 @@ def _load_rows(path: str, offset: int, rows: int, n: int, delimiter: str | None)
             block = np.loadtxt(text, delimiter=delimiter, max_rows=rows, comments="#",
                                ndmin=2, dtype=np.float64)
         except ValueError as exc:
-            raise InputFileError(f"cannot read {path!r} as a numeric table: {exc}") from exc
+            why = str(exc).split("; use `usecols`")[0]  # numpy's hint is not for this reader
+            raise InputFileError(f"cannot read {where} as numbers: {why.rstrip('.')}; every "
+                                 f"row needs {n} numbers") from exc
     if block.shape != (rows, n):
-        raise InputFileError(f"{path!r}: expected {rows} rows of {n} columns from byte "
-                             f"{offset}, read {block.shape}; every row needs {n} numbers")
+        raise InputFileError(f"cannot read {where}: read {block.shape[0]} rows of "
+                             f"{block.shape[1]} numbers; every row needs {n}")
     return block
 
 
@@ -247,7 +252,7 @@ def _read_text(path: str, suffix: str, chunks: int | None):
     blocks = []
     for i, offset in enumerate(offsets):
         r = min(rows, m - i * rows)
-        part = dask.delayed(_load_rows, pure=True)(path, offset, r, n, delimiter)
+        part = dask.delayed(_load_rows, pure=True)(path, offset, i * rows, r, n, delimiter)
         blocks.append(da.from_delayed(part, shape=(r, n), dtype=np.float64))
     return da.concatenate(blocks, axis=0)
 
