@@ -125,13 +125,16 @@ class _Bar:
             self._bar.set_description_str(f"{self._prefix} {state}", refresh=True)
             return
         done, total = progress.overall()
-        self._bar.set_description_str(f"{self._prefix} {state}: {progress.label}",
-                                      refresh=False)
         if not self._started:
             self._started = True
-            self._bar.reset(total=total)  # restarts the clock: the ETA ignores queueing
+            # reset restarts the clock (the ETA ignores queueing) and draws at 0: with no
+            # phase label, since the first progress seen may be late in the job
+            self._bar.set_description_str(f"{self._prefix} {state}", refresh=False)
+            self._bar.reset(total=total)
         elif total != self._bar.total:
             self._bar.total = total
+        self._bar.set_description_str(f"{self._prefix} {state}: {progress.label}",
+                                      refresh=False)
         if done >= self._bar.n:
             self._bar.update(done - self._bar.n)
         else:  # a new attempt starts over
