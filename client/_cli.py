@@ -230,7 +230,8 @@ def _where_relative(source: str, exc: SVDServeError) -> UsageError:
     """A 404/403 for a relative SOURCE, saying where it was taken from."""
     return UsageError(
         f"{flag_text(str(exc))}; you gave {source!r}, a relative path, which is taken from the "
-        f"current directory ({os.getcwd()!r}) and sent as {os.path.abspath(source)!r}")
+        f"current directory ({os.getcwd()!r}) and sent as {os.path.abspath(source)!r}; to "
+        "name a path on the service's machine, give it absolute")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
