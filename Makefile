@@ -17,7 +17,13 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# the demo's embedded cluster has a Dask dashboard (bokeh), linked from the pages
+DASHBOARD_STAMP := $(VENV)/.dashboard
+$(DASHBOARD_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,xarray,dashboard]'
+	@touch $(DASHBOARD_STAMP)
+
+demo: $(DASHBOARD_STAMP)
 	$(PY) -m svdserve._demo
 
 test: $(STAMP)
@@ -38,5 +44,6 @@ compose-check: $(STAMP)
 	PIP_EXTRA_INDEX_URL='$(PIP_EXTRA_INDEX_URL)' PIP_TRUSTED_HOST='$(PIP_TRUSTED_HOST)' \
 	$(PY) -m tests.scaleout.compose_check $(COMPOSE_CHECK_ARGS)
 
+# also the demo's data (.demo/, ~300 MB)
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .demo

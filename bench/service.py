@@ -10,12 +10,18 @@ subprocess pointed at it with ``SVDSERVE_SCHEDULER``:
 2. overhead of a job through the API (``POST`` to ``succeeded`` seen by a
    long poll) against ``svdserve.worker.svd(..., client=...)`` called
    directly on the same cluster with the same parameters and output, as a
-   ratio of medians.
+   ratio of medians;
+3. upload throughput: MB/s of ``Client.upload(A, name)`` over loopback
+   (``/v1/uploads``: checksummed row blocks, zarr-encoded by the service,
+   committed) against writing the same Zarr (same chunks, same codec)
+   locally with zarr, as a ratio of medians. ``--upload-only`` runs just this
+   one, against its own ``svdserve serve`` with an embedded cluster.
 
 Usage::
 
     .venv/bin/python bench/service.py [--rows 200000] [--cols 100] [--rank 10]
                                        [--pollers 50] [--repeats 3] [--json out.json]
+                                       [--upload-only] [--upload-block-rows 20000]
 
 Everything runs on this machine: the pollers, the service and the workers
 share its cores, so the latency figure includes that contention.
@@ -120,7 +126,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--upload-only", action="store_true",
+                        help="measure only the upload throughput (figure 3)")
+    parser.add_argument("--upload-block-rows", type=int, default=20_000,
+                        help="rows per upload block and per local Zarr chunk")
     args = parser.parse_args(argv)
+    if args.upload_only:
+        return bench_upload(args)
 
     from distributed import Client, LocalCluster
 
@@ -215,7 +227,67 @@ def main(argv=None):
     if loaded is not None:
         print(f"  the job itself took {loaded:.2f} s under that load "
               f"(unloaded API median {a:.2f} s)")
+    figures.update(bench_upload(args, write_json=False))
     if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+        print(f"figures written to {args.json}")
+    return figures
+
+
+def bench_upload(args, *, write_json=True):
+    """Figure 3: ``Client.upload`` over loopback against a local zarr write, in MB/s."""
+    import numpy as np
+    import zarr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from svdserve.client import Client
+    from tests._server import ServerProcess
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((args.rows, args.cols))
+    rows = min(args.upload_block_rows, args.rows)
+    mb = a.nbytes / 1e6
+    print(f"upload: {args.rows} x {args.cols} float64 ({mb:.0f} MB) in blocks of {rows} rows "
+          f"({rows * args.cols * 8 / 2**20:.1f} MiB)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="svdserve-bench-upload-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        env = {"SVDSERVE_DATA_ROOTS": str(tmp / "data"),
+               "SVDSERVE_RESULTS_ROOT": str(tmp / "results"),
+               "SVDSERVE_DATABASE": str(tmp / "jobs.sqlite"),
+               "SVDSERVE_UPLOADS_ROOT": str(tmp / "uploads"),
+               "SVDSERVE_UPLOAD_QUOTA_BYTES": str(4 * a.nbytes),
+               "SVDSERVE_UPLOAD_MAX_BLOCK_BYTES": str(max(rows * args.cols * 8, 2**20)),
+               "SVDSERVE_N_WORKERS": "1", "SVDSERVE_WORKER_PROCESSES": "false",
+               "SVDSERVE_SCHEDULER": "", "SVDSERVE_LOG_LEVEL": "warning"}
+        server = ServerProcess(env, log_path=tmp / "server.log").start()
+        local, http = [], []
+        try:
+            with Client(server.url, timeout=120) as c:
+                for i in range(args.repeats + 1):  # the first round warms up both paths
+                    t0 = time.perf_counter()
+                    z = zarr.create_array(str(tmp / f"local-{i}.zarr"), shape=a.shape,
+                                          chunks=(rows, args.cols), dtype=a.dtype)
+                    z[...] = a
+                    t1 = time.perf_counter()
+                    c.upload(a, f"bench-{i}", block_rows=rows, progress=False)
+                    t2 = time.perf_counter()
+                    c.delete_upload(f"bench-{i}")
+                    if i:
+                        local.append(t1 - t0)
+                        http.append(t2 - t1)
+                        print(f"  run {i}: local zarr {mb / local[-1]:.0f} MB/s, "
+                              f"Client.upload {mb / http[-1]:.0f} MB/s", flush=True)
+        finally:
+            server.stop()
+            server.kill_all()
+    lo, up = statistics.median(local), statistics.median(http)
+    figures = {"upload_matrix": [args.rows, args.cols], "upload_block_rows": rows,
+               "upload_mb_per_s": mb / up, "local_zarr_mb_per_s": mb / lo,
+               "upload_over_local_time": up / lo}
+    print(f"upload over loopback: {mb / up:.0f} MB/s; local zarr write: {mb / lo:.0f} MB/s; "
+          f"upload takes {up / lo:.2f}x the local write (median of {len(http)})")
+    if write_json and args.json:
         args.json.write_text(json.dumps(figures, indent=2))
         print(f"figures written to {args.json}")
     return figures

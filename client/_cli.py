@@ -260,7 +260,7 @@ def _submit(args: argparse.Namespace) -> int:
             center=args.center,
             random_state=args.seed,
             compute_u=not args.no_u,
-            allow_missing_chunks=args.allow_missing_chunks,
+            missing_chunks=args.missing_chunks or ("fill" if args.allow_missing_chunks else None),
             idempotency_key=args.idempotency_key,
             sample_dims=args.sample_dims,
             missing=args.missing,
@@ -372,6 +372,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         url = client.upload(
             data, args.dest, storage_options=so, chunks=args.chunks,
             array=args.dest_array, overwrite=args.overwrite,
+            via="http" if args.http else "auto",
         )
     m, n = data.shape
     print(url)
@@ -495,9 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "same factors")
     p.add_argument("--no-u", action="store_true",
                    help="σ and V only (compute_u=false): one pass for the exact method")
+    p.add_argument("--missing-chunks", choices=("fill", "error"), default=None,
+                   help="a chunk absent from the store: fill (the default) reads it as the "
+                        "fill value, as Zarr does (zarr does not write chunks equal to it; "
+                        "the job's notes give the count); error fails the job, to catch "
+                        "half-finished uploads")
     p.add_argument("--allow-missing-chunks", action="store_true",
-                   help="read chunks missing from the store as the fill value "
-                        "(default: a missing chunk fails the job)")
+                   help="deprecated: the same as --missing-chunks fill")
     p.add_argument("--sample-dims", nargs="+", metavar="DIM",
                    help="decompose an N-D variable: these dimensions are the samples (rows), "
                         "the others are flattened into features, e.g. --sample-dims time")
@@ -541,7 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = f"accepted SOURCE formats: {formats_text()}"
     p.add_argument("source", help="matrix file (.npy .npz .csv .tsv .txt .h5 .nc) or Zarr "
                                   "array/group (path or URL)")
-    p.add_argument("dest", help="destination path (in a data root) or s3:// URL")
+    p.add_argument("dest", help="destination path (in a data root) or s3:// URL; a bare NAME "
+                   "(no '/') is sent over HTTP to the service's upload API")
+    p.add_argument("--http", action="store_true",
+                   help="send DEST over HTTP (POST /v1/uploads) even if it looks like a path")
     p.add_argument("--array", "--variable", dest="array", metavar="NAME",
                    help="the array of an .npz archive or a Zarr group, or the variable of an "
                         "HDF5/NetCDF file (needed when it holds several)")

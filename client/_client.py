@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from typing import Any, Literal
 
 import httpx
+import numpy as np
 
 from ._errors import StorageAccessError
 from ._http import DEFAULT_TIMEOUT, HTTPTransport
@@ -19,6 +21,7 @@ from ._literals import METHODS, Method
 from ._report import EnergyReport
 from ._result import StoredResult
 from ._storage import absolute_url, is_remote, local_path, write_array
+from ._upload import upload_http, zarr_name
 
 __all__ = ["Client", "DEFAULT_URL"]
 
@@ -145,7 +148,7 @@ class Client:
 
     def submit(
         self,
-        source: str | os.PathLike,
+        source: Any,
         rank: int | None = None,
         *,
         array: str | None = None,
@@ -155,7 +158,8 @@ class Client:
         center: bool = False,
         random_state: int = 0,
         compute_u: bool = True,
-        allow_missing_chunks: bool = False,
+        missing_chunks: Literal["fill", "error"] | None = None,
+        allow_missing_chunks: bool | None = None,
         idempotency_key: str | None = None,
         energy: float | None = None,
         max_rank: int | None = None,
@@ -166,11 +170,14 @@ class Client:
 
         Parameters
         ----------
-        source : str or path-like
+        source : str, path-like, ndarray or dask array
             Zarr array or group inside a data root of the service: a path, a
             ``file://`` URL, or ``s3://bucket/key``. A relative path is taken
             from the current directory and sent as its absolute path; from
-            another machine, give the service's absolute path.
+            another machine, give the service's absolute path. A NumPy
+            (memmap) or dask array of shape (m, n) is uploaded over HTTP first
+            (:meth:`upload`, named ``array-<12 hex digits>``; see
+            :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
         array : str or None, default=None
@@ -188,10 +195,15 @@ class Client:
         compute_u : bool, default=True
             False: σ and V only (one pass over A for ``exact``); the result has
             no ``U``, so ``reconstruct`` and ``lstsq`` are unavailable.
-        allow_missing_chunks : bool, default=False
-            Read chunks the array's metadata implies but its store lacks as
-            the fill value. By default such a chunk fails the job with
-            ``invalid_input``, naming the chunk and its row range.
+        missing_chunks : {"fill", "error"} or None, default=None (the service's "fill")
+            A chunk the array's metadata implies but its store lacks is the
+            fill value in Zarr (zarr does not write chunks equal to it):
+            ``"fill"`` reads it so (the job's notes and ``report["input"]``
+            give the count); ``"error"`` fails the job with ``invalid_input``,
+            naming the chunk and its row range (to catch half-finished uploads).
+        allow_missing_chunks : bool or None, default=None
+            Deprecated (a DeprecationWarning): True is ``missing_chunks="fill"``,
+            False is ``"error"``.
         idempotency_key : str or None, default=None
             Sent as ``Idempotency-Key``; a fresh one is made when None. Every
             retry of this call reuses it, so a retried submit never makes two jobs.
@@ -225,7 +237,7 @@ class Client:
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")
         body = {
-            "source": {"url": normalize_source(source), "array": array},
+            "source": {"url": self._source_url(source), "array": array},
             "rank": rank,
             "method": method,
             "n_oversamples": n_oversamples,
@@ -234,8 +246,17 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        if allow_missing_chunks:  # sent only when set: older services refuse unknown fields
-            body["allow_missing_chunks"] = True
+        # Sent only when set: older services refuse unknown fields.
+        if missing_chunks is not None:
+            if missing_chunks not in ("fill", "error"):
+                raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
+                                 f"{missing_chunks!r}")
+            body["missing_chunks"] = missing_chunks
+        if allow_missing_chunks is not None:
+            warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
+                          "value by default; pass missing_chunks='error' to refuse them",
+                          DeprecationWarning, stacklevel=2)
+            body["allow_missing_chunks"] = bool(allow_missing_chunks)
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
@@ -251,6 +272,16 @@ class Client:
             "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
         )
         return Job(self, response.json())
+
+    def _source_url(self, source: Any) -> str:
+        """The URL a job names: a path or URL as given, an in-memory array uploaded first."""
+        if not isinstance(source, (str, os.PathLike)):
+            if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+                raise TypeError(
+                    f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
+                    f"upload; got {type(source).__name__} (np.asarray(x) first)")
+            source = self.upload(source, f"array-{uuid.uuid4().hex[:12]}", via="http")
+        return normalize_source(source)
 
     def get(self, job_id: str) -> Job:
         """The job with this id, or with the one id of this tenant's jobs that starts with
@@ -318,32 +349,82 @@ class Client:
         *,
         array: str | None = None,
         overwrite: bool = False,
+        via: Literal["auto", "storage", "http"] = "auto",
+        block_rows: int | None = None,
+        progress: bool = True,
     ) -> str:
-        """Write a matrix as Zarr v3 where the service can read it; return the URL written.
+        """Write a matrix as Zarr v3 where the service can read it; return its source.
 
-        Writes straight to storage (a path on a volume shared with the
-        service, or ``s3://``), not through the service.
+        Two ways: straight to storage (a path on a volume shared with the
+        service, or ``s3://``), or over HTTP through the service's upload API
+        (``/v1/uploads``) when ``url`` is a bare name such as ``"A"`` (no
+        ``/``, no scheme) or ``via="http"``: for a client that shares no
+        storage with the service. Over HTTP the matrix goes in row blocks,
+        each checksummed; the client holds one block at a time (a NumPy
+        memmap or a dask array is read block by block), an interrupted
+        upload resumes where it stopped when called again with the same
+        name, and the service commits the array atomically under the
+        tenant's upload root.
 
         Parameters
         ----------
-        arr : ndarray, dask array or zarr array of shape (m, n)
+        arr : ndarray, numpy.memmap, dask array or zarr array of shape (m, n)
         url : str or path-like
-            Destination: a local path or ``s3://bucket/key``.
+            Destination: a local path or ``s3://bucket/key``; or, over HTTP,
+            the array's name among this tenant's uploads (``.zarr`` appended).
         storage_options : dict or None
             fsspec options for S3 (default: the client's ``storage_options``).
         chunks : int, (int, int) or None
             Rows per chunk (whole rows; default ~16 MiB per chunk). Row
-            chunks are what the service's panels align with.
+            chunks are what the service's panels align with. Over HTTP an int
+            is the rows per block.
         array : str or None
             Write into a group at ``url`` under this name (submit with ``array=``).
         overwrite : bool, default=False
-            Replace an existing array.
+            Replace an existing array (not over HTTP: delete the upload first,
+            :meth:`delete_upload`).
+        via : {"auto", "storage", "http"}, default="auto"
+            ``"auto"``: HTTP for a bare name, storage for a path or URL.
+        block_rows : int or None, default=None
+            Over HTTP: rows per block (one Zarr chunk); default: the service's
+            choice, about 16 MiB of whole rows.
+        progress : bool, default=True
+            Over HTTP: a progress bar for uploads of 32 MiB or more.
+
+        Returns
+        -------
+        str
+            The URL written, or over HTTP the committed array's path on the
+            service (pass it to :meth:`submit`).
         """
+        if via not in ("auto", "storage", "http"):
+            raise ValueError(f"via must be 'auto', 'storage' or 'http', got {via!r}")
+        bare = isinstance(url, str) and "/" not in url and os.sep not in url and ":" not in url
+        if via == "http" or (via == "auto" and bare):
+            if array is not None or overwrite:
+                raise ValueError("array= and overwrite= apply to storage uploads only; over "
+                                 "HTTP delete an existing upload first (Client.delete_upload)")
+            if block_rows is None and isinstance(chunks, (int, np.integer)):
+                block_rows = int(chunks)
+            return upload_http(self._http, arr, os.fspath(url), block_rows=block_rows,
+                               progress=progress)
         so = storage_options if storage_options is not None else self.storage_options
         return write_array(
             arr, os.fspath(url), array=array, storage_options=so, chunks=chunks,
             overwrite=overwrite,
         )
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """This tenant's uploads over HTTP (``GET /v1/uploads``), newest first."""
+        return self._http.get_json("/v1/uploads")["items"]
+
+    def delete_upload(self, upload: str) -> None:
+        """Delete an upload, committed or not, given its id or its name."""
+        for item in self.uploads():
+            if upload == item["id"] or zarr_name(upload) == item["name"]:
+                self._http.request("DELETE", f"/v1/uploads/{item['id']}")
+                return
+        self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
 
     # -- results ----------------------------------------------------------------------------
 

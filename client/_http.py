@@ -213,6 +213,7 @@ class HTTPTransport:
         headers: Mapping[str, str] | None = None,
         timeout: float | httpx.Timeout | None = None,
         idempotent: bool | None = None,
+        content: bytes | list | None = None,
     ) -> httpx.Response:
         """Send a request; retry what is safe to retry; return a 2xx response or raise.
 
@@ -222,6 +223,9 @@ class HTTPTransport:
             Whether repeating the request after a broken connection is safe.
             None means: yes for GET/HEAD/PUT/DELETE/OPTIONS, and for a POST
             that carries an ``Idempotency-Key``.
+        content : bytes, list of bytes-like or None, default=None
+            A raw body (an upload's block) instead of ``json``; a list is sent
+            as its parts in turn (give ``Content-Length``).
 
         Raises
         ------
@@ -245,7 +249,8 @@ class HTTPTransport:
         while True:
             try:
                 response = self._client.request(
-                    method, url, params=params, json=json, headers=all_headers, timeout=timeout
+                    method, url, params=params, json=json, headers=all_headers, timeout=timeout,
+                    content=content,
                 )
             except httpx.TransportError as exc:
                 retryable = isinstance(exc, _CONNECT_ERRORS) or idempotent

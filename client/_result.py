@@ -334,6 +334,9 @@ class StoredResult:
         Returns
         -------
         xarray.Dataset
+            Lazy where it is large: ``components``, ``scores`` and ``mean``
+            are dask arrays read from the result store on ``.compute()`` /
+            ``.values``, like :attr:`U`; the per-mode values are NumPy.
             ``components`` (mode, *feature dims), NaN at masked points;
             ``scores`` (*sample dims, mode), absent for ``compute_u=False``;
             ``singular_values``, ``explained_variance`` (σ²/(m − 1)) and
@@ -353,6 +356,8 @@ class StoredResult:
             import xarray as xr
         except ImportError as exc:  # pragma: no cover - the extra is installed by make test
             raise ImportError("to_xarray needs xarray: pip install 'svdserve[xarray]'") from exc
+        import dask.array as da
+
         if self.labels is None:
             raise ValueError("this result has no dimensions to map back to: its job ran on a "
                              "matrix without sample_dims; submit the variable with sample_dims "
@@ -362,12 +367,12 @@ class StoredResult:
         fdims, sdims = list(lab["feature_dims"]), list(lab["sample_dims"])
         fshape, sshape = [size[d] for d in fdims], [size[d] for d in sdims]
         k, m = self.rank, self.shape[0]
-        vt = self._vt().copy()
+        vt = self.Vt.astype(np.float64)
         if self.mask is not None:
-            vt[:, self.mask] = np.nan
+            vt = da.where(self.mask, np.nan, vt)
         data = {"components": (["mode", *fdims], vt.reshape(k, *fshape))}
         if self.U is not None:
-            scores = np.asarray(self.U.compute(), dtype=np.float64) * self.S
+            scores = self.U.astype(np.float64) * self.S
             data["scores"] = ([*sdims, "mode"], scores.reshape(*sshape, k))
         total = self.report.total_energy
         var = self.S**2
@@ -378,7 +383,7 @@ class StoredResult:
             mean = self.mean.copy()
             if self.mask is not None:
                 mean[self.mask] = np.nan
-            data["mean"] = (fdims, mean.reshape(fshape))
+            data["mean"] = (fdims, da.from_array(mean.reshape(fshape)))
         coords = {"mode": np.arange(1, k + 1)}
         for dim, (values, attrs) in lab["coords"].items():
             coords[dim] = xr.Variable(dim, values, dict(attrs))

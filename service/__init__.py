@@ -9,7 +9,7 @@ Modules: :mod:`._settings` (one ``BaseSettings``), :mod:`._schemas`
 (request/response models), :mod:`._store` (SQLite), :mod:`._runner`
 (dispatcher, cancel, recovery), :mod:`._cluster` (embedded or remote Dask),
 :mod:`._sandbox` (source path checks), :mod:`._auth` (bearer tokens),
-:mod:`._routes` (HTTP API v1), :mod:`._problems` (RFC 9457 errors),
+:mod:`._routes` (HTTP API v1), :mod:`._pages` (web pages, offline ``/docs``), :mod:`._problems` (RFC 9457 errors),
 :mod:`._app` (``create_app`` and the lifespan), :mod:`._cli` (``svdserve serve``),
 :mod:`._demo` (``make demo``).
 """

@@ -26,6 +26,7 @@ from ._cluster import Cluster
 from ._events import ChangeFeed
 from ._metrics import Metrics
 from ._middleware import ServiceMiddleware
+from ._pages import install_pages, pages_router
 from ._results import Results
 from ._routes import Services, ops_router, problems, router
 from ._runner import Runner
@@ -33,6 +34,9 @@ from ._sandbox import Sandbox
 from ._schemas import Problem
 from ._settings import Settings
 from ._store import JobStore
+from ._upload_store import STATE_DIR
+from ._uploads import is_block_upload, make_store
+from ._uploads import router as uploads_router
 
 __all__ = ["create_app"]
 
@@ -45,6 +49,8 @@ Submit a job (`POST /v1/jobs`), follow it (`GET /v1/jobs/{id}?wait=30`), read th
 energy report (`/report`) and the factors (`/result/...`, a read-only Zarr store).
 Errors are RFC 9457 `application/problem+json`. When tokens are configured every
 route except `/v1/health` needs `Authorization: Bearer <token>`.
+
+For people: the jobs at `/`, one job with its energy report drawn at `/jobs/{id}`.
 """
 
 
@@ -73,8 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(os.makedirs, settings.results_root, exist_ok=True)
         store = await asyncio.to_thread(JobStore, db, feed.notify_threadsafe)
         options = settings.fs_options()
-        sandbox = Sandbox(settings.data_roots, storage_options=options, forbidden=[
-            settings.results_root, db, db + "-wal", db + "-shm", db + "-journal"])
+        sandbox = Sandbox([*settings.data_roots, settings.uploads_root], storage_options=options,
+                          forbidden=[settings.results_root, db, db + "-wal", db + "-shm",
+                                     db + "-journal",
+                                     os.path.join(settings.uploads_root, STATE_DIR)])
         results = Results(settings.results_root, options)
         metrics = Metrics(store.count_by_state)
         cluster = Cluster(settings)
@@ -87,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.start()
             log.info("svdserve ready: scheduler %s, data roots %s, results %s",
                      cluster.address, settings.data_roots, settings.results_root)
+            announce = getattr(app.state, "announce", None)
+            if announce:  # set by `svdserve serve`: the pages' address, whatever the log level
+                print(announce, flush=True)
             yield
         finally:
             feed.wake_all()
@@ -94,16 +105,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await cluster.close()
             await asyncio.to_thread(store.close)
 
+    # /docs and /redoc come from _pages, with their assets served locally
     app = FastAPI(title="svdserve", version=svdserve.__version__, description=_DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.auth = TokenAuth(settings.tenant_tokens())
     _problems.install(app)
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
+                       streamed=is_block_upload)
+    app.state.uploads = make_store(settings)
     app.include_router(router)
     app.include_router(ops_router)
+    app.include_router(uploads_router)
+    install_pages(app)
     app.state.method_table = [(r.path_regex, frozenset(r.methods))
-                              for r in (*router.routes, *ops_router.routes)
+                              for r in (*router.routes, *ops_router.routes,
+                                        *uploads_router.routes, *pages_router.routes)
                               if getattr(r, "methods", None)]
 
     app.openapi = functools.partial(_openapi, app)

@@ -23,6 +23,7 @@ Two clients share the scheduler: an asynchronous one on the service's loop
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 
 from distributed import Client, LocalCluster
@@ -80,8 +81,10 @@ class Cluster:
                 LocalCluster, n_workers=s.n_workers, threads_per_worker=s.threads_per_worker,
                 processes=s.worker_processes, dashboard_address=None,
                 security=self.security, protocol="tls://", host="127.0.0.1",
-                # the scheduler's own HTTP endpoints: loopback, any free port
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                # the scheduler's own HTTP endpoints: loopback, any free port; with
+                # the dashboard when bokeh is installed (the pages link it)
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0",
+                                  "dashboard": importlib.util.find_spec("bokeh") is not None},
                 silence_logs=logging.WARNING)
             self.address = self.local.scheduler_address
             log.info("embedded Dask cluster at %s with %d workers", self.address, s.n_workers)

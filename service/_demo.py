@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, url = _start_service(env, log)
     print(f"  ready on {url} in {time.perf_counter() - t0:.1f} s: "
           f"{httpx.get(url + '/v1/ready').json()}")
+    print(f"  pages: {url}/ (the jobs, live, while the demo runs)")
     try:
         return _run_job(url, matrix, args.rank)
     finally:
@@ -183,6 +184,7 @@ def _run_job(url: str, matrix: Path, rank: int) -> int:
         r.raise_for_status()
         job = r.json()
         print(f"  {r.status_code} Location: {r.headers['location']}  state: {job['state']}")
+        print(f"  its page: {url}/jobs/{job['id']}")
         t0 = time.perf_counter()
         shown = None
         while job["state"] not in TERMINAL:

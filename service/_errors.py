@@ -7,6 +7,7 @@
     ├── SandboxError       (._sandbox)   a source refused: .status 403/404/422, .field
     ├── QueueFull          (._store)     ``max_queued_jobs`` jobs are queued already
     ├── WrongState         (._store)     the job's state does not allow the operation (409)
+    ├── UploadError        (._upload_store)  an upload request refused: .status, .field, .extra
     ├── CancelRequested       (._runner)    raised from the progress callback on cancel
     └── ServiceStopping    (._runner)    raised from the progress callback on shutdown
 

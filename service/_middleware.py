@@ -30,11 +30,15 @@ class ServiceMiddleware:
     ----------
     app : ASGI app
     max_body_bytes : int
+    streamed : callable or None
+        ``streamed(scope)`` true: the body is passed on unbuffered and
+        unlimited (an upload's block; its route checks the size itself).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, streamed=None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,10 +62,11 @@ class ServiceMiddleware:
 
         # Buffer the body (our bodies are small JSON) so an oversized one is
         # refused before any route sees it, whatever the transfer encoding.
-        if length is not None and length > self.max_body_bytes:
+        streamed = self.streamed is not None and self.streamed(scope)
+        if length is not None and length > self.max_body_bytes and not streamed:
             await self._too_large(scope, send_with_id, rid)
             return
-        chunks, total, more = [], 0, True
+        chunks, total, more = [], 0, not streamed
         disconnected = None
         while more:
             message = await receive()
@@ -79,7 +84,7 @@ class ServiceMiddleware:
 
         async def replay() -> Message:
             nonlocal replayed
-            if not replayed:
+            if not replayed and not streamed:
                 replayed = True
                 if disconnected is not None:
                     return disconnected

@@ -37,6 +37,7 @@ from ._sandbox import Sandbox, SandboxError
 from ._schemas import Health, JobCreate, JobList, JobPublic, JobState, Ready
 from ._settings import Settings
 from ._store import WrongState, JobRow, JobStore, QueueFull
+from ._uploads import check_source
 
 __all__ = ["router", "ops_router", "Services", "to_public"]
 
@@ -182,8 +183,9 @@ def _encode_cursor(seq: int | None) -> str | None:
 def _body_hash(body: JobCreate) -> str:
     data = body.model_dump(mode="json")
     # Fields added later leave old hashes alone while they hold their defaults.
-    for key, default in (("allow_missing_chunks", False), ("compute_u", True),
-                         ("energy", None), ("max_rank", None), ("missing", "error")):
+    for key, default in (("allow_missing_chunks", None), ("compute_u", True),
+                         ("energy", None), ("max_rank", None), ("missing", "error"),
+                         ("missing_chunks", "fill")):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
@@ -215,7 +217,7 @@ async def _validate_source(svc: Services, body: JobCreate
     try:
         pin = await asyncio.to_thread(
             pin_source, resolved.url, resolved.array, storage_options=resolved.storage_options,
-            roots=roots, forbidden=forbidden, allow_missing_chunks=body.allow_missing_chunks,
+            roots=roots, forbidden=forbidden, missing_chunks=body.missing_chunks,
             panel_bytes=settings.panel_bytes, limits=settings.limits(),
             sample_dims=body.source.sample_dims)
     except SourceNotFoundError as exc:
@@ -243,13 +245,19 @@ async def _validate_source(svc: Services, body: JobCreate
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
+    absent = pin.absent_chunks()
+    layout.update({key: absent[key] for key in ("n_chunks", "absent_chunks", "fill_value")})
     params = {"url": resolved.url, "array": resolved.array, "shape": [m, n],
               "dtype": info.dtype, "chunks": list(info.chunks), "plan": layout,
               "svd": spec.to_json()}
     if info.sample_dims is not None:
         params.update(sample_dims=list(info.sample_dims), dims=list(info.dims),
                       nd_shape=list(info.nd_shape))
-    return params, list(spec.notes), pin.to_json()
+    notes = [*info.notes, *([absent["note"]] if absent["note"] else []), *spec.notes]
+    if body.allow_missing_chunks is not None:
+        notes.append(f"allow_missing_chunks is deprecated: this job reads absent chunks with "
+                     f"missing_chunks={body.missing_chunks!r}; send missing_chunks instead")
+    return params, notes, pin.to_json()
 
 
 async def _check_layout(svc: Services, pin) -> dict:
@@ -311,6 +319,8 @@ async def submit_job(
                                     "processed; retry shortly", headers={"Retry-After": "1"})
         key_reserved = outcome == "new"
     try:
+        await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
+                                body.source.array, tenant)  # another tenant's upload: 404
         params, notes, pin = await _validate_source(svc, body)
         row = await asyncio.to_thread(
             svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,

@@ -207,7 +207,9 @@ class Runner:
 
         source = params["url"]
         options = options_for(source, self.settings.fs_options())
-        allow_missing = bool(req.get("allow_missing_chunks", False))
+        # Jobs stored before missing_chunks existed said allow_missing_chunks (default false).
+        missing_chunks = req.get("missing_chunks") or (
+            "fill" if req.get("allow_missing_chunks") else "error")
         try:
             if ctl.cancel.is_set():
                 raise CancelRequested(f"job {job.id} cancelled")
@@ -221,12 +223,12 @@ class Runner:
                 roots, forbidden = self.guard
                 source = pin_source(source, params.get("array"), storage_options=options,
                                     roots=roots, forbidden=forbidden,
-                                    allow_missing_chunks=allow_missing,
+                                    missing_chunks=missing_chunks,
                                     panel_bytes=self.settings.panel_bytes,
                                     limits=self.settings.limits(),
                                     sample_dims=params.get("sample_dims"))
             res = svd(source, **_svd_params(job).svd_kwargs(),
-                      allow_missing_chunks=allow_missing,
+                      missing_chunks=missing_chunks,
                       panel_cache=self.settings.panel_cache, reader=self.settings.reader,
                       client=self.cluster.sync_client,
                       storage_options=options, out=out,

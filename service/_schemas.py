@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationInfo, field_validator, model_validator)
 
 from svdserve.worker._methods import Method
 
@@ -75,7 +76,9 @@ class SourceSpec(BaseModel):
         description="Read an N-D variable (e.g. (time, lat, lon) of an xarray-written store) as "
                     "the matrix whose rows are these dimensions (the samples) and whose "
                     "columns are the other dimensions flattened in C order (the features): "
-                    "EOF analysis with [\"time\"]. Required when the array is not 2-D.",
+                    "EOF analysis with [\"time\"]. Required when the array is not 2-D; a "
+                    "2-D array with dimension names (xarray-written) defaults to its first "
+                    "dimension, and a note on the job says so.",
         examples=[["time"]])
 
 
@@ -124,11 +127,34 @@ class JobCreate(BaseModel):
                     "missing (NaN or the CF _FillValue) in every sample, such as land in an "
                     "ocean field, are masked and recorded in the result; features missing in "
                     "only some samples fail the job, naming them.")
-    allow_missing_chunks: bool = Field(
-        default=False, strict=True,
-        description="Read chunks that the metadata implies but the store lacks as the fill "
-                    "value (arrays sparse on purpose). By default a missing chunk fails the "
-                    "job with `invalid_input`, naming the chunk and its row range.")
+    missing_chunks: Literal["fill", "error"] = Field(
+        default="fill",
+        description="A chunk that the metadata implies but the store lacks is the fill value "
+                    "in Zarr (zarr-python does not write chunks equal to it). `fill` reads it "
+                    "so; the plan (`absent_chunks`, `fill_value`), a note and the report's "
+                    "`input` give the count. `error` (strict: catch half-finished uploads) "
+                    "fails the job with `invalid_input`, naming the chunk and its row range. "
+                    "A chunk that vanishes or appears while the job runs is a "
+                    "`storage_error` either way.")
+    allow_missing_chunks: bool | None = Field(
+        default=None, strict=True, json_schema_extra={"deprecated": True},
+        description="Deprecated (a note on the job says so): `true` is "
+                    "`missing_chunks: \"fill\"`, `false` is `missing_chunks: \"error\"`.")
+
+    @field_validator("allow_missing_chunks")
+    @classmethod
+    def _no_contradiction(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and info.data.get("missing_chunks") == "error":
+            raise ValueError("allow_missing_chunks (deprecated) = true contradicts "
+                             "missing_chunks = \"error\"; give missing_chunks alone")
+        return value
+
+    @model_validator(mode="after")
+    def _map_deprecated(self) -> JobCreate:
+        """The deprecated ``allow_missing_chunks`` decides ``missing_chunks`` when given."""
+        if self.allow_missing_chunks is not None:
+            self.missing_chunks = "fill" if self.allow_missing_chunks else "error"
+        return self
 
 
 class Plan(BaseModel):
@@ -143,6 +169,13 @@ class Plan(BaseModel):
     peak_bytes_per_worker: int = Field(description="Estimated peak per worker, excluding the "
                                                    "panel cache.")
     reason: str
+    n_chunks: int | None = Field(default=None, description="Chunk keys the metadata implies.")
+    absent_chunks: int | None = Field(
+        default=None, description="Of them, absent from the store: read as `fill_value` "
+                                  "(`missing_chunks: \"fill\"`).")
+    fill_value: float | str | None = Field(
+        default=None, description="What an absent chunk reads as (\"NaN\" and "
+                                  "\"Infinity\" as strings).")
 
 
 class ProgressPublic(BaseModel):

@@ -136,6 +136,26 @@ class Settings(BaseSettings):
         service's client certificate and key. Required together. The
         embedded cluster always uses TLS with a temporary certificate.
     log_level : str, default="info"
+    dashboard_link : str or None, default=None
+        Address of the Dask dashboard as the browser reaches it, linked from
+        the pages (an external scheduler's, e.g. ``http://localhost:8787/status``).
+        None: the embedded cluster's when bokeh is installed, else no link.
+    uploads_root : str, default="./uploads"
+        A local directory for matrices uploaded over HTTP (``/v1/uploads``):
+        a committed upload is ``{uploads_root}/{tenant}/{name}.zarr``, readable
+        as a source by its tenant only. Work in progress lives in its
+        ``.uploads`` directory, which is never readable as a source.
+    upload_quota_bytes : int, default=10 GiB
+        Raw bytes (rows x columns x itemsize) one tenant's uploads, committed
+        or not, may hold; a new upload beyond it is answered 413.
+    upload_expiry : float, default=86400
+        Seconds an uncommitted upload may go without a new block before it is
+        deleted (checked on every upload request).
+    upload_block_bytes : int, default=16 MiB
+        Rows per block (one Zarr chunk) of an upload whose creator does not
+        choose ``block_rows``: about this many bytes of whole rows.
+    upload_max_block_bytes : int, default=256 MiB
+        Largest block (request body of ``PUT /v1/uploads/{id}/blocks/{i}``).
     """
 
     model_config = SettingsConfigDict(env_prefix="SVDSERVE_", extra="ignore",
@@ -172,6 +192,12 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     log_level: str = "info"
+    dashboard_link: str | None = None
+    uploads_root: str = "./uploads"
+    upload_quota_bytes: int = Field(default=10 * 2**30, ge=0)
+    upload_expiry: float = Field(default=86400.0, gt=0)
+    upload_block_bytes: int = Field(default=16 * 2**20, ge=1)
+    upload_max_block_bytes: int = Field(default=256 * 2**20, ge=1)
     # (tenant, token) pairs, tokens kept secret (out of repr and logs)
     _tenant_tokens: list[tuple[str, SecretStr]] = PrivateAttr(default_factory=list)
 
@@ -197,6 +223,14 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_results(cls, value: str) -> str:
         return _normalize_root(value)
+
+    @field_validator("uploads_root")
+    @classmethod
+    def _normalize_uploads(cls, value: str) -> str:
+        root = _normalize_root(value)
+        if root.startswith("s3://"):
+            raise ValueError(f"{value!r}: the uploads root must be a local directory")
+        return root
 
     @field_validator("database")
     @classmethod

@@ -69,3 +69,26 @@ def _imports_of(path):
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def test_local_state_is_ignored_and_cleaned():
+    """SQLite's side files are ignored; `make clean` removes the demo's data; `make demo`
+    installs the dashboard extra (its embedded cluster then has a Dask dashboard)."""
+    names = ["jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", ".demo/x.zarr"]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == sorted(names)
+    clean = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert ".demo" in clean.split()
+    demo = subprocess.run(["make", "-n", "-B", "demo"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    assert ".[dev,xarray,dashboard]" in demo
+
+
+def test_readme_quickstart_says_how_to_stop_the_service():
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme[:readme.index("<!-- toc -->")]
+    started = quickstart.index("svdserve serve &")
+    assert "kill %1" in quickstart[started:]
+    assert "http://127.0.0.1:8000/" in quickstart  # the pages' address it prints

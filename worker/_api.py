@@ -21,7 +21,8 @@ from ._engine import Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
 from ._layout import DEFAULT_MEMORY_FRACTION, check_layout, plan_layout, rechunk, remove_scratch
-from ._missing import check_none_missing, decide_mask, describe_feature, feature_counts
+from ._missing import (check_none_missing, decide_mask, describe_feature, feature_counts,
+                       missing_chunks_mode)
 from ._plan import EXACT_MAX_COLUMNS, choose_method, plan
 from ._randqb import energy_rank, randqb_svd
 from ._rsvd import randomized_svd
@@ -130,9 +131,9 @@ def _bounded(src, panel_bytes):
 def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
         out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
-        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, allow_missing_chunks=False,
-        energy=None, max_rank=None, block_size=16, sketch_sizes=None, n_probes=10,
-        sample_dims=None, missing="error", scratch=None,
+        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, missing_chunks="fill",
+        allow_missing_chunks=None, energy=None, max_rank=None, block_size=16,
+        sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
@@ -209,10 +210,18 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         between passes (:mod:`._cache`); later passes then read from memory
         instead of storage. 0 streams every pass. Never lets a worker pass
         60 % of its limit, so it cannot make one spill, pause or die.
-    allow_missing_chunks : bool, default=False
-        Read chunks that the metadata implies but the store lacks as the
-        fill value (arrays sparse on purpose). By default such a chunk fails
-        with :class:`InvalidInputError` naming it and its row range.
+    missing_chunks : {"fill", "error"}, default="fill"
+        A chunk that the metadata implies but the store lacks *is* the fill
+        value in Zarr (zarr-python does not write chunks equal to it, so an
+        all-zero block leaves none): ``"fill"`` reads it so, counted in
+        ``report["input"]`` and ``report["notes"]`` ("12 of 400 chunks
+        absent, read as fill value 0.0 …"). ``"error"`` (strict, to catch
+        half-finished uploads) fails with :class:`InvalidInputError` naming
+        the first one and its row range. Either way a chunk that vanishes or
+        appears while the job runs is a :class:`SourceChangedError`.
+    allow_missing_chunks : bool, optional
+        Deprecated (a DeprecationWarning): True is ``missing_chunks="fill"``,
+        False is ``missing_chunks="error"``.
     energy : float, optional
         Instead of ``rank``: the smallest rank capturing this fraction
         (0 < energy < 1) of ‖A‖²_F (of the total variance when centred),
@@ -236,9 +245,11 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         xarray-written store) as the matrix whose rows are these dimensions
         (the samples) and whose columns are the other dimensions flattened
         in C order (the features): EOF analysis with
-        ``sample_dims=("time",)``. Required when the array is not 2-D. The
-        result then records the dimensions and coordinates
-        (``SVDResult.to_xarray()`` in the client).
+        ``sample_dims=("time",)``. Required when the array is not 2-D; a
+        2-D array with dimension names (xarray-written) defaults to its
+        first dimension (``report["notes"]`` says so). The result then
+        records the dimensions and coordinates (``SVDResult.to_xarray()``
+        in the client).
     missing : {"error", "mask"}, default="error"
         ``"error"``: NaN/Inf fail the job (:class:`NonFiniteError`).
         ``"mask"``: features that are NaN (or the CF ``_FillValue``) in every
@@ -276,7 +287,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     ------
     InvalidInputError
         Bad parameter or matrix (``.field`` names which), a chunk missing
-        from the store, or a layout beyond the sanity limits.
+        from the store with ``missing_chunks="error"``, or a layout beyond
+        the sanity limits.
     SourceNotFoundError
         The path, URL or array does not exist.
     NonFiniteError
@@ -302,8 +314,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         raise InvalidInputError(f"reader must be one of {', '.join(map(repr, READERS))}; "
                                 f"got {reader!r}.", field="reader")
     src = open_source(source, array=array, storage_options=storage_options,
-                      allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
-                      sample_dims=sample_dims)
+                      missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
+                      panel_bytes=panel_bytes, sample_dims=sample_dims)
     params = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
                   center=center, random_state=random_state,
                   compute_u=bool(compute_u) or src.wide,  # a wide matrix's tall factor is V
@@ -478,6 +490,7 @@ def _report(job, run, fac, t_start, extra_params):
                              "kept": int(mask.size - mask.sum()), "features": int(mask.size)}
     if params.energy is not None:
         report["suggested_rank"]["energy"] = int(fac.rank)
+    _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):
         prov_params.pop(key)
@@ -491,6 +504,17 @@ def _report(job, run, fac, t_start, extra_params):
         "events": list(eng.events),
     }
     return report, provenance
+
+
+def _input_notes(report, src):
+    """``report["input"]``: the absent chunks of a pinned source (count, fill value);
+    ``report["notes"]``: what was assumed about the input (absent chunks, sample_dims)."""
+    notes = list(src.info.notes)
+    if src.pin is not None:
+        report["input"] = src.pin.absent_chunks()
+        notes += [report["input"]["note"]] if report["input"]["note"] else []
+    if notes:
+        report.setdefault("notes", []).extend(notes)
 
 
 def _method_details(params, fac, n_passes, reads):

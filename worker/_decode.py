@@ -220,4 +220,5 @@ def decodes_directly(ref, reader):
     """Whether panels of the pinned array ``ref`` are read by :func:`read_box` under ``reader``."""
     from ._pin import _meta_of
 
-    return reader == "direct" and ref.view is None and chunk_decoder(_meta_of(ref)) is not None
+    return (reader == "direct" and (ref.view is None or ref.view.is_identity)
+            and chunk_decoder(_meta_of(ref)) is not None)

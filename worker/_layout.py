@@ -369,5 +369,5 @@ def rechunk(engine, src, layout, scratch, storage_options, *, token, panel_bytes
     engine.rows_read += layout.tall_shape[0]
     engine.timings["rechunk"] = time.perf_counter() - t0
     name = f"the scratch copy of {src.pin.ref.name}"
-    scratch_pin = pin_source(url, storage_options=opts, allow_missing_chunks=True)
+    scratch_pin = pin_source(url, storage_options=opts, missing_chunks="fill")
     return scratch_pin.with_options(name=name), url

@@ -13,17 +13,84 @@ after pass 1 :func:`decide_mask` adds the counts up per feature:
   imputed.
 
 Inf is never missing: it fails as in ``missing="error"``.
+
+Absent *chunks* are another thing (``missing_chunks``): Zarr does not store a
+chunk whose values all equal the fill value, so a chunk absent from the store
+*is* the fill value. :func:`missing_chunks_mode` validates the mode (and maps
+the deprecated ``allow_missing_chunks``); :func:`absent_chunks_note` is the
+sentence that says how many were read so.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import numpy as np
 
 from ._errors import InvalidInputError, NonFiniteError
 
-__all__ = ["feature_counts", "decide_mask", "check_none_missing", "describe_feature"]
+__all__ = ["feature_counts", "decide_mask", "check_none_missing", "describe_feature",
+           "CHUNK_MODES", "missing_chunks_mode", "absent_chunks_note", "json_fill"]
 
 MODES = ("error", "mask")
+
+#: ``missing_chunks``: ``"fill"`` (Zarr's rule: an absent chunk is the fill value)
+#: or ``"error"`` (strict: an absent chunk fails, to catch half-finished uploads).
+CHUNK_MODES = ("fill", "error")
+
+
+def missing_chunks_mode(missing_chunks="fill", allow_missing_chunks=None, *, stacklevel=3):
+    """The ``missing_chunks`` mode, validated; the deprecated ``allow_missing_chunks`` mapped.
+
+    Parameters
+    ----------
+    missing_chunks : {"fill", "error"}, default="fill"
+    allow_missing_chunks : bool or None, default=None
+        Deprecated: True is ``"fill"``, False is ``"error"`` (a DeprecationWarning).
+    stacklevel : int, default=3
+        Of the warning (3: the caller of the function calling this one).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown mode (``field="missing_chunks"``), or
+        ``allow_missing_chunks=True`` with ``missing_chunks="error"``.
+    """
+    if missing_chunks not in CHUNK_MODES:
+        raise InvalidInputError(f"missing_chunks must be 'fill' or 'error'; got "
+                                f"{missing_chunks!r}.", field="missing_chunks")
+    if allow_missing_chunks is None:
+        return missing_chunks
+    warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill value "
+                  "by default; use missing_chunks='error' to refuse them "
+                  "(allow_missing_chunks=True is missing_chunks='fill').",
+                  DeprecationWarning, stacklevel=stacklevel)
+    if allow_missing_chunks and missing_chunks == "error":
+        raise InvalidInputError("allow_missing_chunks=True contradicts missing_chunks='error'; "
+                                "give missing_chunks alone.", field="allow_missing_chunks")
+    return "fill" if allow_missing_chunks else "error"
+
+
+def json_fill(value):
+    """A fill value as JSON can hold it: a float, or ``"NaN"``/``"Infinity"``/``"-Infinity"``."""
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def absent_chunks_note(absent, total, fill):
+    """``"12 of 400 chunks absent, read as fill value 0.0 (…)"``; None when none is absent."""
+    if not absent:
+        return None
+    shown = fill if isinstance(fill, str) else repr(float(fill))
+    return (f"{absent} of {total} chunks absent, read as fill value {shown} (Zarr does not "
+            "store chunks equal to the fill value)")
 
 
 def check_mode(missing):

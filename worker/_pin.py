@@ -15,8 +15,11 @@ the pinned location, checks that the file it holds open (``/proc/self/fd``,
 symlinks resolved) lies inside the allowed roots, compares the open file's
 stamp with the pin and reads exactly that many bytes. Anything else raises
 :class:`SourceChangedError` naming the chunk and what changed. A chunk
-missing at rest raises :class:`InvalidInputError` unless
-``allow_missing_chunks`` (then it reads as the fill value, like Zarr).
+absent at rest (absent in the pinned listing too) reads as the fill value,
+as Zarr says (:meth:`SourcePin.absent_chunks` counts them), unless
+``missing_chunks="error"``: then it raises :class:`InvalidInputError`. A
+chunk that vanishes or appears after pinning is a :class:`SourceChangedError`
+in either mode.
 :meth:`SourcePin.verify` re-lists the whole source; :func:`svd` calls it
 before the first read and after the last.
 
@@ -59,6 +62,7 @@ from ._errors import (
     StorageError,
     SVDError,
 )
+from ._missing import absent_chunks_note, json_fill, missing_chunks_mode
 
 __all__ = ["Guard", "SourceRef", "SourcePin", "pin_source", "Limits", "check_limits",
            "open_pinned", "chunk_region"]
@@ -193,7 +197,8 @@ class SourceRef:
     options_key : str
         fsspec storage options as JSON (remote only).
     allow_missing : bool
-        A chunk missing at rest reads as the fill value.
+        A chunk absent at rest reads as the fill value (``missing_chunks="fill"``,
+        the default); False is ``missing_chunks="error"``.
     name : str
         How messages name the array (the URL as given, plus the array path).
     view : MatrixView or None
@@ -211,7 +216,7 @@ class SourceRef:
     listing_digest: str
     guard: Guard = field(default_factory=Guard)
     options_key: str = "{}"
-    allow_missing: bool = False
+    allow_missing: bool = True
     name: str = ""
     view: object = None  # MatrixView
 
@@ -276,8 +281,29 @@ class SourcePin:
             return None
         return tuple(int(x) for x in np.argwhere(mask)[0])
 
+    def absent_chunks(self):
+        """How many stored chunk keys the pinned listing lacks, and what they read as.
+
+        Returns
+        -------
+        dict
+            ``{"n_chunks": int, "absent_chunks": int, "fill_value": float or str,
+            "missing_chunks": "fill" or "error", "note": str or None}``
+            (``fill_value`` as :func:`~._missing.json_fill` gives it: JSON-safe;
+            ``note``: "12 of 400 chunks absent, read as fill value 0.0 (…)").
+        """
+        fill = _meta_of(self.ref).fill_value
+        mask = self.missing_mask()
+        out = {"n_chunks": int(mask.size), "absent_chunks": int(mask.sum()),
+               "fill_value": json_fill(0.0 if fill is None else fill),
+               "missing_chunks": "fill" if self.ref.allow_missing else "error"}
+        out["note"] = absent_chunks_note(out["absent_chunks"], out["n_chunks"],
+                                         out["fill_value"])
+        return out
+
     def check_missing(self):
-        """Raise :class:`InvalidInputError` for a chunk missing at rest (unless allowed)."""
+        """Raise :class:`InvalidInputError` for a chunk absent at rest, in the strict mode
+        (``missing_chunks="error"``)."""
         where = self.first_missing()
         if where is None or self.ref.allow_missing:
             return
@@ -404,13 +430,16 @@ def _info_json(info):
         value = getattr(info, key)
         if value is not None:
             out[key] = list(value)
+    if info.notes:
+        out["notes"] = list(info.notes)
     return out
 
 
 def _info_from_json(info):
     from ._source import SourceInfo
 
-    extra = {key: tuple(info[key]) for key in ("dims", "nd_shape", "sample_dims", "fill")
+    extra = {key: tuple(info[key]) for key in ("dims", "nd_shape", "sample_dims", "fill",
+                                                "notes")
              if info.get(key) is not None}
     return SourceInfo(tuple(info["shape"]), info["dtype"], tuple(info["chunks"]), info["url"],
                       info["array"], info["zarr_format"], info.get("plain", False), **extra)
@@ -426,7 +455,8 @@ def _missing_message(ref, where, n_missing):
     more = f" ({n_missing} chunks are missing in all)" if n_missing > 1 else ""
     return (f"chunk {key!r} of {ref.name} ({chunk_region(ref, *where)}) is missing from the "
             f"store{more}; an incomplete upload? Finish writing the array, or submit with "
-            "allow_missing_chunks=true to read missing chunks as the fill value.")
+            "missing_chunks='fill' (the default) to read missing chunks as the fill value, "
+            "as Zarr does.")
 
 
 def _describe(stamp, remote):
@@ -711,7 +741,8 @@ def _locate(url, array, storage_options):
 
 
 def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
-               allow_missing_chunks=False, panel_bytes=None, limits=None, sample_dims=None):
+               missing_chunks="fill", allow_missing_chunks=None, panel_bytes=None, limits=None,
+               sample_dims=None):
     """Resolve a Zarr array once and record what identifies it.
 
     Parameters
@@ -725,14 +756,21 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     roots, forbidden : sequence of str, optional
         Real local paths reads must stay inside / out of (checked now and at
         every read); empty ``roots`` allows any path.
-    allow_missing_chunks : bool, default=False
-        Read chunks missing at rest as the fill value instead of failing.
+    missing_chunks : {"fill", "error"}, default="fill"
+        ``"fill"``: a chunk absent at rest reads as the fill value (Zarr's
+        rule; :meth:`SourcePin.absent_chunks` counts them). ``"error"``: it
+        fails with :class:`InvalidInputError` (a half-finished upload).
+    allow_missing_chunks : bool, optional
+        Deprecated (a DeprecationWarning): True is ``missing_chunks="fill"``,
+        False is ``"error"``.
     panel_bytes : int, optional
         Panel budget, for the panel-count limit.
     limits : Limits, optional
     sample_dims : sequence of str, optional
         Read an N-D variable as the matrix samples × features
-        (:mod:`._view`); required when the array is not 2-D.
+        (:mod:`._view`); required when the array is not 2-D. A 2-D array
+        with dimension names (xarray-written) defaults to its first
+        dimension (``info.notes`` says so).
 
     Returns
     -------
@@ -742,8 +780,9 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     ------
     SourceNotFoundError, SourceAccessError, InvalidInputError, StorageError
     """
+    mode = missing_chunks_mode(missing_chunks, allow_missing_chunks)
     ref, meta, info = _inspect(url, array, storage_options=storage_options, roots=roots,
-                               forbidden=forbidden, allow_missing_chunks=allow_missing_chunks,
+                               forbidden=forbidden, allow_missing_chunks=mode == "fill",
                                panel_bytes=panel_bytes, limits=limits,
                                sample_dims=sample_dims)
     stamps = _stamps(ref, meta, at_pin=True)
@@ -752,7 +791,7 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
 
 
 def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
-             allow_missing_chunks=False, panel_bytes=None, limits=None, sample_dims=None):
+             allow_missing_chunks=True, panel_bytes=None, limits=None, sample_dims=None):
     """Locate, read and check the metadata (no chunk is looked at).
 
     Returns
@@ -795,21 +834,13 @@ def _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits):
                                 "sizes.", field="source")
     attrs = _read_attrs(ref, meta)
     dims = _dims_of(meta, attrs, len(shape))
-    view = None
-    if sample_dims is not None:
-        view = make_view(shape, read_chunks, dims, sample_dims, what=name)
-    elif len(shape) > 2:
-        raise InvalidInputError(
-            f"{name} is {len(shape)}-D with dimensions {list(dims)} and shape {list(shape)}; "
-            "a matrix is 2-D. Give sample_dims, the dimensions of the samples (e.g. "
-            f"[{dims[0]!r}]): the other dimensions are flattened into the features.",
-            field="source.sample_dims")
+    view, notes = _view_for(shape, read_chunks, dims, sample_dims, name)
     mshape = view.shape if view else shape
     dt = _check_matrix(mshape, meta.dtype, f"array {array or url!r}")
     # Raw 2-D chunks can be read in slices (no chunk held whole); an N-D view is
     # read in its effective chunks.
-    plain = (view is None and len(shape) == 2 and key_chunks == read_chunks
-             and raw_dtype(meta) is not None)
+    plain = ((view is None or view.is_identity) and len(shape) == 2
+             and key_chunks == read_chunks and raw_dtype(meta) is not None)
     checks = [(read_chunks, limits)]
     if key_chunks != read_chunks:  # sharded: the stored keys (shards) are what is listed
         checks.append((key_chunks, replace(limits or Limits(), max_panels=2**62,
@@ -823,8 +854,37 @@ def _check_layout(ref, meta, url, array, sample_dims, panel_bytes, limits):
                       plain, dims=dims if (view or len(shape) == 2) else None,
                       nd_shape=shape if view else None,
                       sample_dims=view.sample_dims if view else None,
-                      fill=_fill_markers(meta, attrs, dt))
+                      fill=_fill_markers(meta, attrs, dt), notes=notes)
     return ref, meta, info
+
+
+def _view_for(shape, read_chunks, dims, sample_dims, name):
+    """The :class:`~._view.MatrixView` (or None) and the notes on how it was chosen.
+
+    A 2-D array with dimension names (an xarray-written variable) and no
+    ``sample_dims`` is read by its first dimension: rows stay rows, and the
+    result is labelled (``to_xarray``).
+    """
+    from ._view import make_view
+
+    notes = ()
+    if sample_dims is None and len(shape) == 2 and dims != _default_dims(2):
+        sample_dims = (dims[0],)
+        notes = (f"sample_dims not given: using the first dimension {dims[0]!r} of "
+                 f"{list(dims)} as the samples (rows)",)
+    if sample_dims is not None:
+        return make_view(shape, read_chunks, dims, sample_dims, what=name), notes
+    if len(shape) > 2:
+        raise InvalidInputError(
+            f"{name} is {len(shape)}-D with dimensions {list(dims)} and shape {list(shape)}; "
+            "a matrix is 2-D. Give sample_dims, the dimensions of the samples (e.g. "
+            f"[{dims[0]!r}]): the other dimensions are flattened into the features.",
+            field="source.sample_dims")
+    return None, notes
+
+
+def _default_dims(ndim):
+    return tuple(f"dim_{i}" for i in range(ndim))
 
 
 def _read_attrs(ref, meta):
@@ -856,7 +916,7 @@ def _dims_of(meta, attrs, ndim):
     if (isinstance(names, (list, tuple)) and len(names) == ndim
             and all(isinstance(d, str) for d in names) and len(set(names)) == ndim):
         return tuple(names)
-    return tuple(f"dim_{i}" for i in range(ndim))
+    return _default_dims(ndim)
 
 
 def _fill_markers(meta, attrs, dtype):

@@ -8,8 +8,9 @@ per-panel object however many panels there are).
 
 A Zarr source given by path or URL (or a ``zarr.Array`` on local disk) is
 *pinned* (:mod:`._pin`): workers read exactly the metadata and chunks that
-were validated, and a change, a vanished chunk or a chunk missing at rest
-fails the run with a typed error.
+were validated, and a change, a vanished or an appeared chunk fails the run
+with a typed error. A chunk absent at rest (in the pinned listing) reads as
+the fill value, as Zarr says, unless ``missing_chunks="error"``.
 
 A wide matrix (m < n) is decomposed through its transpose: the *tall view*
 has ``m_t = max(m, n)`` rows, and a panel of it is a band of columns of the
@@ -65,6 +66,8 @@ class SourceInfo:
         The dimensions flattened into the rows (samples).
     fill : tuple of float or None
         CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
+    notes : tuple of str
+        What was assumed about the input (e.g. a default ``sample_dims``).
     """
 
     shape: tuple
@@ -78,6 +81,7 @@ class SourceInfo:
     nd_shape: tuple | None = None
     sample_dims: tuple | None = None
     fill: tuple | None = None
+    notes: tuple = ()
 
 
 @dataclass
@@ -219,8 +223,8 @@ def _as_matrix(source, sample_dims):
     return source.transpose(view.sample_axes + view.feature_axes).reshape(view.shape)
 
 
-def open_source(source, *, array=None, storage_options=None, allow_missing_chunks=False,
-                panel_bytes=None, limits=None, sample_dims=None):
+def open_source(source, *, array=None, storage_options=None, missing_chunks="fill",
+                allow_missing_chunks=None, panel_bytes=None, limits=None, sample_dims=None):
     """Validate an input and describe it; pin Zarr sources read from storage.
 
     Parameters
@@ -232,8 +236,11 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
         Path of the array inside a group.
     storage_options : dict, optional
         fsspec options (credentials, ``endpoint_url``) for remote URLs.
-    allow_missing_chunks : bool, default=False
-        Read chunks missing from the store as the fill value instead of failing.
+    missing_chunks : {"fill", "error"}, default="fill"
+        A chunk absent from the store reads as the fill value (Zarr's rule),
+        or fails (``"error"``). A source pinned with ``"error"`` stays strict.
+    allow_missing_chunks : bool, optional
+        Deprecated: True is ``missing_chunks="fill"``, False ``"error"``.
     panel_bytes : int, optional
         Panel budget (for the panel-count limit).
     limits : Limits, optional
@@ -248,11 +255,12 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
     Raises
     ------
     SourceNotFoundError, SourceAccessError, InvalidInputError, StorageError
-        ``InvalidInputError`` also when a chunk is missing at rest (unless
-        allowed); ``SourceChangedError`` when a pinned source changed.
+        ``InvalidInputError`` also when a chunk is absent at rest with
+        ``missing_chunks="error"``; ``SourceChangedError`` when a pinned source changed.
     """
     import zarr
 
+    from ._missing import missing_chunks_mode
     from ._pin import SourcePin, check_limits, pin_source
 
     try:
@@ -260,6 +268,7 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
     except ImportError:  # pragma: no cover - dask is a dependency
         da = None
 
+    mode = missing_chunks_mode(missing_chunks, allow_missing_chunks)
     if sample_dims is not None:
         sample_dims = (sample_dims,) if isinstance(sample_dims, str) else tuple(sample_dims)
     if isinstance(source, SourcePin):
@@ -269,14 +278,14 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
                 f"the source was pinned with sample_dims={list(pinned or ())}; got "
                 f"sample_dims={list(sample_dims)}. Pin it with the sample_dims to use.",
                 field="source.sample_dims")
-        pin = source.with_options(allow_missing=allow_missing_chunks or source.ref.allow_missing)
+        pin = source.with_options(allow_missing=mode == "fill" and source.ref.allow_missing)
         pin.verify()
         pin.check_missing()
         return Source(pin.info, "zarr", None, pin=pin)
     if isinstance(source, zarr.Array):
         path = _local_path_of(source)
         if path is not None:
-            return open_source(pin_source(path, allow_missing_chunks=allow_missing_chunks,
+            return open_source(pin_source(path, missing_chunks=mode,
                                           panel_bytes=panel_bytes, limits=limits,
                                           sample_dims=sample_dims),
                                storage_options=storage_options)
@@ -303,7 +312,7 @@ def open_source(source, *, array=None, storage_options=None, allow_missing_chunk
     if hasattr(source, "__fspath__") or isinstance(source, str):
         url = str(source.__fspath__() if hasattr(source, "__fspath__") else source)
         pin = pin_source(url, array, storage_options=storage_options,
-                         allow_missing_chunks=allow_missing_chunks, panel_bytes=panel_bytes,
+                         missing_chunks=mode, panel_bytes=panel_bytes,
                          limits=limits, sample_dims=sample_dims)
         return open_source(pin, storage_options=storage_options)
     raise InvalidInputError(
@@ -332,7 +341,7 @@ def inspect_source(source, *, array=None, storage_options=None, sample_dims=None
         return inspect_pinnable(source, array, storage_options=storage_options,
                                 sample_dims=sample_dims)
     return open_source(source, array=array, storage_options=storage_options,
-                       allow_missing_chunks=True, sample_dims=sample_dims).info
+                       sample_dims=sample_dims).info
 
 
 # --------------------------------------------------------------------------- panels

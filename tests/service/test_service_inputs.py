@@ -156,29 +156,48 @@ def test_corrupt_chunk_fails_storage_error_naming_chunk_and_array(svc, root, wai
     assert "chunk 'c/6/0'" in msg and "bad.zarr" in msg and "rows 60:70" in msg, msg
 
 
-# ---------------------------------------------------------------- case 7
-def test_missing_chunk_fails_invalid_input_unless_allowed(svc, root, wait):
+# ---------------------------------------------------------------- case 7, issue 20 item 1
+def test_absent_chunks_are_the_fill_value_unless_strict(svc, root, wait):
+    """Absent chunks read as the fill value by default (counted in the 202's plan and
+    the notes); ``missing_chunks="error"`` keeps issue 9's invalid_input; the
+    deprecated ``allow_missing_chunks`` still works, with a note."""
     a = matrix(100, 20)
     write(root / "half.zarr", a, (10, 20))
     for i in (9, 4, 5):
         os.remove(root / "half.zarr" / "c" / str(i) / "0")
+    note = ("3 of 10 chunks absent, read as fill value 0.0 (Zarr does not store chunks "
+            "equal to the fill value)")
     with svc() as c:
-        job = wait(c, submit(c, "half.zarr").json()["id"])
-        assert job["state"] == "failed" and job["error"]["type"] == "invalid_input", job
-        msg = job["error"]["message"]
-        assert "chunk 'c/4/0'" in msg and "rows 40:50" in msg and "3 chunks" in msg, msg
-        assert "allow_missing_chunks" in msg
-
-        r = submit(c, "half.zarr", method="exact", allow_missing_chunks=True)
-        assert r.status_code == 202 and r.json()["request"]["allow_missing_chunks"] is True
+        r = submit(c, "half.zarr", method="exact")
+        assert r.status_code == 202, r.text
+        assert note in r.json()["notes"]
+        plan = r.json()["plan"]
+        assert (plan["n_chunks"], plan["absent_chunks"], plan["fill_value"]) == (10, 3, 0.0)
         job = wait(c, r.json()["id"])
         assert job["state"] == "succeeded", job
         S = zarr.open_group(job["result"]["url"], mode="r")["S"][...]
         sparse = a.copy()
         sparse[40:60] = sparse[90:100] = 0.0
+        # Exact TSQR: σ to a few ulps of LAPACK's; 1e-10 is headroom.
         np.testing.assert_allclose(S, np.linalg.svd(sparse, compute_uv=False)[:3], rtol=1e-10)
+
+        job = wait(c, submit(c, "half.zarr", missing_chunks="error").json()["id"])
+        assert job["state"] == "failed" and job["error"]["type"] == "invalid_input", job
+        msg = job["error"]["message"]
+        assert "chunk 'c/4/0'" in msg and "rows 40:50" in msg and "3 chunks" in msg, msg
+        assert "missing_chunks='fill'" in msg
+
+        r = submit(c, "half.zarr", method="exact", allow_missing_chunks=False)
+        assert r.status_code == 202 and r.json()["request"]["allow_missing_chunks"] is False
+        assert r.json()["request"]["missing_chunks"] == "error"
+        assert any("allow_missing_chunks is deprecated" in n for n in r.json()["notes"])
+        assert wait(c, r.json()["id"])["error"]["type"] == "invalid_input"
         assert_problem(submit(c, "half.zarr", allow_missing_chunks="yes"), 422,
                        "body.allow_missing_chunks")
+        assert_problem(submit(c, "half.zarr", allow_missing_chunks=True,
+                              missing_chunks="error"), 422, "body.allow_missing_chunks")
+        assert_problem(submit(c, "half.zarr", missing_chunks="skip"), 422,
+                       "body.missing_chunks")
 
 
 # ---------------------------------------------------------------- case 3 (at submit), section 9

@@ -71,7 +71,8 @@ def test_new_fields_at_their_defaults_keep_old_hashes():
         {"source": {"url": "A.zarr", "array": None, "sample_dims": None}, "rank": 4,
          "missing": "error"}))
     dumped = JobCreate.model_validate(old).model_dump(mode="json")
-    for key in ("missing", "allow_missing_chunks", "compute_u", "energy", "max_rank"):
+    for key in ("missing", "allow_missing_chunks", "compute_u", "energy", "max_rank",
+                "missing_chunks"):
         dumped.pop(key)
     del dumped["source"]["sample_dims"]
     before = hashlib.sha256(json.dumps(dumped, sort_keys=True, separators=(",", ":"))
@@ -106,3 +107,17 @@ def test_masked_job_succeeds_and_partly_missing_fails(service, data_root, fields
         assert job["error"]["type"] == "non_finite_values"
         assert "1 feature is missing" in job["error"]["message"]
         assert "lat=0.0, lon=3.0 (1 of 30 samples)" in job["error"]["message"]
+
+
+def test_named_2d_variable_defaults_sample_dims_with_a_note(service, data_root, fields):
+    """Issue 20 item 17: a 2-D variable's dimension names are known; without
+    sample_dims its first dimension is the samples, and the job says so."""
+    path = data_root / "nd_2d.zarr"
+    if not path.exists():
+        xr.Dataset({"sst": (("time", "space"), np.ones((30, 4)) * np.arange(1.0, 5.0))}
+                   ).to_zarr(str(path), consolidated=False)
+    with service() as c:
+        r = post(c, path.name, rank=1)
+        assert r.status_code == 202, r.text
+        assert any(n.startswith("sample_dims not given: using the first dimension 'time'")
+                   for n in r.json()["notes"]), r.json()["notes"]

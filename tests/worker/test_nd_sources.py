@@ -18,6 +18,7 @@ Tolerances (ε = 2.2e-16):
 
 from __future__ import annotations
 
+import dask.array
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,6 +104,9 @@ def test_eof_matches_dense(dask_client, tmp_path, fmt, dims, sample_dims, chunks
     ds = StoredResult.open(out).to_xarray()
     comp = ds["components"]
     assert comp.dims == ("mode", *f_dims) and ds["scores"].dims == (*sample_dims, "mode")
+    # Lazy like res.U (issue 20 item 17): dask arrays until .values; values checked below.
+    for name in ("components", "scores", "mean"):
+        assert isinstance(ds[name].data, dask.array.Array), name
     flat = comp.values.reshape(k, -1)
     assert np.isnan(flat[:, mask]).all() and not np.isnan(flat[:, ~mask]).any()
     assert np.isnan(ds["mean"].values.reshape(-1)[mask]).all()

@@ -227,7 +227,8 @@ def test_zero_chunk_size_is_invalid_input(tmp_path):
 
 # ---------------------------------------------------------------- 7. missing chunk at rest
 def test_missing_chunk_is_invalid_input_naming_first_chunk_and_rows(tmp_path):
-    """Case 7: a half-finished upload fails naming the first missing chunk."""
+    """Case 7: a half-finished upload fails naming the first missing chunk -- in the
+    strict mode (issue 20: by default an absent chunk is the fill value, as in Zarr)."""
     path = tmp_path / "A.zarr"
     a = matrix(100, 10)
     write(path, a, (10, 10))
@@ -235,16 +236,15 @@ def test_missing_chunk_is_invalid_input_naming_first_chunk_and_rows(tmp_path):
         os.remove(chunk_file(path, i, 0))
     with pytest.raises(InvalidInputError, match=r"chunk 'c/3/0' of .* \(rows 30:40, columns "
                                                 r"0:10\) is missing .*2 chunks are missing"):
-        svd(str(path), 2)
+        svd(str(path), 2, missing_chunks="error")
 
 
-def test_missing_chunks_read_as_fill_value_when_allowed(tmp_path, dask_client):
+def test_missing_chunks_read_as_fill_value_by_default(tmp_path, dask_client):
     path = tmp_path / "A.zarr"
     a = matrix(100, 10)
     write(path, a, (10, 10))
     os.remove(chunk_file(path, 3, 0))
-    res = svd(str(path), 3, method="exact", allow_missing_chunks=True, client=dask_client,
-              panel_bytes=10 * 10 * 8)
+    res = svd(str(path), 3, method="exact", client=dask_client, panel_bytes=10 * 10 * 8)
     sparse = a.copy()
     sparse[30:40] = 0.0
     np.testing.assert_allclose(res.S, np.linalg.svd(sparse, compute_uv=False)[:3], rtol=1e-10)
@@ -270,8 +270,8 @@ def s3():
 
 
 def test_s3_source_is_pinned_by_etags(s3):
-    """On S3 the pin holds the ETags: a missing object is invalid_input, a
-    rewritten one fails the run naming the chunk."""
+    """On S3 the pin holds the ETags: a rewritten object fails the run naming the
+    chunk; an absent one is the fill value (invalid_input in the strict mode)."""
     so, fs = s3
     a = matrix(60, 8)
     z = zarr.create_array("s3://issue9-pins/A.zarr", shape=a.shape, chunks=(20, 8), dtype="f8",
@@ -286,12 +286,21 @@ def test_s3_source_is_pinned_by_etags(s3):
         svd(pin, 2)
     fs.rm("issue9-pins/A.zarr/c/2/0")
     with pytest.raises(InvalidInputError, match=r"chunk 'c/2/0' .*is missing"):
-        svd("s3://issue9-pins/A.zarr", 2, storage_options=so)
+        svd("s3://issue9-pins/A.zarr", 2, storage_options=so, missing_chunks="error")
+    b = np.asarray(z[...])
+    b[40:60] = 0.0
+    for reader in ("direct", "zarr"):
+        res = svd("s3://issue9-pins/A.zarr", 2, storage_options=so, method="exact",
+                  reader=reader)
+        # Exact TSQR: σ to a few ulps of LAPACK's; 1e-10 is headroom.
+        np.testing.assert_allclose(res.S, np.linalg.svd(b, compute_uv=False)[:2], rtol=1e-10)
+        assert res.report["input"]["absent_chunks"] == 1
 
 
 def test_sharded_array_is_pinned_by_shard(tmp_path):
     """Sharded arrays: the stored keys are shards (read by byte ranges through the
-    guard); a missing shard names its rows."""
+    guard); a missing shard names its rows in the strict mode, reads as the fill
+    value by default."""
     a = matrix(400, 12)
     z = zarr.create_array(str(tmp_path / "sh.zarr"), shape=a.shape, chunks=(20, 12),
                           shards=(100, 12), dtype="f8")
@@ -301,4 +310,10 @@ def test_sharded_array_is_pinned_by_shard(tmp_path):
     assert res.provenance["panels"] == 20  # panels follow the inner chunks
     os.remove(chunk_file(tmp_path / "sh.zarr", 2, 0))
     with pytest.raises(InvalidInputError, match=r"chunk 'c/2/0' .*\(rows 200:300"):
-        svd(str(tmp_path / "sh.zarr"), 3)
+        svd(str(tmp_path / "sh.zarr"), 3, missing_chunks="error")
+    b = a.copy()
+    b[200:300] = 0.0
+    res = svd(str(tmp_path / "sh.zarr"), 3, method="exact")
+    # Exact TSQR on a 400 x 12 matrix: σ agrees with LAPACK to a few ulps; 1e-10 is headroom.
+    np.testing.assert_allclose(res.S, np.linalg.svd(b, compute_uv=False)[:3], rtol=1e-10)
+    assert res.report["input"]["n_chunks"] == 4 and res.report["input"]["absent_chunks"] == 1

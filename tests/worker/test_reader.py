@@ -85,12 +85,12 @@ def test_panels_bit_identical_either_reader(tmp_path, name, fmt, kw, direct, dty
             assert np.array_equal(y.view(np.uint64), want.view(np.uint64))
 
 
-def test_missing_chunk_reads_fill_value_when_allowed(tmp_path):
+def test_missing_chunk_reads_fill_value_by_default(tmp_path):
     a = _data("float64")
     path = _write(tmp_path / "A.zarr", a, (40, 37), 3,
                   {"compressors": ZstdCodec(), "fill_value": 2.5})
     os.remove(os.path.join(path, "c", "1", "0"))
-    pin = pin_source(path, allow_missing_chunks=True)
+    pin = pin_source(path)
     x, y = (_panels(pin, [(0, M)], False, d)[0] for d in (False, True))
     assert np.array_equal(x, y)
     assert np.all(y[40:80] == 2.5) and np.array_equal(y[:40], a[:40])
