@@ -231,6 +231,19 @@ class JobStore:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more and rows else None)
 
+    def find_prefix(self, prefix: str, tenant: str, *, limit: int = 10) -> list[str]:
+        """Ids of ``tenant``'s jobs that start with ``prefix``, oldest first, at most ``limit``.
+
+        A range scan of the ``id`` index (ids are lowercase hex, so every id
+        starting with ``prefix`` sorts in ``[prefix, prefix + "g")``), filtered by
+        tenant in the same query: another tenant's ids are never returned.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? AND tenant = ? "
+                "ORDER BY seq LIMIT ?", (prefix, prefix + "g", tenant, limit)).fetchall()
+        return [r["id"] for r in rows]
+
     def get_pin(self, job_id: str) -> dict | None:
         """The pinned source identity stored with the job, or None (older jobs)."""
         with self._lock:
