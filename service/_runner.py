@@ -285,7 +285,8 @@ class Runner:
         result = {"url": out, "http": f"/v1/jobs/{job.id}/result",
                   "shape": list(job.params["shape"]), "rank": int(res.S.size),
                   "method": res.method}
-        events = [str(e) for e in res.events]
+        # the run's events, then what the report says a user must know (report["notes"])
+        events = [str(e) for e in res.events] + list(res.report.get("notes") or [])
         # res.report is JSON-safe already (svdserve.worker.energy_report)
         done = self.store.finish(job.id, job.attempt, "succeeded", result=result,
                                  report=res.report, notes=events, from_states=("running",))
