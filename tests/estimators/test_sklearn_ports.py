@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA as SkPCA
 from sklearn.utils._testing import assert_allclose, assert_array_less
 
 from svdserve import PCA, TruncatedSVD
+from svdserve._mle import assess_dimension, infer_dimension
 
 iris = datasets.load_iris()
 # scikit-learn's five solver names map to three methods here ("covariance_eigh" runs what
@@ -244,6 +245,53 @@ def test_mle_redundant_data():
                                         n_redundant=1, n_clusters_per_class=1,
                                         random_state=42)
     assert PCA(n_components="mle").fit(X).n_components_ == 1
+
+
+def test_infer_dim_1():
+    n, p = 1000, 5
+    rng = np.random.RandomState(0)
+    X = (rng.randn(n, p) * 0.1 + rng.randn(n, 1) * np.array([3, 4, 5, 1, 2])
+         + np.array([1, 0, 7, 4, 6]))
+    spect = PCA(n_components=p, svd_solver="full").fit(X).explained_variance_
+    ll = np.array([assess_dimension(spect, k, n) for k in range(1, p)])
+    assert ll[1] > ll.max() - 0.01 * n
+
+
+def test_infer_dim_2_and_3():
+    n, p = 1000, 5
+    rng = np.random.RandomState(0)
+    X = rng.randn(n, p) * 0.1
+    X[:10] += np.array([3, 4, 5, 1, 2])
+    X[10:20] += np.array([6, 0, 7, 2, -1])
+    spect = PCA(n_components=p, svd_solver="full").fit(X).explained_variance_
+    assert infer_dimension(spect, n) > 1
+    n = 100
+    X = rng.randn(n, p) * 0.1
+    X[:10] += np.array([3, 4, 5, 1, 2])
+    X[10:20] += np.array([6, 0, 7, 2, -1])
+    X[30:40] += 2 * np.array([-1, 1, -1, 1, -1])
+    spect = PCA(n_components=p, svd_solver="full").fit(X).explained_variance_
+    assert infer_dimension(spect, n) > 2
+
+
+def test_assess_dimension_bad_rank_and_small_eigenvalues():
+    spectrum = np.array([1, 1e-30, 1e-30, 1e-30])
+    for rank in (0, 5):
+        with pytest.raises(ValueError, match=r"should be in \[1, n_features - 1\]"):
+            assess_dimension(spectrum, rank, 10)
+    assert assess_dimension(spectrum, rank=1, n_samples=10) > -np.inf
+    for rank in (2, 3):
+        assert assess_dimension(spectrum, rank, 10) == -np.inf
+    assert infer_dimension(spectrum, 10) == 1
+
+
+def test_assess_dimension_rank_one():
+    X = np.ones((9, 6))
+    _, s, _ = np.linalg.svd(X, full_matrices=True)
+    assert_allclose(s[1:], np.zeros(5), atol=1e-12)
+    assert np.isfinite(assess_dimension(s, rank=1, n_samples=9))
+    for rank in range(2, 6):
+        assert assess_dimension(s, rank, 9) == -np.inf
 
 
 def test_fit_mle_too_few_samples():
