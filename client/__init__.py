@@ -25,6 +25,7 @@ from ._errors import (
     PayloadTooLarge,
     RateLimited,
     ServerError,
+    InputFileError,
     ServiceUnavailable,
     StorageAccessError,
     SVDServeError,
@@ -32,6 +33,7 @@ from ._errors import (
     TransportError,
     Unauthorized,
 )
+from ._formats import read_matrix
 from ._job import Job, Progress
 from ._lstsq import LstsqResult
 from ._pca import PCA
@@ -46,6 +48,8 @@ __all__ = [
     "EnergyReport",
     "PCA",
     "LstsqResult",
+    "read_matrix",
+    "InputFileError",
     "SVDServeError",
     "TransportError",
     "StorageAccessError",

@@ -5,8 +5,10 @@ this parser runs; everything else is here.
 
 Exit codes: 0 ok; 1 the job failed or was cancelled, a wait timed out, or the
 service/storage failed; 2 usage error (bad arguments, a request the service
-rejected as invalid, unknown job, missing input file, bad credentials).
-Errors are printed as one line on stderr.
+rejected as invalid, unknown or ambiguous job id, missing or unreadable input file, bad
+credentials). Errors are printed once, as one line on stderr, with the service's parameter
+names turned into this command line's flags (:func:`flag_text`). A closed stdout
+(``svdserve jobs | head -n 1``) ends the command quietly with 0, as a Unix filter.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import Forbidden, InvalidRequest, NotFound, SVDServeError, Unauthorized
+from ._errors import (
+    Forbidden,
+    InputFileError,
+    InvalidRequest,
+    NotFound,
+    SVDServeError,
+    Unauthorized,
+)
 from ._literals import METHODS, STATES, TERMINAL_STATES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
@@ -43,6 +53,57 @@ class _Parser(argparse.ArgumentParser):
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+#: The flag that sets each API parameter, for messages written with the API's names
+#: (``body.rank``, ``missing='mask'``, `` `array` ``, ``sample_dims``).
+FLAGS = {
+    "rank": "--rank", "energy": "--energy", "max_rank": "--max-rank", "array": "--array",
+    "method": "--method", "n_oversamples": "--n-oversamples", "n_iter": "--n-iter",
+    "center": "--center", "random_state": "--seed", "compute_u": "--no-u",
+    "allow_missing_chunks": "--allow-missing-chunks", "missing_chunks": "--missing-chunks",
+    "sample_dims": "--sample-dims", "missing": "--missing",
+    "idempotency_key": "--idempotency-key",
+    "source": "SOURCE", "source.url": "SOURCE", "source.array": "--array",
+    "source.sample_dims": "--sample-dims", "idempotency-key": "--idempotency-key",
+    "job_id": "JOB",
+}
+#: Flags whose presence means the opposite of the parameter's True.
+_INVERTED = {"compute_u"}
+_NAMES = "|".join(sorted((k for k in FLAGS if re.fullmatch(r"[a-z_]+", k)), key=len,
+                         reverse=True))
+_FIELD_RE = re.compile(r"\b(?:body|path|header)\.([A-Za-z_.-]+[A-Za-z_])")
+_ASSIGN_RE = re.compile(rf"\b({_NAMES})=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|True|False|None|"
+                        r"-?[0-9][0-9.e+-]*)")
+_TICK_RE = re.compile(rf"`({_NAMES})`")
+_BARE_RE = re.compile(r"(?<![\w./-])(" + "|".join(k for k in FLAGS if "_" in k and "." not in k)
+                      + r")(?![\w=])")
+
+
+def _assignment(match: re.Match) -> str:
+    """``missing='mask'`` -> ``--missing mask``; ``center=True`` -> ``--center``."""
+    name, value = match.group(1), match.group(2)
+    flag = FLAGS[name]
+    if value in ("True", "False", "None"):
+        on = (value == "True") != (name in _INVERTED)
+        return flag if on else f"no {flag}"
+    if value.startswith("["):
+        items = [v.strip().strip("'\"") for v in value[1:-1].split(",") if v.strip()]
+        return " ".join([flag, *items])
+    return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+
+def flag_text(text: str) -> str:
+    """A service message in the command line's words: API names become the flags.
+
+    ``body.rank`` -> ``--rank``, ``missing='mask'`` -> ``--missing mask``,
+    ``sample_dims=['time']`` -> ``--sample-dims time``, `` `array` `` -> ``--array``,
+    ``n_oversamples`` -> ``--n-oversamples``.
+    """
+    text = _FIELD_RE.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), str(text))
+    text = _ASSIGN_RE.sub(_assignment, text)
+    text = _TICK_RE.sub(lambda m: FLAGS[m.group(1)], text)
+    return _BARE_RE.sub(lambda m: FLAGS[m.group(1)], text)
 
 
 def _storage_options(pairs: Sequence[str] | None) -> dict[str, Any] | None:
@@ -76,14 +137,39 @@ def _progress_text(job) -> str:
     from ._job import Progress
 
     prog = Progress.from_json(job.get("progress"))
-    return str(prog) if prog is not None else ""
+    if prog is None:
+        return ""
+    done, total = prog.overall()
+    return f"{prog.label}: {done}/{total} panels of the job ({100 * done // max(total, 1)} %)"
+
+
+def _shape_of(job) -> list[int] | None:
+    """The matrix shape: known from submit (``shape``), else from the result."""
+    return job.get("shape") or (job.get("result") or {}).get("shape")
+
+
+def _method_of(job) -> str:
+    """The method that runs (``auto`` resolved at submit), else the one requested."""
+    return (job.get("result") or {}).get("method") or job.get("method") or (
+        (job.get("request") or {}).get("method", "?"))
+
+
+#: Columns of ``svdserve jobs``: (header, width); the last, NOTE, is free text.
+JOB_COLUMNS = (("ID", 32), ("STATE", 10), ("K", 6), ("METHOD", 10), ("SHAPE", 12),
+               ("CREATED", 29), ("SOURCE", 0))
+
+
+def _job_header() -> str:
+    return _columns([name for name, _ in JOB_COLUMNS]) + "  NOTE"
+
+
+def _columns(values: Sequence[str]) -> str:
+    return " ".join(f"{v:<{w}}" if w else v for v, (_, w) in zip(values, JOB_COLUMNS))
 
 
 def _job_line(job) -> str:
     req = job.get("request") or {}
-    res = job.get("result") or {}
-    shape = res.get("shape")
-    shape_s = "x".join(str(d) for d in shape) if shape else "-"
+    shape = _shape_of(job)
     src = (req.get("source") or {}).get("url", "-")
     arr = (req.get("source") or {}).get("array")
     if arr:
@@ -91,15 +177,14 @@ def _job_line(job) -> str:
     extra = _progress_text(job) if job.get("state") in ("running", "cancelling") else ""
     err = job.get("error")
     if err:
-        extra = f"{err.get('type')}: {err.get('message')}"
+        extra = flag_text(f"{err.get('type')}: {err.get('message')}")
     want = req.get("rank")
     if want is None:
         want = f"e{req['energy']:g}" if req.get("energy") is not None else "?"
-    return (
-        f"{job.get('id')}  {job.get('state', '?'):<10} k={want!s:<4} "
-        f"{req.get('method', '?'):<10} {shape_s:<12} {job.get('created_at', '')}  {src}"
-        + (f"  {extra}" if extra else "")
-    )
+    shape_s = "x".join(str(d) for d in shape) if shape else "-"
+    line = _columns([str(job.get("id")), str(job.get("state", "?")), str(want), _method_of(job),
+                     shape_s, str(job.get("created_at", "")), src])
+    return line + (f"  {extra}" if extra else "")
 
 
 def _finish(job, args: argparse.Namespace) -> int:
@@ -108,7 +193,7 @@ def _finish(job, args: argparse.Namespace) -> int:
         _print_json(job.data)
     err = job._job_error()
     if err is not None:
-        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(flag_text(str(err)))}", file=sys.stderr)
         return EXIT_FAILED
     if not getattr(args, "json", False):
         res = job.get("result") or {}
@@ -126,7 +211,42 @@ def _wait(job, args: argparse.Namespace):
 # -- subcommands --------------------------------------------------------------------------------
 
 
+def _check_source(source: str) -> None:
+    """Refuse a local file given where a Zarr store is expected, saying what to run."""
+    from ._formats import describe
+
+    kind = describe(source)
+    if kind is None or os.path.isdir(source):
+        return
+    stem = os.path.splitext(os.path.basename(source))[0]
+    dest = os.path.join(os.path.dirname(source) or "data", f"{stem}.zarr")
+    raise UsageError(
+        f"{source!r} is {kind}, not a Zarr array or group; the service reads Zarr. Convert it "
+        f"first, to a path inside a data root of the service: `{PROG} upload {source} {dest}`, "
+        f"then `{PROG} submit {dest} ...` (`{PROG} upload --help` lists the formats)")
+
+
+def _where_relative(source: str, exc: SVDServeError) -> UsageError:
+    """A 404/403 for a relative SOURCE, saying where it was taken from."""
+    return UsageError(
+        f"{flag_text(str(exc))}; you gave {source!r}, a relative path, which is taken from the "
+        f"current directory ({os.getcwd()!r}) and sent as {os.path.abspath(source)!r}; to "
+        "name a path on the service's machine, give it absolute")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    _check_source(args.source)
+    try:
+        return _submit(args)
+    except (NotFound, Forbidden) as exc:
+        source_fault = any(str(e.get("field", "")).startswith("body.source")
+                           for e in exc.errors)
+        if source_fault and not (os.path.isabs(args.source) or "://" in args.source):
+            raise _where_relative(args.source, exc) from exc
+        raise
+
+
+def _submit(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
         job = client.submit(
             args.source,
@@ -174,16 +294,20 @@ def cmd_status(args: argparse.Namespace) -> int:
                   else f"rank={req.get('rank')}")
         print(f"request   {target} method={req.get('method')} "
               f"center={req.get('center')} n_iter={req.get('n_iter')}")
+        shape = _shape_of(job)
+        print(f"method    {_method_of(job)}" + (f" on {'x'.join(map(str, shape))}" if shape
+                                                 else ""))
         if job.get("progress") and job.state not in TERMINAL_STATES:
             print(f"progress  {_progress_text(job)}")
         if job.error:
-            print(f"error     {job.error.get('type')}: {job.error.get('message')}")
+            print(f"error     {flag_text(job.error.get('type'))}: "
+                  f"{flag_text(job.error.get('message'))}")
         if job.get("result"):
             res = job["result"]
             print(f"result    {res.get('url')} ({'x'.join(map(str, res.get('shape') or []))}, "
                   f"rank {res.get('rank')}, {res.get('method')})")
         for note in job.notes:
-            print(f"note      {note}")
+            print(f"note      {flag_text(note)}")
         return EXIT_OK
 
 
@@ -213,6 +337,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if args.json:
             _print_json([j.data for j in jobs])
             return EXIT_OK
+        if jobs:
+            print(_job_header())
         for job in jobs:
             print(_job_line(job))
         if not jobs:
@@ -235,31 +361,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    import dask.array as da
-    import numpy as np
-
-    from ._storage import default_row_chunk, is_remote, open_dask
+    from ._formats import read_matrix
+    from ._storage import is_remote
 
     src = args.source
     so = _storage_options(args.storage_option)
-    if src.endswith(".npy"):
-        if not os.path.isfile(src):
-            raise UsageError(f"no such .npy file: {src!r}")
-        try:
-            mm = np.load(src, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise UsageError(f"cannot read {src!r} as a .npy array: {exc}") from exc
-        if mm.ndim != 2:
-            raise UsageError(f"{src!r} holds an array of shape {mm.shape}; expected a 2-D matrix")
-        rows = args.chunks or default_row_chunk(mm.shape[1], mm.dtype.itemsize, mm.shape[0])
-        data = da.from_array(mm, chunks=(rows, mm.shape[1]))
-    else:
-        if not is_remote(src) and not os.path.exists(src):
-            raise UsageError(f"no such input: {src!r} (expected a .npy file or a Zarr array/group)")
-        try:
-            data = open_dask(src, array=args.array, storage_options=so if is_remote(src) else None)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+    data = read_matrix(src, array=args.array, chunks=args.chunks,
+                       storage_options=so if is_remote(src) else None)
     with _make_client(args) as client:
         url = client.upload(
             data, args.dest, storage_options=so, chunks=args.chunks,
@@ -335,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from svdserve import __version__
 
+    from ._formats import formats_text
+
     parser = _Parser(
         prog=PROG,
         description="Distributed, out-of-core truncated SVD: submit jobs, follow them, "
@@ -352,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def add_job_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument("job_id", metavar="JOB",
+                       help="job id, or a unique prefix of at least 6 characters (as printed: "
+                            "job 18ff257d)")
+
     def add_wait_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
                        help="give up waiting after S seconds (exit 1; the job keeps running)")
@@ -367,12 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", help="array inside the group at SOURCE")
     p.add_argument("--method", choices=METHODS,
-                   default="auto", help="sketch: one pass over A (Tropp et al. 2019)")
-    p.add_argument("--n-oversamples", type=_nonneg_int, default=10, metavar="P")
+                   default="auto", help="auto (default) lets the service pick exact or "
+                                        "randomized; sketch: one pass over A (Tropp et al. "
+                                        "2019)")
+    p.add_argument("--n-oversamples", type=_nonneg_int, default=10, metavar="P",
+                   help="extra random directions beyond k (randomized, sketch; default 10); "
+                        "clipped to min(m, n) - k with a note")
     p.add_argument("--n-iter", type=_nonneg_int, default=2, metavar="Q",
-                   help="power iterations (randomized)")
+                   help="power iterations (randomized; default 2)")
     p.add_argument("--center", action="store_true", help="remove column means (PCA)")
-    p.add_argument("--seed", type=int, default=0, help="random_state")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random directions (default 0): same seed and plan, "
+                        "same factors")
     p.add_argument("--no-u", action="store_true",
                    help="σ and V only (compute_u=false): one pass for the exact method")
     p.add_argument("--missing-chunks", choices=("fill", "error"), default=None,
@@ -394,39 +515,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_wait_opts(p)
 
     p = add("status", "show a job's state, progress, error and result", cmd_status)
-    p.add_argument("job_id")
+    add_job_id(p)
     p.add_argument("--json", action="store_true", help="print the job JSON")
 
     p = add("wait", "wait for a job with a progress bar (exit 1 if it fails)", cmd_wait)
-    p.add_argument("job_id")
+    add_job_id(p)
     p.add_argument("--json", action="store_true", help="print the final job JSON")
     add_wait_opts(p)
 
     p = add("report", "print a job's energy report", cmd_report)
-    p.add_argument("job_id")
+    add_job_id(p)
     p.add_argument("--plot", metavar="PNG", help="also write the scree/cumulative-energy plot")
     p.add_argument("--rows", type=_positive_int, default=20, help="components listed (20)")
     p.add_argument("--json", action="store_true", help="print the report JSON")
 
-    p = add("jobs", "list jobs, newest first", cmd_jobs)
-    p.add_argument("--state", choices=STATES)
-    p.add_argument("--limit", type=_positive_int, default=None)
-    p.add_argument("--json", action="store_true")
+    p = add("jobs", "list jobs, newest first, under a header line", cmd_jobs)
+    p.add_argument("--state", choices=STATES, help="only jobs in this state")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="at most N jobs (default: all)")
+    p.add_argument("--json", action="store_true", help="print the jobs' JSON (a list)")
 
     p = add("cancel", "cancel a job", cmd_cancel)
-    p.add_argument("job_id")
+    add_job_id(p)
 
     p = add("delete", "delete a finished job and its result", cmd_delete)
-    p.add_argument("job_id")
+    add_job_id(p)
 
-    p = add("upload", "write a .npy file or a Zarr array as row-chunked Zarr v3 for the "
+    p = add("upload", "write a matrix file or a Zarr array as row-chunked Zarr v3 for the "
             "service; prints the URL", cmd_upload)
-    p.add_argument("source", help=".npy file, or Zarr array/group (path or URL)")
+    p.epilog = f"accepted SOURCE formats: {formats_text()}"
+    p.add_argument("source", help="matrix file (.npy .npz .csv .tsv .txt .h5 .nc) or Zarr "
+                                  "array/group (path or URL)")
     p.add_argument("dest", help="destination path (in a data root) or s3:// URL; a bare NAME "
                    "(no '/') is sent over HTTP to the service's upload API")
     p.add_argument("--http", action="store_true",
                    help="send DEST over HTTP (POST /v1/uploads) even if it looks like a path")
-    p.add_argument("--array", help="array inside the SOURCE group")
+    p.add_argument("--array", "--variable", dest="array", metavar="NAME",
+                   help="the array of an .npz archive or a Zarr group, or the variable of an "
+                        "HDF5/NetCDF file (needed when it holds several)")
     p.add_argument("--dest-array", metavar="NAME", help="write into a group at DEST as NAME")
     p.add_argument("--chunks", type=_positive_int, metavar="ROWS", help="rows per chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing array")
@@ -434,9 +560,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fsspec option for s3:// (JSON values allowed); repeatable")
 
     p = sub.add_parser("serve", help="run the service (svdserve serve --help)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own options")
     p.set_defaults(func=cmd_serve_misplaced)
     return parser
+
+
+def _closed_pipe() -> int:
+    """Whoever read stdout has gone (``svdserve jobs | head -n 1``): stop quietly with 0,
+    as a Unix filter does. What is still buffered goes to /dev/null, so that Python's
+    flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout
+        pass
+    return EXIT_OK
 
 
 def _one_line(text: str) -> str:
@@ -444,7 +583,8 @@ def _one_line(text: str) -> str:
 
 
 def _exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (UsageError, InvalidRequest, NotFound, Forbidden, Unauthorized)):
+    if isinstance(exc, (UsageError, InvalidRequest, NotFound, Forbidden, Unauthorized,
+                        InputFileError)):
         return EXIT_USAGE
     return EXIT_FAILED
 
@@ -457,12 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (the job keeps running on the service)", file=sys.stderr)
         return 130
     except (UsageError, SVDServeError) as exc:
-        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        text = flag_text(str(exc)) if isinstance(exc, SVDServeError) else str(exc)
+        print(f"{PROG}: error: {_one_line(text)}", file=sys.stderr)
         return _exit_code_for(exc)
     except (ValueError, OSError) as exc:  # local problems: bad file, bad array, ...
         print(f"{PROG}: error: {_one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)

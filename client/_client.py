@@ -39,16 +39,15 @@ def normalize_source(source: str | os.PathLike) -> str:
     """The ``source.url`` sent to the service.
 
     URLs (``s3://``, ``file://``, ...) and absolute paths are sent as given; a
-    relative path that exists on this machine is sent as its absolute path;
-    any other relative path is sent as given (the service resolves it
-    against its first data root).
+    relative path is taken from the current directory, as every command-line
+    tool does (and as :meth:`Client.upload` writes it), and sent as its
+    absolute path, whether or not it exists here. A client on another
+    machine names a source by the service's absolute path (``/data/A.zarr``).
     """
     source = os.fspath(source)
     if is_remote(source) or source.startswith("file://") or os.path.isabs(source):
         return source
-    if os.path.exists(source):
-        return os.path.abspath(source)
-    return source
+    return os.path.abspath(source)
 
 
 class Client:
@@ -172,12 +171,13 @@ class Client:
         Parameters
         ----------
         source : str, path-like, ndarray or dask array
-            Zarr array or group: a path inside a data root of the service
-            (absolute, or relative to its first data root), a ``file://`` URL,
-            or ``s3://bucket/key``. A relative path that exists here is sent
-            as its absolute path. A NumPy (memmap) or dask array of shape
-            (m, n) is uploaded over HTTP first (:meth:`upload`, named
-            ``array-<12 hex digits>``; see :meth:`uploads`, :meth:`delete_upload`).
+            Zarr array or group inside a data root of the service: a path, a
+            ``file://`` URL, or ``s3://bucket/key``. A relative path is taken
+            from the current directory and sent as its absolute path; from
+            another machine, give the service's absolute path. A NumPy
+            (memmap) or dask array of shape (m, n) is uploaded over HTTP first
+            (:meth:`upload`, named ``array-<12 hex digits>``; see
+            :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
         array : str or None, default=None
@@ -284,7 +284,12 @@ class Client:
         return normalize_source(source)
 
     def get(self, job_id: str) -> Job:
-        """The job with this id (:class:`NotFound` if unknown to this tenant)."""
+        """The job with this id, or with the one id of this tenant's jobs that starts with
+        ``job_id`` (at least 6 characters, as the short ids printed by the CLI).
+
+        Raises :class:`NotFound` if unknown to this tenant, :class:`InvalidRequest`
+        (``.problem["candidates"]``) if the prefix matches several jobs.
+        """
         return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
 
     def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
@@ -314,18 +319,19 @@ class Client:
                 return out[:limit] if limit is not None else out
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job; returns it (409 :class:`Conflict` if it already finished)."""
+        """Cancel a job (id or unique prefix); returns it (409 :class:`Conflict` if it
+        already finished)."""
         return Job(
             self,
             self._http.request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True).json(),
         )
 
     def delete(self, job_id: str) -> None:
-        """Delete a finished job and its result."""
+        """Delete a finished job (id or unique prefix) and its result."""
         self._http.request("DELETE", f"/v1/jobs/{job_id}")
 
     def report(self, job_id: str) -> EnergyReport:
-        """The energy report of a succeeded job."""
+        """The energy report of a succeeded job (id or unique prefix)."""
         return EnergyReport(self._http.get_json(f"/v1/jobs/{job_id}/report"))
 
     def result(self, job_id: str, timeout: float | None = None, *, progress: bool = False):

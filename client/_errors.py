@@ -6,6 +6,7 @@ is what a caller would naturally catch, the class subclasses it too::
     SVDServeError
     ├── TransportError (ConnectionError)     the service could not be reached (after retries)
     ├── StorageAccessError (OSError)         a result or upload URL could not be read or written
+    ├── InputFileError (ValueError)          a local file is missing or not a readable matrix
     ├── APIError                             the service answered with an error status
     │   │                                    .type .status_code .request_id .problem .request .response
     │   ├── InvalidRequest (ValueError)      400, 422  (.errors lists the fields at fault)
@@ -42,6 +43,7 @@ __all__ = [
     "SVDServeError",
     "TransportError",
     "StorageAccessError",
+    "InputFileError",
     "APIError",
     "InvalidRequest",
     "Unauthorized",
@@ -83,6 +85,14 @@ class StorageAccessError(SVDServeError, OSError):
     Raised, for example, when a result group has no ``manifest.json`` (it is
     incomplete and must not be read) or when ``result_access="direct"`` but
     the result URL is not reachable from this machine.
+    """
+
+
+class InputFileError(SVDServeError, ValueError):
+    """A local input file is missing, of a format the client cannot read, or not a matrix.
+
+    Raised by :func:`svdserve.client.read_matrix` (``svdserve upload``); the
+    message names the file and, for an unknown format, lists the accepted ones.
     """
 
 

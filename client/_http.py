@@ -92,8 +92,10 @@ def error_from_response(response: httpx.Response) -> APIError:
     message = f"{status} {title}"
     if detail and detail != title:
         message += f": {detail}"
+    # Each field once: its message only when the detail does not already say it.
     fields = [
-        f"{e.get('field', '?')}: {e.get('message', '')}".strip()
+        str(e.get("field", "?")) if e.get("message") and str(e["message"]) in str(detail or "")
+        else f"{e.get('field', '?')}: {e.get('message', '')}".strip()
         for e in problem.get("errors") or []
         if isinstance(e, Mapping)
     ]

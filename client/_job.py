@@ -34,13 +34,19 @@ _MIN_POLL = 0.2
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a running job is: ``phase``, pass ``pass_no`` of ``passes``, panels ``done``/``total``."""
+    """Where a running job is: ``phase``, pass ``pass_no`` of ``passes``, panels ``done``/``total``.
+
+    ``done``/``total`` count the panels of the current step; :meth:`overall`
+    counts the panels of the whole job (every pass, and the copy of a
+    ``rechunk`` layout), from ``plan`` (the job's panel plan) when known.
+    """
 
     phase: str
     pass_no: int | None
     passes: int | None
     done: int
     total: int
+    plan: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "Progress | None":
@@ -52,6 +58,7 @@ class Progress:
             passes=data.get("passes"),
             done=int(data.get("done") or 0),
             total=int(data.get("total") or 0),
+            plan=data.get("plan"),
         )
 
     @property
@@ -59,34 +66,79 @@ class Progress:
         """Panels done in this phase, as a fraction (0 when the total is unknown)."""
         return self.done / self.total if self.total else 0.0
 
+    @property
+    def label(self) -> str:
+        """``"power (pass 2 of 3)"``, ``"rechunk (before pass 1)"``."""
+        if self.pass_no and self.passes:
+            return f"{self.phase} (pass {self.pass_no} of {self.passes})"
+        return f"{self.phase} (before pass 1)" if self.pass_no == 0 else self.phase
+
+    def overall(self) -> tuple[int, int]:
+        """``(done, total)`` panels of the whole job: ``passes`` times the plan's panels,
+        plus one more round for the copy of a ``rechunk`` layout.
+
+        A step that reads no panel (``factor``, ``write``) counts as the end of
+        its pass; a pass beyond ``passes`` (an adaptive energy target) grows the total.
+        """
+        panels = int((self.plan or {}).get("panels") or self.total or 1)
+        copy = 1 if (self.plan or {}).get("kind") == "rechunk" else 0
+        pass_no, passes = int(self.pass_no or 0), int(self.passes or 1)
+        total = (max(passes, pass_no) + copy) * panels
+        step = min(self.done, self.total) / self.total if self.total else 0.0
+        if pass_no == 0:  # the copy before pass 1
+            return round(step * panels), total
+        before = (pass_no - 1 + copy) * panels
+        if self.phase in _NO_READ_PHASES:
+            return before + panels, total
+        return before + round(step * panels), total
+
     def __str__(self) -> str:
         pass_s = f" pass {self.pass_no}/{self.passes}" if self.pass_no and self.passes else ""
         return f"{self.phase}{pass_s}: {self.done}/{self.total} panels"
 
 
+#: Steps that read no panel of A: they come after the reads of their pass.
+_NO_READ_PHASES = frozenset({"factor", "write"})
+
+
 class _Bar:
-    """A tqdm bar per (phase, pass): reset when the job moves on."""
+    """One tqdm bar for the whole job: the panels of all its passes, with an ETA.
+
+    The phase and pass are in the description, set before the count so that a
+    new phase never shows the old label; no rate is shown (a panel per
+    second says little), only elapsed and remaining time. The clock starts at
+    the first progress, not while the job is queued.
+    """
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} panels [{elapsed}<{remaining}]"
 
     def __init__(self, job_id: str):
         from tqdm.auto import tqdm
 
         self._prefix = f"job {job_id[:8]}"
-        self._bar = tqdm(total=0, unit="panel", desc=self._prefix,
+        self._bar = tqdm(total=None, desc=self._prefix, unit="panel", bar_format=self.FORMAT,
                          file=sys.stderr, dynamic_ncols=True, leave=True)
-        self._key: tuple | None = None
+        self._started = False
 
     def update(self, state: str, progress: Progress | None) -> None:
         if progress is None:
             self._bar.set_description_str(f"{self._prefix} {state}", refresh=True)
             return
-        key = (progress.phase, progress.pass_no)
-        if key != self._key:
-            self._key = key
-            self._bar.reset(total=progress.total or None)
-        pass_s = f" {progress.pass_no}/{progress.passes}" if progress.pass_no else ""
-        self._bar.set_description_str(f"{self._prefix} {state}: {progress.phase}{pass_s}",
+        done, total = progress.overall()
+        if not self._started:
+            self._started = True
+            # reset restarts the clock (the ETA ignores queueing) and draws at 0: with no
+            # phase label, since the first progress seen may be late in the job
+            self._bar.set_description_str(f"{self._prefix} {state}", refresh=False)
+            self._bar.reset(total=total)
+        elif total != self._bar.total:
+            self._bar.total = total
+        self._bar.set_description_str(f"{self._prefix} {state}: {progress.label}",
                                       refresh=False)
-        self._bar.n = progress.done
+        if done >= self._bar.n:
+            self._bar.update(done - self._bar.n)
+        else:  # a new attempt starts over
+            self._bar.n = done
         self._bar.refresh()
 
     def close(self, state: str) -> None:
@@ -232,7 +284,8 @@ class Job:
         timeout : float or None, default=None
             Seconds to wait at most (forever when None).
         progress : bool, default=False
-            Show a tqdm progress bar on stderr (panels per phase and pass).
+            Show a tqdm progress bar on stderr: one bar for the whole job (the
+            panels of every pass, with an ETA), the phase in its description.
         poll_interval : float or None, default=None
             Poll every ``poll_interval`` seconds instead of long-polling.
 

@@ -24,10 +24,16 @@ Generalized cross-validation (GCV) chooses α by minimising::
 
 G. H. Golub, M. Heath and G. Wahba, "Generalized cross-validation as a method
 for choosing a good ridge parameter", Technometrics 21(2):215-223, 1979.
-G is evaluated on a logarithmic grid of α between max(σ_k, 16·eps·σ_1) and σ_1
-(as in Hansen's Regularization Tools ``gcv``), and the best grid point is
-refined by bounded Brent minimisation in log α
-(:func:`scipy.optimize.minimize_scalar`). With several right-hand sides one α
+G is evaluated on a logarithmic grid of α from σ_1 down to 16·eps·σ_1, and the
+best grid point is refined by bounded Brent minimisation in log α
+(:func:`scipy.optimize.minimize_scalar`). Hansen's Regularization Tools
+``gcv`` stops the grid at σ_k; that over-regularises a well-posed problem,
+whose G keeps falling below σ_k (G(α) − G(0) ∝ −α² for small α when b has
+noise) and is flat near 0: searched down to 16·eps·σ_1 such a problem gets
+α ≈ 0, whose filter factors are 1 to (α/σ_k)², i.e. the least-squares
+solution. When the minimum lies at the grid's first or last point the result
+says so (``gcv_edge`` and a note): at the lower edge no regularisation is
+needed; at the upper edge (α = σ_1) every component is damped. With several right-hand sides one α
 minimises the sum of their G numerators. The same criterion picks a TSVD rank
 (``rank="gcv"``): ``G(r) = ‖(I − A A_r⁺) b‖² / (m − r)²`` over r = 1, 2, ….
 
@@ -42,10 +48,16 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["LstsqResult", "filter_factors", "gcv", "choose_alpha_gcv", "solve", "lstsq"]
+__all__ = ["LstsqResult", "filter_factors", "gcv", "choose_alpha_gcv", "gcv_edge", "solve",
+           "lstsq"]
 
 #: Points of the logarithmic α grid searched before refinement.
 GCV_GRID_POINTS = 200
+
+#: Smallest α of the GCV grid, relative to σ_1 (the floor of Hansen's Regularization
+#: Tools): a smaller α changes the filter factors φ_i by (α/σ_i)², nothing for every
+#: σ_i well above it, so the grid's lower end is the unregularised solution.
+GCV_FLOOR = 16 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,13 @@ class LstsqResult:
         G at the solution (also reported when α was not chosen by GCV).
     gcv_alphas, gcv_values : ndarray or None
         The grid searched when ``alpha="gcv"`` (for plotting the GCV curve).
+    gcv_edge : {"lower", "upper"} or None
+        With ``alpha="gcv"``: ``"lower"`` when G is smallest at the grid's
+        smallest α (16·eps·σ_1: no regularisation needed, the least-squares
+        solution), ``"upper"`` when at its largest (α = σ_1: every component
+        damped); None when the minimum lies inside the grid.
+    notes : tuple of str
+        What a user should know about this solution (e.g. the GCV edge).
     """
 
     x: np.ndarray
@@ -91,6 +110,8 @@ class LstsqResult:
     gcv: float
     gcv_alphas: np.ndarray | None = field(default=None, repr=False)
     gcv_values: np.ndarray | None = field(default=None, repr=False)
+    gcv_edge: Literal["lower", "upper"] | None = None
+    notes: tuple[str, ...] = ()
 
 
 def _as_2d(beta: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -203,6 +224,9 @@ def choose_alpha_gcv(
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """α minimising G(α): a log grid, then Brent refinement in log α around its minimum.
 
+    The grid runs from σ_1 down to 16·eps·σ_1 (below σ_k: see the module
+    docstring); :func:`gcv_edge` tells whether its minimum lies at an end.
+
     Returns
     -------
     alpha : float
@@ -216,11 +240,8 @@ def choose_alpha_gcv(
     kept = kept[kept > 0]
     if kept.size == 0:
         raise ValueError("GCV needs at least one positive singular value")
-    s1 = float(kept[0])
-    lo = max(float(kept[-1]), 16 * np.finfo(np.float64).eps * s1)
-    hi = s1
-    if lo >= hi:  # one distinct singular value: widen so the grid is not degenerate
-        lo, hi = lo / 10.0, hi * 10.0
+    hi = float(kept[0])
+    lo = GCV_FLOOR * hi  # not σ_k: a well-posed problem's minimum lies below it
     alphas = np.logspace(np.log10(hi), np.log10(lo), n_grid)
     values = gcv(alphas, beta, s, perp2, m, rank=rank)
     i = int(np.argmin(values))
@@ -240,6 +261,39 @@ def choose_alpha_gcv(
         if res.success and float(res.fun) <= best_g:
             best_alpha, best_g = float(np.exp(res.x)), float(res.fun)
     return best_alpha, best_g, alphas, values
+
+
+def gcv_edge(values: np.ndarray) -> Literal["lower", "upper"] | None:
+    """Where the minimum of G over the grid of :func:`choose_alpha_gcv` lies.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_grid,)
+        G on the grid, α decreasing.
+
+    Returns
+    -------
+    ``"lower"`` when the smallest α (16·eps·σ_1) attains the minimum (also in a
+    tie, as when G rounds to the same value on a flat stretch near 0), ``"upper"``
+    when only the largest (σ_1) does, None when it lies inside.
+    """
+    values = np.asarray(values)
+    low = float(np.min(values))
+    if values[-1] <= low:
+        return "lower"
+    return "upper" if int(np.argmin(values)) == 0 else None
+
+
+def _edge_note(edge: str | None, alphas: np.ndarray) -> tuple[str, ...]:
+    if edge == "lower":
+        return (f"GCV's minimum lies at the lower edge of its grid (alpha = {alphas[-1]:.3g} "
+                "= 16·eps·σ_1): G is flat near 0, so b needs no regularisation and this is "
+                "the least-squares solution",)
+    if edge == "upper":
+        return (f"GCV's minimum lies at the upper edge of its grid (alpha = σ_1 = "
+                f"{alphas[0]:.3g}): every component is damped, b looks like noise to these "
+                "factors; check b, or give alpha or rank yourself",)
+    return ()
 
 
 def solve(
@@ -293,12 +347,13 @@ def solve(
     if rcond is None:
         rcond = np.finfo(np.float64).eps * max(m, n)
     n_kept = int(np.count_nonzero(s > rcond * (s[0] if k else 0.0)))
-    gcv_alphas = None
+    gcv_alphas = edge = None
     rank, gcv_values = _resolve_rank(rank, alpha, beta2d, s, perp2, m, n_kept)
     if isinstance(alpha, str):
         if alpha != "gcv":
             raise ValueError(f"alpha must be a number >= 0, 'gcv' or None, got {alpha!r}")
         alpha, _, gcv_alphas, gcv_values = choose_alpha_gcv(beta2d, s, perp2, m, rank=rank)
+        edge = gcv_edge(gcv_values)
     phi, f = filter_factors(s, rank=rank, alpha=alpha)
     coef = f[:, None] * beta2d  # (k, p)
     x = Vt.T @ coef  # (n, p)
@@ -324,6 +379,8 @@ def solve(
         gcv=g,
         gcv_alphas=gcv_alphas,
         gcv_values=gcv_values,
+        gcv_edge=edge,
+        notes=_edge_note(edge, gcv_alphas),
     )
 
 

@@ -134,9 +134,27 @@ class EnergyReport(Mapping):
 
     @property
     def error_estimate(self) -> dict[str, Any] | None:
-        """``{"spectral", "probability", "probes", ...}``: a bound on ‖A − U S Vᵀ‖₂
-        (randomized, sketch; σ_{k+1} itself for exact), or None in older reports."""
+        """``{"spectral", "source", "probability", "probes", "probe_bound", ...}``: a
+        bound on ‖A − U S Vᵀ‖₂, or None in older reports.
+
+        ``source`` says what bounds it: ``"exact"`` (σ_{k+1} itself, exact method),
+        ``"frobenius"`` (the exact ‖A − U S Vᵀ‖_F of randomized factors, smaller
+        than the probe bound) or ``"probe"`` (Gaussian probes, HMT 2011 eq. 4.3;
+        the only bound a one-pass sketch has). ``exceeds_sigma_k`` is true when
+        the bound is above σ_k; for a sketch ``warning`` then says the result is
+        not worth using (see :attr:`flat_spectrum_warning`).
+        """
         return self._data.get("error_estimate")
+
+    @property
+    def flat_spectrum_warning(self) -> str | None:
+        """The warning of a sketch whose error bound exceeds σ_k, or None."""
+        return (self.error_estimate or {}).get("warning")
+
+    @property
+    def notes(self) -> list[str]:
+        """What the job says a user should know about this result (also the job's notes)."""
+        return list(self._data.get("notes") or [])
 
     @property
     def denoise_rank(self) -> int | None:
@@ -144,13 +162,42 @@ class EnergyReport(Mapping):
         entry = (self._data.get("suggested_rank") or {}).get("denoise")
         return None if entry is None else int(entry["rank"])
 
+    @property
+    def known_singular_values(self) -> np.ndarray:
+        """ndarray of shape (q,): every σ the job knows: the whole spectrum (q = min(m, n),
+        exact method) or σ_1..σ_k."""
+        s_all = self.singular_values_all
+        return self.singular_values if s_all is None else s_all
+
+    @property
+    def cumulative_fraction_all(self) -> np.ndarray:
+        """ndarray of shape (q,): Σ_{i≤r} σ_i² / total for every known σ (see
+        :attr:`known_singular_values`); :attr:`cumulative_fraction` when only σ_1..σ_k are."""
+        s_all = self.singular_values_all
+        if s_all is None:
+            return self.cumulative_fraction
+        norm = self.frobenius_norm
+        if norm == 0:
+            return np.zeros(s_all.size)
+        return np.minimum(np.cumsum((s_all / norm) ** 2), 1.0)  # σ/‖A‖_F: no overflow
+
     def rank_for(self, fraction: float) -> int | None:
-        """Smallest rank r ≤ k with cumulative energy ≥ ``fraction``, or None if more than k."""
+        """Smallest rank r with cumulative energy ≥ ``fraction``, or None if unknown.
+
+        The exact method knows every σ, so the answer may exceed k; the others
+        know σ_1..σ_k and answer None when more than k components are needed.
+        """
+        s_all = self.singular_values_all
         for entry in self._data.get("energy_ranks") or []:
             if math.isclose(float(entry["fraction"]), fraction):
-                return None if entry.get("rank") is None else int(entry["rank"])
-        cum = self.cumulative_fraction
-        idx = np.flatnonzero(cum >= fraction)
+                if entry.get("rank") is not None:
+                    return int(entry["rank"])
+                if s_all is None:
+                    return None
+                break  # a report of before the whole spectrum was used: count it here
+        cum = self.cumulative_fraction_all
+        # the report's tolerance: the fractions of the whole spectrum sum to 1 within rounding
+        idx = np.flatnonzero(cum >= fraction * (1 - 1e-12))
         return int(idx[0]) + 1 if idx.size else None
 
     def residual(self, rank: int) -> float:
@@ -219,18 +266,25 @@ class EnergyReport(Mapping):
         total_time = (d.get("timings") or {}).get("total")
         if isinstance(total_time, (int, float)):
             lines.append(f"time {total_time:.3f} s")
-        lines += [f"note: {note}" for note in d.get("notes") or []]
+        notes = list(d.get("notes") or [])
+        warning = (d.get("error_estimate") or {}).get("warning")
+        if warning and warning not in notes:  # a report of before "notes"
+            notes.append(warning)
+        lines += [f"note: {note}" for note in notes]
         return lines
 
     def _energy_rank_lines(self) -> list[str]:
         lines = ["energy    rank     storage ratio"]
+        m, n = self.shape
         for e in self._data.get("energy_ranks") or []:
             frac = float(e["fraction"])
-            if e.get("rank") is None or e.get("more_than_k"):
+            rank = self.rank_for(frac)
+            if rank is None:
                 lines.append(f"{100 * frac:5.1f} %   > {self.rank:<6d} -")
-            else:
-                ratio_s = _num(e.get("storage_ratio"), ".4g")
-                lines.append(f"{100 * frac:5.1f} %   {int(e['rank']):<8d} {ratio_s}")
+                continue
+            ratio_s = _num(rank * (m + n + 1) / (m * n), ".4g")
+            beyond = f"   (beyond k = {self.rank}: from the whole spectrum)" if rank > self.rank else ""
+            lines.append(f"{100 * frac:5.1f} %   {rank:<8d} {ratio_s}{beyond}")
         return lines
 
     def _component_lines(self, max_rows: int) -> list[str]:
@@ -254,54 +308,77 @@ class EnergyReport(Mapping):
         return self.table()
 
     def plot(self, path: str | os.PathLike, *, dpi: int = 100) -> str:
-        """Write a PNG: the scree plot (σ_r, log scale) and the cumulative energy.
-
-        The ranks reaching 90 / 95 / 99 % of the energy are marked on both
-        panels (when they are within the computed rank).
+        """Write a PNG of :meth:`figure`: the scree plot and the cumulative energy.
 
         Returns
         -------
         path : str
             Where the PNG was written.
         """
+        path = os.fspath(path)
+        self.figure().savefig(path, format="png", dpi=dpi)
+        return path
+
+    def figure(self) -> "matplotlib.figure.Figure":  # noqa: F821 - matplotlib is optional
+        """The scree plot (σ_r, log scale) and the cumulative energy, on an Agg canvas.
+
+        Every known σ is drawn (the whole spectrum for the exact method, with k
+        marked), on integer rank ticks. The 90 / 95 / 99 % levels are always in the
+        legend: with the rank reaching each, or "not reached within k".
+        """
         # The object-oriented API with the Agg canvas: no global pyplot state,
         # no display needed.
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        s = self.singular_values
-        r = np.arange(1, s.size + 1)
-        cum = self.cumulative_fraction
         fig = Figure(figsize=(10, 4), layout="constrained")
         FigureCanvasAgg(fig)
         ax1, ax2 = fig.subplots(1, 2)
-        positive = s > 0
-        ax1.semilogy(r[positive], s[positive], "o-", ms=3)
-        ax1.set_xlabel("rank r")
-        ax1.set_ylabel("singular value σ_r")
-        ax1.set_title("Scree plot")
-        ax2.plot(r, 100 * cum, "o-", ms=3)
-        ax2.set_xlabel("rank r")
-        ax2.set_ylabel("cumulative energy (%)")
-        ax2.set_title("Cumulative energy")
-        ax2.set_ylim(min(0.0, 100 * float(cum.min(initial=0.0))), 101)
+        self._draw_spectrum(ax1, ax2)
         colors = ("tab:green", "tab:orange", "tab:red")
         for frac, color in zip(PLOT_FRACTIONS, colors):
             rk = self.rank_for(frac)
-            ax2.axhline(100 * frac, color=color, lw=0.8, ls=":")
             if rk is None:
+                ax2.axhline(100 * frac, color=color, lw=0.8, ls=":",
+                            label=f"{100 * frac:g} %: not reached within k={self.rank}")
                 continue
-            label = f"{100 * frac:g} %: r={rk}"
+            ax2.axhline(100 * frac, color=color, lw=0.8, ls=":")
+            label = f"{100 * frac:g} %: r={rk}" + (" (> k)" if rk > self.rank else "")
             ax2.axvline(rk, color=color, lw=1, ls="--", label=label)
             ax1.axvline(rk, color=color, lw=1, ls="--", label=label)
-        if any(self.rank_for(f) is not None for f in PLOT_FRACTIONS):
-            ax2.legend(loc="lower right")
-            ax1.legend(loc="upper right")
+        ax2.legend(loc="lower right", fontsize="small")
+        ax1.legend(loc="upper right", fontsize="small")
         m, n = self.shape
         fig.suptitle(f"{m} x {n}, {self.get('method', '?')}, k={self.rank}")
-        path = os.fspath(path)
-        fig.savefig(path, format="png", dpi=dpi)
-        return path
+        return fig
+
+    def _draw_spectrum(self, ax1, ax2) -> None:
+        """σ and the cumulative energy on integer rank axes; the part beyond k in grey."""
+        from matplotlib.ticker import MaxNLocator
+
+        k = self.rank
+        s = self.known_singular_values
+        r = np.arange(1, s.size + 1)
+        cum = 100 * self.cumulative_fraction_all
+        beyond = s.size > k  # the whole spectrum is known (exact method)
+        if beyond:
+            ax1.semilogy(r[s > 0], s[s > 0], ".-", color="0.6", ms=3, lw=0.8,
+                         label=f"σ_{k + 1}..σ_{s.size} (not kept)")
+            ax2.plot(r, cum, ".-", color="0.6", ms=3, lw=0.8)
+        top = s[:k] > 0
+        ax1.semilogy(r[:k][top], s[:k][top], "o-", ms=3, color="tab:blue", label=f"σ_1..σ_{k}")
+        ax2.plot(r[:k], cum[:k], "o-", ms=3, color="tab:blue")
+        for ax, what in ((ax1, "singular value σ_r"), (ax2, "cumulative energy (%)")):
+            # min_n_ticks=1: one integer in view (k = 1) is enough; else it falls back to 0.1 steps
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.set_xlim(0.5, max(s.size, 1) + 0.5)  # every rank, none fractional
+            ax.set_xlabel("rank r")
+            ax.set_ylabel(what)
+            if beyond:
+                ax.axvline(k, color="black", lw=0.8, label=f"k = {k} (computed rank)")
+        ax1.set_title("Scree plot")
+        ax2.set_title("Cumulative energy")
+        ax2.set_ylim(min(0.0, float(cum.min(initial=0.0))), 101)
 
 
 # -- the optional lines of EnergyReport.table ----------------------------------------------
@@ -312,9 +389,18 @@ def _gaps_line(gaps: list) -> str:
 
 
 def _error_estimate_line(est: dict) -> str:
-    return (f"error estimate ‖A − USVᵀ‖₂ ≤ {_num(est.get('spectral'), '.4g')} "
-            f"(probability {_num(est.get('probability'), '.10g')}, "
+    bound = f"error estimate ‖A − USVᵀ‖₂ ≤ {_num(est.get('spectral'), '.4g')}"
+    source = est.get("source")
+    if source == "exact":
+        return f"{bound} (σ_k+1, exact)"
+    if source == "frobenius":
+        return (f"{bound} (the exact ‖A − USVᵀ‖_F; the bound of {est.get('probes', '?')} "
+                f"probes is {_num(est.get('probe_bound'), '.4g')})")
+    line = (f"{bound} (probability {_num(est.get('probability'), '.10g')}, "
             f"{est.get('probes', '?')} probes)")
+    if est.get("exceeds_sigma_k") and source == "probe":
+        line += " -- above σ_k: see the warning below"
+    return line
 
 
 def _denoise_line(den: dict) -> str:

@@ -446,7 +446,8 @@ class StoredResult:
             None; ``"gcv"`` picks the rank minimising the GCV function).
         alpha : float, "gcv" or None, default=None
             Tikhonov parameter; ``"gcv"`` picks it by generalized
-            cross-validation (Golub, Heath & Wahba 1979).
+            cross-validation (Golub, Heath & Wahba 1979) over α from σ_1
+            down to 16·eps·σ_1, so a well-posed problem gets α ≈ 0.
         rcond : float or None
             Cut-off for small σ (default ``eps·max(m, n)``, like NumPy).
 
@@ -455,7 +456,8 @@ class StoredResult:
         LstsqResult
             ``x``, ``residual_norm``, ``solution_norm``, ``filter_factors``
             (σ_i/(σ_i²+α²) for Tikhonov), ``phi``, ``effective_rank``,
-            ``alpha``, ``rank``, ``gcv``.
+            ``alpha``, ``rank``, ``gcv``, ``gcv_edge`` and ``notes`` (a GCV
+            minimum at the edge of the α grid).
 
         Notes
         -----

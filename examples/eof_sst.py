@@ -77,26 +77,39 @@ def _monthly_anomaly(x, t):
     return out
 
 
+#: The colour of land (NaN) on the EOF maps: grey, so that it differs from a zero
+#: anomaly, which the diverging colormap draws white.
+LAND_COLOR = "0.6"
+
+
 def plot_eofs(eofs, path):
-    """The first two EOF maps side by side (land white), written to ``path``."""
+    """The first two EOF maps side by side, land grey, written to ``path``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (Agg canvas, no pyplot state).
+    """
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=LAND_COLOR)  # NaN = land
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, mode in zip(axes, (1, 2)):
         comp = eofs["components"].sel(mode=mode)
         lim = float(np.nanmax(np.abs(comp.values)))
-        mesh = ax.pcolormesh(comp["lon"], comp["lat"], comp, cmap="RdBu_r", vmin=-lim,
-                             vmax=lim, shading="auto")
+        mesh = ax.pcolormesh(comp["lon"], comp["lat"], np.ma.masked_invalid(comp.values),
+                             cmap=cmap, vmin=-lim, vmax=lim, shading="auto")
         ratio = float(eofs["explained_variance_ratio"].sel(mode=mode))
         ax.set_title(f"EOF {mode} ({100 * ratio:.1f} % of the variance)")
         ax.set_xlabel("longitude")
         ax.set_ylabel("latitude")
-        fig.colorbar(mesh, ax=ax, shrink=0.9)
+        fig.colorbar(mesh, ax=ax, shrink=0.9, label="land: grey")
     fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:

@@ -116,7 +116,8 @@ def print_report(report: dict, *, rows: int = 20) -> None:
             for c in report["components"][:rows]]
     print(_table(comp, ["rank", "sigma", "energy", "cumulative", "rel. residual"]))
     ranks = [[f"{e['fraction']:.1%}",
-              (f"> {report['rank']}" if e["more_than_k"] else str(e["rank"])),
+              (f"> {report['rank']}" if e["rank"] is None  # exact knows ranks beyond k
+               else f"{e['rank']}" + (" (> k)" if e["more_than_k"] else "")),
               "-" if e["storage_ratio"] is None else f"{e['storage_ratio']:.4f}"]
              for e in report["energy_ranks"]]
     print()

@@ -42,8 +42,12 @@ from ._uploads import check_source
 __all__ = ["router", "ops_router", "Services", "to_public"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+#: A short id: any prefix of a job id with at least this many hex digits (as git and docker).
+MIN_PREFIX = 6
+_PREFIX = re.compile(r"^[0-9a-f]{1,31}$")
 
 _PROBLEM_DESCRIPTIONS = {
+    400: "A job id prefix that is too short or matches several jobs (`candidates`)",
     401: "Missing or invalid bearer token",
     403: "Source outside the configured data roots",
     404: "No such job (or another tenant's), or a missing source / result key",
@@ -87,7 +91,9 @@ Svc = Annotated[Services, Depends(_services)]
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=problems(401))
 ops_router = APIRouter(tags=["operations"])
 
-JobId = Annotated[str, Path(description="Job id (32 hex digits).", max_length=64)]
+JobId = Annotated[str, Path(description="Job id (32 hex digits), or a unique prefix of it "
+                                        "of at least 6 digits (400 with `candidates` when "
+                                        "several of your jobs match).", max_length=64)]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -97,7 +103,7 @@ def to_public(row: JobRow) -> JobPublic:
         "id": row.id, "state": row.state, "created_at": row.created_at,
         "started_at": row.started_at, "finished_at": row.finished_at,
         "updated_at": row.updated_at, "attempt": row.attempt, "request": row.request,
-        "plan": (row.params or {}).get("plan"),
+        "plan": (row.params or {}).get("plan"), "shape": (row.params or {}).get("shape"),
         "method": ((row.params or {}).get("svd") or {}).get("resolved"),
         "progress": row.progress, "error": row.error, "notes": row.notes,
         "result": row.result if row.state == "succeeded" else None,
@@ -110,9 +116,40 @@ def _not_found(job_id: str) -> ProblemError:
     return ProblemError(404, f"no job {job_id!r} (for this tenant)")
 
 
-async def _get_job(svc: Services, job_id: str, tenant: str) -> JobRow:
-    if not _JOB_ID.match(job_id):
+async def resolve_id(svc: Services, job_id: str, tenant: str) -> str:
+    """The full id of the tenant's job named by ``job_id``: the id itself or a unique prefix.
+
+    A prefix of at least :data:`MIN_PREFIX` hex digits names the one job of
+    this tenant whose id starts with it; none is a 404, several a 400 listing
+    them (``candidates``). Only this tenant's ids are searched, so another
+    tenant's jobs are neither found nor listed.
+    """
+    text = job_id.strip().lower()
+    if _JOB_ID.match(text):
+        return text
+    if not _PREFIX.match(text):
         raise _not_found(job_id)
+    if len(text) < MIN_PREFIX:
+        raise ProblemError(
+            400, f"job id prefix {job_id!r} is too short: give at least {MIN_PREFIX} "
+                 "characters of the id (or all 32)",
+            errors=[{"field": "path.job_id", "message": f"at least {MIN_PREFIX} characters"}])
+    ids = await asyncio.to_thread(svc.store.find_prefix, text, tenant, limit=11)
+    if not ids:
+        raise _not_found(job_id)
+    if len(ids) > 1:
+        shown = ids[:10]
+        more = " and more" if len(ids) > 10 else ""
+        raise ProblemError(
+            400, f"job id prefix {job_id!r} is ambiguous: it matches {', '.join(shown)}{more}; "
+                 "give more characters",
+            errors=[{"field": "path.job_id", "message": "matches several jobs"}],
+            extra={"candidates": shown})
+    return ids[0]
+
+
+async def _get_job(svc: Services, job_id: str, tenant: str) -> JobRow:
+    job_id = await resolve_id(svc, job_id, tenant)
     # Polled jobs are served from the store's write-through cache, without a
     # thread hop; a miss reads SQLite in a thread.
     row = svc.store.get_cached(job_id)
@@ -306,7 +343,7 @@ async def submit_job(
 
 # ---------------------------------------------------------------------- read
 @router.get("/jobs/{job_id}", response_model=JobPublic, summary="Get a job",
-            responses=problems(404, 422))
+            responses=problems(400, 404, 422))
 async def get_job(
     job_id: JobId, tenant: Tenant, svc: Svc,
     wait: Annotated[float | None, Query(
@@ -314,7 +351,8 @@ async def get_job(
                                  "state or progress.")] = None,
 ) -> Any:
     """The job's state, progress, error and result links."""
-    if wait and _JOB_ID.match(job_id):
+    job_id = await resolve_id(svc, job_id, tenant)
+    if wait:
         event = svc.feed.subscribe(job_id)
         try:
             row = await _get_job(svc, job_id, tenant)
@@ -348,12 +386,12 @@ async def list_jobs(
 
 # ---------------------------------------------------------------------- cancel / delete
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobPublic,
-             summary="Cancel a queued or running job", responses=problems(404, 409, 422))
+             summary="Cancel a queued or running job",
+             responses=problems(400, 404, 409, 422))
 async def cancel_job(job_id: JobId, tenant: Tenant, svc: Svc) -> JobPublic:
     """A queued job is cancelled at once; a running one becomes `cancelling` and stops
     at its next panel (its outstanding tasks are released)."""
-    if not _JOB_ID.match(job_id):
-        raise _not_found(job_id)
+    job_id = await resolve_id(svc, job_id, tenant)
     try:
         row = await asyncio.to_thread(svc.store.request_cancel, job_id, tenant)
     except WrongState as exc:
@@ -368,10 +406,9 @@ async def cancel_job(job_id: JobId, tenant: Tenant, svc: Svc) -> JobPublic:
 
 @router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
                summary="Delete a finished job and its results",
-               responses=problems(404, 409, 422))
+               responses=problems(400, 404, 409, 422))
 async def delete_job(job_id: JobId, tenant: Tenant, svc: Svc) -> Response:
-    if not _JOB_ID.match(job_id):
-        raise _not_found(job_id)
+    job_id = await resolve_id(svc, job_id, tenant)
     try:
         row = await asyncio.to_thread(svc.store.delete, job_id, tenant)
     except WrongState as exc:
@@ -384,11 +421,12 @@ async def delete_job(job_id: JobId, tenant: Tenant, svc: Svc) -> Response:
 
 # ---------------------------------------------------------------------- results
 @router.get("/jobs/{job_id}/report", response_model=dict[str, Any],
-            summary="The energy report of a succeeded job", responses=problems(404, 409, 422))
+            summary="The energy report of a succeeded job",
+            responses=problems(400, 404, 409, 422))
 async def get_report(job_id: JobId, tenant: Tenant, svc: Svc) -> dict[str, Any]:
     row = await _get_job(svc, job_id, tenant)
     if row.state != "succeeded" or row.report is None:
-        raise ProblemError(409, f"job {job_id} is {row.state}; the report exists once it has "
+        raise ProblemError(409, f"job {row.id} is {row.state}; the report exists once it has "
                                 "succeeded")
     return row.report
 
@@ -406,7 +444,7 @@ def _content_type(key: str) -> str:
     response_class=Response,
     responses={200: {"description": "Raw bytes of one key of result.zarr",
                      "content": {"application/octet-stream": {}, "application/json": {}}},
-               **problems(404, 409, 422)})
+               **problems(400, 404, 409, 422)})
 async def get_result_key(job_id: JobId, key: str, tenant: Tenant, svc: Svc) -> Response:
     """Serve `result.zarr` over HTTP, read-only; a missing key is 404 so Zarr can probe.
 
@@ -415,7 +453,7 @@ async def get_result_key(job_id: JobId, key: str, tenant: Tenant, svc: Svc) -> R
     """
     row = await _get_job(svc, job_id, tenant)
     if row.state != "succeeded" or not row.result:
-        raise ProblemError(409, f"job {job_id} is {row.state}; it has no result to serve")
+        raise ProblemError(409, f"job {row.id} is {row.state}; it has no result to serve")
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\x00" in key:
         raise ProblemError(404, f"no key {key!r} in the result")

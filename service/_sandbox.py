@@ -7,7 +7,9 @@ A source URL is checked *before anything is opened*:
 - ``file:///abs/path`` and absolute paths: resolved with ``realpath`` (so
   ``..`` and symlinks are followed) and the result must lie inside a local
   data root.
-- relative paths: taken relative to the first data root.
+- relative paths: taken relative to the first data root (the client and the
+  CLI never send one: they resolve a relative path against their own current
+  directory first). Errors quote what was sent and where it was looked for.
 - any ``..`` segment is refused outright (403), even one that would stay
   inside the root: there is no honest reason to send one.
 - the database file and the results root are never readable, even when they
@@ -36,7 +38,8 @@ __all__ = ["Sandbox", "SandboxError", "ResolvedSource"]
 
 URL_FIELD = "body.source.url"
 ARRAY_FIELD = "body.source.array"
-
+#: The setting that decides which sources are readable (named in every 403).
+ROOTS_SETTING = "SVDSERVE_DATA_ROOTS"
 
 
 def options_for(url: str, options: dict) -> dict | None:
@@ -88,6 +91,20 @@ def _check_text(value: str, field: str) -> None:
         raise SandboxError(422, "must not be empty", field=field)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise SandboxError(422, "must not contain control characters", field=field)
+
+
+_FILE_KINDS = {".npy": "a NumPy .npy file", ".npz": "a NumPy .npz archive",
+               ".csv": "a CSV file", ".tsv": "a TSV file", ".txt": "a text file",
+               ".h5": "an HDF5 file", ".hdf5": "an HDF5 file", ".nc": "a NetCDF file"}
+
+
+def _not_zarr(where: str, path: str) -> str:
+    """The message for the regular file ``path`` sent where a Zarr store is expected."""
+    stem, suffix = os.path.splitext(path)
+    kind = _FILE_KINDS.get(suffix.lower(), "a file")
+    return (f"{where} is {kind}, not a Zarr array or group (a directory holding zarr.json or "
+            f".zarray); convert it first with `svdserve upload {path} {stem}.zarr` (or "
+            "svdserve.client.Client.upload) and submit the .zarr")
 
 
 def _segments(path: str) -> list[str]:
@@ -151,42 +168,55 @@ class Sandbox:
                 raise SandboxError(403, f"'..' is not allowed in source paths; got {url!r}")
             if first.startswith("s3://"):
                 return self._resolve_s3(f"{first}/{url.lstrip('/')}", array)
-            return self._resolve_local(os.path.join(first, url), array, check_exists)
+            return self._resolve_local(os.path.join(first, url), array, check_exists, sent=url)
         return self._resolve_local(url, array, check_exists)
 
+    def _where(self, sent: str | None, path: str) -> str:
+        """``'x' (looked for '/root/x': ...)`` -- what was sent and where it was looked for."""
+        if sent is None or sent == path:
+            return repr(path)
+        return (f"{sent!r} (looked for {path!r}: a relative path is taken from the first data "
+                f"root, {self.roots[0]!r})")
+
     # ------------------------------------------------------------------ local
-    def _resolve_local(self, path: str, array: str | None, check_exists: bool
-                       ) -> ResolvedSource:
+    def _resolve_local(self, path: str, array: str | None, check_exists: bool,
+                       sent: str | None = None) -> ResolvedSource:
         if ".." in _segments(path):
             raise SandboxError(403, f"'..' is not allowed in source paths; got {path!r}")
         if not self.local_roots:
-            raise SandboxError(403, "no local data root is configured; local paths are refused")
+            raise SandboxError(403, f"no local data root is configured ({ROOTS_SETTING}="
+                                    f"{','.join(self.roots)}); local paths are refused")
         try:
             real = os.path.realpath(path)
             target = os.path.realpath(os.path.join(real, array)) if array else real
         except (OSError, ValueError) as exc:
             raise SandboxError(422, f"not a usable path: {exc}") from exc
         for candidate, field in ((real, URL_FIELD), (target, ARRAY_FIELD if array else URL_FIELD)):
-            self._check_local(candidate, field, original=path)
+            self._check_local(candidate, field, original=self._where(sent, path))
         if check_exists:
             if not os.path.exists(real):
-                raise SandboxError(404, f"no such file or directory inside the data roots: "
-                                        f"{path!r}")
+                raise SandboxError(404, f"no such file or directory: {self._where(sent, path)}")
+            if os.path.isfile(real) and not array:
+                raise SandboxError(422, _not_zarr(self._where(sent, path), sent or path))
             if array and not os.path.exists(target):
-                raise SandboxError(404, f"the group at {path!r} has no array {array!r}",
-                                   field=ARRAY_FIELD)
+                raise SandboxError(404, f"the group at {self._where(sent, path)} has no array "
+                                        f"{array!r}", field=ARRAY_FIELD)
         return ResolvedSource(url=real, array=array,
                               storage_options=options_for(real, self.storage_options))
 
     def _check_local(self, real: str, field: str, *, original: str) -> None:
+        """Refuse ``real`` outside the roots or overlapping the service's files;
+        ``original`` is the quoted name the caller sent (for the message)."""
         if not any(_within(real, root) for root in self.local_roots):
             raise SandboxError(
-                403, f"{original!r} resolves outside the configured data roots; sources must "
-                     "lie inside one of them", field=field)
+                403, f"{original} resolves outside the data roots {self.roots} "
+                     f"(the service's {ROOTS_SETTING} setting decides which sources are "
+                     "readable); put the matrix inside one of them, or ask the operator to "
+                     "add its directory", field=field)
         for bad in self.forbidden:
             if not bad.startswith("s3://") and (_within(real, bad) or _within(bad, real)):
                 raise SandboxError(
-                    403, f"{original!r} overlaps the service's own database or results; "
+                    403, f"{original} overlaps the service's own database or results; "
                          "they are not readable as sources", field=field)
 
     def guard(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -215,7 +245,7 @@ class Sandbox:
         if not inside:
             raise SandboxError(
                 403, f"{url!r} is not inside a configured data root (bucket and prefix); "
-                     "configured object-storage roots: "
+                     f"configured object-storage roots ({ROOTS_SETTING}): "
                      f"{self.s3_roots or 'none'}")
         target = posixpath.join(full, array) if array else full
         for bad in self.forbidden:

@@ -227,6 +227,8 @@ class JobPublic(BaseModel):
                                "resolved to `exact` or `randomized` (`randqb` for an energy "
                                "target with randomized), from the matrix's shape at submit.")
     plan: Plan | None = Field(default=None, description="How the matrix is cut (at submit).")
+    shape: list[int] | None = Field(default=None, description="Shape (m, n) of the matrix "
+                                    "decomposed, known from submit.")
     progress: ProgressPublic | None = None
     error: JobErrorPublic | None = None
     notes: list[str] = Field(default_factory=list)

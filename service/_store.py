@@ -236,6 +236,19 @@ class JobStore:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more and rows else None)
 
+    def find_prefix(self, prefix: str, tenant: str, *, limit: int = 10) -> list[str]:
+        """Ids of ``tenant``'s jobs that start with ``prefix``, oldest first, at most ``limit``.
+
+        A range scan of the ``id`` index (ids are lowercase hex, so every id
+        starting with ``prefix`` sorts in ``[prefix, prefix + "g")``), filtered by
+        tenant in the same query: another tenant's ids are never returned.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? AND tenant = ? "
+                "ORDER BY seq LIMIT ?", (prefix, prefix + "g", tenant, limit)).fetchall()
+        return [r["id"] for r in rows]
+
     def get_pin(self, job_id: str) -> dict | None:
         """The pinned source identity stored with the job, or None (older jobs)."""
         with self._lock:
@@ -386,14 +399,16 @@ class JobStore:
                from_states: tuple[str, ...] = ("running", "cancelling")) -> JobRow | None:
         """Move a running job to a final state; None if it was not in ``from_states``.
 
-        ``notes`` are appended to the job's notes.
+        ``notes`` are appended to the job's notes, less those it already has
+        (the report repeats what the submit noted about the input).
         """
         assert state in TERMINAL
         marks = ",".join("?" * len(from_states))
         with self._tx() as db:
             ts = now()
             current = self._get(job_id)
-            all_notes = (current.notes if current else []) + list(notes or [])
+            have = list(current.notes if current else [])
+            all_notes = have + [n for n in dict.fromkeys(notes or []) if n not in have]
             cur = db.execute(
                 f"UPDATE jobs SET state = ?, error = ?, result = ?, report = ?, notes = ?, "
                 f"finished_at = ?, updated_at = ?, version = version + 1 "

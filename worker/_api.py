@@ -180,9 +180,11 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     random_state : int, default=0
         Seed of the Gaussian test matrix. Same seed, same input and same
         panel plan give the same factors on any number of workers.
-    client : distributed.Client, optional
+    client : distributed.Client, None or False, optional
         Cluster to run on; default: the current default client, else a
-        synchronous run in this process.
+        synchronous run in this process. ``False``: in this process even
+        when a default client exists (an in-memory matrix, say, that a
+        cluster would only have to be sent).
     storage_options : dict, optional
         fsspec options for the source URL (credentials, ``endpoint_url``).
     out : str, optional

@@ -212,15 +212,20 @@ def _residuals(sigma, method, s_all, sigma_b, resid_ss, resid_est=None):
     raise ValueError("a residual needs the whole spectrum (exact) or ‖A − QB‖ (randomized)")
 
 
-def _energy_ranks(cum, norm, shape):
-    """The smallest rank reaching each of :data:`ENERGY_LEVELS` (None past k)."""
+def _energy_ranks(cum, norm, shape, k):
+    """The smallest rank reaching each of :data:`ENERGY_LEVELS`.
+
+    ``cum`` is the cumulative fraction over every known σ: σ_1..σ_k, or the whole
+    spectrum (exact), where a rank beyond k is known (``more_than_k`` true, ``rank``
+    set). None where the known σ do not reach the level.
+    """
     m, n = shape
     ranks = []
     for level in ENERGY_LEVELS:
         hit = np.nonzero(cum >= level * (1 - 1e-12))[0] if norm > 0 else np.array([-1])
         if hit.size:
             r = int(hit[0]) + 1
-            ranks.append({"fraction": level, "rank": r, "more_than_k": False,
+            ranks.append({"fraction": level, "rank": r, "more_than_k": r > k,
                           "storage_ratio": r * (m + n + 1) / (m * n)})
         else:
             ranks.append({"fraction": level, "rank": None, "more_than_k": True,
@@ -258,6 +263,61 @@ def _spectrum_stats(sigma, s_all, shape, n_gaps):
     }
 
 
+#: An error bound up to this many times the numerical-rank tolerance is rounding.
+ROUNDING_FACTOR = 100.0
+
+#: The report's warning for a probe-only bound above σ_k (see :func:`_error_estimate`).
+FLAT_SPECTRUM_WARNING = (
+    "the error bound {bound:.4g} exceeds σ_k = {sigma_k:.4g}: this spectrum is too flat for a "
+    "one-pass sketch of this size; use method=randomized with n_iter ≥ 1, or larger sketches")
+
+
+def _error_estimate(probe, sigma, s_all, frobenius, *, exact_residual, method, tol):
+    """The report's ``error_estimate``: the best bound on ‖E‖₂ = ‖A − U_k S_k V_kᵀ‖₂ known.
+
+    - exact (``s_all``): σ_{k+1} itself (``source`` ``"exact"``);
+    - randomized, randqb: min(probe bound, ‖E‖_F), the exact Frobenius residual of
+      the returned factors (‖E‖₂ ≤ ‖E‖_F always); the probe bound is about
+      8·‖E‖_F (10·sqrt(2/π)·max_j ‖Eω_j‖ with E‖Eω‖² = ‖E‖²_F), so ‖E‖_F usually
+      bounds it (``source`` ``"frobenius"``, probability 1);
+    - sketch: the probe bound alone (``source`` ``"probe"``). When it exceeds σ_k
+      the returned factors may be far off (a flat spectrum): ``warning`` says so.
+
+    ``exceeds_sigma_k`` is ``spectral > σ_k`` for every method, unless the bound is
+    rounding: at most ``ROUNDING_FACTOR·tol`` (``tol`` = σ_1·max(m, n)·ε, the
+    numerical-rank tolerance; an exact sketch of rank-deficient data, k above its
+    rank, measured a bound of ≈ 1·tol with σ_k ≈ 1e-2·tol). ``probe_bound`` keeps the
+    probe bound (None for exact).
+    """
+    k = sigma.size
+    sigma_k = max(float(sigma[-1]) if k else 0.0, ROUNDING_FACTOR * tol)
+    if probe is None and s_all is None:
+        if not exact_residual or method == "exact":
+            return None
+        # n_probes=0: no probe bound, ‖E‖_F still bounds ‖E‖₂
+        probe = {"spectral": None, "probability": 0.0, "failure_probability": 1.0,
+                 "probes": 0, "frobenius": None, "kind": "no probes (n_probes=0)"}
+    if probe is None:
+        nxt = float(s_all[k]) if k < len(s_all) else 0.0
+        return {"spectral": nxt, "probability": 1.0, "failure_probability": 0.0,
+                "probes": 0, "frobenius": frobenius, "kind": "exact: σ_{k+1} of the whole spectrum",
+                "source": "exact", "probe_bound": None, "exceeds_sigma_k": nxt > sigma_k,
+                "warning": None}
+    est = {**probe, "probe_bound": probe["spectral"], "source": "probe"}
+    if exact_residual:  # ‖E‖_F is exact here: it replaces the probes' estimate of it
+        est["frobenius"] = frobenius
+        if probe["spectral"] is None or frobenius < probe["spectral"]:
+            est.update(spectral=frobenius, source="frobenius", probability=1.0,
+                       failure_probability=0.0,
+                       kind="exact ‖A − U_k S_k V_kᵀ‖_F, an upper bound of the spectral norm")
+    bound = est["spectral"]
+    est["exceeds_sigma_k"] = bool(k) and (bound is None or bound > sigma_k)
+    est["warning"] = (FLAT_SPECTRUM_WARNING.format(bound=bound or math.inf,
+                                                   sigma_k=float(sigma[-1]))
+                      if est["exceeds_sigma_k"] and not exact_residual else None)
+    return est
+
+
 def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b=None,
                   resid_ss=None, n_gaps=5, resid_est=None, error_estimate=None):
     """Build the JSON-serialisable energy report.
@@ -284,7 +344,10 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         Estimated residuals of the rank-r factors (sketch method).
     error_estimate : dict, optional
         :func:`spectral_estimate` of the returned factors (randomized and
-        sketch); for the exact method σ_{k+1} is reported instead.
+        sketch). The report's ``error_estimate`` is the best bound known
+        (:func:`_error_estimate`): σ_{k+1} for exact, min(probe bound, exact
+        ‖E‖_F) for randomized, the probe bound for sketch, flagged (and noted in
+        ``notes``) when that exceeds σ_k.
 
     Returns
     -------
@@ -301,8 +364,11 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         frac = ratio**2
         cum = np.minimum(np.cumsum(frac), 1.0)
         rel = resid / norm
+        # every known σ: the whole spectrum (exact) reaches ranks beyond k
+        cum_known = cum if s_all is None else np.minimum(
+            np.cumsum((np.asarray(s_all, dtype=float) / norm) ** 2), 1.0)
     else:
-        frac = cum = rel = np.zeros(k)
+        frac = cum = cum_known = rel = np.zeros(k)
     components = [
         {"rank": r + 1, "sigma": float(sigma[r]), "energy_fraction": float(frac[r]),
          "cumulative_fraction": float(cum[r]), "residual": float(resid[r]),
@@ -324,18 +390,16 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         "captured_energy": _square(captured),
         "residual_kind": RESIDUAL_KINDS[method],
         "components": components,
-        "energy_ranks": _energy_ranks(cum, norm, shape),
+        "energy_ranks": _energy_ranks(cum_known, norm, shape, k),
         **stats,
         "n_samples": int(m),
         "explained_variance": None,
         "explained_variance_ratio": None,
     }
-    if error_estimate is None and s_all is not None:  # exact: σ_{k+1} is known
-        nxt = float(s_all[k]) if k < len(s_all) else 0.0
-        error_estimate = {"spectral": nxt, "probability": 1.0, "failure_probability": 0.0,
-                          "probes": 0, "frobenius": float(resid[-1]) if k else norm,
-                          "kind": "exact: σ_{k+1} of the whole spectrum"}
-    report["error_estimate"] = error_estimate
+    report["error_estimate"] = _error_estimate(
+        error_estimate, sigma, s_all, norm if not k else float(resid[-1]),
+        exact_residual=resid_est is None, method=method, tol=stats["numerical_rank_tol"])
+    report["notes"] = [w for w in [(report["error_estimate"] or {}).get("warning")] if w]
     report["suggested_rank"] = {"denoise": denoise_rank(
         sigma, shape=shape, center=center, s_all=s_all,
         residual=float(resid[-1]) if k else None)}

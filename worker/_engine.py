@@ -20,6 +20,8 @@ import statistics
 import time
 from collections import deque
 
+import numpy as np
+
 from . import _cache
 from ._errors import WorkerLostError, map_exception
 from ._kernels import mask_missing, prepare_panel
@@ -60,7 +62,9 @@ def _read(panel, missing):
     Returns ``(block, owned, counts)`` (counts: :func:`~._kernels.mask_missing`).
     """
     block = read_panel(panel)
-    owned = isinstance(panel, PanelRef) or block is not panel
+    # An in-memory panel converted to float64 is ours; a view of it (a read-only
+    # memmap seen through np.asarray, say) is not.
+    owned = isinstance(panel, PanelRef) or not np.may_share_memory(block, panel)
     if missing is None:
         return block, owned, None
     masked, counts = mask_missing(block, missing, owned=owned)
@@ -719,7 +723,12 @@ def smallest_memory_limit(workers):
 
 
 def make_engine(client, **options):
-    """Pick the engine: the given client, else the default client, else local."""
+    """Pick the engine: the given client, else the default client, else local.
+
+    ``client=False`` runs in this process even when a default client exists.
+    """
+    if client is False:
+        return LocalEngine()
     if client is None:
         try:
             from distributed import default_client

@@ -180,7 +180,7 @@ def test_submit_sample_dims_and_missing(service, capsys, data_dir):
     xr.Dataset({"sst": (("time", "lat", "lon"), field)}).to_zarr(str(store), zarr_format=2,
                                                                  consolidated=False)
     code, _, err = run(service, capsys, "submit", str(store), "--array", "sst", "-k", "2")
-    assert code == 2 and "sample_dims" in err and "['time', 'lat', 'lon']" in err
+    assert code == 2 and "--sample-dims" in err and "['time', 'lat', 'lon']" in err
     code, out, err = run(service, capsys, "submit", str(store), "--array", "sst", "-k", "2",
                          "--sample-dims", "time", "--missing", "mask", "--wait", "--json",
                          "--no-progress")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -100,14 +101,16 @@ def test_submit_sends_the_contract_body_and_headers(tmp_path, monkeypatch):
     assert job.id == "abc" and job.state == "queued" and job["request"]["rank"] == 7
 
 
-def test_relative_path_that_does_not_exist_here_is_sent_as_given(tmp_path, monkeypatch):
+def test_a_relative_path_is_taken_from_the_current_directory(tmp_path, monkeypatch):
+    """One rule (issue 20, item 5): a relative path is the current directory's, existing
+    here or not; it is sent absolute, so the service never joins it to its data root."""
     rec = Recorder(httpx.Response(202, json=job_json("abc", "queued")))
     c, _ = make_client(rec)
     monkeypatch.chdir(tmp_path)
     c.submit("matrices/A.zarr", 2)
     c.submit("s3://bucket/A.zarr", 2)
     urls = [json.loads(r.content)["source"]["url"] for r in rec.requests]
-    assert urls == ["matrices/A.zarr", "s3://bucket/A.zarr"]
+    assert urls == [str(tmp_path / "matrices" / "A.zarr"), "s3://bucket/A.zarr"]
     assert "Authorization" not in rec.requests[0].headers
     # a fresh idempotency key per submit
     assert rec.requests[0].headers["Idempotency-Key"] != rec.requests[1].headers["Idempotency-Key"]
@@ -350,6 +353,28 @@ def test_result_long_polls_with_progress_bar_and_opens_direct(tmp_path, capsys):
     assert waits and all(w is not None and 1 <= int(w) <= 60 for w in waits)
     err = capsys.readouterr().err
     assert "project" in err and "succeeded" in err and "panel" in err
+
+
+def test_progress_bar_never_shows_a_phase_label_with_another_phases_count(capsys):
+    """The first progress seen may be late in the job (a fast pass 1): the bar starts on
+    the whole job's count, and a phase label is only ever drawn with a count inside it."""
+    plan = {"panels": 10, "kind": "chunks"}
+
+    def running(phase, p, done, total=10):
+        return job_json("j", "running", progress=dict(_progress(phase, p, done, total, passes=2),
+                                                      plan=plan))
+
+    seq = [job_json("j", "queued"), running("tall", 2, 3), running("tall", 2, 10),
+           running("write", 2, 1, 2), job_json("j", "succeeded", result_url="/r")]
+    seq[-1]["progress"] = running("write", 2, 2, 2)["progress"]
+    c, _ = make_client(Recorder(*[httpx.Response(200, json=s) for s in seq]))
+    c.get("j").wait(progress=True)
+    err = capsys.readouterr().err
+    counts = re.findall(r"(\d+)/(\d+) panels", err)
+    assert counts and {int(t) for _, t in counts} == {20}  # one bar: both passes
+    assert int(counts[-1][0]) == 20 and "/s" not in err
+    labelled = re.findall(r"\(pass (\d) of 2\):\s+\d+%\|[^|]*\| (\d+)/", err)
+    assert labelled and all((int(p) - 1) * 10 <= int(d) <= int(p) * 10 for p, d in labelled)
 
 
 def test_result_raises_job_failed_with_the_servers_message():

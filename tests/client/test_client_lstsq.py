@@ -235,3 +235,52 @@ def test_any_shape_matches_numpy(m, n, p, seed):
     res = lstsq(U, s, Vt, b)
     x_np = np.linalg.lstsq(A, b, rcond=None)[0]
     np.testing.assert_allclose(res.x, x_np, rtol=RTOL, atol=RTOL * max(1.0, np.abs(x_np).max()))
+
+
+def _well_posed_noisy(m=5000, n=30, noise=0.1, seed=0):
+    """Issue 20's case: a Gaussian m×n matrix (κ ≈ 1.2), b = A x + noise."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    b = A @ rng.standard_normal(n) + noise * rng.standard_normal(m)
+    return A, b
+
+
+def test_gcv_on_a_well_posed_problem_gives_the_least_squares_solution():
+    A, b = _well_posed_noisy()
+    U, s, Vt = _svd(A)
+    res = lstsq(U, s, Vt, b, alpha="gcv")
+    x_np, r2_np, _, _ = np.linalg.lstsq(A, b, rcond=None)
+    # G keeps falling below σ_min (65.7): its minimum is near the noise level (≈ 0.1),
+    # far below σ_min, not at σ_min where the old grid stopped (residual 168 vs 7.06).
+    assert res.alpha < 1e-2 * s[-1] and res.gcv_edge is None and res.notes == ()
+    # Tikhonov differs from least squares by the filter: 1 − φ_i = α²/(σ_i² + α²) ≤ q²
+    # with q = α/σ_min, so ‖x_α − x_LS‖ ≤ q²·‖x_LS‖; plus the κ·eps of both solvers (RTOL).
+    q2 = (res.alpha / s[-1]) ** 2
+    assert np.linalg.norm(res.x - x_np) <= (q2 + RTOL) * np.linalg.norm(x_np)
+    # ‖b − A x_α‖² − ‖b − A x_LS‖² = Σ (1 − φ_i)² β_i² ≤ q⁴·‖β‖², relative to ‖r‖²;
+    # 1e-12 covers the rounding of ‖r‖² (m·eps relative).
+    beta2 = float(np.sum((U.T @ b) ** 2))
+    assert res.residual_norm**2 == pytest.approx(r2_np[0], rel=q2**2 * beta2 / r2_np[0] + 1e-12)
+
+
+def test_gcv_edge_lower_when_b_needs_no_regularisation():
+    # b in the range of A exactly (β = σ·x, nothing outside: perp2 = 0): G(α) falls
+    # to 0 as α → 0, so the minimum is the grid's smallest α, 16·eps·σ_1.
+    s = np.array([3.0, 2.0, 1.0])
+    beta = s * np.array([1.0, -2.0, 0.5])
+    res = solve(beta, s, np.eye(3), 0.0, 10, alpha="gcv")
+    assert res.gcv_edge == "lower" and res.gcv_alphas[-1] == pytest.approx(16 * EPS * 3.0)
+    assert len(res.notes) == 1 and "lower edge" in res.notes[0] and "least-squares" in res.notes[0]
+    # α ≤ 16·eps·σ_1 changes each filter factor by (α/σ_i)² ≤ (48·eps)²: x = β/σ to rounding.
+    np.testing.assert_allclose(res.x, [1.0, -2.0, 0.5], rtol=4 * EPS)
+
+
+def test_gcv_edge_upper_when_b_is_noise():
+    # b independent of a well-conditioned A (m = 2n): G(0) = ‖b_⊥‖²/(m − n)² exceeds
+    # G(σ_1), so GCV damps every component and says so.
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 20))
+    U, s, Vt = _svd(A)
+    res = lstsq(U, s, Vt, rng.standard_normal(40), alpha="gcv")
+    assert res.gcv_edge == "upper" and res.alpha == pytest.approx(s[0], rel=1e-6)
+    assert len(res.notes) == 1 and "upper edge" in res.notes[0]

@@ -46,6 +46,8 @@ def test_zero_block_upload_decomposes_end_to_end(client, half):
     report = job.report()
     assert report["input"]["absent_chunks"] == 1 and report["input"]["fill_value"] == 0.0
     assert NOTE in report["notes"]
+    # noted at submit and again in the report: the finished job says it once
+    assert job.notes.count(NOTE) == 1, job.notes
 
     strict = client.submit(str(path), 3, method="exact", missing_chunks="error")
     assert strict.data["request"]["missing_chunks"] == "error"

@@ -51,7 +51,7 @@ def test_report_mapping_and_views():
     assert rep.captured_fraction == pytest.approx(21 / 25)
     np.testing.assert_allclose(rep.cumulative_fraction, [16 / 25, 20 / 25, 21 / 25])
     assert rep.rank_for(0.8) == 2
-    assert rep.rank_for(0.9) is None  # more than k
+    assert rep.rank_for(0.9) == 4  # beyond k, from the whole spectrum (exact): 23/25 ≥ 0.9
     assert rep.residual(0) == pytest.approx(5.0)
     assert rep.residual(2) == pytest.approx(np.sqrt(5.0))
     # beyond k with the full spectrum (exact method): the tail norm of σ_5 = √2
@@ -221,3 +221,72 @@ def test_refuses_a_group_that_contradicts_its_manifest(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(StorageAccessError, match="does not match its manifest"):
         StoredResult.open(tmp_path / "r.zarr")
+
+
+# -- the whole spectrum (exact) and the plot ---------------------------------------------------
+
+
+def _exact_report(k=5, n=64, decay=0.95):
+    """An exact report of rank k over a slowly decaying spectrum of n values."""
+    s_all = decay ** np.arange(n) * 10.0
+    total = float(np.sum(s_all**2))
+    return EnergyReport(make_report((300, n), s_all[:k], total=total, s_all=s_all)), s_all
+
+
+def test_exact_report_answers_rank_for_beyond_k():
+    rep, s_all = _exact_report()
+    cum = np.cumsum(s_all**2) / np.sum(s_all**2)
+    for fraction in (0.5, 0.9, 0.95, 0.99):  # 0.5: not an energy level of the report
+        want = int(np.searchsorted(cum, fraction)) + 1  # no cum within 1e-10 of these
+        assert rep.rank_for(fraction) == want > 5
+    np.testing.assert_allclose(rep.cumulative_fraction_all, cum, rtol=1e-13)  # κ·eps of a sum
+    r90 = rep.rank_for(0.9)
+    assert any(line.startswith(f" 90.0 %   {r90:<8d} ") and "beyond k = 5" in line
+               for line in rep.table().splitlines())
+    # a report stored before the worker used the whole spectrum: rank null, yet s_all there
+    old = rep.to_dict()
+    old["energy_ranks"] = [{**e, "rank": None, "more_than_k": True, "storage_ratio": None}
+                           for e in old["energy_ranks"]]
+    assert EnergyReport(old).rank_for(0.9) == r90
+    # without the whole spectrum: more than k is all one can say
+    assert EnergyReport({**old, "singular_values_all": None}).rank_for(0.9) is None
+
+
+def _rendered(rep, path):
+    """The figure of ``rep.plot``, rendered to ``path`` with the Agg canvas."""
+    fig = rep.figure()
+    fig.savefig(path, format="png")
+    return fig
+
+
+def _visible_ticks(ax):
+    lo, hi = ax.get_xlim()
+    return [t for t in ax.get_xticks() if lo <= t <= hi]
+
+
+@pytest.mark.parametrize("k", [1, 5, 15])
+def test_plot_has_integer_rank_ticks_and_every_level_in_the_legend(tmp_path, k):
+    s = np.logspace(0, -1, k)
+    # total well above Σσ²: the 90/95/99 % levels are not reached within k
+    rep = EnergyReport(make_report((300, 40), s, total=float(np.sum(s**2)) * 2.0))
+    fig = _rendered(rep, tmp_path / "p.png")
+    for ax in fig.axes[:2]:
+        ticks = _visible_ticks(ax)
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_xlim() == (0.5, k + 0.5)  # every rank, with half a rank of margin
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    for level in ("90", "95", "99"):
+        assert f"{level} %: not reached within k={k}" in legend, legend
+
+
+def test_plot_draws_the_whole_spectrum_and_marks_k(tmp_path):
+    rep, s_all = _exact_report()
+    fig = _rendered(rep, tmp_path / "p.png")
+    scree, energy = fig.axes[:2]
+    assert scree.get_xlim() == (0.5, 64.5)
+    assert max(len(line.get_xdata()) for line in scree.get_lines()) == 64  # all σ drawn
+    r = {f: rep.rank_for(f) for f in (0.9, 0.95, 0.99)}
+    legend = [t.get_text() for t in energy.get_legend().get_texts()]
+    assert "k = 5 (computed rank)" in legend
+    assert [f"{100 * f:g} %: r={r[f]} (> k)" for f in r] == [t for t in legend if "%:" in t]
+    assert all(float(t).is_integer() for t in _visible_ticks(scree))

@@ -150,3 +150,81 @@ def test_report_explained_variance_matches_sklearn(dask_client):
     np.testing.assert_allclose(res.S, pca.singular_values_, rtol=1e-10)
     # Same sign convention as scikit-learn's components_ (largest |entry| positive).
     np.testing.assert_allclose(np.asarray(res.Vt), pca.components_, atol=1e-10)
+
+
+# -- the error estimate: the best bound known, and a flag when it says the result is useless
+
+
+def _true_spectral_error(res, A):
+    return np.linalg.norm(A - (np.asarray(res.U) * res.S) @ np.asarray(res.Vt), 2)
+
+
+def test_sketch_of_a_flat_spectrum_is_flagged(dask_client):
+    from svdserve.worker._energy import FLAT_SPECTRUM_WARNING
+
+    # A Gaussian 100×80: σ_1 ≈ 19.5, σ_80 ≈ 1.1, no gap; a one-pass sketch of rank 2 is off
+    # by far more than σ_2 (issue 20: S = [62, 38] against σ_1 = 19.5).
+    A = np.random.default_rng(0).standard_normal((100, 80))
+    res = svd(A, 2, method="sketch", client=dask_client)
+    est, sigma = res.report["error_estimate"], res.S
+    assert est["source"] == "probe" and est["probe_bound"] == est["spectral"]
+    assert est["exceeds_sigma_k"] and est["spectral"] > sigma[-1]
+    assert est["warning"] == FLAT_SPECTRUM_WARNING.format(bound=est["spectral"],
+                                                          sigma_k=sigma[-1])
+    assert "too flat for a one-pass sketch" in est["warning"] and "n_iter ≥ 1" in est["warning"]
+    assert res.report["notes"] == [est["warning"]]
+    assert _true_spectral_error(res, A) <= est["spectral"]  # the bound itself still holds
+
+
+def test_sketch_of_low_rank_data_is_not_flagged(dask_client):
+    # Rank 3 exactly and k = 3: the sketch captures the range, E is rounding (~1e-15·σ_1).
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 40))
+    res = svd(A, 3, method="sketch", client=dask_client)
+    est = res.report["error_estimate"]
+    assert est["source"] == "probe" and not est["exceeds_sigma_k"] and est["warning"] is None
+    assert res.report["notes"] == []
+    # 10·sqrt(2/π)·max‖Eω‖ with ‖E‖ at rounding level: far below σ_3 (1e-8 leaves 6 digits).
+    assert est["spectral"] < 1e-8 * res.S[-1]
+    # k = 6 above the rank: σ_4..σ_6 and the bound are rounding (≈ σ_1·max(m, n)·ε, the
+    # numerical-rank tolerance); a bound that small is no reason to flag the result.
+    over = svd(A, 6, method="sketch", client=dask_client).report
+    tol = over["numerical_rank_tol"]
+    assert over["singular_values"][-1] < over["error_estimate"]["spectral"] < 100 * tol
+    assert not over["error_estimate"]["exceeds_sigma_k"] and over["notes"] == []
+
+
+@pytest.mark.parametrize("kw", [{"energy": 0.95}, {"rank": 10}], ids=["energy", "rank"])
+def test_randomized_estimate_is_the_smaller_of_probe_bound_and_frobenius(dask_client, kw):
+    from sklearn.datasets import load_digits
+
+    # Centred digits (issue 20: the probe bound 3527 exceeded σ_1 = 567 and ‖A‖_F = 1469).
+    X = load_digits().data
+    res = svd(X, method="randomized", center=True, client=dask_client, **kw)
+    rep = res.report
+    est = rep["error_estimate"]
+    frob = rep["components"][-1]["residual"]  # exact ‖A − U_kS_kV_kᵀ‖_F of these factors
+    assert est["spectral"] == min(est["probe_bound"], frob) and est["frobenius"] == frob
+    # the probe bound is about 8·‖E‖_F (10·sqrt(2/π)·max‖Eω_j‖): ‖E‖_F wins
+    assert est["source"] == "frobenius" and est["probability"] == 1.0
+    assert est["spectral"] <= rep["frobenius_norm"] and est["spectral"] <= est["probe_bound"]
+    assert _true_spectral_error(res, X - X.mean(axis=0)) <= est["spectral"]
+    assert est["warning"] is None and rep["notes"] == []
+
+
+# -- the exact method knows every σ: energy ranks beyond k
+
+
+def test_exact_energy_ranks_use_the_whole_spectrum(dask_client):
+    A = decaying(300, 64, seed=3, decay=0.95)  # slow decay: 90 % needs far more than 5
+    res = svd(A, 5, method="exact", client=dask_client)
+    s = np.linalg.svd(A, compute_uv=False)
+    cum = np.cumsum(s**2) / np.sum(s**2)
+    ranks = {e["fraction"]: e for e in res.report["energy_ranks"]}
+    for level, e in ranks.items():
+        want = int(np.searchsorted(cum, level)) + 1  # first r with cum ≥ level
+        # the levels are not within 1e-10 of a cumulative fraction here (no tie to break)
+        assert np.min(np.abs(cum - level)) > 1e-10
+        assert e["rank"] == want and e["more_than_k"] == (want > 5)
+        assert e["storage_ratio"] == pytest.approx(want * (300 + 64 + 1) / (300 * 64))
+    assert ranks[0.9]["rank"] > 5

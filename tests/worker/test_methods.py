@@ -225,7 +225,8 @@ class SVDCommonTests:
         rel = np.array([c["relative_residual"] for c in rep["components"]])
         np.testing.assert_allclose(rel, tails / fro, rtol=1e-10)
         r90 = {e["fraction"]: e["rank"] for e in rep["energy_ranks"]}[0.9]
-        assert r90 is None or cum[r90 - 1] >= 0.9
+        # (exact knows every σ, so r90 may exceed k: test_exact_energy_ranks_use_the_whole_spectrum)
+        assert r90 is None or r90 > len(cum) or cum[r90 - 1] >= 0.9
         if rep["total_energy"] is not None:  # representable in float64 (not at 1e±170/300)
             assert rep["total_energy"] == pytest.approx((fro * scale) ** 2, rel=1e-13)
 
