@@ -69,10 +69,10 @@ from svdserve.worker import (
     SVDError,
     SVDParams,
     SVDResult,
-    decompose,
     map_exception,
     pin_source,
     plan,
+    svd,
 )
 
 from ._cluster import Cluster
@@ -301,7 +301,7 @@ class Runner:
         # Jobs stored before missing_chunks existed said allow_missing_chunks (default false).
         missing_chunks = req.get("missing_chunks") or (
             "fill" if req.get("allow_missing_chunks") else "error")
-        # The source pinned at submit: decompose re-lists it before the first read
+        # The source pinned at submit: svd re-lists it before the first read
         # and after the last, and every read checks its chunk against it.
         pinned = self.store.get_pin(job.id)
         if pinned is not None:
@@ -314,11 +314,11 @@ class Runner:
                                 panel_bytes=self.settings.panel_bytes,
                                 limits=self.settings.limits(),
                                 sample_dims=params.get("sample_dims"))
-        return decompose(source, _svd_params(job), self.settings.execution(),
-                         missing_chunks=missing_chunks, client=self.cluster.sync_client,
-                         storage_options=options, out=out,
-                         out_storage_options=self.results.out_options, progress=progress,
-                         interrupt=ctl.check)
+        return svd(source, spec=_svd_params(job), execution=self.settings.execution(),
+                   missing_chunks=missing_chunks, client=self.cluster.sync_client,
+                   storage_options=options, out=out,
+                   out_storage_options=self.results.out_options, progress=progress,
+                   interrupt=ctl.check)
 
     def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
         """``progress(done, total, phase)`` for the core: stores progress (throttled,

@@ -19,11 +19,11 @@ futures, tree reductions, progress), :mod:`._rechunk` (the one-time raw copy),
 :mod:`._randqb` (rank by energy target, Yu, Gu & Li), :mod:`._sketch` (one
 pass, Tropp et al.), :mod:`._energy` (the report, Gavish–Donoho denoising
 rank); :mod:`._result` (result group with manifest), :mod:`._labels`;
-:mod:`._api` (:func:`svd`, :func:`decompose`).
+:mod:`._api` (:func:`svd`).
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 
-from ._api import EXACT_MAX_COLUMNS, choose_method, decompose, svd
+from ._api import EXACT_MAX_COLUMNS, choose_method, svd
 from ._energy import energy_report
 from ._engine import Phase, smallest_memory_limit
 from ._errors import (
@@ -55,7 +55,6 @@ from ._spec import (
 
 __all__ = [
     "svd",
-    "decompose",
     "load",
     "inspect_source",
     "choose_method",

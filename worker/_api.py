@@ -1,4 +1,4 @@
-"""The public entry points :func:`svd` and :func:`decompose`, one short sequence:
+"""The public entry point :func:`svd`, one short sequence:
 
 open the source (:func:`~._source.open_source`) → the job spec
 (:func:`~._spec.plan` → :class:`~._spec.SVDParams`, with an
@@ -32,7 +32,7 @@ from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._tsqr import exact_svd
 
-__all__ = ["svd", "decompose", "choose_method", "EXACT_MAX_COLUMNS"]
+__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
 
 #: The execution defaults (:class:`Execution`), which :func:`svd`'s keywords take.
 _RUN = Execution()
@@ -77,7 +77,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         allow_missing_chunks=None, energy=None, max_rank=None, block_size=16,
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
-        task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor):
+        task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
+        spec=None, execution=None):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -231,6 +232,15 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         do not answer a ping (hung, e.g. stopped) are retired as lost; their
         tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
     task_deadline_factor : float, default=10
+        See ``task_deadline``.
+    spec : SVDParams, optional
+        The job's parameters planned already (:func:`plan` on this source's
+        shape; the service stores them at submit): used as they are, and
+        ``rank`` ... ``missing`` (what to compute) are then not read.
+    execution : Execution, optional
+        How to run (the service builds it from its settings): used as it is,
+        and ``panel_bytes``, ``panel_cache``, ``memory_fraction``, ``reader``,
+        ``no_workers_timeout`` and ``task_deadline*`` are then not read.
 
     Returns
     -------
@@ -267,52 +277,21 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     and the estimated peak per worker).
     """
     t_start = time.perf_counter()
-    execution = Execution(panel_bytes=panel_bytes, panel_cache=panel_cache,
-                          memory_fraction=memory_fraction, reader=reader,
-                          no_workers_timeout=no_workers_timeout, task_deadline=task_deadline,
-                          task_deadline_factor=task_deadline_factor)
+    if execution is None:
+        execution = Execution(panel_bytes=panel_bytes, panel_cache=panel_cache,
+                              memory_fraction=memory_fraction, reader=reader,
+                              no_workers_timeout=no_workers_timeout,
+                              task_deadline=task_deadline,
+                              task_deadline_factor=task_deadline_factor)
     src = open_source(source, array=array, storage_options=storage_options,
                       missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
-                      panel_bytes=panel_bytes, sample_dims=sample_dims)
-    params = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
-                  center=center, random_state=random_state, compute_u=compute_u,
-                  energy=energy, max_rank=max_rank, block_size=block_size,
-                  sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
-    return _run_job(src, params, execution, t_start, client=client, progress=progress,
-                    interrupt=interrupt, out=out, scratch=scratch,
-                    out_opts=storage_options if out_storage_options is None
-                    else out_storage_options)
-
-
-def decompose(source, params, execution=None, *, array=None, storage_options=None,
-              missing_chunks="fill", sample_dims=None, client=None, out=None,
-              out_storage_options=None, progress=None, interrupt=None, scratch=None):
-    """:func:`svd` of a job specified already: its :class:`SVDParams` (from :func:`plan`
-    on this source's shape, e.g. stored by the service at submit) and its
-    :class:`Execution`, passed as they are instead of as keyword arguments.
-
-    Parameters
-    ----------
-    source, array, storage_options, missing_chunks, sample_dims, client, out :
-        As :func:`svd` takes them.
-    out_storage_options, progress, interrupt, scratch :
-        As :func:`svd` takes them.
-    params : SVDParams
-        What to compute; planned for this source's shape.
-    execution : Execution, optional
-        How to run it (default: ``Execution()``, the defaults of :func:`svd`).
-
-    Returns
-    -------
-    SVDResult
-        Bit for bit what :func:`svd` returns for the same job.
-    """
-    t_start = time.perf_counter()
-    execution = Execution() if execution is None else execution
-    src = open_source(source, array=array, storage_options=storage_options,
-                      missing_chunks=missing_chunks_mode(missing_chunks),
                       panel_bytes=execution.panel_bytes, sample_dims=sample_dims)
-    return _run_job(src, params, execution, t_start, client=client, progress=progress,
+    if spec is None:
+        spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
+                    center=center, random_state=random_state, compute_u=compute_u,
+                    energy=energy, max_rank=max_rank, block_size=block_size,
+                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
+    return _run_job(src, spec, execution, t_start, client=client, progress=progress,
                     interrupt=interrupt, out=out, scratch=scratch,
                     out_opts=storage_options if out_storage_options is None
                     else out_storage_options)

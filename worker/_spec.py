@@ -4,9 +4,9 @@
 The service's submit route calls :func:`plan` on the pinned source's metadata
 (a 422 names the field of any :class:`InvalidInputError`) and stores the
 result; its runner hands the stored :class:`SVDParams` and the
-:class:`Execution` its settings build to :func:`~._api.decompose`.
-:func:`~._api.svd` builds both from its keyword arguments. So the rank check,
-the method choice, the clipping of ``n_oversamples`` and the rule that a wide
+:class:`Execution` its settings build to :func:`~._api.svd` (``spec=``,
+``execution=``), which otherwise builds both from its keyword arguments. So the
+rank check, the method choice, the clipping of ``n_oversamples`` and the rule that a wide
 matrix's tall factor is always computed live here only, and so do the
 execution defaults (:data:`DEFAULT_PANEL_BYTES`, :data:`DEFAULT_PANEL_CACHE`,
 :data:`DEFAULT_MEMORY_FRACTION`, :data:`READERS`).
