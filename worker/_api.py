@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -320,7 +321,7 @@ class _Job:
     params: SVDParams
     layout: Layout
     engine: LocalEngine | DaskEngine
-    progress: object  # callable or None
+    progress: Callable | None  # progress(done, total, phase)
     out: str | None
     out_opts: dict | None
     labels: dict | None
