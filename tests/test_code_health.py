@@ -15,6 +15,8 @@ function or under ``if TYPE_CHECKING:``.
 from __future__ import annotations
 
 import ast
+import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -105,7 +107,7 @@ def _absolute(part: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _imports(part: str):
+def _imports(part: str) -> Iterator[tuple[str, int, str, tuple[str, ...]]]:
     """Every import of the part's modules as ``(module, line, target, names)``.
 
     ``target`` is the absolute dotted module; ``names`` what is taken from it
@@ -138,8 +140,9 @@ def import_graph(part: str) -> dict[str, set[str]]:
     return graph
 
 
-def import_cycles(part: str) -> list[list[str]]:
-    """One cycle (a module chain back to its first module) per strongly connected group."""
+def import_cycles(part: str) -> list[tuple[list[str], list[str]]]:
+    """Per group of modules that import each other (a strongly connected component):
+    one cycle in it, as a module chain back to its first module, and all its modules."""
     graph = import_graph(part)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -165,7 +168,7 @@ def import_cycles(part: str) -> list[list[str]]:
     for node in sorted(graph):
         if node not in index:
             visit(node)
-    return [_cycle_in(graph, group) for group in groups]
+    return [(_cycle_in(graph, group), sorted(group)) for group in groups]
 
 
 def _cycle_in(graph: dict[str, set[str]], group: set[str]) -> list[str]:
@@ -187,12 +190,8 @@ def _cycle_in(graph: dict[str, set[str]], group: set[str]) -> list[str]:
 
 
 def _public_names(part: str) -> set[str]:
-    """The names a part's ``__all__`` lists (read from its ``__init__.py``, not imported)."""
-    for node in ast.parse((REPO / part / "__init__.py").read_text()).body:
-        if (isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)):
-            return set(ast.literal_eval(node.value))
-    return set()
+    """The names ``svdserve.<part>.__all__`` lists."""
+    return set(importlib.import_module(f"svdserve.{part}").__all__)
 
 
 def _private(name: str) -> bool:
@@ -228,7 +227,8 @@ def _across_violation(part: str, target: str, names: tuple[str, ...]) -> str:
         allowed = sorted(MAY_IMPORT[part]) or "no other part"
         return f"imports {target}, but {part}/ may import {allowed}"
     if target != f"svdserve.{other}":
-        return f"imports the module {target} of another part (import from svdserve.{other})"
+        return (f"imports {list(names) or target} from {target}, a module inside another part: "
+                f"take public names from svdserve.{other} (its __all__)")
     outside = sorted(set(names) - _public_names(other))
     return f"imports {outside} from svdserve.{other}, not in its __all__" if outside else ""
 
@@ -256,10 +256,11 @@ def private_imports(part: str, *, across: bool) -> list[str]:
 
 @pytest.mark.parametrize("part", [pytest.param("worker", marks=_LAYERS), "service", "client"])
 def test_no_import_cycle_inside_a_part(part):
-    cycles = import_cycles(part)
+    cycles = [" -> ".join(chain) + (f" (the cycles join all of {members})"
+                                    if len(members) > len(chain) - 1 else "")
+              for chain, members in import_cycles(part)]
     assert not cycles, (f"import cycles among the modules of {part}/ (imports inside functions "
-                        "and under TYPE_CHECKING count): "
-                        + "; ".join(" -> ".join(c) for c in cycles)
+                        "and under TYPE_CHECKING count): " + "; ".join(cycles)
                         + ". Move what both sides need into a lower module.")
 
 
