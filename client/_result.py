@@ -77,6 +77,10 @@ def open_job_result(
     storage_options : dict or None
         For direct reads of remote (S3, GCS, Azure) results.
 
+    Returns
+    -------
+    StoredResult
+
     Raises
     ------
     StorageAccessError
