@@ -77,7 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(os.makedirs, os.path.dirname(db) or ".", exist_ok=True)
         if not settings.results_root.startswith("s3://"):
             await asyncio.to_thread(os.makedirs, settings.results_root, exist_ok=True)
-        store = await asyncio.to_thread(JobStore, db, feed.notify_threadsafe)
+        store = await asyncio.to_thread(
+            JobStore, db, feed.notify_threadsafe,
+            tenant_queued=settings.max_queued_jobs_per_tenant,
+            tenant_running=settings.max_running_jobs_per_tenant)
         options = settings.fs_options()
         sandbox = Sandbox([*settings.data_roots, settings.uploads_root], storage_options=options,
                           forbidden=[settings.results_root, db, db + "-wal", db + "-shm",
@@ -109,7 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="svdserve", version=svdserve.__version__, description=_DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.auth = TokenAuth(settings.tenant_tokens())
+    app.state.auth = TokenAuth(settings.tenant_tokens(), settings.metrics_token
+                               and settings.metrics_token.get_secret_value())
     _problems.install(app)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
                        streamed=is_block_upload)

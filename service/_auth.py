@@ -6,6 +6,10 @@ documents) needs ``Authorization: Bearer <token>``; a missing or unknown
 token is a 401 problem. Tokens are compared in constant time, and every
 configured token is compared so the time does not depend on which matched.
 
+``GET /metrics`` shows every tenant's activity, so it is an operator
+endpoint (:func:`operator_access`): with any token configured it needs the
+metrics token (``SVDSERVE_METRICS_TOKEN``); a tenant's token is a 403.
+
 The web pages (:mod:`._pages`) log in once with a token (``POST /login``,
 the token in the form body, never in a URL) and get a session cookie
 (``HttpOnly``, ``SameSite=Strict``): ``tenant.expiry.signature``, signed with
@@ -29,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ._problems import ProblemError
 
 __all__ = ["TokenAuth", "Tenant", "current_tenant", "DEFAULT_TENANT", "SESSION_COOKIE",
-           "PAGE_HEADER", "SESSION_SECONDS", "page_tenant"]
+           "PAGE_HEADER", "SESSION_SECONDS", "page_tenant", "Operator", "operator_access"]
 
 DEFAULT_TENANT = "default"
 #: Name of the pages' session cookie.
@@ -53,14 +57,27 @@ class TokenAuth:
     Parameters
     ----------
     pairs : list of (tenant, token)
+    metrics_token : str, optional
+        The operator's token of ``GET /metrics``.
     """
 
-    def __init__(self, pairs: list[tuple[str, str]]):
+    def __init__(self, pairs: list[tuple[str, str]], metrics_token: str | None = None):
         # Compare fixed-length digests: compare_digest is constant-time only
         # for inputs of equal length.
         self._entries = [(_digest(token), tenant) for tenant, token in pairs]
+        self._metrics = None if not metrics_token else _digest(metrics_token)
         self._key = hashlib.sha256(b"svdserve-session\0" + b"".join(
             sorted(d + t.encode() for d, t in self._entries))).digest()
+
+    @property
+    def metrics_configured(self) -> bool:
+        return self._metrics is not None
+
+    def is_operator(self, token: str | None) -> bool:
+        """True for the metrics token, or for anyone when no token is configured at all."""
+        if self._metrics is None:
+            return not self.enabled
+        return bool(token) and hmac.compare_digest(_digest(token), self._metrics)
 
     @property
     def enabled(self) -> bool:
@@ -138,3 +155,28 @@ async def current_tenant(
 
 
 Tenant = Annotated[str, Depends(current_tenant)]
+
+
+async def operator_access(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """FastAPI dependency of operator endpoints (``/metrics``): a 401 or 403 problem
+    unless the caller presents the metrics token (or no token is configured at all)."""
+    auth: TokenAuth = request.app.state.auth
+    token = credentials.credentials if credentials is not None else None
+    if auth.is_operator(token):
+        return
+    if token is None:
+        raise ProblemError(
+            401, "/metrics is an operator endpoint: send `Authorization: Bearer <the "
+                 "SVDSERVE_METRICS_TOKEN>`.",
+            headers={"WWW-Authenticate": 'Bearer realm="svdserve-metrics"'})
+    raise ProblemError(
+        403, "/metrics is an operator endpoint (it shows every tenant's jobs): a tenant's "
+             "token is not accepted; scrape it with the token set in "
+             "SVDSERVE_METRICS_TOKEN" + ("" if auth.metrics_configured else
+                                         ", which this service does not have set"))
+
+
+Operator = Annotated[None, Depends(operator_access)]

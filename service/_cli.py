@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import socket
 import sys
 
@@ -44,6 +43,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from ._app import create_app
+    from ._logs import configure_logging
     from ._settings import Settings
 
     try:
@@ -66,14 +66,15 @@ def serve_main(argv: list[str] | None = None) -> int:
                  "Check --host/SVDSERVE_HOST and --port/SVDSERVE_PORT."), file=sys.stderr)
         return 2
     port = sock.getsockname()[1]
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     url = page_address(settings.host, port)
     app.state.announce = (f"svdserve: pages at {url} (API docs at {url}docs); "
                           "stop with Ctrl-C")
+    # JSON: uvicorn's own loggers propagate to the root's JSON handler.
+    extra = {"log_config": None} if settings.log_format == "json" else {}
     config = uvicorn.Config(app, host=settings.host, port=port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", **extra)
     server = uvicorn.Server(config)
     try:  # as uvicorn.run: Ctrl-C is a clean stop, a failed start-up exits 3
         server.run(sockets=[sock])

@@ -1,4 +1,10 @@
-"""ASGI middleware: request IDs, the request-body size limit, last-resort 500s.
+"""ASGI middleware: request IDs, the request-body size limit, last-resort 500s,
+and requests that carry both ``Content-Length`` and ``Transfer-Encoding``.
+
+Such a request is answered 400 with ``Connection: close`` and the connection
+is closed (RFC 9112 §6.1): a proxy that frames the body by ``Content-Length``
+and this server, which frames it by ``Transfer-Encoding``, would disagree on
+where the next request starts (request smuggling).
 
 Pure ASGI (no ``BaseHTTPMiddleware``) so streaming responses and long polls
 are not buffered.
@@ -44,7 +50,7 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming, length = _request_id_and_length(scope)
+        incoming, length, chunked = _request_id_and_length(scope)
         rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         scope["svdserve.request_id"] = rid
@@ -60,6 +66,9 @@ class ServiceMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        if chunked and length is not None:
+            await self._ambiguous_framing(scope, send_with_id, rid)
+            return
         # Buffer the body (our bodies are small JSON) so an oversized one is
         # refused before any route sees it, whatever the transfer encoding.
         streamed = self.streamed is not None and self.streamed(scope)
@@ -103,29 +112,41 @@ class ServiceMiddleware:
                 instance=scope.get("path", ""), request_id=rid)
             await self._send_json(send_with_id, 500, body)
 
+    async def _ambiguous_framing(self, scope: Scope, send: Send, rid: str) -> None:
+        body = problem_body(
+            400, "The request has both Content-Length and Transfer-Encoding; send one of "
+                 "them (RFC 9112 §6.1). The connection is closed.",
+            instance=scope.get("path", ""), request_id=rid)
+        await self._send_json(send, 400, body, close=True)
+
     async def _too_large(self, scope: Scope, send: Send, rid: str) -> None:
         body = problem_body(413, f"The request body exceeds {self.max_body_bytes} bytes.",
                             instance=scope.get("path", ""), request_id=rid)
         await self._send_json(send, 413, body)
 
     @staticmethod
-    async def _send_json(send: Send, status: int, body: dict) -> None:
+    async def _send_json(send: Send, status: int, body: dict, close: bool = False) -> None:
         data = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", MEDIA_TYPE.encode()),
-                                (b"content-length", str(len(data)).encode())]})
+        headers = [(b"content-type", MEDIA_TYPE.encode()),
+                   (b"content-length", str(len(data)).encode())]
+        if close:  # the server closes the connection after a response that says so
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
 
-def _request_id_and_length(scope: Scope) -> tuple[str, int | None]:
-    """The ``X-Request-ID`` (``""`` if none) and ``Content-Length`` (None if none or bad)."""
-    incoming, length = "", None
+def _request_id_and_length(scope: Scope) -> tuple[str, int | None, bool]:
+    """The ``X-Request-ID`` (``""`` if none), ``Content-Length`` (None if none or bad)
+    and whether a ``Transfer-Encoding`` header came."""
+    incoming, length, chunked = "", None, False
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             incoming = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            chunked = True
         elif name == b"content-length":
             try:
                 length = int(value)
             except ValueError:
-                length = None
-    return incoming, length
+                length = -1  # present but bad: still a framing conflict with chunked
+    return incoming, length, chunked

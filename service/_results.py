@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import shutil
+
+from collections.abc import Callable
 
 import fsspec
 
@@ -19,6 +22,9 @@ from svdserve import _manifest
 __all__ = ["Results"]
 
 log = logging.getLogger("svdserve.service")
+
+#: A job id (``uuid4().hex``, :meth:`JobStore.create`).
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Results:
@@ -75,6 +81,46 @@ class Results:
     def remove_attempt(self, tenant: str, job_id: str, attempt: int) -> None:
         self.remove(posixpath.dirname(self.url(tenant, job_id, attempt)))
 
+    def sweep(self, active: Callable[[], set[tuple[str, str, int]]]) -> list[str]:
+        """Remove every attempt directory without a manifest that is not ``active``.
+
+        Such a directory is what a failed, cancelled or interrupted attempt
+        left: files written after it was removed (a write task that was still
+        running), or a removal that failed. Local results roots only (on
+        object storage the core waits for its write tasks before a removal).
+
+        Parameters
+        ----------
+        active : callable
+            Returns the ``(tenant, job id, attempt)`` of running jobs
+            (:meth:`JobStore.active_attempts`). Called *after* the directories
+            are listed: a job claimed meanwhile is then in it, so the sweep
+            never removes an attempt that started while it looked.
+
+        Returns
+        -------
+        list of str
+            The directories removed.
+        """
+        if self.remote or not os.path.isdir(self.root):
+            return []
+        candidates = [(key, path) for *key, path in _attempt_dirs(self.root)
+                      if not self.complete(f"{path}/result.zarr")]
+        if not candidates:
+            return []
+        running = active()
+        removed = []
+        for key, path in candidates:
+            # Checked again: a job that finished meanwhile wrote its manifest before
+            # it left the running state (so before ``active()`` looked).
+            if tuple(key) in running or self.complete(f"{path}/result.zarr"):
+                continue
+            log.warning("removing %s: an attempt that left files but no result "
+                        "(no manifest) and is not running", path)
+            self.remove(path)
+            removed.append(path)
+        return removed
+
     def complete(self, url: str) -> bool:
         """True when the result group's manifest exists."""
         if self.remote:
@@ -96,3 +142,22 @@ class Results:
             return self._fs().cat_file(f"{url}/{key}")
         except FileNotFoundError:
             return None
+
+
+def _attempt_dirs(root: str):
+    """``(tenant, job id, attempt, path)`` of each ``{root}/{tenant}/{job}/{attempt}``."""
+    for tenant in _subdirs(root):
+        for job_id in _subdirs(f"{root}/{tenant}"):
+            if not _JOB_ID.match(job_id):  # not a job's directory: not ours to sweep
+                continue
+            for attempt in _subdirs(f"{root}/{tenant}/{job_id}"):
+                if attempt.isdigit():
+                    yield tenant, job_id, int(attempt), f"{root}/{tenant}/{job_id}/{attempt}"
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []

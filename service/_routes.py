@@ -26,7 +26,7 @@ from svdserve.worker import (
 )
 from svdserve.worker import plan as plan_job
 
-from ._auth import Tenant
+from ._auth import Operator, Tenant
 from ._cluster import Cluster
 from ._events import ChangeFeed
 from ._metrics import CONTENT_TYPE, Metrics
@@ -336,7 +336,7 @@ async def submit_job(
             await asyncio.to_thread(svc.store.release_key, tenant, idempotency_key)
         raise
     svc.metrics.submitted.inc()
-    svc.runner.wake()
+    svc.runner.submitted(row)
     _location(response, row.id)
     return to_public(row)
 
@@ -503,8 +503,9 @@ async def ready(request: Request, tenant: Tenant, svc: Svc) -> Any:
 
 @ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Metrics"},
-                           **problems(401)})
-async def metrics(tenant: Tenant, svc: Svc) -> Response:
+                           **problems(401, 403)})
+async def metrics(operator: Operator, svc: Svc) -> Response:
+    """Every tenant's activity: an operator endpoint (`SVDSERVE_METRICS_TOKEN`)."""
     data = await asyncio.to_thread(svc.metrics.render)
     return Response(data, media_type=CONTENT_TYPE)
 

@@ -1,7 +1,8 @@
 """The job runner: one dispatcher, bounded concurrency, cooperative cancel.
 
-The dispatcher (an asyncio task started in the lifespan) claims the oldest
-queued job while fewer than ``max_concurrent_jobs`` run, and runs each in a
+The dispatcher (an asyncio task started in the lifespan) claims the next
+queued job -- fair between tenants, FIFO within one (:meth:`JobStore.claim_next`)
+-- while fewer than ``max_concurrent_jobs`` run, and runs each in a
 thread of its own pool: :func:`svdserve.worker.svd` blocks, so it gets a
 *synchronous* ``distributed.Client`` to the service's scheduler and never
 touches the event loop.
@@ -27,13 +28,35 @@ Outcomes::
     anything else                   -> failed, internal (logged with traceback)
 
 A failed or cancelled attempt's directory is removed, so nothing that looks
-like a result is left behind.
+like a result is left behind: the core waits for its write tasks to stop
+before it re-raises, and the results root is swept of attempt directories
+without a manifest that no running job owns at start-up and after every job
+(:meth:`Results.sweep`).
+
+Faults:
+
+- Cancel and shutdown interrupt a pass within milliseconds, even while no
+  panel finishes (the core polls :meth:`_Control.check` while it waits).
+- A pass in which no task finishes within the deadline
+  (``SVDSERVE_TASK_DEADLINE``, scaled by the measured task cost) retires
+  workers that do not answer a ping, as lost workers.
+- Progress writes are best effort: a database that refuses one is logged, the
+  job goes on. State writes (succeeded, failed, cancelled, re-queued) are
+  retried with backoff (at most ``SVDSERVE_STATE_RETRY_MAX`` seconds apart)
+  until the database takes them; if the service stops first, the job is
+  still ``running`` in the database and is re-queued at the next start.
+- An error raised after shutdown began (a closed client) re-queues the job.
+
+Every job event is one log line (logger ``svdserve.service``, with the
+fields ``event``, ``job``, ``tenant`` and more as ``extra``): ``submit``,
+``start``, ``pass``, ``end`` (with ``state`` and ``error_type``), ``requeue``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,9 +97,25 @@ class ServiceStopping(ServiceError):
 
 
 class _Control:
-    def __init__(self) -> None:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
         self.cancel = threading.Event()
         self.stop = threading.Event()
+
+    def check(self) -> None:
+        """Raise when the job should stop now (the core calls it while it waits)."""
+        if self.cancel.is_set():
+            raise CancelRequested(f"job {self.job_id} cancelled")
+        if self.stop.is_set():
+            raise ServiceStopping(f"service stopping; job {self.job_id} re-queued")
+
+
+def job_event(event: str, job: JobRow, message: str, *args, level: int = logging.INFO,
+              **fields) -> None:
+    """One log line for a job event; ``fields`` go to the record (JSON logs show them)."""
+    extra = {"event": event, "job": job.id, "tenant": job.tenant, "attempt": job.attempt,
+             **fields}
+    log.log(level, "job %s " + message, job.id, *args, extra=extra)
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -122,6 +161,7 @@ class Runner:
                         before.id, before.state, before.attempt, after.state, after.attempt)
             await asyncio.to_thread(self.results.remove_attempt, before.tenant, before.id,
                                     before.attempt)
+        await asyncio.to_thread(self.sweep)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="svdserve-dispatcher")
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -146,6 +186,17 @@ class Runner:
         """Tell the dispatcher that the queue may have changed."""
         self._wake.set()
 
+    def submitted(self, row: JobRow) -> None:
+        """A job was accepted: log it and wake the dispatcher."""
+        params, req = row.params, row.request
+        method = (params.get("svd") or {}).get("resolved") or req.get("method")
+        rank = (f"rank {req['rank']}" if req.get("rank") is not None
+                else f"energy {req.get('energy')}")
+        job_event("submit", row, "submitted by tenant %s: %s, %s, method %s", row.tenant,
+                  "x".join(map(str, params.get("shape") or ())) or "?", rank, method,
+                  method=method, shape=params.get("shape"))
+        self.wake()
+
     def cancel(self, job_id: str) -> None:
         """Ask a running job to stop at its next panel (the row says ``cancelling``)."""
         ctl = self._running.get(job_id)
@@ -167,7 +218,7 @@ class Runner:
                     job = await asyncio.to_thread(self.store.claim_next)
                     if job is None:
                         break
-                    ctl = _Control()
+                    ctl = _Control(job.id)
                     self._running[job.id] = ctl
                     task = asyncio.create_task(self._run(job, ctl), name=f"job-{job.id}")
                     self._tasks.add(task)
@@ -194,48 +245,29 @@ class Runner:
         finally:
             self._running.pop(job.id, None)
             self.wake()
+        await asyncio.to_thread(self.sweep)
+
+    def sweep(self) -> None:
+        """Remove attempt directories with no manifest that no running job owns."""
+        try:
+            self.results.sweep(self.store.active_attempts)
+        except (OSError, sqlite3.Error):
+            log.warning("could not sweep the results root %s", self.results.root,
+                        exc_info=True)
 
     # ------------------------------------------------------------------ one job (thread)
     def _execute(self, job: JobRow, ctl: _Control) -> None:
         row = self.store.get(job.id)
         if row is None or row.state == "cancelling":
             ctl.cancel.set()
-        req, params = job.request, job.params
+        job_event("start", job, "started (attempt %d, tenant %s)", job.attempt, job.tenant)
         out = self.results.url(job.tenant, job.id, job.attempt)
-        last = {"key": None, "t": 0.0, "pass": 0, "passes": 0, "state": None}
-        progress = self._progress_callback(job, ctl, last)
-
-        source = params["url"]
-        options = options_for(source, self.settings.fs_options())
-        # Jobs stored before missing_chunks existed said allow_missing_chunks (default false).
-        missing_chunks = req.get("missing_chunks") or (
-            "fill" if req.get("allow_missing_chunks") else "error")
+        last = {"key": None, "t": 0.0, "pass": 0, "passes": 0, "state": None,
+                "warned": False}
         try:
-            if ctl.cancel.is_set():
-                raise CancelRequested(f"job {job.id} cancelled")
+            ctl.check()
             self.results.prepare(out)
-            # The source pinned at submit: svd re-lists it before the first read
-            # and after the last, and every read checks its chunk against it.
-            pinned = self.store.get_pin(job.id)
-            if pinned is not None:
-                source = SourcePin.from_json(pinned).with_options(storage_options=options)
-            else:  # a job stored before pins existed: pin it now, inside the roots
-                roots, forbidden = self.guard
-                source = pin_source(source, params.get("array"), storage_options=options,
-                                    roots=roots, forbidden=forbidden,
-                                    missing_chunks=missing_chunks,
-                                    panel_bytes=self.settings.panel_bytes,
-                                    limits=self.settings.limits(),
-                                    sample_dims=params.get("sample_dims"))
-            res = svd(source, **_svd_params(job).svd_kwargs(),
-                      missing_chunks=missing_chunks,
-                      panel_cache=self.settings.panel_cache, reader=self.settings.reader,
-                      client=self.cluster.sync_client,
-                      storage_options=options, out=out,
-                      out_storage_options=self.results.out_options,
-                      panel_bytes=self.settings.panel_bytes, progress=progress,
-                      memory_fraction=self.settings.memory_fraction,
-                      no_workers_timeout=self.settings.no_workers_timeout)
+            res = self._svd(job, ctl, out, self._progress_callback(job, ctl, last))
             if not self.results.complete(out):
                 raise StorageError(f"the result at {out} has no manifest")
         except CancelRequested:
@@ -250,23 +282,63 @@ class Runner:
             self._requeue(job)
             return
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+            if ctl.stop.is_set():  # e.g. the client closed under a job that did not stop
+                log.warning("job %s: %s after shutdown began; re-queued", job.id,
+                            type(exc).__name__)
+                self._requeue(job)
+                return
             self.results.remove_attempt(job.tenant, job.id, job.attempt)
             self._finish(job, "failed", error=_error_of(exc, job))
             return
 
         self._succeed(job, res, out)
 
+    def _svd(self, job: JobRow, ctl: _Control, out: str, progress) -> SVDResult:
+        """Run the core on the job's pinned source, writing to ``out``."""
+        req, params = job.request, job.params
+        source = params["url"]
+        options = options_for(source, self.settings.fs_options())
+        # Jobs stored before missing_chunks existed said allow_missing_chunks (default false).
+        missing_chunks = req.get("missing_chunks") or (
+            "fill" if req.get("allow_missing_chunks") else "error")
+        # The source pinned at submit: svd re-lists it before the first read
+        # and after the last, and every read checks its chunk against it.
+        pinned = self.store.get_pin(job.id)
+        if pinned is not None:
+            source = SourcePin.from_json(pinned).with_options(storage_options=options)
+        else:  # a job stored before pins existed: pin it now, inside the roots
+            roots, forbidden = self.guard
+            source = pin_source(source, params.get("array"), storage_options=options,
+                                roots=roots, forbidden=forbidden,
+                                missing_chunks=missing_chunks,
+                                panel_bytes=self.settings.panel_bytes,
+                                limits=self.settings.limits(),
+                                sample_dims=params.get("sample_dims"))
+        s = self.settings
+        return svd(source, **_svd_params(job).svd_kwargs(),
+                   missing_chunks=missing_chunks,
+                   panel_cache=s.panel_cache, reader=s.reader,
+                   client=self.cluster.sync_client,
+                   storage_options=options, out=out,
+                   out_storage_options=self.results.out_options,
+                   panel_bytes=s.panel_bytes, progress=progress,
+                   memory_fraction=s.memory_fraction,
+                   no_workers_timeout=s.no_workers_timeout, interrupt=ctl.check,
+                   task_deadline=s.task_deadline, task_deadline_factor=s.task_deadline_factor)
+
     def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
-        """``progress(done, total, phase)`` for the core: stores progress (throttled)
-        in the job row, notes the pass in ``last`` and raises on cancel or stop."""
+        """``progress(done, total, phase)`` for the core: stores progress (throttled,
+        best effort) in the job row, notes the pass in ``last`` and raises on cancel
+        or stop."""
         interval = self.settings.progress_interval
 
         def progress(done: int, total: int, phase: Phase) -> None:
-            if ctl.cancel.is_set():
-                raise CancelRequested(f"job {job.id} cancelled")
-            if ctl.stop.is_set():
-                raise ServiceStopping(f"service stopping; job {job.id} re-queued")
+            ctl.check()
             self.metrics.panels.inc()
+            if phase.pass_no != last["pass"] and phase.pass_no:
+                job_event("pass", job, "pass %d of %d (%s)", phase.pass_no, phase.passes,
+                          phase.name, pass_no=phase.pass_no, passes=phase.passes,
+                          phase=phase.name)
             last["pass"], last["passes"] = phase.pass_no, phase.passes
             now = time.monotonic()
             key = (phase.name, phase.pass_no)
@@ -276,9 +348,41 @@ class Runner:
                 return
             if key != last["key"] or done >= total or now - last["t"] >= interval:
                 last["key"], last["t"], last["state"] = key, now, state
-                self.store.set_progress(job.id, job.attempt, state)
+                self._write_progress(job, state, last)
 
         return progress
+
+    def _write_progress(self, job: JobRow, state: dict, last: dict) -> None:
+        """Progress is best effort: a database that refuses it does not stop the job."""
+        try:
+            self.store.set_progress(job.id, job.attempt, state)
+        except sqlite3.Error as exc:
+            if not last["warned"]:  # once per job, not once per panel
+                last["warned"] = True
+                log.warning("job %s: progress not recorded (%s: %s); the job goes on",
+                            job.id, type(exc).__name__, exc)
+
+    def _write_state(self, job: JobRow, what: str, fn, *args, **kwargs):
+        """A job-state write, retried with backoff until the database takes it.
+
+        Returns what ``fn`` returns, or :data:`_NOT_WRITTEN` when the service
+        stopped first (the job is still ``running`` in the database and is
+        re-queued at the next start).
+        """
+        pause = 0.1
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.Error as exc:
+                if self._stopping:
+                    log.warning("job %s: could not record %s (%s: %s) before the service "
+                                "stopped; it is re-queued at the next start", job.id, what,
+                                type(exc).__name__, exc)
+                    return _NOT_WRITTEN
+                log.warning("job %s: could not record %s (%s: %s); retrying in %.1f s",
+                            job.id, what, type(exc).__name__, exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, self.settings.state_retry_max)
 
     def _succeed(self, job: JobRow, res: SVDResult, out: str) -> None:
         """Record a finished run -- unless a cancel arrived after its last panel."""
@@ -288,8 +392,11 @@ class Runner:
         # the run's events, then what the report says a user must know (report["notes"])
         events = [str(e) for e in res.events] + list(res.report.get("notes") or [])
         # res.report is JSON-safe already (svdserve.worker.energy_report)
-        done = self.store.finish(job.id, job.attempt, "succeeded", result=result,
-                                 report=res.report, notes=events, from_states=("running",))
+        done = self._write_state(job, "its success", self.store.finish, job.id, job.attempt,
+                                 "succeeded", result=result, report=res.report, notes=events,
+                                 from_states=("running",))
+        if done is _NOT_WRITTEN:
+            return
         if done is not None:
             self._observe(done)
             return
@@ -302,24 +409,39 @@ class Runner:
     def _requeue(self, job: JobRow) -> None:
         """The service stops: the attempt's output goes, the job is queued again."""
         self.results.remove_attempt(job.tenant, job.id, job.attempt)
-        after = self.store.requeue(
-            job.id, job.attempt,
+        after = self._write_state(
+            job, "its re-queue", self.store.requeue, job.id, job.attempt,
             f"the service stopped while attempt {job.attempt} was running; "
             f"re-queued as attempt {job.attempt + 1}")
+        if after is _NOT_WRITTEN:
+            return
         if after is None:  # cancelled meanwhile
             self._finish(job, "cancelled", error={
                 "type": "cancelled", "message": "cancelled while the service stopped"})
+            return
+        job_event("requeue", job, "re-queued as attempt %d (the service stopped)",
+                  after.attempt)
 
     def _finish(self, job: JobRow, state: str, *, error: dict) -> None:
-        row = self.store.finish(job.id, job.attempt, state, error=error)
-        if row is not None:
+        row = self._write_state(job, f"its end ({state})", self.store.finish, job.id,
+                                job.attempt, state, error=error)
+        if row is not None and row is not _NOT_WRITTEN:
             self._observe(row)
 
     def _observe(self, row: JobRow) -> None:
+        error = row.error or {}
+        job_event("end", row, "%s%s", row.state,
+                  f" ({error.get('type')}): {error.get('message')}" if error else "",
+                  level=logging.INFO if row.state == "succeeded" else logging.WARNING,
+                  state=row.state, error_type=error.get("type"))
         self.metrics.finished.labels(row.state).inc()
         seconds = _seconds(row.started_at, row.finished_at)
         if seconds is not None:
             self.metrics.duration.labels(row.state).observe(seconds)
+
+
+#: What :meth:`Runner._write_state` returns when the service stopped before the write.
+_NOT_WRITTEN = object()
 
 
 def _error_of(exc: BaseException, job: JobRow) -> dict:

@@ -93,9 +93,18 @@ class Settings(BaseSettings):
     tokens_file : path or None, default=None
         A file of ``tenant:token`` lines (``#`` comments allowed).
     max_concurrent_jobs : int, default=2
-        Jobs running at once; the rest wait in the queue in submission order.
+        Jobs running at once; the rest wait in the queue, dispatched fairly
+        between tenants (FIFO within one; see ``max_running_jobs_per_tenant``).
     max_queued_jobs : int, default=100
         Queue capacity; a submission beyond it is answered 429 with Retry-After.
+    max_queued_jobs_per_tenant : int or None, default=None
+        Jobs one tenant may have queued; its submission beyond it is answered
+        429 naming this limit. None: only ``max_queued_jobs`` applies.
+    max_running_jobs_per_tenant : int or None, default=None
+        Jobs of one tenant running at once (None: up to
+        ``max_concurrent_jobs``). Whatever the limits, the dispatcher is fair
+        between tenants: the tenant with the fewest running jobs, then the one
+        served least recently, starts next; FIFO within one tenant.
     max_attempts : int, default=3
         A job interrupted by service restarts this many times is failed.
     panel_bytes : int or None, default=None
@@ -135,6 +144,23 @@ class Settings(BaseSettings):
         CA that signed the scheduler's and workers' certificates, and this
         service's client certificate and key. Required together. The
         embedded cluster always uses TLS with a temporary certificate.
+    task_deadline : float, default=60
+        Floor of the deadline of a pass: when no panel task finishes for
+        ``max(task_deadline, task_deadline_factor x the median time between
+        two task completions so far in the job)`` seconds, the workers that do
+        not answer a ping (a hung, e.g. SIGSTOPped, worker) are retired as
+        lost and their tasks recompute elsewhere.
+    task_deadline_factor : float, default=10
+    state_retry_max : float, default=5
+        Longest pause between two tries of a job-state write the database
+        refused (disk full, read-only); the runner retries until it succeeds.
+    log_format : {"text", "json"}, default="text"
+        ``json``: one JSON object per log line (job events carry ``event``,
+        ``job``, ``tenant`` and more as fields).
+    metrics_token : secret str or None, default=None
+        Bearer token of ``GET /metrics``. With tenant tokens configured,
+        ``/metrics`` (every tenant's activity) answers only this token;
+        without it the endpoint is closed (403). With no tokens at all it is open.
     log_level : str, default="info"
     dashboard_link : str or None, default=None
         Address of the Dask dashboard as the browser reaches it, linked from
@@ -176,6 +202,8 @@ class Settings(BaseSettings):
     tokens_file: Path | None = None
     max_concurrent_jobs: int = Field(default=2, ge=1)
     max_queued_jobs: int = Field(default=100, ge=0)
+    max_queued_jobs_per_tenant: int | None = Field(default=None, ge=0)
+    max_running_jobs_per_tenant: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     panel_bytes: int | None = Field(default=None, ge=1)
     panel_cache: float = Field(default=0.4, ge=0.0, le=0.5)
@@ -191,6 +219,11 @@ class Settings(BaseSettings):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    task_deadline: float = Field(default=60.0, gt=0)
+    task_deadline_factor: float = Field(default=10.0, ge=1)
+    state_retry_max: float = Field(default=5.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
+    metrics_token: SecretStr | None = None
     log_level: str = "info"
     dashboard_link: str | None = None
     uploads_root: str = "./uploads"
@@ -202,7 +235,8 @@ class Settings(BaseSettings):
     _tenant_tokens: list[tuple[str, SecretStr]] = PrivateAttr(default_factory=list)
 
     @field_validator("scheduler", "s3_endpoint", "tls_ca_file", "tls_cert_file",
-                     "tls_key_file", mode="before")
+                     "tls_key_file", "max_queued_jobs_per_tenant",
+                     "max_running_jobs_per_tenant", "metrics_token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -133,9 +133,14 @@ class JobStore:
         ``on_change(job_id)`` after every committed change of a job.
     """
 
-    def __init__(self, path: str, on_change: Callable[[str], None] | None = None):
+    def __init__(self, path: str, on_change: Callable[[str], None] | None = None, *,
+                 tenant_queued: int | None = None, tenant_running: int | None = None):
         self.path = path
         self.on_change = on_change
+        #: Per-tenant limits (None: none): queued jobs at submit, running jobs at claim.
+        self.tenant_queued, self.tenant_running = tenant_queued, tenant_running
+        self._served: dict[str, int] = {}  # tenant -> claim counter when last served
+        self._claims = 0
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
@@ -299,16 +304,13 @@ class JobStore:
         Raises
         ------
         QueueFull
-            When ``max_queued`` jobs are queued already.
+            When ``max_queued`` jobs are queued already, or the tenant has
+            :attr:`tenant_queued` jobs queued.
         """
         job_id = uuid.uuid4().hex
         with self._tx() as db:
             ts = now()
-            if max_queued is not None:
-                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
-                                    ).fetchone()[0]
-                if queued >= max_queued:
-                    raise QueueFull(f"{queued} jobs are queued already (limit {max_queued})")
+            self._check_queue(db, tenant, max_queued)
             db.execute(
                 "INSERT INTO jobs (id, tenant, state, attempt, request, params, notes, "
                 "created_at, updated_at) VALUES (?, ?, 'queued', 1, ?, ?, ?, ?, ?)",
@@ -322,20 +324,64 @@ class JobStore:
             row = self._get(job_id)
         return row
 
+    def _check_queue(self, db: sqlite3.Connection, tenant: str,
+                     max_queued: int | None) -> None:
+        """Raise :class:`QueueFull` when the tenant's or the whole queue is full."""
+        if self.tenant_queued is not None:
+            mine = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND tenant = ?",
+                              (tenant,)).fetchone()[0]
+            if mine >= self.tenant_queued:
+                raise QueueFull(
+                    f"tenant {tenant!r} has {mine} jobs queued already, its limit "
+                    f"(SVDSERVE_MAX_QUEUED_JOBS_PER_TENANT) is {self.tenant_queued}; wait for "
+                    "some to start or cancel some")
+        if max_queued is not None:
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
+                                ).fetchone()[0]
+            if queued >= max_queued:
+                raise QueueFull(f"{queued} jobs are queued already (limit {max_queued})")
+
+    def _next_fair(self, db: sqlite3.Connection) -> str | None:
+        """The id of the job to start next: fair between tenants, FIFO within one.
+
+        Among tenants with a queued job and fewer running jobs than
+        :attr:`tenant_running`, the one with the fewest running jobs goes first,
+        then the one served least recently (round-robin), then the oldest job.
+        """
+        running = dict(db.execute("SELECT tenant, COUNT(*) FROM jobs WHERE state IN "
+                                  "('running', 'cancelling') GROUP BY tenant").fetchall())
+        heads = db.execute("SELECT tenant, MIN(seq) FROM jobs WHERE state = 'queued' "
+                           "GROUP BY tenant").fetchall()
+        limit = self.tenant_running
+        candidates = [(running.get(t, 0), self._served.get(t, 0), seq, t) for t, seq in heads
+                      if limit is None or running.get(t, 0) < limit]
+        if not candidates:
+            return None
+        _, _, seq, tenant = min(candidates)
+        self._claims += 1
+        self._served[tenant] = self._claims
+        return db.execute("SELECT id FROM jobs WHERE seq = ?", (seq,)).fetchone()["id"]
+
     def claim_next(self) -> JobRow | None:
-        """Move the oldest queued job to ``running``; None when the queue is empty."""
+        """Move the next queued job (:meth:`_next_fair`) to ``running``; None when
+        the queue is empty or every tenant with queued jobs is at its running limit."""
         with self._tx() as db:
             ts = now()
-            r = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
-                           ).fetchone()
-            if r is None:
+            job_id = self._next_fair(db)
+            if job_id is None:
                 return None
             db.execute("UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, "
                        "progress = NULL, version = version + 1 WHERE id = ?",
-                       (ts, ts, r["id"]))
-            self._touch(r["id"])
-            row = self._get(r["id"])
+                       (ts, ts, job_id))
+            self._touch(job_id)
+            row = self._get(job_id)
         return row
+
+    def active_attempts(self) -> set[tuple[str, str, int]]:
+        """``(tenant, job id, attempt)`` of every running or cancelling job."""
+        with self._lock:
+            return {(r["tenant"], r["id"], r["attempt"]) for r in self._db.execute(
+                "SELECT tenant, id, attempt FROM jobs WHERE state IN ('running', 'cancelling')")}
 
     def set_progress(self, job_id: str, attempt: int, progress: dict) -> None:
         # Progress is not worth an fsync: a crash loses at most the last value.
@@ -521,11 +567,18 @@ class _Transaction:
         touched: set[str] = set()
         try:
             if exc_type is None:
-                store._db.execute("COMMIT")
+                try:
+                    store._db.execute("COMMIT")
+                except sqlite3.Error:
+                    # e.g. SQLITE_FULL: a failed COMMIT may leave the transaction
+                    # open, and every later BEGIN would fail; end it.
+                    _rollback(store._db)
+                    store._touched = set()
+                    raise
                 touched, store._touched = store._touched, set()
                 store._committed(touched)
             else:
-                store._db.execute("ROLLBACK")
+                _rollback(store._db)
                 store._touched = set()
         finally:
             try:
@@ -533,3 +586,12 @@ class _Transaction:
             finally:
                 store._lock.release()
         store._changed(touched)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if any (SQLite may have rolled it back itself)."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

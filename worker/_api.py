@@ -134,7 +134,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, missing_chunks="fill",
         allow_missing_chunks=None, energy=None, max_rank=None, block_size=16,
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
-        memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct"):
+        memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct", interrupt=None,
+        task_deadline=None, task_deadline_factor=10.0):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -179,9 +180,11 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     random_state : int, default=0
         Seed of the Gaussian test matrix. Same seed, same input and same
         panel plan give the same factors on any number of workers.
-    client : distributed.Client, optional
+    client : distributed.Client, None or False, optional
         Cluster to run on; default: the current default client, else a
-        synchronous run in this process.
+        synchronous run in this process. ``False``: in this process even
+        when a default client exists (an in-memory matrix, say, that a
+        cluster would only have to be sent).
     storage_options : dict, optional
         fsspec options for the source URL (credentials, ``endpoint_url``).
     out : str, optional
@@ -274,6 +277,18 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         one of zstd, gzip, blosc, or a v2 compressor without filters), else
         zarr's pipeline. ``"zarr"``: always zarr's pipeline. The panels are
         bit-identical either way; ``report["plan"]["reader"]`` says which ran.
+    interrupt : callable, optional
+        Called every few milliseconds while the run waits on the cluster,
+        even while no panel finishes; an exception raised by it stops the run
+        (outstanding tasks are released) and propagates unchanged, as from
+        ``progress``.
+    task_deadline : float, optional
+        Floor of the deadline of a wait on the cluster (Dask only): when no
+        task finishes for ``max(task_deadline, task_deadline_factor × the
+        median time between two task completions)`` seconds, workers that
+        do not answer a ping (hung, e.g. stopped) are retired as lost; their
+        tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
+    task_deadline_factor : float, default=10
 
     Returns
     -------
@@ -321,7 +336,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                   compute_u=bool(compute_u) or src.wide,  # a wide matrix's tall factor is V
                   energy=energy, max_rank=max_rank, block_size=block_size,
                   sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
-    engine = make_engine(client, no_workers_timeout=no_workers_timeout)
+    engine = make_engine(client, no_workers_timeout=no_workers_timeout, interrupt=interrupt,
+                         task_deadline=task_deadline, deadline_factor=task_deadline_factor)
     src, layout = _cut(src, engine, panel_bytes, memory_fraction)
     out_opts = storage_options if out_storage_options is None else out_storage_options
     job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src))
@@ -403,7 +419,8 @@ def _run_algorithm(job, *, panel_cache, scratch, panel_bytes, reader):
                   decide_missing=None if markers is None else _missing_decider(job))
         return run, _factor(run, params)
     finally:
-        engine.release_cache(token)
+        if panel_cache:  # nothing to release otherwise (and no call to a hung worker)
+            engine.release_cache(token)
         remove_scratch(scratch_url, job.out_opts)
 
 
@@ -452,9 +469,15 @@ def _write_tall(job, run, fac, signs):
         writes = [eng.submit(_write_signed, h, sg, writer.url, writer.options_key,
                              writer.tall_name, s, e, src.wide)
                   for h, (s, e) in zip(fac.tall or (), bounds)]
-        for done, _ in enumerate(eng.completed(writes), start=1):
-            if progress is not None:
-                progress(done, len(writes), phase)
+        try:
+            for done, _ in enumerate(eng.completed(writes), start=1):
+                if progress is not None:
+                    progress(done, len(writes), phase)
+        except BaseException:
+            # A write task still running would recreate the files of an attempt
+            # the caller removes next: release the queued ones, wait for the rest.
+            eng.settle(writes)
+            raise
     else:
         if fac.tall is not None:
             tall = np.concatenate(eng.gather(fac.tall)) * signs

@@ -16,7 +16,11 @@ Each panel task returns ``(result, rows, rows_read, missing)``;
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
+
+import numpy as np
 
 from . import _cache
 from ._errors import WorkerLostError, map_exception
@@ -24,7 +28,7 @@ from ._kernels import mask_missing, prepare_panel
 from ._source import PanelRef, read_panel
 
 __all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task",
-           "smallest_memory_limit"]
+           "smallest_memory_limit", "run_on_workers", "PING_TIMEOUT"]
 
 
 class Phase(str):
@@ -58,7 +62,9 @@ def _read(panel, missing):
     Returns ``(block, owned, counts)`` (counts: :func:`~._kernels.mask_missing`).
     """
     block = read_panel(panel)
-    owned = isinstance(panel, PanelRef) or block is not panel
+    # An in-memory panel converted to float64 is ours; a view of it (a read-only
+    # memmap seen through np.asarray, say) is not.
+    owned = isinstance(panel, PanelRef) or not np.may_share_memory(block, panel)
     if missing is None:
         return block, owned, None
     masked, counts = mask_missing(block, missing, owned=owned)
@@ -171,6 +177,10 @@ class _Engine:
 
     def abort(self, handles):
         """Stop work that is no longer wanted (cancellation, errors)."""
+
+    def settle(self, handles):
+        """:meth:`abort`, then wait until none of ``handles`` still runs anywhere."""
+        self.abort(handles)
 
     def scatter(self, value):
         """Make a small value available to tasks (recomputable if a worker dies)."""
@@ -333,6 +343,17 @@ class DaskEngine(_Engine):
         be unreachable) while a pass waits, before :class:`WorkerLostError`.
     poll : float
         Seconds between checks of task status and cluster membership.
+    interrupt : callable, optional
+        Called at every check while waiting; what it raises stops the wait
+        (the caller releases the outstanding futures).
+    task_deadline : float, optional
+        Floor of the deadline (seconds) of a wait in which no task finishes;
+        the deadline is ``max(task_deadline, deadline_factor * cost)`` with
+        ``cost`` the median time between two task completions so far. Past
+        it, workers that do not answer a ping within a quarter of the deadline
+        (2 to :data:`PING_TIMEOUT` seconds) are retired as lost, unless none
+        answers (:meth:`_retire_hung`). None: no deadline.
+    deadline_factor : float, default=10
 
     Attributes
     ----------
@@ -341,11 +362,16 @@ class DaskEngine(_Engine):
         recomputed by the scheduler from lineage).
     """
 
-    def __init__(self, client, *, no_workers_timeout=60.0, poll=0.01):
+    def __init__(self, client, *, no_workers_timeout=60.0, poll=0.01, interrupt=None,
+                 task_deadline=None, deadline_factor=10.0):
         super().__init__()
         self.client = client
         self.no_workers_timeout = float(no_workers_timeout)
         self.poll = poll
+        self.interrupt = interrupt
+        self.task_deadline = None if task_deadline is None else float(task_deadline)
+        self.deadline_factor = float(deadline_factor)
+        self.gaps = deque(maxlen=1024)  # seconds between task completions (the measured cost)
         self.events = []
         self.phase = None
         self._workers = None
@@ -392,7 +418,7 @@ class DaskEngine(_Engine):
         want = [h.key for h in handles]
         try:
             found = {}
-            for got in self.client.run(_peek_local, want, keys).values():
+            for got in run_on_workers(self.client, _peek_local, want, keys).values():
                 found.update(got)
         except Exception:  # noqa: BLE001 - fall back to tasks below
             found = {}
@@ -412,7 +438,7 @@ class DaskEngine(_Engine):
 
     def release_cache(self, token):
         try:
-            self.client.run(_cache.release, token)
+            run_on_workers(self.client, _cache.release, token)
         except Exception:  # noqa: BLE001 - best effort on a dying cluster
             pass
 
@@ -424,6 +450,7 @@ class DaskEngine(_Engine):
         # back under the watchdog.
         out = [None] * len(handles)
         pending = dict(enumerate(handles))
+        since = time.monotonic()
         while pending:
             for _ in self.completed(list(pending.values())):
                 pass
@@ -432,7 +459,7 @@ class DaskEngine(_Engine):
                 values = self.client.sync(self.client._gather, [pending[i] for i in keys],
                                           errors="raise", callback_timeout=_BATCH_TIMEOUT)
             except TimeoutError:
-                values = None
+                values, since = None, self._tick(since)
             except Exception as exc:  # noqa: BLE001 - mapped to a typed error
                 _reraise(exc)
             if values is not None:
@@ -443,22 +470,29 @@ class DaskEngine(_Engine):
                 try:
                     out[i] = fut.result(timeout=max(self.poll, 0.5))
                 except TimeoutError:
+                    since = self._tick(since)  # its data may sit on a hung worker
                     continue
                 except Exception as exc:  # noqa: BLE001 - mapped to a typed error
                     _reraise(exc)
                 del pending[i]
+                since = time.monotonic()
         return out
 
     def finished(self, handles):
         remaining = dict(enumerate(handles))
+        since = time.monotonic()
         while remaining:
             # "lost" futures are being recomputed by the scheduler: still pending.
             done = [i for i, f in remaining.items()
                     if f.status in ("finished", "error", "cancelled")]
             self._watch()  # at most once a second: who joined, who left
             if not done:
+                since = self._tick(since)
                 time.sleep(self.poll)
                 continue
+            now = time.monotonic()
+            self.gaps.append(now - since)
+            since = now
             batch = []
             for i in sorted(done):
                 fut = remaining.pop(i)
@@ -477,6 +511,49 @@ class DaskEngine(_Engine):
 
     def check_members(self):
         self._watch(force=True)
+
+    def deadline(self):
+        """Seconds a wait may go without any task finishing (None: no deadline)."""
+        if self.task_deadline is None:
+            return None
+        cost = statistics.median(self.gaps) if self.gaps else 0.0
+        return max(self.task_deadline, self.deadline_factor * cost)
+
+    def _tick(self, since):
+        """One check while nothing finishes: the interrupt, then the deadline.
+
+        Returns the time the deadline counts from (reset after a check of the workers).
+        """
+        if self.interrupt is not None:
+            self.interrupt()
+        limit = self.deadline()
+        if limit is None or time.monotonic() - since < limit:
+            return since
+        self._retire_hung(limit)
+        return time.monotonic()
+
+    def _retire_hung(self, limit):
+        """Retire workers that do not answer a ping: a hung worker holds its tasks forever
+        (the scheduler notices a stopped process only when its heartbeat times out)."""
+        try:
+            ping = min(PING_TIMEOUT, max(2.0, limit / 4))
+            hung, n_workers = self.client.run_on_scheduler(_unresponsive_workers, ping)
+            if len(hung) >= n_workers:
+                # No worker answers: a pause of the whole cluster (or of this
+                # machine), not one hung worker; nobody would be left to recompute.
+                return
+            if hung:
+                self.client.run_on_scheduler(_remove_workers, hung)
+        except Exception:  # noqa: BLE001 - best effort; a lost scheduler is _watch's to report
+            return
+        where = f" during {self.phase}" if self.phase else ""
+        for addr in hung:
+            self.events.append(
+                f"worker {addr} finished no task for {limit:.0f}s and did not answer a ping"
+                f"{where} (hung); it was retired as lost and its tasks were recomputed on the "
+                "remaining workers")
+            if self._workers is not None:
+                self._workers.discard(addr)  # noted here, not again as "left"
 
     def _watch(self, force=False):
         """Note departed workers; give up when none is left for too long.
@@ -523,6 +600,23 @@ class DaskEngine(_Engine):
             except Exception:  # noqa: BLE001 - best effort on a dying cluster
                 pass
 
+    def settle(self, handles, timeout=30.0):
+        # A cancelled future's task that already started runs to its end on
+        # its worker (Dask cannot stop a running thread): ask the workers until
+        # none of them runs one any more. A worker that does not answer (hung)
+        # cannot be waited for.
+        self.abort(handles)
+        keys = [h.key for h in handles if h is not None]
+        deadline = time.monotonic() + timeout
+        while keys and time.monotonic() < deadline:
+            try:
+                busy = run_on_workers(self.client, _running_here, keys)
+            except Exception:  # noqa: BLE001 - a hung worker or a dying cluster
+                return
+            if not any(busy.values()):
+                return
+            time.sleep(0.05)
+
     def scatter(self, value):
         # A task that returns the value (not client.scatter): the scheduler
         # can recompute it if the worker holding it dies. For small blocks.
@@ -533,6 +627,56 @@ class DaskEngine(_Engine):
 
 
 _MISSING = object()
+
+#: Seconds a worker has to answer a ping (:meth:`DaskEngine._retire_hung`) and a
+#: ``client.run`` call to answer at all before it is given up (a hung worker never answers).
+PING_TIMEOUT = 5.0
+
+
+def run_on_workers(client, fn, *args, workers=None, timeout=PING_TIMEOUT):
+    """``client.run(fn, *args)`` that gives up after ``timeout`` seconds.
+
+    A worker process that is stopped (SIGSTOP) or otherwise hung accepts the
+    connection and never answers; a plain ``client.run`` would wait forever.
+
+    Raises
+    ------
+    TimeoutError
+        Some worker did not answer in time.
+    """
+    return client.sync(client._run, fn, *args, workers=workers, callback_timeout=timeout)
+
+
+async def _unresponsive_workers(timeout, dask_scheduler=None):
+    """On the scheduler: ``(addresses of the workers that do not answer ``identity``
+    in time, number of workers asked)``."""
+    import asyncio
+
+    async def ping(addr):
+        try:
+            await asyncio.wait_for(dask_scheduler.rpc(addr).identity(), timeout)
+        except Exception:  # noqa: BLE001 - no answer, whatever the reason
+            return addr
+        return None
+
+    workers = list(dask_scheduler.workers)
+    answers = await asyncio.gather(*(ping(a) for a in workers))
+    return sorted(a for a in answers if a is not None), len(workers)
+
+
+async def _remove_workers(addresses, dask_scheduler=None):
+    """On the scheduler: remove the workers as lost (their tasks are recomputed)."""
+    for addr in addresses:
+        if addr in dask_scheduler.workers:
+            await dask_scheduler.remove_worker(address=addr, close=True,
+                                               stimulus_id=f"svdserve-hung-{time.time()}")
+
+
+def _running_here(keys, dask_worker=None):
+    """On a worker: which of ``keys`` it is still executing (cancelled ones included)."""
+    tasks = dask_worker.state.tasks
+    busy = ("executing", "long-running", "cancelled", "resumed")
+    return [k for k in keys if k in tasks and tasks[k].state in busy]
 
 
 def _peek_local(keys, path, dask_worker=None):
@@ -579,7 +723,12 @@ def smallest_memory_limit(workers):
 
 
 def make_engine(client, **options):
-    """Pick the engine: the given client, else the default client, else local."""
+    """Pick the engine: the given client, else the default client, else local.
+
+    ``client=False`` runs in this process even when a default client exists.
+    """
+    if client is False:
+        return LocalEngine()
     if client is None:
         try:
             from distributed import default_client

@@ -32,6 +32,7 @@ from tests._server import server_env as _server_env
 pytestmark = pytest.mark.slow
 
 ALICE, BOB = "tok-alice-0123456789", "tok-bob-9876543210"
+OPERATOR = "tok-metrics-5555555555"  # SVDSERVE_METRICS_TOKEN: /metrics is operator-only
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def big(e2e_data):
 
 
 def server_env(root, name):
-    return _server_env(root / "data", root / name, tokens={"alice": ALICE, "bob": BOB})
+    return _server_env(root / "data", root / name, tokens={"alice": ALICE, "bob": BOB},
+                       metrics_token=OPERATOR)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,9 @@ def test_lifecycle_over_http(server, big):
                        headers={"Idempotency-Key": "e2e-lifecycle"})
         assert again.status_code == 200 and again.json()["id"] == job_id
         assert httpx.get(f"{server.url}/v1/jobs").status_code == 401
-        metrics = c.get("/metrics").text
+        assert c.get("/metrics").status_code == 403  # a tenant's token: not an operator
+        with http(server, OPERATOR) as ops:
+            metrics = ops.get("/metrics").text
         assert 'svdserve_jobs{state="succeeded"}' in metrics
 
 
