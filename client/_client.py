@@ -14,13 +14,12 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from ._errors import StorageAccessError
 from ._http import DEFAULT_TIMEOUT, HTTPTransport
 from ._job import Job
 from ._literals import METHODS, Method
 from ._report import EnergyReport
 from ._result import StoredResult
-from ._storage import absolute_url, is_remote, local_path, write_array
+from ._storage import absolute_url, is_remote, write_array
 from ._upload import upload_http, zarr_name
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -427,37 +426,6 @@ class Client:
         self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
 
     # -- results ----------------------------------------------------------------------------
-
-    def _direct_readable(self, url: str) -> bool:
-        if is_remote(url):
-            return url.startswith(("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://")) and (
-                self.storage_options is not None
-            )
-        return os.path.isdir(local_path(url))
-
-    def _open_result(self, job: dict[str, Any]) -> StoredResult:
-        info = job.get("result") or {}
-        url = info.get("url")
-        if self.result_access in ("auto", "direct") and url:
-            if self._direct_readable(url):
-                so = self.storage_options if is_remote(url) else None
-                try:
-                    return StoredResult.open(url, so, job=job)
-                except StorageAccessError:
-                    if self.result_access == "direct":
-                        raise
-            elif self.result_access == "direct":
-                raise StorageAccessError(
-                    f"the result of job {job.get('id')} is at {url!r}, which is not readable "
-                    "from this machine; use result_access='http' (or 'auto'), mount the "
-                    "results volume, or pass storage_options for S3"
-                )
-        http_path = info.get("http") or (job.get("links") or {}).get("result") or (
-            f"/v1/jobs/{job['id']}/result"
-        )
-        return StoredResult.open(
-            self._http.url(http_path), {"headers": dict(self._http.auth_headers)}, job=job
-        )
 
     def open_result(
         self, url: str, storage_options: dict[str, Any] | None = None
