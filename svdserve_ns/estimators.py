@@ -186,6 +186,44 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         x = self._masked(data.lazy())
         return x, data
 
+    def _affine(self):
+        """``(mean, explained_variance)`` of :func:`project`: None, None (no centring or
+        whitening); :class:`PCA` gives its mean, and its variances when whitening."""
+        return None, None
+
+    def transform(self, X):
+        """Project X on the components: ``(X − mean)·V`` (PCA: whitened when ``whiten``).
+
+        Parameters
+        ----------
+        X : array-like, dask array, str, zarr.Array or xarray.DataArray
+            Of shape (n_samples, n_features).
+
+        Returns
+        -------
+        X_new : ndarray or dask array of shape (n_samples, n_components_)
+            A lazy dask array unless X is in memory.
+        """
+        x, data = self._transform_data(X)
+        out = project(x, self.components_, *self._affine())
+        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
+
+    def inverse_transform(self, X):
+        """Map projections back to the feature space: ``Z·Vᵀ + mean`` (whitening undone).
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_components_)
+
+        Returns
+        -------
+        X_original : ndarray or dask array of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        if type(X).__module__.split(".")[0] != "dask":
+            X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
+        return unproject(X, self.components_, *self._affine())
+
     @property
     def _n_features_out(self):
         return self.components_.shape[0]
@@ -393,41 +431,8 @@ class PCA(_SVDEstimator):
         self.explained_variance_ratio_ = ratio.astype(dtype)
         self.noise_variance_ = dtype(noise)
 
-    def _whitening(self):
-        return self.explained_variance_ if self.whiten else None
-
-    def transform(self, X):
-        """Project X on the principal components.
-
-        Parameters
-        ----------
-        X : array-like, dask array, str, zarr.Array or xarray.DataArray
-            Of shape (n_samples, n_features).
-
-        Returns
-        -------
-        X_new : ndarray or dask array of shape (n_samples, n_components_)
-            A lazy dask array unless X is in memory.
-        """
-        x, data = self._transform_data(X)
-        out = project(x, self.components_, self.mean_, self._whitening())
-        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
-
-    def inverse_transform(self, X):
-        """Map projections back to the feature space (whitening undone).
-
-        Parameters
-        ----------
-        X : array-like or dask array of shape (n_samples, n_components_)
-
-        Returns
-        -------
-        X_original : ndarray or dask array of shape (n_samples, n_features)
-        """
-        check_is_fitted(self)
-        if type(X).__module__.split(".")[0] != "dask":
-            X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
-        return unproject(X, self.components_, self.mean_, self._whitening())
+    def _affine(self):
+        return self.mean_, (self.explained_variance_ if self.whiten else None)
 
     def get_covariance(self):
         """Covariance of the data under the probabilistic PCA model.
@@ -588,30 +593,3 @@ class TruncatedSVD(_SVDEstimator):
             full_var = float(full_var)
         ratio = exp_var / full_var if full_var > 0 else np.zeros_like(exp_var)
         return exp_var.astype(dtype), ratio.astype(dtype)
-
-    def transform(self, X):
-        """X·V: the projections of X (lazy unless X is in memory).
-
-        Returns
-        -------
-        X_new : ndarray or dask array of shape (n_samples, n_components)
-        """
-        x, data = self._transform_data(X)
-        out = project(x, self.components_)
-        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
-
-    def inverse_transform(self, X):
-        """Z·Vᵀ: back to the feature space.
-
-        Parameters
-        ----------
-        X : array-like or dask array of shape (n_samples, n_components)
-
-        Returns
-        -------
-        X_original : ndarray or dask array of shape (n_samples, n_features)
-        """
-        check_is_fitted(self)
-        if type(X).__module__.split(".")[0] != "dask":
-            X = check_array(X, input_name="X")
-        return unproject(X, self.components_)
