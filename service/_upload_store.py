@@ -437,7 +437,13 @@ class UploadStore:
         return rec.state == "uploading" and now - rec.updated_at > self.expiry
 
     def sweep(self, tenant: str | None = None, now: float | None = None) -> int:
-        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many."""
+        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many.
+
+        Each record is read again under its upload's lock, so a block that
+        arrived since keeps the upload. A directory without a record older
+        than the expiry goes too: what a block write leaves when its upload
+        is deleted meanwhile (zarr creates the chunk's folders again).
+        """
         now = time.time() if now is None else now
         try:
             tenants = [tenant] if tenant else os.listdir(self.state_root)
@@ -450,9 +456,23 @@ class UploadStore:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in filter(_ID.match, names):
-                rec = self._load(t, name)
-                if rec is not None and self._expired(rec, now):
-                    with self.lock(t, name):
+                with self.lock(t, name):
+                    rec = self._load(t, name)
+                    if rec is None:
+                        removed += self._remove_orphan(t, name, now)
+                    elif self._expired(rec, now):
                         self._remove(rec)
-                    removed += 1
+                        removed += 1
         return removed
+
+    def _remove_orphan(self, tenant: str, upload_id: str, now: float) -> int:
+        """Remove an upload directory without ``upload.json`` untouched for the expiry
+        (younger: an upload being created); 1 if removed."""
+        folder = self._dir(tenant, upload_id)
+        try:
+            stale = now - os.path.getmtime(folder) > self.expiry
+        except FileNotFoundError:
+            return 0
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return int(stale)
