@@ -239,17 +239,23 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
 
 def _on_service(data, client, rank, kw):
     """Submit to the service: a path as it is; any other matrix uploaded over HTTP
-    first (:meth:`svdserve.client.Client.upload`), its upload deleted once the job ended."""
+    first (:meth:`svdserve.client.Client.upload`), its upload deleted once the job
+    ended or the upload failed."""
     if data.kind == "path":
         job = client.submit(data.obj, rank, array=data.array, sample_dims=data.sample_dims,
                             **kw)
         return _factors(job.result())
+    from svdserve.client import NotFound
+
     name = f"estimator-{uuid.uuid4().hex[:12]}"
-    source = client.upload(data.lazy(), name, via="http")
-    try:
+    try:  # an upload cut short is deleted too: it would hold its quota until it expired
+        source = client.upload(data.lazy(), name, via="http")
         return _factors(client.submit(source, rank, **kw).result())
     finally:
-        client.delete_upload(name)
+        try:
+            client.delete_upload(name)
+        except NotFound:  # the upload was never created (refused, or a transport failure)
+            pass
 
 
 def _factors(res):

@@ -14,7 +14,7 @@ and fit on the same numerical core as the service:
 - on a Dask cluster (``client=distributed.Client(...)``);
 - through a service (``client=svdserve.client.Client(url)``; a path or URL
   the service reads is submitted as it is, any other input is uploaded over
-  HTTP first and its upload deleted when the job has ended).
+  HTTP first and its upload deleted when the job has ended, or the upload failed).
 
 ``X`` may be a NumPy array (or anything scikit-learn takes as one), a dask
 array, a Zarr path or URL (``array=`` names the array in a group), a
