@@ -377,7 +377,7 @@ class PCA(_SVDEstimator):
         method = SOLVERS[self.svd_solver]
         energy = rank = None
         if nc is None or nc == "mle":
-            m, n = data.shape
+            m, n = self._shape_here(data)
             if nc == "mle" and m < n:
                 raise ValueError("n_components='mle' is only supported if n_samples >= "
                                  f"n_features; got {m} samples and {n} features")
@@ -394,6 +394,17 @@ class PCA(_SVDEstimator):
             fac = self._decompose(data, k, None, "exact", n_iter, compute_u)
         self._set_attributes(fac, k, self._dtype(data))
         return data, fac
+
+    def _shape_here(self, data):
+        """``data.shape``, read from X's metadata in this process (``n_components=None`` or
+        ``"mle"`` need it before the fit); a ValueError naming X when it cannot be read."""
+        try:
+            return data.shape
+        except (OSError, ValueError) as exc:  # e.g. a path only the service can read
+            raise ValueError(
+                f"n_components={self.n_components!r} needs the shape of X, read from its "
+                f"metadata in this process, which cannot open {data.obj!r} ({exc}); check "
+                "the path, or give n_components as an int or a fraction in (0, 1)") from exc
 
     def _kept(self, fac, energy):
         """Components kept: scikit-learn's rules for ``"mle"``, 0 and an energy target
