@@ -81,6 +81,9 @@ def check_dtype(value: str) -> str:
     if dt.kind not in "iufb":
         raise ValueError(f"dtype {value!r} is not real numbers; the service decomposes "
                          "float, integer or bool matrices (float64, float32, int64, ...)")
+    if dt.kind == "f" and dt.itemsize > 8:
+        raise ValueError(f"dtype {value!r} ({dt.name}, extended precision) has no Zarr v3 "
+                         "data type; convert the matrix to float64 and declare 'float64'")
     if dt.byteorder == ">":
         raise ValueError(f"dtype {value!r} is big-endian; blocks are sent little-endian: "
                          f"declare {dt.newbyteorder('<').name!r} and send its bytes")
