@@ -247,17 +247,16 @@ class UploadStore:
 
     def received(self, rec: UploadRecord) -> set[int]:
         """Indices of the blocks received so far (one directory listing)."""
-        folder = os.path.join(self._dir(rec.tenant, rec.id), "blocks")
-        names = os.listdir(folder) if os.path.isdir(folder) else ()
+        try:  # gone: the upload was deleted meanwhile
+            names = os.listdir(os.path.join(self._dir(rec.tenant, rec.id), "blocks"))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         return {int(name) for name in names if _BLOCK_FILE.match(name)}
 
     def digests(self, rec: UploadRecord) -> dict[int, str]:
         """``{block index: sha-256 hex}`` of the blocks received so far."""
-        out = {}
-        for i in self.received(rec):
-            with open(self._block_file(rec, i)) as f:
-                out[i] = f.read().strip()
-        return out
+        known = {i: self._known_digest(rec, i) for i in self.received(rec)}
+        return {i: d for i, d in known.items() if d is not None}  # None: deleted meanwhile
 
     # ------------------------------------------------------------------ create
     def default_block_rows(self, n: int, itemsize: int, m: int) -> int:
