@@ -225,7 +225,11 @@ async def login_form(request: Request, next: str = "/") -> Response:  # noqa: A0
 @pages_router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     """Check the token of the form and set the session cookie (the token stays out of URLs)."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:  # more fields than the page's form has
+        return _login_page(request, "/", "The log-in form takes a token (and the page to "
+                                         "go to next); send only those fields.", status=400)
     token = (form.get("token") or [""])[0].strip()
     next_path = _safe_next((form.get("next") or ["/"])[0])
     auth: TokenAuth = request.app.state.auth

@@ -12,7 +12,6 @@ import os
 import posixpath
 import re
 import shutil
-
 from collections.abc import Callable
 
 import fsspec

@@ -81,6 +81,9 @@ def check_dtype(value: str) -> str:
     if dt.kind not in "iufb":
         raise ValueError(f"dtype {value!r} is not real numbers; the service decomposes "
                          "float, integer or bool matrices (float64, float32, int64, ...)")
+    if dt.kind == "f" and dt.itemsize > 8:
+        raise ValueError(f"dtype {value!r} ({dt.name}, extended precision) has no Zarr v3 "
+                         "data type; convert the matrix to float64 and declare 'float64'")
     if dt.byteorder == ">":
         raise ValueError(f"dtype {value!r} is big-endian; blocks are sent little-endian: "
                          f"declare {dt.newbyteorder('<').name!r} and send its bytes")
@@ -244,17 +247,16 @@ class UploadStore:
 
     def received(self, rec: UploadRecord) -> set[int]:
         """Indices of the blocks received so far (one directory listing)."""
-        folder = os.path.join(self._dir(rec.tenant, rec.id), "blocks")
-        names = os.listdir(folder) if os.path.isdir(folder) else ()
+        try:  # gone: the upload was deleted meanwhile
+            names = os.listdir(os.path.join(self._dir(rec.tenant, rec.id), "blocks"))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         return {int(name) for name in names if _BLOCK_FILE.match(name)}
 
     def digests(self, rec: UploadRecord) -> dict[int, str]:
         """``{block index: sha-256 hex}`` of the blocks received so far."""
-        out = {}
-        for i in self.received(rec):
-            with open(self._block_file(rec, i)) as f:
-                out[i] = f.read().strip()
-        return out
+        known = {i: self._known_digest(rec, i) for i in self.received(rec)}
+        return {i: d for i, d in known.items() if d is not None}  # None: deleted meanwhile
 
     # ------------------------------------------------------------------ create
     def default_block_rows(self, n: int, itemsize: int, m: int) -> int:
@@ -437,7 +439,13 @@ class UploadStore:
         return rec.state == "uploading" and now - rec.updated_at > self.expiry
 
     def sweep(self, tenant: str | None = None, now: float | None = None) -> int:
-        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many."""
+        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many.
+
+        Each record is read again under its upload's lock, so a block that
+        arrived since keeps the upload. A directory without a record older
+        than the expiry goes too: what a block write leaves when its upload
+        is deleted meanwhile (zarr creates the chunk's folders again).
+        """
         now = time.time() if now is None else now
         try:
             tenants = [tenant] if tenant else os.listdir(self.state_root)
@@ -450,9 +458,23 @@ class UploadStore:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in filter(_ID.match, names):
-                rec = self._load(t, name)
-                if rec is not None and self._expired(rec, now):
-                    with self.lock(t, name):
+                with self.lock(t, name):
+                    rec = self._load(t, name)
+                    if rec is None:
+                        removed += self._remove_orphan(t, name, now)
+                    elif self._expired(rec, now):
                         self._remove(rec)
-                    removed += 1
+                        removed += 1
         return removed
+
+    def _remove_orphan(self, tenant: str, upload_id: str, now: float) -> int:
+        """Remove an upload directory without ``upload.json`` untouched for the expiry
+        (younger: an upload being created); 1 if removed."""
+        folder = self._dir(tenant, upload_id)
+        try:
+            stale = now - os.path.getmtime(folder) > self.expiry
+        except FileNotFoundError:
+            return 0
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return int(stale)

@@ -71,6 +71,15 @@ def test_log_in_once_with_an_http_only_cookie(service):
         assert c.get("/").status_code == 401
 
 
+def test_a_log_in_form_with_too_many_fields_is_a_400_page(service):
+    with service(tokens=TOKENS) as c:
+        body = "&".join(f"f{i}=x" for i in range(10)) + "&token=token-alice-0123"
+        r = c.post("/login", content=body, follow_redirects=False,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "send only those fields" in r.text
+        assert "svdserve_session" not in c.cookies
+
+
 def test_a_forged_or_stale_session_is_refused():
     from svdserve.service._auth import SESSION_SECONDS, TokenAuth
 
