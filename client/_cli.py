@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._errors import (
+    Conflict,
     Forbidden,
     InputFileError,
     InvalidRequest,
@@ -369,11 +370,16 @@ def cmd_upload(args: argparse.Namespace) -> int:
     data = read_matrix(src, array=args.array, chunks=args.chunks,
                        storage_options=so if is_remote(src) else None)
     with _make_client(args) as client:
-        url = client.upload(
-            data, args.dest, storage_options=so, chunks=args.chunks,
-            array=args.dest_array, overwrite=args.overwrite,
-            via="http" if args.http else "auto",
-        )
+        try:
+            url = client.upload(
+                data, args.dest, storage_options=so, chunks=args.chunks,
+                array=args.dest_array, overwrite=args.overwrite,
+                via="http" if args.http else "auto",
+            )
+        except Conflict as exc:  # the name is taken among this tenant's uploads
+            print(f"{PROG}: error: {_one_line(flag_text(str(exc)))}; or replace it: "
+                  f"{PROG} upload {src} {args.dest} --overwrite", file=sys.stderr)
+            return EXIT_FAILED
     m, n = data.shape
     print(url)
     print(f"wrote {m}x{n} {data.dtype} to {url}" + (f" [{args.dest_array}]" if args.dest_array
