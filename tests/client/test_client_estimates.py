@@ -8,6 +8,8 @@ CLI; numbers against NumPy on the same data.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,16 @@ def test_exact_rank_5_of_64_columns_knows_every_energy_rank(client, data_dir, tm
     fig.savefig(tmp_path / "scree.png")
     assert max(len(line.get_xdata()) for line in fig.axes[0].get_lines()) == 64
     assert res.report.to_dict() == rep.to_dict()
+
+
+def test_report_table_prints_flat_spectral_gaps_to_four_digits(client, data_dir):
+    # A Gaussian 400×40 has a flat spectrum: its largest gaps σr/σr+1 are 1.0x, which the
+    # table printed as "1" (3 significant digits) before; the page shows 4 digits.
+    A = np.random.default_rng(7).standard_normal((400, 40))
+    url = client.upload(A, data_dir / "gaussian.zarr", chunks=100)
+    report = client.submit(url, 5, method="exact").result(timeout=120).report
+    line = next(ln for ln in report.table().splitlines() if ln.startswith("largest spectral"))
+    printed = re.findall(r"σr/σr\+1 ([0-9.e+]+)\)", line)
+    ratios = [g["ratio"] for g in report["spectral_gaps"]]
+    assert printed == [f"{r:.4g}" for r in ratios]
+    assert all(1.0 < r < 1.5 for r in ratios) and "1" not in printed, line
