@@ -75,7 +75,7 @@ _NAMES = "|".join(sorted((k for k in FLAGS if re.fullmatch(r"[a-z_]+", k)), key=
                          reverse=True))
 _FIELD_RE = re.compile(r"\b(?:body|path|header)\.([A-Za-z_.-]+[A-Za-z_])")
 _ASSIGN_RE = re.compile(rf"\b({_NAMES})=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|True|False|None|"
-                        r"-?[0-9][0-9.e+-]*)")
+                        rf"-?[0-9][0-9.e+-]*|(?:{'|'.join(METHODS)})\b)")
 _TICK_RE = re.compile(rf"`({_NAMES})`")
 _BARE_RE = re.compile(r"(?<![\w./-])(" + "|".join(k for k in FLAGS if "_" in k and "." not in k)
                       + r")(?![\w=])")
@@ -325,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(report.to_dict())
         else:
-            print(report.table(max_rows=args.rows))
+            print(flag_text(report.table(max_rows=args.rows)))  # notes in the CLI's words
         if args.plot:
             path = report.plot(args.plot)
             print(f"wrote {path}", file=sys.stderr)

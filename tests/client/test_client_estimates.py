@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from svdserve._cli import main
+from svdserve.client._cli import flag_text
 
 from tests._check import EPS
 
@@ -58,7 +59,11 @@ def test_sketch_too_coarse_is_flagged_in_report_notes_and_cli(service, client, d
     assert warning in client.get(job.id).notes  # the job's notes
     code = main(["report", job.id, "--url", service.url, "--token", service.token])
     out = capsys.readouterr().out
-    assert code == 0 and f"note: {warning}" in out and "above σ_k" in out
+    # the command line speaks in its flags, in `report` as in `status`
+    assert code == 0 and f"note: {flag_text(warning)}" in out and "above σ_k" in out
+    assert "use --method randomized with --n-iter ≥ 1" in out, out
+    code = main(["status", job.id, "--url", service.url, "--token", service.token])
+    assert "use --method randomized with --n-iter ≥ 1" in capsys.readouterr().out
     # The same data with the exact method and rank 2: nothing to flag.
     ex = client.submit(url, 2, method="exact").result(timeout=120)
     assert ex.report.error_estimate["source"] == "exact"
