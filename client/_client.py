@@ -380,8 +380,9 @@ class Client:
         array : str or None
             Write into a group at ``url`` under this name (submit with ``array=``).
         overwrite : bool, default=False
-            Replace an existing array (not over HTTP: delete the upload first,
-            :meth:`delete_upload`).
+            Replace an existing array. Over HTTP: delete this tenant's upload
+            of that name first, committed or not (a job that pinned it and has
+            not yet read it then fails with ``storage_error``).
         via : {"auto", "storage", "http"}, default="auto"
             ``"auto"``: HTTP for a bare name, storage for a path or URL.
         block_rows : int or None, default=None
@@ -400,11 +401,13 @@ class Client:
             raise ValueError(f"via must be 'auto', 'storage' or 'http', got {via!r}")
         bare = isinstance(url, str) and "/" not in url and os.sep not in url and ":" not in url
         if via == "http" or (via == "auto" and bare):
-            if array is not None or overwrite:
-                raise ValueError("array= and overwrite= apply to storage uploads only; over "
-                                 "HTTP delete an existing upload first (Client.delete_upload)")
+            if array is not None:
+                raise ValueError(f"array= applies to storage uploads only, got array={array!r} "
+                                 f"for the upload {os.fspath(url)!r} over HTTP; drop it")
             if block_rows is None and isinstance(chunks, (int, np.integer)):
                 block_rows = int(chunks)
+            if overwrite:
+                self._delete_upload_if_any(os.fspath(url))
             return upload_http(self._http, arr, os.fspath(url), block_rows=block_rows,
                                progress=progress)
         so = storage_options if storage_options is not None else self.storage_options
@@ -419,11 +422,16 @@ class Client:
 
     def delete_upload(self, upload: str) -> None:
         """Delete an upload, committed or not, given its id or its name."""
+        if not self._delete_upload_if_any(upload):
+            self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
+
+    def _delete_upload_if_any(self, upload: str) -> bool:
+        """Delete the upload with this id or name if this tenant has one; whether it had."""
         for item in self.uploads():
             if upload == item["id"] or zarr_name(upload) == item["name"]:
                 self._http.request("DELETE", f"/v1/uploads/{item['id']}")
-                return
-        self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
+                return True
+        return False
 
     # -- results ----------------------------------------------------------------------------
 

@@ -135,3 +135,26 @@ def test_cli_upload_over_http(service, tmp_path, capsys):
     z = zarr.open_array(source, mode="r")
     assert z.dtype == np.float32 and z.chunks == (16, 6)
     np.testing.assert_array_equal(z[...], A)
+
+
+def test_cli_upload_over_http_overwrite_replaces_a_taken_name(service, tmp_path, capsys):
+    """A name taken among the tenant's uploads: without --overwrite exit 1 naming the flag;
+    with it the old upload is deleted and the new matrix committed under the same name."""
+    first, second = low_rank(30, 4, 2, seed=31), low_rank(40, 4, 2, seed=32)
+    np.save(tmp_path / "first.npy", first)
+    np.save(tmp_path / "second.npy", second)
+    common = ["--url", service.url, "--token", service.token]
+    assert main(["upload", str(tmp_path / "first.npy"), "cli-overwrite", *common]) == 0
+    capsys.readouterr()
+    assert main(["upload", str(tmp_path / "second.npy"), "cli-overwrite", *common]) == 1
+    err = capsys.readouterr().err
+    assert "exists already" in err and "--overwrite" in err, err
+    code = main(["upload", str(tmp_path / "second.npy"), "cli-overwrite", "--overwrite", *common])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    source = out.strip().splitlines()[-1]
+    np.testing.assert_array_equal(zarr.open_array(source, mode="r")[...], second)
+    c = service.client()
+    assert [u["name"] for u in c.uploads()].count("cli-overwrite.zarr") == 1
+    c.delete_upload("cli-overwrite")
+    c.close()
