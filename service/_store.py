@@ -14,6 +14,7 @@ States: :mod:`._states`.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -26,7 +27,15 @@ from typing import Any
 from ._errors import ServiceError
 from ._states import STATES, TERMINAL
 
-__all__ = ["JobStore", "JobRow", "QueueFull", "WrongState", "TERMINAL", "STATES"]
+__all__ = ["JobStore", "JobRow", "QueueFull", "WrongState", "TERMINAL", "STATES", "ID_PATTERN",
+           "MIN_PREFIX", "PREFIX_PATTERN"]
+
+#: A job's id (and an upload's): ``uuid4().hex``, 32 lowercase hex digits.
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: The shortest prefix of a job id that names it (as git and docker take them).
+MIN_PREFIX = 6
+#: What may be a prefix of a job id (lowercase hex, shorter than a whole id).
+PREFIX_PATTERN = re.compile(r"^[0-9a-f]{1,31}$")
 
 
 _SCHEMA = """

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ._errors import ServiceError
+from ._store import ID_PATTERN
 
 __all__ = ["UploadStore", "UploadRecord", "UploadError", "NAME_PATTERN", "STATE_DIR",
            "check_dtype", "ranges"]
@@ -47,7 +48,6 @@ __all__ = ["UploadStore", "UploadRecord", "UploadError", "NAME_PATTERN", "STATE_
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: Directory under the uploads root holding records and staging arrays.
 STATE_DIR = ".uploads"
-_ID = re.compile(r"^[0-9a-f]{32}$")
 _BLOCK_FILE = re.compile(r"^[0-9]+$")
 
 
@@ -228,7 +228,7 @@ class UploadStore:
 
     def get(self, tenant: str, upload_id: str) -> UploadRecord | None:
         """The tenant's upload ``upload_id`` (None: unknown, expired or another tenant's)."""
-        if not _ID.match(upload_id):
+        if not ID_PATTERN.match(upload_id):
             return None
         rec = self._load(tenant, upload_id)
         if rec is not None and self._expired(rec, time.time()):
@@ -242,7 +242,7 @@ class UploadStore:
             names = os.listdir(os.path.join(self.state_root, tenant))
         except FileNotFoundError:
             return []
-        records = [self.get(tenant, name) for name in names if _ID.match(name)]
+        records = [self.get(tenant, name) for name in names if ID_PATTERN.match(name)]
         return sorted((r for r in records if r is not None), key=lambda r: -r.created_at)
 
     def received(self, rec: UploadRecord) -> set[int]:
@@ -457,7 +457,7 @@ class UploadStore:
                 names = os.listdir(os.path.join(self.state_root, t))
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name in filter(_ID.match, names):
+            for name in filter(ID_PATTERN.match, names):
                 with self.lock(t, name):
                     rec = self._load(t, name)
                     if rec is None:

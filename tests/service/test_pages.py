@@ -119,10 +119,14 @@ def test_another_tenants_job_page_is_404(service, wait):
         assert c.get(f"/jobs/{mine}").status_code == 401  # not logged in: the log-in form
         login(c)
         assert c.get(f"/jobs/{mine}").status_code == 200
-        for other in (theirs, "0" * 32, "not-an-id"):
+        for other in (theirs, theirs[:8], "0" * 32, "not-an-id"):
             r = c.get(f"/jobs/{other}")
             assert r.status_code == 404 and "No such job" in r.text
         assert c.get(f"/v1/jobs/{theirs}").status_code == 404
+        # the short id the list and the CLI show leads to the page of the job it names
+        r = c.get(f"/jobs/{mine[:8]}", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/jobs/{mine}"
+        assert c.get(f"/jobs/{mine[:5]}").status_code == 404  # too short to name a job
 
 
 @pytest.mark.parametrize("tokens", [None, TOKENS])
