@@ -6,6 +6,7 @@ never imports :mod:`svdserve.service`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import warnings
@@ -47,6 +48,23 @@ def normalize_source(source: str | os.PathLike) -> str:
     if is_remote(source) or source.startswith("file://") or os.path.isabs(source):
         return source
     return os.path.abspath(source)
+
+
+def _missing_chunks_fields(missing_chunks, allow_missing_chunks) -> dict[str, Any]:
+    """The job fields for absent chunks, sent only when set (older services refuse
+    unknown fields); the deprecated ``allow_missing_chunks`` warns."""
+    fields: dict[str, Any] = {}
+    if missing_chunks is not None:
+        if missing_chunks not in ("fill", "error"):
+            raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
+                             f"{missing_chunks!r}")
+        fields["missing_chunks"] = missing_chunks
+    if allow_missing_chunks is not None:
+        warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
+                      "value by default; pass missing_chunks='error' to refuse them",
+                      DeprecationWarning, stacklevel=3)
+        fields["allow_missing_chunks"] = bool(allow_missing_chunks)
+    return fields
 
 
 class Client:
@@ -236,7 +254,7 @@ class Client:
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")
         body = {
-            "source": {"url": self._source_url(source), "array": array},
+            "source": {"url": None, "array": array},
             "rank": rank,
             "method": method,
             "n_oversamples": n_oversamples,
@@ -245,17 +263,7 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        # Sent only when set: older services refuse unknown fields.
-        if missing_chunks is not None:
-            if missing_chunks not in ("fill", "error"):
-                raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
-                                 f"{missing_chunks!r}")
-            body["missing_chunks"] = missing_chunks
-        if allow_missing_chunks is not None:
-            warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
-                          "value by default; pass missing_chunks='error' to refuse them",
-                          DeprecationWarning, stacklevel=2)
-            body["allow_missing_chunks"] = bool(allow_missing_chunks)
+        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
@@ -267,20 +275,30 @@ class Client:
             if max_rank is not None:
                 body["max_rank"] = max_rank
         key = idempotency_key or str(uuid.uuid4())
-        response = self._http.request(
-            "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
-        )
+        # an in-memory array is uploaded last, once the request is known to be well formed
+        body["source"]["url"], uploaded = self._source_url(source)
+        try:
+            response = self._http.request(
+                "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
+            )
+        except BaseException:
+            if uploaded is not None:  # no job will read it: give the tenant's quota back
+                with contextlib.suppress(Exception):  # the submit's error is the one to see
+                    self._delete_upload_if_any(uploaded)
+            raise
         return Job(self, response.json())
 
-    def _source_url(self, source: Any) -> str:
-        """The URL a job names: a path or URL as given, an in-memory array uploaded first."""
-        if not isinstance(source, (str, os.PathLike)):
-            if not (hasattr(source, "shape") and hasattr(source, "dtype")):
-                raise TypeError(
-                    f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
-                    f"upload; got {type(source).__name__} (np.asarray(x) first)")
-            source = self.upload(source, f"array-{uuid.uuid4().hex[:12]}", via="http")
-        return normalize_source(source)
+    def _source_url(self, source: Any) -> tuple[str, str | None]:
+        """``(the URL a job names, the upload's name or None)``: a path or URL as given,
+        an in-memory array uploaded over HTTP."""
+        if isinstance(source, (str, os.PathLike)):
+            return normalize_source(source), None
+        if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+            raise TypeError(
+                f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
+                f"upload; got {type(source).__name__} (np.asarray(x) first)")
+        name = f"array-{uuid.uuid4().hex[:12]}"
+        return normalize_source(self.upload(source, name, via="http")), name
 
     def get(self, job_id: str) -> Job:
         """The job with this id, or with the one id of this tenant's jobs that starts with

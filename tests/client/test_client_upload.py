@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from svdserve._cli import main
-from svdserve.client import Conflict, NotFound
+from svdserve.client import Conflict, InvalidRequest, NotFound
 from tests._check import check_factors
 
 pytestmark = pytest.mark.timeout(300)
@@ -84,6 +84,13 @@ def test_submit_an_ndarray_uploads_it_first(client):
                for u in client.uploads())
     with pytest.raises(TypeError, match="upload"):
         client.submit({"not": "an array"}, rank=1)
+
+
+def test_an_ndarray_whose_submit_is_refused_leaves_no_upload(client):
+    before = {u["id"] for u in client.uploads()}
+    with pytest.raises(InvalidRequest, match="rank"):  # rank 20 > min(m, n) = 15: a 422
+        client.submit(low_rank(120, 15, 3, seed=23), rank=20, method="exact")
+    assert {u["id"] for u in client.uploads()} == before  # the quota is given back
 
 
 def test_memory_is_bounded_by_one_block(service, tmp_path):
