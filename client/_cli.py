@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._errors import (
+    Conflict,
     Forbidden,
     InputFileError,
     InvalidRequest,
@@ -74,7 +75,7 @@ _NAMES = "|".join(sorted((k for k in FLAGS if re.fullmatch(r"[a-z_]+", k)), key=
                          reverse=True))
 _FIELD_RE = re.compile(r"\b(?:body|path|header)\.([A-Za-z_.-]+[A-Za-z_])")
 _ASSIGN_RE = re.compile(rf"\b({_NAMES})=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|True|False|None|"
-                        r"-?[0-9][0-9.e+-]*)")
+                        rf"-?[0-9][0-9.e+-]*|(?:{'|'.join(METHODS)})\b)")
 _TICK_RE = re.compile(rf"`({_NAMES})`")
 _BARE_RE = re.compile(r"(?<![\w./-])(" + "|".join(k for k in FLAGS if "_" in k and "." not in k)
                       + r")(?![\w=])")
@@ -324,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(report.to_dict())
         else:
-            print(report.table(max_rows=args.rows))
+            print(flag_text(report.table(max_rows=args.rows)))  # notes in the CLI's words
         if args.plot:
             path = report.plot(args.plot)
             print(f"wrote {path}", file=sys.stderr)
@@ -369,11 +370,16 @@ def cmd_upload(args: argparse.Namespace) -> int:
     data = read_matrix(src, array=args.array, chunks=args.chunks,
                        storage_options=so if is_remote(src) else None)
     with _make_client(args) as client:
-        url = client.upload(
-            data, args.dest, storage_options=so, chunks=args.chunks,
-            array=args.dest_array, overwrite=args.overwrite,
-            via="http" if args.http else "auto",
-        )
+        try:
+            url = client.upload(
+                data, args.dest, storage_options=so, chunks=args.chunks,
+                array=args.dest_array, overwrite=args.overwrite,
+                via="http" if args.http else "auto",
+            )
+        except Conflict as exc:  # the name is taken among this tenant's uploads
+            print(f"{PROG}: error: {_one_line(flag_text(str(exc)))}; or replace it: "
+                  f"{PROG} upload {src} {args.dest} --overwrite", file=sys.stderr)
+            return EXIT_FAILED
     m, n = data.shape
     print(url)
     print(f"wrote {m}x{n} {data.dtype} to {url}" + (f" [{args.dest_array}]" if args.dest_array

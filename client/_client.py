@@ -6,6 +6,7 @@ never imports :mod:`svdserve.service`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import warnings
@@ -14,13 +15,12 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from ._errors import StorageAccessError
 from ._http import DEFAULT_TIMEOUT, HTTPTransport
 from ._job import Job
 from ._literals import METHODS, Method
 from ._report import EnergyReport
 from ._result import StoredResult
-from ._storage import absolute_url, is_remote, local_path, write_array
+from ._storage import absolute_url, is_remote, write_array
 from ._upload import upload_http, zarr_name
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -48,6 +48,23 @@ def normalize_source(source: str | os.PathLike) -> str:
     if is_remote(source) or source.startswith("file://") or os.path.isabs(source):
         return source
     return os.path.abspath(source)
+
+
+def _missing_chunks_fields(missing_chunks, allow_missing_chunks) -> dict[str, Any]:
+    """The job fields for absent chunks, sent only when set (older services refuse
+    unknown fields); the deprecated ``allow_missing_chunks`` warns."""
+    fields: dict[str, Any] = {}
+    if missing_chunks is not None:
+        if missing_chunks not in ("fill", "error"):
+            raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
+                             f"{missing_chunks!r}")
+        fields["missing_chunks"] = missing_chunks
+    if allow_missing_chunks is not None:
+        warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
+                      "value by default; pass missing_chunks='error' to refuse them",
+                      DeprecationWarning, stacklevel=3)
+        fields["allow_missing_chunks"] = bool(allow_missing_chunks)
+    return fields
 
 
 class Client:
@@ -237,7 +254,7 @@ class Client:
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")
         body = {
-            "source": {"url": self._source_url(source), "array": array},
+            "source": {"url": None, "array": array},
             "rank": rank,
             "method": method,
             "n_oversamples": n_oversamples,
@@ -246,17 +263,7 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        # Sent only when set: older services refuse unknown fields.
-        if missing_chunks is not None:
-            if missing_chunks not in ("fill", "error"):
-                raise ValueError(f"missing_chunks must be 'fill' or 'error', got "
-                                 f"{missing_chunks!r}")
-            body["missing_chunks"] = missing_chunks
-        if allow_missing_chunks is not None:
-            warnings.warn("allow_missing_chunks is deprecated: absent chunks read as the fill "
-                          "value by default; pass missing_chunks='error' to refuse them",
-                          DeprecationWarning, stacklevel=2)
-            body["allow_missing_chunks"] = bool(allow_missing_chunks)
+        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
@@ -268,20 +275,30 @@ class Client:
             if max_rank is not None:
                 body["max_rank"] = max_rank
         key = idempotency_key or str(uuid.uuid4())
-        response = self._http.request(
-            "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
-        )
+        # an in-memory array is uploaded last, once the request is known to be well formed
+        body["source"]["url"], uploaded = self._source_url(source)
+        try:
+            response = self._http.request(
+                "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}
+            )
+        except BaseException:
+            if uploaded is not None:  # no job will read it: give the tenant's quota back
+                with contextlib.suppress(Exception):  # the submit's error is the one to see
+                    self._delete_upload_if_any(uploaded)
+            raise
         return Job(self, response.json())
 
-    def _source_url(self, source: Any) -> str:
-        """The URL a job names: a path or URL as given, an in-memory array uploaded first."""
-        if not isinstance(source, (str, os.PathLike)):
-            if not (hasattr(source, "shape") and hasattr(source, "dtype")):
-                raise TypeError(
-                    f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
-                    f"upload; got {type(source).__name__} (np.asarray(x) first)")
-            source = self.upload(source, f"array-{uuid.uuid4().hex[:12]}", via="http")
-        return normalize_source(source)
+    def _source_url(self, source: Any) -> tuple[str, str | None]:
+        """``(the URL a job names, the upload's name or None)``: a path or URL as given,
+        an in-memory array uploaded over HTTP."""
+        if isinstance(source, (str, os.PathLike)):
+            return normalize_source(source), None
+        if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+            raise TypeError(
+                f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
+                f"upload; got {type(source).__name__} (np.asarray(x) first)")
+        name = f"array-{uuid.uuid4().hex[:12]}"
+        return normalize_source(self.upload(source, name, via="http")), name
 
     def get(self, job_id: str) -> Job:
         """The job with this id, or with the one id of this tenant's jobs that starts with
@@ -381,8 +398,9 @@ class Client:
         array : str or None
             Write into a group at ``url`` under this name (submit with ``array=``).
         overwrite : bool, default=False
-            Replace an existing array (not over HTTP: delete the upload first,
-            :meth:`delete_upload`).
+            Replace an existing array. Over HTTP: delete this tenant's upload
+            of that name first, committed or not (a job that pinned it and has
+            not yet read it then fails with ``storage_error``).
         via : {"auto", "storage", "http"}, default="auto"
             ``"auto"``: HTTP for a bare name, storage for a path or URL.
         block_rows : int or None, default=None
@@ -401,11 +419,13 @@ class Client:
             raise ValueError(f"via must be 'auto', 'storage' or 'http', got {via!r}")
         bare = isinstance(url, str) and "/" not in url and os.sep not in url and ":" not in url
         if via == "http" or (via == "auto" and bare):
-            if array is not None or overwrite:
-                raise ValueError("array= and overwrite= apply to storage uploads only; over "
-                                 "HTTP delete an existing upload first (Client.delete_upload)")
+            if array is not None:
+                raise ValueError(f"array= applies to storage uploads only, got array={array!r} "
+                                 f"for the upload {os.fspath(url)!r} over HTTP; drop it")
             if block_rows is None and isinstance(chunks, (int, np.integer)):
                 block_rows = int(chunks)
+            if overwrite:
+                self._delete_upload_if_any(os.fspath(url))
             return upload_http(self._http, arr, os.fspath(url), block_rows=block_rows,
                                progress=progress)
         so = storage_options if storage_options is not None else self.storage_options
@@ -420,44 +440,18 @@ class Client:
 
     def delete_upload(self, upload: str) -> None:
         """Delete an upload, committed or not, given its id or its name."""
+        if not self._delete_upload_if_any(upload):
+            self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
+
+    def _delete_upload_if_any(self, upload: str) -> bool:
+        """Delete the upload with this id or name if this tenant has one; whether it had."""
         for item in self.uploads():
             if upload == item["id"] or zarr_name(upload) == item["name"]:
                 self._http.request("DELETE", f"/v1/uploads/{item['id']}")
-                return
-        self._http.request("DELETE", f"/v1/uploads/{upload}")  # the service's 404
+                return True
+        return False
 
     # -- results ----------------------------------------------------------------------------
-
-    def _direct_readable(self, url: str) -> bool:
-        if is_remote(url):
-            return url.startswith(("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://")) and (
-                self.storage_options is not None
-            )
-        return os.path.isdir(local_path(url))
-
-    def _open_result(self, job: dict[str, Any]) -> StoredResult:
-        info = job.get("result") or {}
-        url = info.get("url")
-        if self.result_access in ("auto", "direct") and url:
-            if self._direct_readable(url):
-                so = self.storage_options if is_remote(url) else None
-                try:
-                    return StoredResult.open(url, so, job=job)
-                except StorageAccessError:
-                    if self.result_access == "direct":
-                        raise
-            elif self.result_access == "direct":
-                raise StorageAccessError(
-                    f"the result of job {job.get('id')} is at {url!r}, which is not readable "
-                    "from this machine; use result_access='http' (or 'auto'), mount the "
-                    "results volume, or pass storage_options for S3"
-                )
-        http_path = info.get("http") or (job.get("links") or {}).get("result") or (
-            f"/v1/jobs/{job['id']}/result"
-        )
-        return StoredResult.open(
-            self._http.url(http_path), {"headers": dict(self._http.auth_headers)}, job=job
-        )
 
     def open_result(
         self, url: str, storage_options: dict[str, Any] | None = None

@@ -34,7 +34,9 @@ for a :class:`JobFailed` the job's ``error.type`` (``"non_finite_values"``, the
 
 from __future__ import annotations
 
+import email.utils
 import warnings
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -171,12 +173,34 @@ class PayloadTooLarge(APIError):
     """413: the request body is too large."""
 
 
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value, or None if absent/invalid.
+
+    Accepts both forms of RFC 9110 section 10.2.3: a number of seconds
+    (``"3"``, also ``"1.5"``) and an HTTP date (never negative).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
 class _RetryAfterMixin:
     @property
     def retry_after(self) -> float | None:
         """Seconds the service asked us to wait (``Retry-After``), if it said."""
-        from ._http import parse_retry_after
-
         resp = getattr(self, "response", None)
         return parse_retry_after(resp.headers.get("Retry-After")) if resp is not None else None
 

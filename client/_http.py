@@ -15,18 +15,17 @@ subclass chosen by status code, carrying the RFC 9457 problem body.
 
 from __future__ import annotations
 
-import email.utils
 import platform
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
-from ._errors import APIError, TransportError, error_class_for_status
+from ._errors import APIError, TransportError, error_class_for_status, parse_retry_after
 
+# parse_retry_after lives with the errors that use it (RateLimited.retry_after); named here too.
 __all__ = ["HTTPTransport", "parse_retry_after", "DEFAULT_TIMEOUT", "RETRY_STATUSES"]
 
 #: Seconds for connect/read/write/pool unless the caller says otherwise.
@@ -44,30 +43,6 @@ def _user_agent() -> str:
         f"svdserve-client/{__version__} httpx/{httpx.__version__} "
         f"python/{platform.python_version()}"
     )
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value, or None if absent/invalid.
-
-    Accepts both forms of RFC 9110 section 10.2.3: a number of seconds
-    (``"3"``, also ``"1.5"``) and an HTTP date (never negative).
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 def _problem_of(response: httpx.Response) -> dict[str, Any]:

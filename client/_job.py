@@ -11,15 +11,16 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from ._errors import Conflict, JobCancelled, JobError, JobFailed, Timeout
 from ._literals import TERMINAL_STATES
+from ._result import open_job_result
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._client import Client
+    from ._http import HTTPTransport
     from ._report import EnergyReport
     from ._result import StoredResult
 
@@ -149,6 +150,14 @@ class _Bar:
         self._bar.close()
 
 
+class JobOwner(Protocol):
+    """What a :class:`Job` uses of the :class:`~svdserve.client.Client` that made it."""
+
+    _http: HTTPTransport
+    result_access: str
+    storage_options: dict[str, Any] | None
+
+
 class Job:
     """A job on the service: a handle on its JSON, refreshed on demand.
 
@@ -156,7 +165,7 @@ class Job:
     ``job["key"]`` reads the last job JSON seen (``JobPublic`` of the contract).
     """
 
-    def __init__(self, client: "Client", data: dict[str, Any]):
+    def __init__(self, client: JobOwner, data: dict[str, Any]):
         self._client = client
         self._data = dict(data)
         self.id: str = str(data["id"])
@@ -369,4 +378,7 @@ class Job:
         err = self._job_error()
         if err is not None:
             raise err
-        return self._client._open_result(self._data)
+        return open_job_result(
+            self._data, self._client._http, result_access=self._client.result_access,
+            storage_options=self._client.storage_options,
+        )

@@ -384,8 +384,10 @@ class EnergyReport(Mapping):
 # -- the optional lines of EnergyReport.table ----------------------------------------------
 
 def _gaps_line(gaps: list) -> str:
+    # 4 digits, as the job page: on a flat spectrum the largest gaps are 1.00x, and 3 digits
+    # printed them as "1", which reads as no gap at all
     return "largest spectral gaps: " + ", ".join(
-        f"r={g.get('rank')} (σr/σr+1 {_num(g.get('ratio'), '.3g', 'inf')})" for g in gaps)
+        f"r={g.get('rank')} (σr/σr+1 {_num(g.get('ratio'), '.4g', 'inf')})" for g in gaps)
 
 
 def _error_estimate_line(est: dict) -> str:

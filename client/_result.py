@@ -20,12 +20,14 @@ from . import _lstsq
 from ._errors import StorageAccessError
 from ._pca import PCA
 from ._report import EnergyReport
-from ._storage import is_remote, open_dask, store_kwargs, write_array
+from ._storage import is_remote, local_path, open_dask, store_kwargs, write_array
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
 
-__all__ = ["StoredResult"]
+    from ._http import HTTPTransport
+
+__all__ = ["StoredResult", "open_job_result"]
 
 
 def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -42,6 +44,70 @@ def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str
         raise StorageAccessError(str(exc)) from exc
     except Exception as exc:  # OSError, aiohttp and botocore errors share no base class
         raise StorageAccessError(f"could not read the result at {url!r}: {exc}") from exc
+
+
+def _direct_readable(url: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether this machine can read ``url`` itself (a local directory, or S3/GCS/Azure
+    with storage options)."""
+    if is_remote(url):
+        return url.startswith(("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://")) and (
+            storage_options is not None
+        )
+    return os.path.isdir(local_path(url))
+
+
+def open_job_result(
+    job: dict[str, Any],
+    http: HTTPTransport,
+    *,
+    result_access: str,
+    storage_options: dict[str, Any] | None,
+) -> StoredResult:
+    """Open the result of a succeeded job, directly from storage or over HTTP.
+
+    Parameters
+    ----------
+    job : dict
+        The job JSON (``JobPublic``); its ``result.url`` is read directly,
+        ``result.http`` (or the ``result`` link) over HTTP.
+    http : HTTPTransport
+        The client's transport: the service URL and its auth headers.
+    result_access : {"auto", "direct", "http"}
+        ``"auto"`` reads directly when this machine can and falls back to HTTP.
+    storage_options : dict or None
+        For direct reads of remote (S3, GCS, Azure) results.
+
+    Returns
+    -------
+    StoredResult
+
+    Raises
+    ------
+    StorageAccessError
+        ``result_access="direct"`` and the result cannot be read from here.
+    """
+    info = job.get("result") or {}
+    url = info.get("url")
+    if result_access in ("auto", "direct") and url:
+        if _direct_readable(url, storage_options):
+            so = storage_options if is_remote(url) else None
+            try:
+                return StoredResult.open(url, so, job=job)
+            except StorageAccessError:
+                if result_access == "direct":
+                    raise
+        elif result_access == "direct":
+            raise StorageAccessError(
+                f"the result of job {job.get('id')} is at {url!r}, which is not readable "
+                "from this machine; use result_access='http' (or 'auto'), mount the "
+                "results volume, or pass storage_options for S3"
+            )
+    http_path = info.get("http") or (job.get("links") or {}).get("result") or (
+        f"/v1/jobs/{job['id']}/result"
+    )
+    return StoredResult.open(
+        http.url(http_path), {"headers": dict(http.auth_headers)}, job=job
+    )
 
 
 class StoredResult:

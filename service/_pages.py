@@ -37,6 +37,7 @@ import svdserve
 
 from ._auth import SESSION_COOKIE, SESSION_SECONDS, TokenAuth, page_tenant
 from ._states import STATES
+from ._store import ID_PATTERN, MIN_PREFIX, PREFIX_PATTERN
 
 __all__ = ["pages_router", "install_pages", "dashboard_link"]
 
@@ -54,7 +55,6 @@ _DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' blob:; "
 #: ReDoc's sidebar shows a logo from its CDN: served with our icon in its place.
 _REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 _redoc_js: list[bytes] = []
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def install_pages(app: FastAPI) -> None:
@@ -206,9 +206,14 @@ async def job_page(request: Request, job_id: str) -> Response:
     if isinstance(tenant, Response):
         return tenant
     store = request.app.state.services.store
-    row = store.get_cached(job_id) if _JOB_ID.match(job_id) else None
-    if row is None and _JOB_ID.match(job_id):
+    row = store.get_cached(job_id) if ID_PATTERN.match(job_id) else None
+    if row is None and ID_PATTERN.match(job_id):
         row = await asyncio.to_thread(store.get, job_id)
+    elif row is None and len(job_id) >= MIN_PREFIX and PREFIX_PATTERN.match(job_id):
+        # the short id the list and the CLI show: the one job of this tenant it names
+        ids = await asyncio.to_thread(store.find_prefix, job_id, tenant, limit=2)
+        if len(ids) == 1:
+            return RedirectResponse(f"/jobs/{ids[0]}", status_code=303)
     if row is None or row.tenant != tenant:
         return _not_found_page(request, tenant, job_id)
     return _page(request, f"Job {job_id[:8]}", _JOB.format(job=job_id), page="job",
@@ -225,7 +230,11 @@ async def login_form(request: Request, next: str = "/") -> Response:  # noqa: A0
 @pages_router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     """Check the token of the form and set the session cookie (the token stays out of URLs)."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:  # more fields than the page's form has
+        return _login_page(request, "/", "The log-in form takes a token (and the page to "
+                                         "go to next); send only those fields.", status=400)
     token = (form.get("token") or [""])[0].strip()
     next_path = _safe_next((form.get("next") or ["/"])[0])
     auth: TokenAuth = request.app.state.auth

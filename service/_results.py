@@ -10,21 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import re
 import shutil
-
 from collections.abc import Callable
 
 import fsspec
 
 from svdserve import _manifest
 
+from ._store import ID_PATTERN
+
 __all__ = ["Results"]
 
 log = logging.getLogger("svdserve.service")
 
-#: A job id (``uuid4().hex``, :meth:`JobStore.create`).
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Results:
@@ -148,7 +146,7 @@ def _attempt_dirs(root: str):
     """``(tenant, job id, attempt, path)`` of each ``{root}/{tenant}/{job}/{attempt}``."""
     for tenant in _subdirs(root):
         for job_id in _subdirs(f"{root}/{tenant}"):
-            if not _JOB_ID.match(job_id):  # not a job's directory: not ours to sweep
+            if not ID_PATTERN.match(job_id):  # not a job's directory: not ours to sweep
                 continue
             for attempt in _subdirs(f"{root}/{tenant}/{job_id}"):
                 if attempt.isdigit():

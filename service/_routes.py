@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import mimetypes
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -36,15 +35,12 @@ from ._runner import Runner
 from ._sandbox import Sandbox, SandboxError
 from ._schemas import Health, JobCreate, JobList, JobPublic, JobState, Ready
 from ._settings import Settings
-from ._store import WrongState, JobRow, JobStore, QueueFull
+from ._store import ID_PATTERN, MIN_PREFIX, PREFIX_PATTERN, WrongState, JobRow, JobStore, QueueFull
 from ._uploads import check_source
 
 __all__ = ["router", "ops_router", "Services", "to_public"]
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: A short id: any prefix of a job id with at least this many hex digits (as git and docker).
-MIN_PREFIX = 6
-_PREFIX = re.compile(r"^[0-9a-f]{1,31}$")
 
 _PROBLEM_DESCRIPTIONS = {
     400: "A job id prefix that is too short or matches several jobs (`candidates`)",
@@ -125,9 +121,9 @@ async def resolve_id(svc: Services, job_id: str, tenant: str) -> str:
     tenant's jobs are neither found nor listed.
     """
     text = job_id.strip().lower()
-    if _JOB_ID.match(text):
+    if ID_PATTERN.match(text):
         return text
-    if not _PREFIX.match(text):
+    if not PREFIX_PATTERN.match(text):
         raise _not_found(job_id)
     if len(text) < MIN_PREFIX:
         raise ProblemError(

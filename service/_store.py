@@ -14,6 +14,7 @@ States: :mod:`._states`.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -26,7 +27,15 @@ from typing import Any
 from ._errors import ServiceError
 from ._states import STATES, TERMINAL
 
-__all__ = ["JobStore", "JobRow", "QueueFull", "WrongState", "TERMINAL", "STATES"]
+__all__ = ["JobStore", "JobRow", "QueueFull", "WrongState", "TERMINAL", "STATES", "ID_PATTERN",
+           "MIN_PREFIX", "PREFIX_PATTERN"]
+
+#: A job's id (and an upload's): ``uuid4().hex``, 32 lowercase hex digits.
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: The shortest prefix of a job id that names it (as git and docker take them).
+MIN_PREFIX = 6
+#: What may be a prefix of a job id (lowercase hex, shorter than a whole id).
+PREFIX_PATTERN = re.compile(r"^[0-9a-f]{1,31}$")
 
 
 _SCHEMA = """
@@ -341,8 +350,8 @@ class JobStore:
             if queued >= max_queued:
                 raise QueueFull(f"{queued} jobs are queued already (limit {max_queued})")
 
-    def _next_fair(self, db: sqlite3.Connection) -> str | None:
-        """The id of the job to start next: fair between tenants, FIFO within one.
+    def _next_fair(self, db: sqlite3.Connection) -> tuple[str, str] | None:
+        """``(id, tenant)`` of the job to start next: fair between tenants, FIFO within one.
 
         Among tenants with a queued job and fewer running jobs than
         :attr:`tenant_running`, the one with the fewest running jobs goes first,
@@ -358,23 +367,25 @@ class JobStore:
         if not candidates:
             return None
         _, _, seq, tenant = min(candidates)
-        self._claims += 1
-        self._served[tenant] = self._claims
-        return db.execute("SELECT id FROM jobs WHERE seq = ?", (seq,)).fetchone()["id"]
+        return db.execute("SELECT id FROM jobs WHERE seq = ?", (seq,)).fetchone()["id"], tenant
 
     def claim_next(self) -> JobRow | None:
         """Move the next queued job (:meth:`_next_fair`) to ``running``; None when
         the queue is empty or every tenant with queued jobs is at its running limit."""
         with self._tx() as db:
             ts = now()
-            job_id = self._next_fair(db)
-            if job_id is None:
+            head = self._next_fair(db)
+            if head is None:
                 return None
+            job_id, tenant = head
             db.execute("UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, "
                        "progress = NULL, version = version + 1 WHERE id = ?",
                        (ts, ts, job_id))
             self._touch(job_id)
             row = self._get(job_id)
+        # served: counted once the claim is committed (a failed commit serves nobody)
+        self._claims += 1
+        self._served[tenant] = self._claims
         return row
 
     def active_attempts(self) -> set[tuple[str, str, int]]:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ._errors import ServiceError
+from ._store import ID_PATTERN
 
 __all__ = ["UploadStore", "UploadRecord", "UploadError", "NAME_PATTERN", "STATE_DIR",
            "check_dtype", "ranges"]
@@ -47,7 +48,6 @@ __all__ = ["UploadStore", "UploadRecord", "UploadError", "NAME_PATTERN", "STATE_
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: Directory under the uploads root holding records and staging arrays.
 STATE_DIR = ".uploads"
-_ID = re.compile(r"^[0-9a-f]{32}$")
 _BLOCK_FILE = re.compile(r"^[0-9]+$")
 
 
@@ -81,6 +81,9 @@ def check_dtype(value: str) -> str:
     if dt.kind not in "iufb":
         raise ValueError(f"dtype {value!r} is not real numbers; the service decomposes "
                          "float, integer or bool matrices (float64, float32, int64, ...)")
+    if dt.kind == "f" and dt.itemsize > 8:
+        raise ValueError(f"dtype {value!r} ({dt.name}, extended precision) has no Zarr v3 "
+                         "data type; convert the matrix to float64 and declare 'float64'")
     if dt.byteorder == ">":
         raise ValueError(f"dtype {value!r} is big-endian; blocks are sent little-endian: "
                          f"declare {dt.newbyteorder('<').name!r} and send its bytes")
@@ -225,7 +228,7 @@ class UploadStore:
 
     def get(self, tenant: str, upload_id: str) -> UploadRecord | None:
         """The tenant's upload ``upload_id`` (None: unknown, expired or another tenant's)."""
-        if not _ID.match(upload_id):
+        if not ID_PATTERN.match(upload_id):
             return None
         rec = self._load(tenant, upload_id)
         if rec is not None and self._expired(rec, time.time()):
@@ -239,22 +242,21 @@ class UploadStore:
             names = os.listdir(os.path.join(self.state_root, tenant))
         except FileNotFoundError:
             return []
-        records = [self.get(tenant, name) for name in names if _ID.match(name)]
+        records = [self.get(tenant, name) for name in names if ID_PATTERN.match(name)]
         return sorted((r for r in records if r is not None), key=lambda r: -r.created_at)
 
     def received(self, rec: UploadRecord) -> set[int]:
         """Indices of the blocks received so far (one directory listing)."""
-        folder = os.path.join(self._dir(rec.tenant, rec.id), "blocks")
-        names = os.listdir(folder) if os.path.isdir(folder) else ()
+        try:  # gone: the upload was deleted meanwhile
+            names = os.listdir(os.path.join(self._dir(rec.tenant, rec.id), "blocks"))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         return {int(name) for name in names if _BLOCK_FILE.match(name)}
 
     def digests(self, rec: UploadRecord) -> dict[int, str]:
         """``{block index: sha-256 hex}`` of the blocks received so far."""
-        out = {}
-        for i in self.received(rec):
-            with open(self._block_file(rec, i)) as f:
-                out[i] = f.read().strip()
-        return out
+        known = {i: self._known_digest(rec, i) for i in self.received(rec)}
+        return {i: d for i, d in known.items() if d is not None}  # None: deleted meanwhile
 
     # ------------------------------------------------------------------ create
     def default_block_rows(self, n: int, itemsize: int, m: int) -> int:
@@ -437,7 +439,13 @@ class UploadStore:
         return rec.state == "uploading" and now - rec.updated_at > self.expiry
 
     def sweep(self, tenant: str | None = None, now: float | None = None) -> int:
-        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many."""
+        """Delete expired uncommitted uploads (of one tenant, or of all); returns how many.
+
+        Each record is read again under its upload's lock, so a block that
+        arrived since keeps the upload. A directory without a record older
+        than the expiry goes too: what a block write leaves when its upload
+        is deleted meanwhile (zarr creates the chunk's folders again).
+        """
         now = time.time() if now is None else now
         try:
             tenants = [tenant] if tenant else os.listdir(self.state_root)
@@ -449,10 +457,24 @@ class UploadStore:
                 names = os.listdir(os.path.join(self.state_root, t))
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name in filter(_ID.match, names):
-                rec = self._load(t, name)
-                if rec is not None and self._expired(rec, now):
-                    with self.lock(t, name):
+            for name in filter(ID_PATTERN.match, names):
+                with self.lock(t, name):
+                    rec = self._load(t, name)
+                    if rec is None:
+                        removed += self._remove_orphan(t, name, now)
+                    elif self._expired(rec, now):
                         self._remove(rec)
-                    removed += 1
+                        removed += 1
         return removed
+
+    def _remove_orphan(self, tenant: str, upload_id: str, now: float) -> int:
+        """Remove an upload directory without ``upload.json`` untouched for the expiry
+        (younger: an upload being created); 1 if removed."""
+        folder = self._dir(tenant, upload_id)
+        try:
+            stale = now - os.path.getmtime(folder) > self.expiry
+        except FileNotFoundError:
+            return 0
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return int(stale)

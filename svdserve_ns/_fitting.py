@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = ["Data", "Factors", "decompose", "backend_of", "as_data"]
 
+
 @dataclass
 class Data:
     """A matrix of samples × features, as the user gave it.
@@ -230,41 +231,44 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
 
     if client is None and data.in_memory:
         client = False  # the matrix is here already: sending it to a cluster only costs
-    source = data.obj
-    res = svd(source, rank, client=client, array=data.array,
+    res = svd(data.obj, rank, client=client, array=data.array,
               storage_options=data.storage_options, sample_dims=data.sample_dims,
               panel_bytes=panel_bytes, **kw)
-    return _factors(res.U, res.S, np.asarray(res.Vt, dtype=np.float64), res.mean,
-                    res.report, res.mask)
+    return _factors(res)
 
 
 def _on_service(data, client, rank, kw):
     """Submit to the service: a path as it is; any other matrix uploaded over HTTP
-    first (:meth:`svdserve.client.Client.upload`), its upload deleted once the job ended."""
+    first (:meth:`svdserve.client.Client.upload`), its upload deleted once the job
+    ended or the upload failed."""
     if data.kind == "path":
         job = client.submit(data.obj, rank, array=data.array, sample_dims=data.sample_dims,
                             **kw)
-        return _stored(job.result())
+        return _factors(job.result())
+    from svdserve.client import NotFound
+
     name = f"estimator-{uuid.uuid4().hex[:12]}"
-    source = client.upload(data.lazy(), name, via="http")
-    try:
-        return _stored(client.submit(source, rank, **kw).result())
+    try:  # an upload cut short is deleted too: it would hold its quota until it expired
+        source = client.upload(data.lazy(), name, via="http")
+        return _factors(client.submit(source, rank, **kw).result())
     finally:
-        client.delete_upload(name)
+        try:
+            client.delete_upload(name)
+        except NotFound:  # the upload was never created (refused, or a transport failure)
+            pass
 
 
-def _stored(res):
-    """:class:`Factors` of a :class:`svdserve.client.StoredResult` (U stays lazy)."""
-    return _factors(res.U, res.S, np.asarray(res.Vt, dtype=np.float64), res.mean,
-                    res.report, res.mask)
-
-
-def _factors(U, S, Vt, mean, report, mask):
+def _factors(res):
+    """:class:`Factors` of a :class:`svdserve.worker.SVDResult` or a
+    :class:`svdserve.client.StoredResult` (their U stays as it is: lazy when stored)."""
+    report = res.report
     rep = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     norm = float(rep["frobenius_norm"])
     total = rep.get("total_energy")
     s_all = rep.get("singular_values_all")
-    return Factors(U=U, S=np.asarray(S, dtype=np.float64), Vt=Vt,
+    mean, mask = res.mean, res.mask
+    return Factors(U=res.U, S=np.asarray(res.S, dtype=np.float64),
+                   Vt=np.asarray(res.Vt, dtype=np.float64),
                    mean=None if mean is None else np.asarray(mean, dtype=np.float64),
                    n_samples=int(rep["shape"][0]),
                    total_ss=float(total) if total is not None else norm**2,

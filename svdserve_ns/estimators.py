@@ -14,7 +14,7 @@ and fit on the same numerical core as the service:
 - on a Dask cluster (``client=distributed.Client(...)``);
 - through a service (``client=svdserve.client.Client(url)``; a path or URL
   the service reads is submitted as it is, any other input is uploaded over
-  HTTP first and its upload deleted when the job has ended).
+  HTTP first and its upload deleted when the job has ended, or the upload failed).
 
 ``X`` may be a NumPy array (or anything scikit-learn takes as one), a dask
 array, a Zarr path or URL (``array=`` names the array in a group), a
@@ -186,6 +186,44 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         x = self._masked(data.lazy())
         return x, data
 
+    def _affine(self):
+        """``(mean, explained_variance)`` of :func:`project`: None, None (no centring or
+        whitening); :class:`PCA` gives its mean, and its variances when whitening."""
+        return None, None
+
+    def transform(self, X):
+        """Project X on the components: ``(X − mean)·V`` (PCA: whitened when ``whiten``).
+
+        Parameters
+        ----------
+        X : array-like, dask array, str, zarr.Array or xarray.DataArray
+            Of shape (n_samples, n_features).
+
+        Returns
+        -------
+        X_new : ndarray or dask array of shape (n_samples, n_components_)
+            A lazy dask array unless X is in memory.
+        """
+        x, data = self._transform_data(X)
+        out = project(x, self.components_, *self._affine())
+        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
+
+    def inverse_transform(self, X):
+        """Map projections back to the feature space: ``Z·Vᵀ + mean`` (whitening undone).
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_components_)
+
+        Returns
+        -------
+        X_original : ndarray or dask array of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        if type(X).__module__.split(".")[0] != "dask":
+            X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
+        return unproject(X, self.components_, *self._affine())
+
     @property
     def _n_features_out(self):
         return self.components_.shape[0]
@@ -339,7 +377,7 @@ class PCA(_SVDEstimator):
         method = SOLVERS[self.svd_solver]
         energy = rank = None
         if nc is None or nc == "mle":
-            m, n = data.shape
+            m, n = self._shape_here(data)
             if nc == "mle" and m < n:
                 raise ValueError("n_components='mle' is only supported if n_samples >= "
                                  f"n_features; got {m} samples and {n} features")
@@ -356,6 +394,17 @@ class PCA(_SVDEstimator):
             fac = self._decompose(data, k, None, "exact", n_iter, compute_u)
         self._set_attributes(fac, k, self._dtype(data))
         return data, fac
+
+    def _shape_here(self, data):
+        """``data.shape``, read from X's metadata in this process (``n_components=None`` or
+        ``"mle"`` need it before the fit); a ValueError naming X when it cannot be read."""
+        try:
+            return data.shape
+        except (OSError, ValueError) as exc:  # e.g. a path only the service can read
+            raise ValueError(
+                f"n_components={self.n_components!r} needs the shape of X, read from its "
+                f"metadata in this process, which cannot open {data.obj!r} ({exc}); check "
+                "the path, or give n_components as an int or a fraction in (0, 1)") from exc
 
     def _kept(self, fac, energy):
         """Components kept: scikit-learn's rules for ``"mle"``, 0 and an energy target
@@ -393,41 +442,8 @@ class PCA(_SVDEstimator):
         self.explained_variance_ratio_ = ratio.astype(dtype)
         self.noise_variance_ = dtype(noise)
 
-    def _whitening(self):
-        return self.explained_variance_ if self.whiten else None
-
-    def transform(self, X):
-        """Project X on the principal components.
-
-        Parameters
-        ----------
-        X : array-like, dask array, str, zarr.Array or xarray.DataArray
-            Of shape (n_samples, n_features).
-
-        Returns
-        -------
-        X_new : ndarray or dask array of shape (n_samples, n_components_)
-            A lazy dask array unless X is in memory.
-        """
-        x, data = self._transform_data(X)
-        out = project(x, self.components_, self.mean_, self._whitening())
-        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
-
-    def inverse_transform(self, X):
-        """Map projections back to the feature space (whitening undone).
-
-        Parameters
-        ----------
-        X : array-like or dask array of shape (n_samples, n_components_)
-
-        Returns
-        -------
-        X_original : ndarray or dask array of shape (n_samples, n_features)
-        """
-        check_is_fitted(self)
-        if type(X).__module__.split(".")[0] != "dask":
-            X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
-        return unproject(X, self.components_, self.mean_, self._whitening())
+    def _affine(self):
+        return self.mean_, (self.explained_variance_ if self.whiten else None)
 
     def get_covariance(self):
         """Covariance of the data under the probabilistic PCA model.
@@ -588,30 +604,3 @@ class TruncatedSVD(_SVDEstimator):
             full_var = float(full_var)
         ratio = exp_var / full_var if full_var > 0 else np.zeros_like(exp_var)
         return exp_var.astype(dtype), ratio.astype(dtype)
-
-    def transform(self, X):
-        """X·V: the projections of X (lazy unless X is in memory).
-
-        Returns
-        -------
-        X_new : ndarray or dask array of shape (n_samples, n_components)
-        """
-        x, data = self._transform_data(X)
-        out = project(x, self.components_)
-        return out.astype(self._dtype(data), copy=False) if data.in_memory else out
-
-    def inverse_transform(self, X):
-        """Z·Vᵀ: back to the feature space.
-
-        Parameters
-        ----------
-        X : array-like or dask array of shape (n_samples, n_components)
-
-        Returns
-        -------
-        X_original : ndarray or dask array of shape (n_samples, n_features)
-        """
-        check_is_fitted(self)
-        if type(X).__module__.split(".")[0] != "dask":
-            X = check_array(X, input_name="X")
-        return unproject(X, self.components_)

@@ -230,6 +230,17 @@
     $("delete").hidden = TERMINAL.indexOf(job.state) < 0;
   }
 
+  /* The error estimate in words: which bound it is (exact σ_{k+1}, the exact Frobenius
+   * residual, or the probes' probabilistic bound) and the warning of a too-flat sketch. */
+  function errorEstimate(ee) {
+    if (!ee || ee.spectral === null || ee.spectral === undefined) return "–";
+    var v = SvdPlots.fmt(ee.spectral), text;
+    if (ee.source === "exact" || (!ee.source && !ee.probes)) text = "‖A − USVᵀ‖₂ = σ_{k+1} = " + v;
+    else if (ee.source === "frobenius") text = "‖A − USVᵀ‖₂ ≤ ‖A − USVᵀ‖_F = " + v + " (exact residual, below the probes' bound)";
+    else text = "‖A − USVᵀ‖₂ ≤ " + v + " with probability " + ee.probability + " (" + ee.probes + " probes)";
+    return ee.warning ? text + " — " + ee.warning : text;
+  }
+
   function drawReport(report) {
     var box = $("plots");
     var out = SvdPlots.render(box, report);
@@ -238,7 +249,7 @@
     dl(facts, [
       ["passes over A", report.passes], ["‖A‖_F", SvdPlots.fmt(report.frobenius_norm)],
       ["energy captured by k", report.components && report.components.length ? (report.components[report.components.length - 1].cumulative_fraction * 100).toPrecision(6) + " %" : null],
-      ["error estimate", ee ? (ee.probes ? "‖A − USVᵀ‖₂ ≤ " + SvdPlots.fmt(ee.spectral) + " with probability " + ee.probability + " (" + ee.probes + " probes)" : "‖A − USVᵀ‖₂ = σ_{k+1} = " + SvdPlots.fmt(ee.spectral)) : "–"],
+      ["error estimate", errorEstimate(ee)],
       ["denoising rank", dn ? dn.rank + (dn.more_than_k ? " or more" : "") + " (threshold " + SvdPlots.fmt(dn.threshold) + ", noise σ " + SvdPlots.fmt(dn.noise_sigma) + ")" : "–"],
       ["energy ranks", out.ranks.map(function (e) { return (e.fraction * 100) + " %: " + (e.rank === null ? "> k" : e.rank); }).join(", ")],
       ["numerical rank", report.numerical_rank], ["σ₁/σ_k", SvdPlots.fmt(report.condition_estimate)],

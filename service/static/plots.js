@@ -48,11 +48,25 @@
     return out;
   }
 
+  /* Powers of ten; where fewer than three fall in [lo, hi], 1-2-5 multiples; where even
+   * those give fewer than two (a range inside one decade), linear ticks. */
   function logTicks(lo, hi) {
     var a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi)), every = Math.max(1, Math.ceil((b - a) / 6));
-    var out = [];
-    for (var e = a; e <= b; e += every) out.push(Math.pow(10, e));
-    return out;
+    var inside = function (t) { return t >= lo * (1 - 1e-9) && t <= hi * (1 + 1e-9); };
+    var out = [], e;
+    for (e = a; e <= b; e += every) out.push(Math.pow(10, e));
+    if (out.filter(inside).length >= 3) return out;
+    var more = [];
+    for (e = a; e <= b; e++) [1, 2, 5].forEach(function (m) { more.push(m * Math.pow(10, e)); });
+    if (more.filter(inside).length >= 2) return more;
+    return linTicks(lo, hi, 4).filter(function (t) { return t > 0; });
+  }
+
+  /* 1e+2 style for powers of ten and values far from 1, else the number itself (2, 50, 0.5). */
+  function logLabel(t) {
+    var e = Math.log10(t);
+    if (Math.abs(e) >= 4 || Math.abs(e - Math.round(e)) < 1e-9 && Math.abs(e) >= 2) return t.toExponential(0);
+    return String(+t.toPrecision(3));
   }
 
   /* A chart: {title, xlabel, ylabel, logy, ymin, ymax, series: [{name, y, x0, cls, dots, bars}],
@@ -92,7 +106,7 @@
     (spec.logy ? logTicks(ylo, yhi) : linTicks(ylo, yhi, 5)).forEach(function (t) {
       if (t < ylo * (1 - 1e-9) || t > yhi * (1 + 1e-9)) return;
       el("line", {x1: M.l, x2: M.l + pw, y1: Y(t), y2: Y(t), "class": "grid"}, axes);
-      el("text", {x: M.l - 6, y: Y(t) + 4, "class": "yt"}, axes, spec.logy ? t.toExponential(0) : fmt(t));
+      el("text", {x: M.l - 6, y: Y(t) + 4, "class": "yt"}, axes, spec.logy ? logLabel(t) : fmt(t));
     });
     el("text", {x: M.l + pw / 2, y: H - 6, "class": "xl"}, svg, spec.xlabel);
     el("text", {x: 14, y: M.t + ph / 2, "class": "yl", transform: "rotate(-90 14 " + (M.t + ph / 2) + ")"}, svg, spec.ylabel);

@@ -8,10 +8,13 @@ CLI; numbers against NumPy on the same data.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from svdserve._cli import main
+from svdserve.client._cli import flag_text
 
 from tests._check import EPS
 
@@ -56,7 +59,11 @@ def test_sketch_too_coarse_is_flagged_in_report_notes_and_cli(service, client, d
     assert warning in client.get(job.id).notes  # the job's notes
     code = main(["report", job.id, "--url", service.url, "--token", service.token])
     out = capsys.readouterr().out
-    assert code == 0 and f"note: {warning}" in out and "above σ_k" in out
+    # the command line speaks in its flags, in `report` as in `status`
+    assert code == 0 and f"note: {flag_text(warning)}" in out and "above σ_k" in out
+    assert "use --method randomized with --n-iter ≥ 1" in out, out
+    code = main(["status", job.id, "--url", service.url, "--token", service.token])
+    assert "use --method randomized with --n-iter ≥ 1" in capsys.readouterr().out
     # The same data with the exact method and rank 2: nothing to flag.
     ex = client.submit(url, 2, method="exact").result(timeout=120)
     assert ex.report.error_estimate["source"] == "exact"
@@ -118,3 +125,16 @@ def test_exact_rank_5_of_64_columns_knows_every_energy_rank(client, data_dir, tm
     fig.savefig(tmp_path / "scree.png")
     assert max(len(line.get_xdata()) for line in fig.axes[0].get_lines()) == 64
     assert res.report.to_dict() == rep.to_dict()
+
+
+def test_report_table_prints_flat_spectral_gaps_to_four_digits(client, data_dir):
+    # A Gaussian 400×40 has a flat spectrum: its largest gaps σr/σr+1 are 1.0x, which the
+    # table printed as "1" (3 significant digits) before; the page shows 4 digits.
+    A = np.random.default_rng(7).standard_normal((400, 40))
+    url = client.upload(A, data_dir / "gaussian.zarr", chunks=100)
+    report = client.submit(url, 5, method="exact").result(timeout=120).report
+    line = next(ln for ln in report.table().splitlines() if ln.startswith("largest spectral"))
+    printed = re.findall(r"σr/σr\+1 ([0-9.e+]+)\)", line)
+    ratios = [g["ratio"] for g in report["spectral_gaps"]]
+    assert printed == [f"{r:.4g}" for r in ratios]
+    assert all(1.0 < r < 1.5 for r in ratios) and "1" not in printed, line

@@ -60,3 +60,19 @@ def test_in_memory_matrix_is_uploaded_for_the_job(client, matrix):
     assert isinstance(Z, np.ndarray)  # NumPy in, NumPy out
     np.testing.assert_allclose(Z, local.transform(matrix), rtol=1e-9, atol=1e-9)
     assert {u["name"] for u in client.uploads()} == before  # the upload was deleted
+
+
+def test_an_upload_cut_short_for_a_fit_is_deleted(client):
+    import dask.array as da
+
+    from svdserve import PCA
+
+    def unreadable(block):
+        raise OSError("the disk went away")
+
+    # created on the service, then its first block cannot be read
+    X = da.zeros((20, 4), chunks=(10, 4)).map_blocks(unreadable, dtype=np.float64)
+    before = {u["name"] for u in client.uploads()}
+    with pytest.raises(OSError, match="the disk went away"):
+        PCA(2, client=client).fit(X)
+    assert {u["name"] for u in client.uploads()} == before  # no upload holds the quota

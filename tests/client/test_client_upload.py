@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from svdserve._cli import main
-from svdserve.client import Conflict, NotFound
+from svdserve.client import Conflict, InvalidRequest, NotFound
 from tests._check import check_factors
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,6 +86,13 @@ def test_submit_an_ndarray_uploads_it_first(client):
         client.submit({"not": "an array"}, rank=1)
 
 
+def test_an_ndarray_whose_submit_is_refused_leaves_no_upload(client):
+    before = {u["id"] for u in client.uploads()}
+    with pytest.raises(InvalidRequest, match="rank"):  # rank 20 > min(m, n) = 15: a 422
+        client.submit(low_rank(120, 15, 3, seed=23), rank=20, method="exact")
+    assert {u["id"] for u in client.uploads()} == before  # the quota is given back
+
+
 def test_memory_is_bounded_by_one_block(service, tmp_path):
     """A 4 MiB memmap in 128 KiB blocks: sent one block at a time, the client's
     allocations peak at a few blocks, never near the matrix."""
@@ -135,3 +142,26 @@ def test_cli_upload_over_http(service, tmp_path, capsys):
     z = zarr.open_array(source, mode="r")
     assert z.dtype == np.float32 and z.chunks == (16, 6)
     np.testing.assert_array_equal(z[...], A)
+
+
+def test_cli_upload_over_http_overwrite_replaces_a_taken_name(service, tmp_path, capsys):
+    """A name taken among the tenant's uploads: without --overwrite exit 1 naming the flag;
+    with it the old upload is deleted and the new matrix committed under the same name."""
+    first, second = low_rank(30, 4, 2, seed=31), low_rank(40, 4, 2, seed=32)
+    np.save(tmp_path / "first.npy", first)
+    np.save(tmp_path / "second.npy", second)
+    common = ["--url", service.url, "--token", service.token]
+    assert main(["upload", str(tmp_path / "first.npy"), "cli-overwrite", *common]) == 0
+    capsys.readouterr()
+    assert main(["upload", str(tmp_path / "second.npy"), "cli-overwrite", *common]) == 1
+    err = capsys.readouterr().err
+    assert "exists already" in err and "--overwrite" in err, err
+    code = main(["upload", str(tmp_path / "second.npy"), "cli-overwrite", "--overwrite", *common])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    source = out.strip().splitlines()[-1]
+    np.testing.assert_array_equal(zarr.open_array(source, mode="r")[...], second)
+    c = service.client()
+    assert [u["name"] for u in c.uploads()].count("cli-overwrite.zarr") == 1
+    c.delete_upload("cli-overwrite")
+    c.close()

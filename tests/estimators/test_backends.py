@@ -170,6 +170,15 @@ def test_bad_client_and_re_exports():
         PCA(2, client="tcp://x:8786").fit(np.eye(4))
 
 
+def test_an_unreadable_path_with_n_components_none_names_it(tmp_path):
+    # n_components=None and "mle" read the shape here before fitting: the error says so
+    absent = str(tmp_path / "absent.zarr")
+    for nc in (None, "mle"):
+        with pytest.raises(ValueError, match=r"n_components=.* cannot open .*absent\.zarr"
+                                             r".* give n_components as an int"):
+            PCA(nc).fit(absent)
+
+
 def test_nd_variable_of_a_stored_dataset_by_sample_dims(low_rank, tmp_path):
     xr = pytest.importorskip("xarray")
     import dask.array as da

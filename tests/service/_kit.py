@@ -48,3 +48,27 @@ def wait_job(client, job_id, states=("succeeded", "failed", "cancelled"), timeou
         if job["state"] in states:
             return job
     raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s: {job}")
+
+
+PROBLEM = "application/problem+json"
+
+
+def submit(client, body=None, headers=None, **fields):
+    """POST a job (default: rank 4 of ``A.zarr``) through a TestClient; the response."""
+    body = dict(body or {"source": {"url": "A.zarr"}, "rank": 4}, **fields)
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def assert_problem(r, status, field=None):
+    """An RFC 9457 problem+json answer of this status (naming ``field``); returns the body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    p = r.json()
+    assert p["status"] == status
+    assert p["type"].startswith("https://svdserve.dev/problems/")
+    assert p["title"] and p["detail"] and p["instance"] and p["request_id"]
+    assert r.headers["x-request-id"] == p["request_id"]
+    if field is not None:
+        fields = [e["field"] for e in p.get("errors") or []]
+        assert field in fields, p
+    return p

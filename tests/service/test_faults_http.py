@@ -117,6 +117,9 @@ def test_json_log_has_one_line_per_job_event(server):
     assert all(r["tenant"] == "bob" and r["level"] for r in lines)
     assert [r["pass_no"] for r in lines if r["event"] == "pass"] == [1, 2]
     assert lines[-1]["state"] == "succeeded" and lines[-1]["error_type"] is None
+    assert all("\n" not in r["message"] and ok in r["message"] for r in lines)
     failed = wait_for_end(server.log_path, bad)
-    assert failed[-1]["state"] == "failed"
+    assert [r["event"] for r in failed][:2] == ["submit", "start"]
+    assert failed[-1]["event"] == "end" and failed[-1]["state"] == "failed"
     assert failed[-1]["error_type"] == "non_finite_values"
+    assert "non_finite_values" in failed[-1]["message"]

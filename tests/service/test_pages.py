@@ -71,6 +71,15 @@ def test_log_in_once_with_an_http_only_cookie(service):
         assert c.get("/").status_code == 401
 
 
+def test_a_log_in_form_with_too_many_fields_is_a_400_page(service):
+    with service(tokens=TOKENS) as c:
+        body = "&".join(f"f{i}=x" for i in range(10)) + "&token=token-alice-0123"
+        r = c.post("/login", content=body, follow_redirects=False,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "send only those fields" in r.text
+        assert "svdserve_session" not in c.cookies
+
+
 def test_a_forged_or_stale_session_is_refused():
     from svdserve.service._auth import SESSION_SECONDS, TokenAuth
 
@@ -110,10 +119,14 @@ def test_another_tenants_job_page_is_404(service, wait):
         assert c.get(f"/jobs/{mine}").status_code == 401  # not logged in: the log-in form
         login(c)
         assert c.get(f"/jobs/{mine}").status_code == 200
-        for other in (theirs, "0" * 32, "not-an-id"):
+        for other in (theirs, theirs[:8], "0" * 32, "not-an-id"):
             r = c.get(f"/jobs/{other}")
             assert r.status_code == 404 and "No such job" in r.text
         assert c.get(f"/v1/jobs/{theirs}").status_code == 404
+        # the short id the list and the CLI show leads to the page of the job it names
+        r = c.get(f"/jobs/{mine[:8]}", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/jobs/{mine}"
+        assert c.get(f"/jobs/{mine[:5]}").status_code == 404  # too short to name a job
 
 
 @pytest.mark.parametrize("tokens", [None, TOKENS])

@@ -13,28 +13,7 @@ import numpy as np
 import pytest
 import zarr
 from svdserve import _manifest
-from tests.service._kit import CHUNK_ROWS, M, N, wait_job
-
-PROBLEM = "application/problem+json"
-
-
-def submit(client, body=None, headers=None, **fields):
-    body = dict(body or {"source": {"url": "A.zarr"}, "rank": 4}, **fields)
-    return client.post("/v1/jobs", json=body, headers=headers)
-
-
-def assert_problem(r, status, field=None):
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM), r.headers
-    p = r.json()
-    assert p["status"] == status
-    assert p["type"].startswith("https://svdserve.dev/problems/")
-    assert p["title"] and p["detail"] and p["instance"] and p["request_id"]
-    assert r.headers["x-request-id"] == p["request_id"]
-    if field is not None:
-        fields = [e["field"] for e in p.get("errors") or []]
-        assert field in fields, p
-    return p
+from tests.service._kit import CHUNK_ROWS, M, N, assert_problem, submit, wait_job
 
 
 # ---------------------------------------------------------------------- lifecycle

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from test_service_api import assert_problem
+from tests.service._kit import assert_problem
 
 from svdserve.service._store import JobStore
 

@@ -19,28 +19,11 @@ import sqlite3
 import numpy as np
 
 from svdserve.service._store import JobStore
-
-PROBLEM = "application/problem+json"
+from tests.service._kit import assert_problem, submit
 
 ALICE = {"Authorization": "Bearer token-alice"}
 BOB = {"Authorization": "Bearer token-bob"}
 SMALL = {"source": {"url": "small.zarr"}, "rank": 2}
-
-
-def submit(client, body=None, headers=None, **fields):
-    body = dict(body or {"source": {"url": "A.zarr"}, "rank": 4}, **fields)
-    return client.post("/v1/jobs", json=body, headers=headers)
-
-
-def assert_problem(r, status, field=None):
-    """A problem+json answer of this status (naming ``field``); returns the body."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM), r.headers
-    p = r.json()
-    assert p["status"] == status and p["detail"]
-    if field is not None:
-        assert field in [e["field"] for e in p.get("errors") or []], p
-    return p
 
 
 def _rename(db_path, old, new):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from tests.service._kit import wait_job
-from test_service_api import assert_problem
+from tests.service._kit import assert_problem
 
 from svdserve.service._routes import _body_hash
 from svdserve.service._schemas import JobCreate
