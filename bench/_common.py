@@ -111,10 +111,9 @@ def bare_pass(client, path, panel_bytes=None, reader="direct"):
     as the copy reads them.
     """
     from svdserve.worker import plan_layout
-    from svdserve.worker._api import _panels_for
-    from svdserve.worker._decode import decodes_directly
     from svdserve.worker._engine import DaskEngine, Phase
     from svdserve.worker._source import open_source
+    from svdserve.worker._tasks import panel_task
 
     src = open_source(path)
     engine = DaskEngine(client)
@@ -127,9 +126,10 @@ def bare_pass(client, path, panel_bytes=None, reader="direct"):
                                                 (j * cn, min(n, j * cn + cn))),
                                  (i, j), (cm, cn), pure=False) for i, j in cells]
         return sum(client.gather(futures))
-    panels = _panels_for(src, layout.bounds(), engine, sliced=layout.sliced,
-                         direct=decodes_directly(src.pin.ref, reader))
-    handles = engine.run_pass(Phase("bare", 1, 1), panels, _sum_squares, lambda i: ())
+    panels = src.panels(layout.bounds(), engine, sliced=layout.sliced,
+                        direct=src.decodes_directly(reader))
+    handles = engine.run_pass(Phase("bare", 1, 1), panels, _sum_squares, lambda i: (),
+                              task=panel_task)
     return sum(engine.gather(handles))
 
 
@@ -138,7 +138,7 @@ def _sum_squares(block):
 
 
 def _chunk_sum_squares(ref, expect, cell, chunks):
-    from svdserve.worker._pin import open_pinned, read_region
+    from svdserve.worker._read import open_pinned, read_region
 
     (m, n), (cm, cn), (i, j) = ref.matrix_view.shape, chunks, cell
     exp = dict(expect)

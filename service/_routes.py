@@ -21,9 +21,9 @@ from svdserve.worker import (
     SourceNotFoundError,
     check_layout,
     pin_source,
+    plan,
     plan_layout,
 )
-from svdserve.worker import plan as plan_job
 
 from ._auth import Operator, Tenant
 from ._cluster import Cluster
@@ -233,11 +233,11 @@ async def _validate_source(svc: Services, body: JobCreate
     layout = await _check_layout(svc, pin)
     m, n = info.shape
     try:
-        spec = plan_job(info.shape, body.rank, method=body.method,
-                        n_oversamples=body.n_oversamples, n_iter=body.n_iter,
-                        center=body.center, random_state=body.random_state,
-                        compute_u=body.compute_u or m < n, energy=body.energy,
-                        max_rank=body.max_rank, missing=body.missing)
+        spec = plan(info.shape, body.rank, method=body.method,
+                    n_oversamples=body.n_oversamples, n_iter=body.n_iter,
+                    center=body.center, random_state=body.random_state,
+                    compute_u=body.compute_u, energy=body.energy,
+                    max_rank=body.max_rank, missing=body.missing)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
@@ -257,7 +257,8 @@ async def _validate_source(svc: Services, body: JobCreate
 
 
 async def _check_layout(svc: Services, pin) -> dict:
-    """The panel plan; a 422 when one unavoidable read unit does not fit the smallest worker."""
+    """The panel layout (stored and shown as `plan`); a 422 when one unavoidable read unit
+    does not fit the smallest worker."""
     info, settings = pin.info, svc.settings
     layout = plan_layout(info, panel_bytes=settings.panel_bytes)
     try:

@@ -69,11 +69,11 @@ from svdserve.worker import (
     SVDError,
     SVDParams,
     SVDResult,
+    map_exception,
     pin_source,
     plan,
     svd,
 )
-from svdserve.worker._errors import map_exception
 
 from ._cluster import Cluster
 from ._errors import ServiceError
@@ -294,7 +294,7 @@ class Runner:
         self._succeed(job, res, out)
 
     def _svd(self, job: JobRow, ctl: _Control, out: str, progress) -> SVDResult:
-        """Run the core on the job's pinned source, writing to ``out``."""
+        """Run the core on the job's pinned source with its stored spec, writing to ``out``."""
         req, params = job.request, job.params
         source = params["url"]
         options = options_for(source, self.settings.fs_options())
@@ -314,17 +314,11 @@ class Runner:
                                 panel_bytes=self.settings.panel_bytes,
                                 limits=self.settings.limits(),
                                 sample_dims=params.get("sample_dims"))
-        s = self.settings
-        return svd(source, **_svd_params(job).svd_kwargs(),
-                   missing_chunks=missing_chunks,
-                   panel_cache=s.panel_cache, reader=s.reader,
-                   client=self.cluster.sync_client,
+        return svd(source, spec=_svd_params(job), execution=self.settings.execution(),
+                   missing_chunks=missing_chunks, client=self.cluster.sync_client,
                    storage_options=options, out=out,
-                   out_storage_options=self.results.out_options,
-                   panel_bytes=s.panel_bytes, progress=progress,
-                   memory_fraction=s.memory_fraction,
-                   no_workers_timeout=s.no_workers_timeout, interrupt=ctl.check,
-                   task_deadline=s.task_deadline, task_deadline_factor=s.task_deadline_factor)
+                   out_storage_options=self.results.out_options, progress=progress,
+                   interrupt=ctl.check)
 
     def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
         """``progress(done, total, phase)`` for the core: stores progress (throttled,
@@ -464,9 +458,8 @@ def _svd_params(job: JobRow) -> SVDParams:
     if "svd" in job.params:
         return SVDParams.from_json(job.params["svd"])
     req, params = job.request, job.params
-    m, n = params["shape"]
     return plan(params["shape"], req.get("rank"), method=req["method"],
                 n_oversamples=req["n_oversamples"], n_iter=req["n_iter"], center=req["center"],
                 random_state=req["random_state"],
-                compute_u=req.get("compute_u", True) or m < n, energy=req.get("energy"),
+                compute_u=req.get("compute_u", True), energy=req.get("energy"),
                 max_rank=req.get("max_rank"), missing=req.get("missing", "error"))

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationInfo, field_validator, model_validator)
 
-from svdserve.worker._methods import Method
+from svdserve.worker import Method
 
 from ._states import JobState
 

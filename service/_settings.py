@@ -22,10 +22,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from svdserve.worker import READERS, Execution, Limits
+
 __all__ = ["Settings", "TENANT_PATTERN"]
 
 #: A tenant name is used as a directory name under the results root.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: The worker's defaults, which the settings below take rather than repeat.
+_WORKER, _LIMITS = Execution(), Limits()
 
 _S3 = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,62})(?:/(?P<prefix>.*))?$")
 
@@ -206,21 +211,21 @@ class Settings(BaseSettings):
     max_running_jobs_per_tenant: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     panel_bytes: int | None = Field(default=None, ge=1)
-    panel_cache: float = Field(default=0.4, ge=0.0, le=0.5)
-    reader: Literal["direct", "zarr"] = "direct"
+    panel_cache: float = Field(default=_WORKER.panel_cache, ge=0.0, le=0.5)
+    reader: Literal[READERS] = _WORKER.reader
     max_body_bytes: int = Field(default=65536, ge=1024)
     progress_interval: float = Field(default=0.2, ge=0)
     connect_timeout: float = Field(default=30.0, gt=0)
-    no_workers_timeout: float = Field(default=60.0, gt=0)
-    max_chunks: int = Field(default=1_000_000, ge=1)
-    max_panels: int = Field(default=1_000_000, ge=1)
-    max_band_bytes: int = Field(default=4 * 2**30, ge=1)
-    memory_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    no_workers_timeout: float = Field(default=_WORKER.no_workers_timeout, gt=0)
+    max_chunks: int = Field(default=_LIMITS.max_chunks, ge=1)
+    max_panels: int = Field(default=_LIMITS.max_panels, ge=1)
+    max_band_bytes: int = Field(default=_LIMITS.max_band_bytes, ge=1)
+    memory_fraction: float = Field(default=_WORKER.memory_fraction, gt=0.0, le=1.0)
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    task_deadline: float = Field(default=60.0, gt=0)
-    task_deadline_factor: float = Field(default=10.0, ge=1)
+    task_deadline: float = Field(default=60.0, gt=0)  # the worker's default is None (no deadline)
+    task_deadline_factor: float = Field(default=_WORKER.task_deadline_factor, ge=1)
     state_retry_max: float = Field(default=5.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     metrics_token: SecretStr | None = None
@@ -305,10 +310,16 @@ class Settings(BaseSettings):
             options.setdefault("endpoint_url", self.s3_endpoint)
         return options
 
-    def limits(self):
-        """The sanity limits on sources (:class:`svdserve.worker.Limits`)."""
-        from svdserve.worker import Limits
+    def execution(self) -> Execution:
+        """How the core runs each job (:class:`svdserve.worker.Execution`)."""
+        return Execution(panel_bytes=self.panel_bytes, panel_cache=self.panel_cache,
+                         memory_fraction=self.memory_fraction, reader=self.reader,
+                         no_workers_timeout=self.no_workers_timeout,
+                         task_deadline=self.task_deadline,
+                         task_deadline_factor=self.task_deadline_factor)
 
+    def limits(self) -> Limits:
+        """The sanity limits on sources (:class:`svdserve.worker.Limits`)."""
         return Limits(max_chunks=self.max_chunks, max_panels=self.max_panels,
                       max_band_bytes=self.max_band_bytes)
 

@@ -190,11 +190,11 @@ def fake_report(shape, s_k, total, *, center=False, method="exact", s_all=None):
 
 def write_fake_result(path, A, k, *, center=False, method="exact", row_chunk=None):
     """A ``result.zarr`` for A (dense SVD) at ``path``, written by the worker's own
-    :class:`~svdserve.worker._store.ResultWriter` (manifest last, as
+    :class:`~svdserve.worker._result.ResultWriter` (manifest last, as
     ``docs/contracts.md`` says); returns (U, s, Vt, mean)."""
     import os
 
-    from svdserve.worker._store import ResultWriter
+    from svdserve.worker._result import ResultWriter
 
     U, s, Vt, mean, s_all, total = dense_svd(A, k, center=center)
     m, n = np.shape(A)

@@ -91,7 +91,6 @@ MAY_IMPORT = {"worker": set(), "service": {"worker"}, "client": set()}
 #: Modules of the top package ``svdserve`` that every part may import (README: "Layout
 #: and development": the one module all three share).
 SHARED = {"svdserve._manifest"}
-_LAYERS = pytest.mark.xfail(strict=True, reason="issue 21: worker layering lands in branch 'layers'")
 
 
 def _modules(part: str) -> dict[str, Path]:
@@ -254,7 +253,7 @@ def private_imports(part: str, *, across: bool) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("part", [pytest.param("worker", marks=_LAYERS), "service", "client"])
+@pytest.mark.parametrize("part", ["worker", "service", "client"])
 def test_no_import_cycle_inside_a_part(part):
     cycles = [" -> ".join(chain) + (f" (the cycles join all of {members})"
                                     if len(members) > len(chain) - 1 else "")
@@ -264,14 +263,14 @@ def test_no_import_cycle_inside_a_part(part):
                         + ". Move what both sides need into a lower module.")
 
 
-@pytest.mark.parametrize("part", [pytest.param("worker", marks=_LAYERS), "service", "client"])
+@pytest.mark.parametrize("part", ["worker", "service", "client"])
 def test_no_private_name_imported_from_another_module(part):
     bad = private_imports(part, across=False)
     assert not bad, ("private names imported from another module (make them public in their "
                      "home module):\n" + "\n".join(bad))
 
 
-@pytest.mark.parametrize("part", ["worker", pytest.param("service", marks=_LAYERS), "client"])
+@pytest.mark.parametrize("part", ["worker", "service", "client"])
 def test_other_parts_imported_only_through_their_all(part):
     bad = private_imports(part, across=True)
     assert not bad, ("imports of another part outside its __all__ (add the name to that part's "

@@ -61,6 +61,18 @@ def test_kernels_import_only_numpy():
     assert kernel_imports <= {"__future__", "math", "numpy", "scipy", "scipy.linalg"}  # math: stdlib
 
 
+def test_kernel_building_blocks_import_only_numpy():
+    """What the kernels take from their sibling modules (scaled sums of squares, QR) is
+    pure NumPy too: the whole kernel family imports nothing but NumPy, SciPy and math."""
+    siblings = [a.name for node in ast.walk(ast.parse((ROOT / "worker/_kernels.py").read_text()))
+                if isinstance(node, ast.ImportFrom) and node.level and not node.module
+                for a in node.names]
+    assert sorted(siblings) == ["_qr", "_sumsq"]
+    for name in siblings:
+        assert _imports_of(ROOT / f"worker/{name}.py") <= {
+            "__future__", "math", "numpy", "scipy", "scipy.linalg", "_sumsq"}, name
+
+
 def _imports_of(path):
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

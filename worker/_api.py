@@ -1,41 +1,42 @@
-"""The public entry point :func:`svd`, a short sequence:
+"""The public entry point :func:`svd`, one short sequence:
 
-validate (:func:`~._source.open_source`, :func:`~._plan.plan`) → cut the
-matrix (:func:`~._layout.plan_layout`) → run the algorithm
-(:func:`_run_algorithm`, which returns :class:`~._run.Factors`) → fix signs →
-write → report.
+open the source (:func:`~._source.open_source`) → the job spec
+(:func:`~._spec.plan` → :class:`~._spec.SVDParams`, with an
+:class:`~._spec.Execution`) → the layout (:meth:`~._source.Source.layout`,
+:func:`~._layout.check_layout`) → run the algorithm (:func:`_run_algorithm`,
+which returns :class:`~._run.Factors`) → fix signs → write → report.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._decode import READERS, decodes_directly
 from ._energy import energy_report, spectral_estimate
-from ._errors import InvalidInputError
-from ._engine import Phase, make_engine
+from ._engine import DaskEngine, LocalEngine, Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
-from ._layout import DEFAULT_MEMORY_FRACTION, check_layout, plan_layout, rechunk, remove_scratch
+from ._layout import Layout, check_layout
 from ._missing import (check_none_missing, decide_mask, describe_feature, feature_counts,
                        missing_chunks_mode)
-from ._plan import EXACT_MAX_COLUMNS, choose_method, plan
 from ._randqb import energy_rank, randqb_svd
+from ._rechunk import rechunk, remove_scratch, scratch_dir
+from ._result import ResultWriter, SVDResult, write_tall_block
 from ._rsvd import randomized_svd
 from ._run import Run
 from ._sketch import sketch_svd
-from ._source import PanelRef, PanelRefs, Source, open_source, read_panel
-from ._store import ResultWriter, SVDResult, write_tall_block
+from ._source import Source, open_source
+from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._tsqr import exact_svd
 
-#: Default share of a worker's memory limit for cached panels (see :mod:`._cache`).
-DEFAULT_PANEL_CACHE = 0.4
-
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
+
+#: The execution defaults (:class:`Execution`), which :func:`svd`'s keywords take.
+_RUN = Execution()
 
 
 def _versions():
@@ -46,53 +47,6 @@ def _versions():
 
     return {"svdserve": svdserve.__version__, "numpy": np.__version__,
             "dask": dask.__version__, "zarr": zarr.__version__}
-
-
-def _panels_for(src, bounds, engine, pin=None, sliced=False, direct=False):
-    """Panel arguments for each (start, stop) of the tall view.
-
-    ``pin`` overrides the source's pin (the scratch copy of a rechunked
-    source, stored in the tall orientation); ``sliced`` reads by byte range;
-    ``direct`` decodes the source's chunks straight into the panels (:mod:`._decode`).
-    """
-    wide = src.wide
-    if src.kind == "zarr":
-        if pin is not None:  # the scratch copy: already in the tall orientation
-            return PanelRefs(pin, bounds, False, sliced)
-        if src.pin is not None:  # read through the pin, made lazily per panel
-            return PanelRefs(src.pin, bounds, wide, sliced, direct and not sliced)
-        return [PanelRef(s, e, wide, array=src.obj, view=src.view) for s, e in bounds]
-    if src.kind == "numpy":
-        a = src.obj
-        return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
-                for s, e in bounds]
-    x = src.obj.T if wide else src.obj
-    x = x.rechunk((tuple(e - s for s, e in bounds), (x.shape[1],)))
-    return list(x.to_delayed().ravel())
-
-
-def _pivot_row(src, panels, markers=None):
-    """The tall view's first row in float64: the common shift of a centred run.
-
-    Read like the panels (through the pin, by byte range when they are).
-    Non-finite entries (and missing-value ``markers``) become 0, so a NaN in
-    row 0 is reported for the first panel only, not spread to every panel by
-    the shift, and a masked feature stays exactly zero.
-    """
-    if src.kind == "dask":
-        row = src.obj[0].compute()
-    elif isinstance(panels, PanelRefs):
-        row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced,
-                                   panels.direct)[0])[0]
-    elif src.view is not None:
-        row = read_panel(PanelRef(0, 1, False, array=src.obj, view=src.view))[0]
-    else:
-        row = src.obj[0]
-    row = np.asarray(row, dtype=np.float64).copy()
-    row[~np.isfinite(row)] = 0.0
-    for value in markers or ():
-        row[row == value] = 0.0
-    return row
 
 
 def _missing_decider(job):
@@ -116,26 +70,16 @@ def _missing_decider(job):
     return decide
 
 
-def _bounded(src, panel_bytes):
-    """An unpinned Zarr array whose chunk band exceeds the budget, as a dask array
-    (dask then rechunks it to panels in bounded memory); other sources unchanged."""
-    if src.kind != "zarr" or src.pin is not None or src.view is not None:
-        return src
-    if plan_layout(src.info, panel_bytes=panel_bytes).kind == "chunks":  # the band fits
-        return src
-    import dask.array as da
-
-    return Source(src.info, "dask", da.from_array(src.obj, chunks=src.obj.chunks))
-
-
 def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_iter=2,
         center=False, random_state=0, client=None, storage_options=None, out=None,
-        out_storage_options=None, panel_bytes=None, progress=None, no_workers_timeout=60.0,
-        compute_u=True, panel_cache=DEFAULT_PANEL_CACHE, missing_chunks="fill",
+        out_storage_options=None, panel_bytes=None, progress=None,
+        no_workers_timeout=_RUN.no_workers_timeout, compute_u=True,
+        panel_cache=_RUN.panel_cache, missing_chunks="fill",
         allow_missing_chunks=None, energy=None, max_rank=None, block_size=16,
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
-        memory_fraction=DEFAULT_MEMORY_FRACTION, reader="direct", interrupt=None,
-        task_deadline=None, task_deadline_factor=10.0):
+        memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
+        task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
+        spec=None, execution=None):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -289,6 +233,15 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         do not answer a ping (hung, e.g. stopped) are retired as lost; their
         tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
     task_deadline_factor : float, default=10
+        See ``task_deadline``.
+    spec : SVDParams, optional
+        The job's parameters planned already (:func:`plan` on this source's
+        shape; the service stores them at submit): used as they are, and
+        ``rank`` ... ``missing`` (what to compute) are then not read.
+    execution : Execution, optional
+        How to run (the service builds it from its settings): used as it is,
+        and ``panel_bytes``, ``panel_cache``, ``memory_fraction``, ``reader``,
+        ``no_workers_timeout`` and ``task_deadline*`` are then not read.
 
     Returns
     -------
@@ -325,31 +278,38 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     and the estimated peak per worker).
     """
     t_start = time.perf_counter()
-    if reader not in READERS:
-        raise InvalidInputError(f"reader must be one of {', '.join(map(repr, READERS))}; "
-                                f"got {reader!r}.", field="reader")
+    if execution is None:
+        execution = Execution(panel_bytes=panel_bytes, panel_cache=panel_cache,
+                              memory_fraction=memory_fraction, reader=reader,
+                              no_workers_timeout=no_workers_timeout,
+                              task_deadline=task_deadline,
+                              task_deadline_factor=task_deadline_factor)
     src = open_source(source, array=array, storage_options=storage_options,
                       missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
-                      panel_bytes=panel_bytes, sample_dims=sample_dims)
-    params = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
-                  center=center, random_state=random_state,
-                  compute_u=bool(compute_u) or src.wide,  # a wide matrix's tall factor is V
-                  energy=energy, max_rank=max_rank, block_size=block_size,
-                  sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
-    engine = make_engine(client, no_workers_timeout=no_workers_timeout, interrupt=interrupt,
-                         task_deadline=task_deadline, deadline_factor=task_deadline_factor)
-    src, layout = _cut(src, engine, panel_bytes, memory_fraction)
-    out_opts = storage_options if out_storage_options is None else out_storage_options
-    job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src))
-    run, fac = _run_algorithm(job, panel_cache=panel_cache,
-                              scratch=_scratch_dir(scratch, out), panel_bytes=panel_bytes,
-                              reader=reader)
+                      panel_bytes=execution.panel_bytes, sample_dims=sample_dims)
+    if spec is None:
+        spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
+                    center=center, random_state=random_state, compute_u=compute_u,
+                    energy=energy, max_rank=max_rank, block_size=block_size,
+                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
+    return _run_job(src, spec, execution, t_start, client=client, progress=progress,
+                    interrupt=interrupt, out=out, scratch=scratch,
+                    out_opts=storage_options if out_storage_options is None
+                    else out_storage_options)
+
+
+def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
+             scratch):
+    """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
+    engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
+    src, layout = _cut(src, engine, execution)
+    job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),
+               execution)
+    run, fac = _run_algorithm(job, scratch=scratch_dir(scratch, out))
     signs, v = _fix_signs(job, fac)
     src.verify()  # after the last read: the source is still exactly what was pinned
     tall, writer = _write_tall(job, run, fac, signs)
-    report, provenance = _report(job, run, fac, t_start,
-                                 {"panel_bytes": panel_bytes, "panel_cache": panel_cache,
-                                  "reader": reader})
+    report, provenance = _report(job, run, fac, t_start, execution.to_json())
     return _finish(job, run, fac, v, tall, writer, report, provenance)
 
 
@@ -358,13 +318,14 @@ class _Job:
     """What the steps of one :func:`svd` call share."""
 
     src: Source
-    params: object  # SVDParams
-    layout: object  # Layout
-    engine: object
-    progress: object
+    params: SVDParams
+    layout: Layout
+    engine: LocalEngine | DaskEngine
+    progress: Callable | None  # progress(done, total, phase)
     out: str | None
     out_opts: dict | None
     labels: dict | None
+    execution: Execution
     mask: np.ndarray | None = None
     reader: str | None = None  # what decoded the stored chunks (report["plan"]["reader"])
 
@@ -377,23 +338,22 @@ class _Job:
         return {"exact": 1 + p.compute_u, "sketch": 1}.get(p.resolved, p.n_iter + 1)
 
 
-def _cut(src, engine, panel_bytes, memory_fraction):
+def _cut(src, engine, execution):
     """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit."""
-    src = _bounded(src, panel_bytes)
-    layout = plan_layout(src.info, in_memory=src.kind != "zarr", pinned=src.pin is not None,
-                         panel_bytes=panel_bytes)
-    check_layout(layout, engine.memory_limit(), memory_fraction,
-                 name=src.pin.ref.name if src.pin is not None else "the source",
+    src = src.bounded(execution.panel_bytes)
+    layout = src.layout(execution.panel_bytes)
+    check_layout(layout, engine.memory_limit(), execution.memory_fraction, name=src.name,
                  shape=src.shape, chunks=src.info.chunks)
     return src, layout
 
 
-def _run_algorithm(job, *, panel_cache, scratch, panel_bytes, reader):
+def _run_algorithm(job, *, scratch):
     """Copy the source if the layout says so, build the :class:`Run`, run the method.
 
     The panel cache and the scratch copy are released however the run ends.
     """
     src, params, engine, bounds = job.src, job.params, job.engine, job.bounds
+    ex = job.execution
     center_cols = params.center and not src.wide
     passes = job.phase_total()
     token = uuid.uuid4().hex
@@ -401,37 +361,28 @@ def _run_algorithm(job, *, panel_cache, scratch, panel_bytes, reader):
     markers = (tuple(src.info.fill or ()) if params.missing == "mask" or src.info.fill
                else None)
     scratch_url = None
-    direct = src.pin is not None and decodes_directly(src.pin.ref, reader)
-    job.reader = _reader_used(src, job.layout, direct)
+    direct = src.decodes_directly(ex.reader)
+    job.reader = src.reader_used(job.layout, direct)
     try:
         pin = None
         if job.layout.kind == "rechunk":
             pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
-                                       token=token, panel_bytes=panel_bytes,
+                                       token=token, panel_bytes=ex.panel_bytes,
                                        progress=job.progress, passes=passes, direct=direct)
-        panels = _panels_for(src, bounds, engine, pin, job.layout.sliced, direct)
+        panels = src.panels(bounds, engine, scratch=pin, sliced=job.layout.sliced,
+                            direct=direct)
         run = Run(engine, panels, bounds, src.tall_shape,
                   center=center_cols, center_rows=params.center and src.wide,
                   passes=passes, progress=job.progress, wide=src.wide,
-                  pivot=_pivot_row(src, panels, markers) if center_cols else None,
-                  cache=(token, float(panel_cache)) if panel_cache else None,
+                  pivot=src.first_row(panels, markers) if center_cols else None,
+                  cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
                   decide_missing=None if markers is None else _missing_decider(job))
         return run, _factor(run, params)
     finally:
-        if panel_cache:  # nothing to release otherwise (and no call to a hung worker)
+        if ex.panel_cache:  # nothing to release otherwise (and no call to a hung worker)
             engine.release_cache(token)
         remove_scratch(scratch_url, job.out_opts)
-
-
-def _reader_used(src, layout, direct):
-    """What decodes the stored chunks, for ``report["plan"]["reader"]``."""
-    if src.kind != "zarr":
-        return "memory" if src.kind == "numpy" else "dask"
-    decode = "direct" if direct else "zarr"
-    if layout.kind == "rechunk":
-        return f"{decode} (the one-time copy), then byte ranges"
-    return "byte ranges" if layout.sliced else decode
 
 
 def _fix_signs(job, fac):
@@ -598,18 +549,6 @@ def _factor(run, params):
                              random_state=p.random_state, n_probes=p.n_probes,
                              compute_u=p.compute_u)
     return fac if p.compute_u else fac._replace(tall=None)
-
-
-def _scratch_dir(scratch, out):
-    """Where a rechunked copy goes: ``scratch``, else next to ``out``, else the temp dir."""
-    if scratch is not None:
-        return str(scratch)
-    if out is not None:
-        parent = str(out).rstrip("/").rsplit("/", 1)
-        return parent[0] if len(parent) == 2 and parent[0] else "."
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def _rank_by_energy(run, energy, cap):

@@ -17,7 +17,7 @@ instead of decode-bound. The cache is per worker process and per job:
   is cancelled).
 
 Panels in the cache are shared: kernels must never modify them in place
-(:func:`svdserve.worker._engine.panel_task` copies before shifting).
+(:func:`svdserve.worker._tasks.panel_task` copies before shifting).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Direct chunk decoding: stored chunk bytes decoded straight into one panel buffer.
+"""Chunk codecs: stored chunk bytes decoded straight into a buffer.
 
 Zarr's own read path (``array[a:b]``) goes through its asynchronous codec
 pipeline: an event loop thread, a thread per file read, a decoded buffer per
@@ -7,13 +7,11 @@ core with another worker, that machinery costs more than the decoding itself
 (measured in ``bench/compare.py``: a pass through zarr ran at about 0.65 of
 the decode floor).
 
-For the chunk encodings that are a plain byte stream, this module does the
-same work with none of it: each chunk file is read through the pin's guard
-(:func:`~._pin._local_get_ranges`: the stamp checked, exactly the pinned
-bytes read) and decoded by the same numcodecs codec zarr would use, *into*
-its rows of the panel buffer when the chunk covers whole rows of it, else
-into one reused chunk buffer copied from. The decoded values are the same
-bits either way (decoding is exact); ``reader="zarr"`` in
+For the chunk encodings that are a plain byte stream, :func:`chunk_decoder`
+gives a decoder that does the same work with none of it: the same numcodecs
+codec zarr would use, decoding *into* a given buffer. The decoded values are
+the same bits either way (decoding is exact). :func:`~._read.read_box` reads
+the chunk files through the pin and uses it; ``reader="zarr"`` in
 :func:`svdserve.worker.svd` keeps zarr's path.
 
 Direct decoding applies when the chunk is C-ordered bytes with at most one
@@ -29,12 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import InvalidInputError, SourceChangedError, StorageError
-
-__all__ = ["READERS", "chunk_decoder", "decodes_directly", "read_box"]
-
-#: Values of the ``reader`` setting: which code decodes the stored chunks.
-READERS = ("direct", "zarr")
+__all__ = ["chunk_decoder"]
 
 
 class _Decoder:
@@ -136,89 +129,3 @@ def chunk_decoder(meta):
     if len(chunks) != 2:
         return None
     return _Decoder(codec, np.dtype(dtype), chunks, meta.fill_value)
-
-
-def _remote_whole(ref, expect, keys):
-    """Whole objects of ``keys`` fetched concurrently; None for an allowed missing one."""
-    from ._pin import _missing_message, _change_message, _remote_fs
-
-    fs, path = _remote_fs(ref)
-    got = fs.cat([f"{path}/{key}" for key in keys], on_error="return")  # a list: a dict back
-    out = []
-    for key in keys:
-        data = got[f"{path}/{key}"]
-        if isinstance(data, FileNotFoundError):
-            where, stamp = expect[key]
-            if stamp == "" and ref.allow_missing:
-                data = None
-            elif stamp == "":
-                raise InvalidInputError(_missing_message(ref, where, 1), field="source")
-            else:
-                raise SourceChangedError(_change_message(ref, key, where, stamp, ""))
-        elif isinstance(data, BaseException):
-            raise data
-        out.append(data)
-    return out
-
-
-def read_box(ref, expect, rows, cols):
-    """Rows ``rows`` and columns ``cols`` (slices) of a pinned 2-D array, decoded directly.
-
-    Parameters
-    ----------
-    ref : SourceRef
-        Its chunks must have a :func:`chunk_decoder`.
-    expect : dict
-        Chunk key to ``((i, j), stamp)`` for every chunk the box touches.
-    rows, cols : slice
-
-    Returns
-    -------
-    ndarray of shape (rows, cols), float64, C order
-    """
-    from ._pin import _local_get_ranges, _meta_of, box_cells, chunk_region
-
-    meta = _meta_of(ref)
-    dec = chunk_decoder(meta)
-    cm, cn = dec.chunks
-    out = np.empty((rows.stop - rows.start, cols.stop - cols.start))
-    cells = list(box_cells(rows, cols, (cm, cn)))
-    keys = [meta.encode_chunk_key(cell) for cell, _, _ in cells]
-    fetched = _remote_whole(ref, expect, keys) if ref.remote else None
-    scratch = None
-    for n_cell, (((i, j), (a0, a1, b0, b1), at), key) in enumerate(zip(cells, keys)):
-        dst = out[at]
-        if fetched is not None:
-            raw = fetched[n_cell]
-        else:
-            got = _local_get_ranges(ref, expect, key, None)
-            raw = None if got is None else got[0]
-        if raw is None:  # missing at rest, allowed: the fill value
-            dst[...] = dec.fill if dec.fill is not None else 0
-            continue
-        # A whole chunk spanning the box's width is contiguous in ``out``: decode in place.
-        whole = dec.dtype == out.dtype and (a0, a1, b0, b1) == (0, cm, 0, cn) and cn == out.shape[1]
-        try:
-            if whole:
-                dec.decode(raw, dst)
-                continue
-            if scratch is None:
-                scratch = np.empty((cm, cn), dtype=dec.dtype)
-            dec.decode(raw, scratch)
-        except (MemoryError, SourceChangedError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - codec, truncation
-            raise StorageError(
-                f"chunk {key!r} of {ref.name} ({chunk_region(ref, i, j)}) could not be read: "
-                f"{type(exc).__name__}: {exc}. The stored chunk is corrupt or truncated; "
-                "rewrite the array.") from exc
-        dst[...] = scratch[a0:a1, b0:b1]
-    return out
-
-
-def decodes_directly(ref, reader):
-    """Whether panels of the pinned array ``ref`` are read by :func:`read_box` under ``reader``."""
-    from ._pin import _meta_of
-
-    return (reader == "direct" and (ref.view is None or ref.view.is_identity)
-            and chunk_decoder(_meta_of(ref)) is not None)

@@ -20,14 +20,10 @@ import statistics
 import time
 from collections import deque
 
-import numpy as np
-
 from . import _cache
 from ._errors import WorkerLostError, map_exception
-from ._kernels import mask_missing, prepare_panel
-from ._source import PanelRef, read_panel
 
-__all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine", "panel_task",
+__all__ = ["Phase", "LocalEngine", "DaskEngine", "make_engine",
            "smallest_memory_limit", "run_on_workers", "PING_TIMEOUT"]
 
 
@@ -54,62 +50,6 @@ class Phase(str):
 
     def __reduce__(self):
         return (Phase, (self.name, self.pass_no, self.passes))
-
-
-def _read(panel, missing):
-    """Read a panel; with ``missing`` (markers) replace missing entries by 0.
-
-    Returns ``(block, owned, counts)`` (counts: :func:`~._kernels.mask_missing`).
-    """
-    block = read_panel(panel)
-    # An in-memory panel converted to float64 is ours; a view of it (a read-only
-    # memmap seen through np.asarray, say) is not.
-    owned = isinstance(panel, PanelRef) or not np.may_share_memory(block, panel)
-    if missing is None:
-        return block, owned, None
-    masked, counts = mask_missing(block, missing, owned=owned)
-    return masked, owned or masked is not block, counts
-
-
-def _load(panel, cache, missing=None):
-    """A panel's block from the cache or the source: ``(block, rows_read, owned, counts)``.
-
-    A cached block was masked when it was read; ``counts`` is None then.
-    """
-    if cache is None or not isinstance(panel, PanelRef):
-        block, owned, counts = _read(panel, missing)
-        return block, block.shape[0], owned, counts
-    token, fraction = cache
-    key = (token, panel.start, panel.stop)
-    block = _cache.lookup(key)
-    if block is not None:
-        return block, 0, False, None
-    block, _owned, counts = _read(panel, missing)
-    return block, block.shape[0], not _cache.offer(key, block, fraction), counts
-
-
-def panel_task(kernel, panel, shift, cache, missing, *args):
-    """Load one panel (:mod:`._cache` or storage), shift it by the pivot row
-    (:func:`~._kernels.prepare_panel`) and run ``kernel(block, *args)`` on it.
-
-    ``cache`` is ``(token, fraction)`` or None. A cached block is shared, so it
-    is shifted into a copy, never in place; a kernel with ``takes_owned``
-    (a wrapper that prepares the block further, e.g. row centring in
-    :mod:`._run`) is told whether it may overwrite the block. ``missing`` is None
-    (missing values are errors) or the markers of :func:`~._kernels.mask_missing`
-    (``missing="mask"``: missing entries read as 0 and are counted).
-
-    Returns
-    -------
-    (result, rows, rows_read, counts)
-        ``counts``: missing entries per column and per row of the panel, or None.
-    """
-    block, rows_read, owned, counts = _load(panel, cache, missing)
-    if shift is not None:
-        block, owned = prepare_panel(block, shift=shift, owned=owned)[0], True
-    out = (kernel(block, *args, owned=owned) if getattr(kernel, "takes_owned", False)
-           else kernel(block, *args))
-    return out, block.shape[0], rows_read, counts
 
 
 #: Picks ``(rows, rows_read, counts)`` out of a panel task's result.
@@ -223,9 +163,13 @@ class _Engine:
         any queued panel task)."""
         return self.submit(_pick, handle, *keys)
 
-    def run_pass(self, phase, panels, kernel, args_for, *, shift=None,
+    def run_pass(self, phase, panels, kernel, args_for, *, task, shift=None,
                  cache=None, progress=None, on_result=None, missing=None):
-        """Run ``kernel`` on every panel; report progress after each one.
+        """Run ``task`` with ``kernel`` on every panel; report progress after each one.
+
+        The engine knows no reader and no kernel: ``task`` reads a panel and runs
+        the kernel on it (:func:`~._tasks.panel_task`); the engine submits it once
+        per panel, counts rows and reports progress.
 
         Parameters
         ----------
@@ -234,13 +178,16 @@ class _Engine:
             Panel arguments (PanelRef, scattered block or delayed block).
         kernel : callable
             ``kernel(block, *args_for(i))``.
+        task : callable
+            ``task(kernel, panel, shift, cache, missing, *args_for(i))`` returning
+            ``(result, rows, rows_read, counts)``.
         shift : handle or None
             The pivot row each panel is shifted by (:func:`~._kernels.prepare_panel`).
         cache : (token, fraction) or None
             Keep decoded panels in worker memory (:mod:`._cache`).
         missing : tuple of float or None
             ``missing="mask"``: markers of missing entries besides NaN
-            (:func:`panel_task`); the counts per panel are left in
+            (:func:`~._tasks.panel_task`); the counts per panel are left in
             :attr:`missing_counts`.
         on_result : callable, optional
             ``on_result(indices, handles)`` as panels finish (a batch: those
@@ -255,7 +202,7 @@ class _Engine:
         t0 = time.perf_counter()
         self.phase = phase
         self.check_members()
-        tasks = [self.submit_panel(i, panel_task, kernel, p, shift, cache,
+        tasks = [self.submit_panel(i, task, kernel, p, shift, cache,
                                    missing, *args_for(i))
                  for i, p in enumerate(panels)]
         # Picked out as soon as each panel is done (:meth:`part` runs first), so

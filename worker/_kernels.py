@@ -1,6 +1,6 @@
 """Pure NumPy kernels on one panel (a row band of the tall matrix).
 
-Nothing here knows about Dask, Zarr or the panel plan: every function takes
+Nothing here knows about Dask, Zarr or the panel layout: every function takes
 in-memory arrays and returns in-memory arrays, so each is tested without a
 cluster. The graph plumbing lives in :mod:`._engine`; the algorithms that
 chain these kernels into passes live in :mod:`._tsqr` and :mod:`._rsvd`.
@@ -10,9 +10,8 @@ When the tall view is centred (PCA), ``a`` has already been shifted by a
 common pivot row ``p`` (``a = A_i − 1pᵀ``, see :func:`prepare_panel`),
 so that an offset common to all rows never enters a rounding error.
 
-Sums of squares are carried scaled, as LAPACK's ``dlassq`` does: a pair
-``(e, s)`` stands for ``s·4**e`` (see :func:`sumsq`), so ‖A‖²_F of a matrix
-with entries near 1e±300 neither overflows nor underflows.
+Sums of squares are carried scaled (:mod:`._sumsq`, re-exported here with the
+panel statistics); the QR of a block is :mod:`._qr`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import lapack
+
+# The kernels' own building blocks, pure NumPy too (``from . import``: no package but NumPy
+# enters here); their names are re-exported as this module's, where the kernels are used.
+from . import _qr, _sumsq
+
+qr_r, qr_apply, qr_full, thin_qr, with_ones = (_qr.qr_r, _qr.qr_apply, _qr.qr_full,
+                                               _qr.thin_qr, _qr.with_ones)
+sumsq, add_sumsq, scale_sumsq, sumsq_norm, tail_norms = (
+    _sumsq.sumsq, _sumsq.add_sumsq, _sumsq.scale_sumsq, _sumsq.sumsq_norm, _sumsq.tail_norms)
+panel_stats, merge_stats = _sumsq.panel_stats, _sumsq.merge_stats
+abs_max, blocked_sumsq, times_pow2 = _sumsq.abs_max, _sumsq.blocked_sumsq, _sumsq.times_pow2
 
 __all__ = [
     "sumsq",
@@ -56,133 +65,6 @@ __all__ = [
     "block_argmax",
 ]
 
-#: Rows per block in the blocked loops (keeps temporaries in cache).
-_BLOCK = 256
-
-
-# --------------------------------------------------------------------------- scaled sums of squares
-
-
-def _normal(e, s):
-    """Renormalise ``s·4**e`` so that ``s`` lies in [0.5, 2) (or is 0)."""
-    if s == 0.0:
-        return (0, 0.0)
-    mant, x = math.frexp(s)
-    if x % 2:
-        mant, x = mant * 2.0, x - 1
-    return (int(e) + x // 2, mant)
-
-
-def sumsq(x, amax=None):
-    """Scaled sum of squares Σx² as ``(e, s)`` with Σx² = s·4**e (LAPACK ``dlassq``).
-
-    Parameters
-    ----------
-    x : ndarray of any shape
-    amax : float, optional
-        An upper bound of max|x| (computed when omitted).
-
-    Returns
-    -------
-    (int, float)
-        ``s`` in [0.5, 2) or 0. Exact scaling by powers of two: within
-        2**±300 the squares are summed unscaled (the common case costs one
-        dot product), outside it ``x`` is first multiplied by 2**-e.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return (0, 0.0)
-    if amax is None:
-        # One read in the common case: a finite sum well above the underflow
-        # range cannot have lost anything that matters (a lost square is
-        # below 2**-1074, the sum at least 2**-600).
-        s = _dot_self(x)
-        if math.isfinite(s) and s >= 2.0**-600:
-            return _normal(0, s)
-        amax = _abs_max(x)
-    if amax == 0.0:
-        return (0, 0.0)
-    if 2.0**-300 < amax < 2.0**300:
-        return _normal(0, _dot_self(x))
-    e = math.frexp(amax)[1]
-    return _normal(e, _dot_self(_times_pow2(x, -e)))
-
-
-def _times_pow2(x, e, out=None):
-    """``x·2**e`` with the bits of ``np.ldexp(x, e)``, at about a tenth of its cost.
-
-    For −1022 ≤ e ≤ 1023 the factor 2**e is a normal float, and an IEEE
-    multiplication rounds the exact product ``x·2**e`` correctly, as
-    ``ldexp`` does (subnormal results included); beyond, ``np.ldexp`` runs.
-    """
-    if -1022 <= e <= 1023:
-        return np.multiply(x, math.ldexp(1.0, e), out=out)
-    return np.ldexp(x, e, out=out)
-
-
-def _dot_self(x):
-    """Σx² in one read (no temporary beyond a row for 1-D and 2-D input).
-
-    For 2-D input, the column sums first: ``einsum`` adds whole rows with
-    vector instructions, about 1.6× the speed of its full reduction.
-    """
-    if x.ndim == 2:
-        return float(np.einsum("ij,ij->j", x, x).sum())
-    flat = x.reshape(-1)
-    return float(flat @ flat)
-
-
-def add_sumsq(a, b):
-    """Sum of two :func:`sumsq` pairs (exact rescaling by powers of two)."""
-    (ea, sa), (eb, sb) = a, b
-    if sa == 0.0:
-        return (eb, sb)
-    if sb == 0.0:
-        return (ea, sa)
-    e = max(ea, eb)
-    return _normal(e, math.ldexp(sa, 2 * (ea - e)) + math.ldexp(sb, 2 * (eb - e)))
-
-
-def scale_sumsq(a, c):
-    """``c·(Σx²)`` for a :func:`sumsq` pair and a non-negative float ``c``."""
-    e, s = a
-    return _normal(e, s * c)
-
-
-def sumsq_norm(a):
-    """sqrt(Σx²) of a :func:`sumsq` pair: finite whenever the norm is representable."""
-    e, s = a
-    return math.ldexp(math.sqrt(s), e)
-
-
-def tail_norms(s):
-    """``t[r] = ‖s[r:]‖₂`` for r = 0..len(s), without over- or underflow.
-
-    Accumulated from the smallest entry up with a running scale (``dlassq``),
-    so a tail of tiny values is exact to rounding, never the difference of
-    two large sums.
-
-    Parameters
-    ----------
-    s : ndarray of shape (n,)
-
-    Returns
-    -------
-    ndarray of shape (n + 1,)
-    """
-    s = np.abs(np.asarray(s, dtype=np.float64))
-    out = np.zeros(s.size + 1)
-    scale, ssq = 0.0, 0.0
-    for r in range(s.size - 1, -1, -1):
-        v = float(s[r])
-        if v > 0.0:
-            if v > scale:
-                ssq = 1.0 + ssq * (scale / v) ** 2
-                scale = v
-            else:
-                ssq += (v / scale) ** 2
-        out[r] = scale * math.sqrt(ssq)
-    return out
 
 
 # --------------------------------------------------------------------------- panel preparation
@@ -251,258 +133,7 @@ def mask_missing(a, markers=(), *, owned=False):
     return a, (miss.sum(axis=0), miss.sum(axis=1))
 
 
-# --------------------------------------------------------------------------- stats
 
-
-def _abs_max(a):
-    """max|a| in two reads and no temporary; NaN if ``a`` holds a NaN."""
-    return float(max(a.max(), -a.min())) if a.size else 0.0
-
-
-def _blocked_sumsq(a, difference):
-    """‖a − x‖²_F as a :func:`sumsq` pair, the difference formed ``_BLOCK`` rows at a time.
-
-    ``difference(rows, out)`` writes ``a[rows] − x[rows]`` into ``out`` (a
-    slice of rows). One block-sized buffer is reused: a fresh temporary per
-    block would cost a page-faulted allocation each time on a Dask worker,
-    whose allocator is told to return memory to the system
-    (``MALLOC_TRIM_THRESHOLD_``).
-    """
-    acc = (0, 0.0)
-    buf = np.empty((min(_BLOCK, a.shape[0]), a.shape[1]))
-    for s in range(0, a.shape[0], _BLOCK):
-        r = buf[: min(_BLOCK, a.shape[0] - s)]
-        difference(slice(s, s + _BLOCK), r)
-        acc = add_sumsq(acc, sumsq(r))
-    return acc
-
-
-def panel_stats(a, center=False):
-    """First-pass statistics of one panel.
-
-    Parameters
-    ----------
-    a : ndarray of shape (rows, n)
-        The panel (already shifted by the pivot row when ``center``).
-    center : bool
-        Sum the squares about the panel's own column means (total variance)
-        instead of the raw squares.
-
-    Returns
-    -------
-    dict
-        ``finite`` (bool), ``count`` (rows), ``mean`` (ndarray of shape
-        (n,)), ``amax`` (max|a|), ``center`` and ``ss`` (a :func:`sumsq`
-        pair: Σa², or Σ(a − 1 meanᵀ)² when centred). Merged across panels
-        with :func:`merge_stats` (Chan, Golub & LeVeque 1979), which avoids
-        the cancellation of ``Σa² − m μ²``.
-    """
-    rows, n = a.shape
-    amax, total, ss = _moments(a, squares=not center)
-    out = {"finite": math.isfinite(amax), "count": rows, "mean": np.zeros(n),
-           "amax": amax, "center": bool(center), "ss": ss}
-    if not out["finite"] or rows == 0:
-        return out
-    mean = out["mean"] = total / rows
-    if center:
-        out["ss"] = _blocked_sumsq(a, lambda i, r: np.subtract(a[i], mean, out=r))
-    return out
-
-
-def _moments(a, squares):
-    """max|a|, the column sums and, if ``squares``, Σa² of a panel in one read.
-
-    Each block of ``_BLOCK`` rows is reduced every way while it is in cache,
-    instead of one read of the whole panel per statistic. Σa² is accumulated
-    block by block as :func:`sumsq` pairs, each block scaled by its own max.
-
-    Returns
-    -------
-    amax : float
-        NaN or inf when ``a`` is not finite (then the other two are partial).
-    total : ndarray of shape (n,)
-    ss : a :func:`sumsq` pair, (0, 0.0) unless ``squares``
-    """
-    tops, total, ss = [0.0], np.zeros(a.shape[1]), (0, 0.0)
-    for s in range(0, a.shape[0], _BLOCK):
-        b = a[s:s + _BLOCK]
-        tops.append(_abs_max(b))
-        if not math.isfinite(tops[-1]):
-            break
-        total += b.sum(axis=0)
-        if squares:
-            ss = add_sumsq(ss, sumsq(b, tops[-1]))
-    return float(np.max(tops)), total, ss
-
-
-def merge_stats(x, y):
-    """Merge two :func:`panel_stats` results (pairwise update of Chan et al.)."""
-    na, nb = x["count"], y["count"]
-    if na == 0:
-        return dict(y)
-    if nb == 0:
-        return dict(x)
-    n = na + nb
-    delta = y["mean"] - x["mean"]
-    ss = add_sumsq(x["ss"], y["ss"])
-    if x["center"]:
-        ss = add_sumsq(ss, scale_sumsq(sumsq(delta), na * nb / n))
-    return {
-        "finite": x["finite"] and y["finite"],
-        "count": n,
-        "mean": x["mean"] + delta * (nb / n),
-        "amax": max(x["amax"], y["amax"]),
-        "center": x["center"],
-        "ss": ss,
-    }
-
-
-# --------------------------------------------------------------------------- QR
-
-
-def _positive_diag(q, r):
-    """Flip signs so that ``diag(r) >= 0``; makes QR unique for full-rank input."""
-    d = np.sign(np.diagonal(r)).copy()
-    d[d == 0] = 1.0
-    r = r * d[:, None]
-    if q is not None:
-        q = q * d[None, :]
-    return q, r
-
-
-def _fortran(a, ones=False):
-    """A new Fortran-ordered float64 copy of ``a`` (behind a column of ones if ``ones``).
-
-    Copied ``_BLOCK`` rows at a time: the transposing copy of a C-ordered
-    panel then stays in cache, at about 0.6× the time of ``np.asfortranarray``.
-    """
-    lead = int(ones)
-    out = np.empty((a.shape[0], a.shape[1] + lead), order="F")
-    if ones:
-        out[:, 0] = 1.0
-    for s in range(0, a.shape[0], _BLOCK):
-        out[s:s + _BLOCK, lead:] = a[s:s + _BLOCK]
-    return out
-
-
-def _with_ones(a):
-    """``[1, a]``: the panel behind a column of ones, in one new Fortran-ordered buffer."""
-    return _fortran(a, ones=True)
-
-
-#: Block size of the compact-WY Householder QR (LAPACK ``dgeqrt``).
-_QR_BLOCK = 64
-
-
-def _geqrt(a):
-    """Householder QR in compact WY form (``dgeqrt``, block 64) of a Fortran-ordered copy.
-
-    ``dgeqrt`` on a column-major buffer runs at about 1.5× the speed of
-    ``geqrf`` behind ``scipy.linalg.qr_multiply`` on a 32768×500 panel. A
-    buffer that is already Fortran-ordered and writable (from
-    :func:`_with_ones`) is factored in place.
-    """
-    f = a if a.flags.f_contiguous and a.flags.writeable and a.dtype == np.float64 \
-        else _fortran(a)
-    nb = max(1, min(_QR_BLOCK, *f.shape))
-    v, t, info = lapack.dgeqrt(nb, f, overwrite_a=True)
-    if info != 0:  # pragma: no cover - only for invalid arguments
-        raise ValueError(f"dgeqrt failed with info={info}")
-    return v, t
-
-
-def qr_r(a):
-    """R factor of a panel's Householder QR (LAPACK ``dgeqrt``).
-
-    Every per-panel QR in this package goes through :func:`_geqrt`, so a
-    panel's factorisation is bit-for-bit the same in every pass that
-    rebuilds it: a later pass re-derives Q_i (applied to a small block,
-    never formed) instead of storing it.
-
-    Parameters
-    ----------
-    a : ndarray of shape (rows, n)
-
-    Returns
-    -------
-    r : ndarray of shape (min(rows, n), n)
-    """
-    v, _ = _geqrt(a)
-    return np.triu(v[: min(a.shape)])
-
-
-def qr_apply(a, w):
-    """Q_a w for the Q factor of :func:`qr_r`, without forming Q (``dgeqrt`` + ``dgemqrt``).
-
-    Parameters
-    ----------
-    a : ndarray of shape (rows, n)
-    w : ndarray of shape (min(rows, n), k)
-
-    Returns
-    -------
-    ndarray of shape (rows, k)
-    """
-    return _q_times(*_geqrt(a), w)
-
-
-def _q_times(v, t, w):
-    """Q w for the Q factor of a :func:`_geqrt` result ``(v, t)`` (``dgemqrt``).
-
-    Parameters
-    ----------
-    v : ndarray of shape (rows, n)
-    t : ndarray of shape (nb, min(rows, n))
-    w : ndarray of shape (min(rows, n), k)
-
-    Returns
-    -------
-    ndarray of shape (rows, k), Fortran-ordered
-    """
-    kk = min(v.shape)  # reflectors (v has n columns when rows < n)
-    c = np.zeros((v.shape[0], w.shape[1]), order="F")
-    c[: w.shape[0]] = w
-    c, info = lapack.dgemqrt(v[:, :kk], t[:, :kk], c, side="L", trans="N", overwrite_c=True)
-    if info != 0:  # pragma: no cover - only for invalid arguments
-        raise ValueError(f"dgemqrt failed with info={info}")
-    return c
-
-
-def _thin_qr(y):
-    """Thin Householder QR of a tall-skinny block with Q formed (``dgeqrt`` + ``dgemqrt``).
-
-    Level-3 throughout (the recursive QR of Elmroth & Gustavson 2000 in
-    ``dgeqrt3``, then ``dlarfb`` on ``[I; 0]``):
-    on 32768×30 it takes about half the time of ``np.linalg.qr``, whose
-    ``geqrf``/``orgqr`` fall back to one ``gemv`` + ``ger`` per column when the
-    block is narrower than LAPACK's block size, and it calls no ``gemv``,
-    whose summation order may depend on memory alignment.
-
-    Parameters
-    ----------
-    y : ndarray of shape (rows, l)
-        Overwritten if it is already a writable Fortran-ordered float64 buffer.
-
-    Returns
-    -------
-    q : ndarray of shape (rows, min(rows, l)), Fortran-ordered
-    r : ndarray of shape (min(rows, l), l)
-    """
-    v, t = _geqrt(y)
-    kk = min(v.shape)
-    return _q_times(v, t, np.eye(kk)), np.triu(v[:kk])
-
-
-def qr_full(a):
-    """Thin Householder QR with non-negative diagonal (small dense blocks).
-
-    Returns
-    -------
-    q : ndarray of shape (rows, min(rows, n))
-    r : ndarray of shape (min(rows, n), n)
-    """
-    q, r = np.linalg.qr(a, mode="reduced")
-    return _positive_diag(q, r)
 
 
 def _centered_leaf(r_aug, rows):
@@ -530,7 +161,7 @@ def tsqr_leaf(a, center):
     (c,), or None when not centred) and ``count`` (rows).
     """
     if center:
-        return _centered_leaf(qr_r(_with_ones(a)), a.shape[0])
+        return _centered_leaf(qr_r(with_ones(a)), a.shape[0])
     return {"r": qr_r(a), "mean": None, "count": a.shape[0]}
 
 
@@ -613,7 +244,7 @@ def tall_block(a, wc, center):
     """
     w, c = wc
     if center:
-        t = qr_apply(_with_ones(a), np.vstack([np.zeros((1, w.shape[1])), w]))
+        t = qr_apply(with_ones(a), np.vstack([np.zeros((1, w.shape[1])), w]))
     else:
         t = qr_apply(a, w)
     if c is not None:
@@ -659,7 +290,7 @@ def gemm_tall(leaf, wc):
 
 def _exponent(x):
     """e with max|x| < 2**e (0 for an all-zero block): an exact power-of-two scale."""
-    amax = _abs_max(x)
+    amax = abs_max(x)
     return math.frexp(amax)[1] if amax > 0 and math.isfinite(amax) else 0
 
 
@@ -693,7 +324,7 @@ def power_leaf(a, g, mu, mu_g=None):
     y = a @ g
     y -= y.mean(axis=0)
     e = _exponent(y)
-    y = _times_pow2(y, -e, out=y)
+    y = times_pow2(y, -e, out=y)
     z = a.T @ y
     z -= np.outer(mu, y.sum(axis=0))
     return {"z": z, "e": e}
@@ -723,16 +354,16 @@ def _power_blocked(a, g, mu, mu_g):
         if mu_g is not None:
             yb -= mu_g
         eb = _exponent(yb)
-        _times_pow2(yb, -eb, out=yb)
+        times_pow2(yb, -eb, out=yb)
         zb = ab.T @ yb
         if e is None or eb > e:
             if e is not None:
-                _times_pow2(z, e - eb, out=z)
-                _times_pow2(ysum, e - eb, out=ysum)
+                times_pow2(z, e - eb, out=z)
+                times_pow2(ysum, e - eb, out=ysum)
             e = eb
         elif eb < e:
-            _times_pow2(zb, eb - e, out=zb)
-            yb = _times_pow2(yb, eb - e)
+            times_pow2(zb, eb - e, out=zb)
+            yb = times_pow2(yb, eb - e)
         z += zb
         if mu is not None:
             ysum += yb.sum(axis=0)
@@ -746,7 +377,7 @@ def _residual_sumsq(a, q, c):
     def difference(i, r):
         np.matmul(q[i], c, out=r)
         np.subtract(a[i], r, out=r)
-    return _blocked_sumsq(a, difference)
+    return blocked_sumsq(a, difference)
 
 
 def sketch_leaf(a, g, center, probes=None, prev=None, bg=None):
@@ -791,7 +422,7 @@ def sketch_leaf(a, g, center, probes=None, prev=None, bg=None):
         y, probe = both[:, :g.shape[1]], both[:, g.shape[1]:]
     if prev is not None:
         y = np.hstack([prev, y - prev @ bg])
-    q, r = _thin_qr(_with_ones(y) if center else y)
+    q, r = thin_qr(with_ones(y) if center else y)
     c = q.T @ a
     if center:
         tree, lead = _centered_leaf(r, a.shape[0]), float(r[0, 0])
@@ -828,7 +459,7 @@ def deflated_power_leaf(a, g, mu, mu_g, q, bg, b):
     if mu is not None:
         y -= mu_g
     e = _exponent(y)
-    y = _times_pow2(y, -e, out=y)
+    y = times_pow2(y, -e, out=y)
     z = a.T @ y - b.T @ (q.T @ y)
     if mu is not None:
         z -= np.outer(mu, y.sum(axis=0))
@@ -861,11 +492,11 @@ def probe_sumsq(y, t, c, shift=None, cumulative=False):
     e = _exponent(r)
     if t.size:
         e = max(e, _exponent(t) + _exponent(c))
-    r = _times_pow2(r, -e, out=r)
+    r = times_pow2(r, -e, out=r)
     if not cumulative:
-        r -= t @ _times_pow2(c, -e)
+        r -= t @ times_pow2(c, -e)
         return e, np.einsum("ij,ij->j", r, r)
-    c = _times_pow2(c, -e)
+    c = times_pow2(c, -e)
     out = np.empty((t.shape[1] + 1, r.shape[1]))
     out[0] = np.einsum("ij,ij->j", r, r)
     for j in range(t.shape[1]):

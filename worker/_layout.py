@@ -1,6 +1,7 @@
 """How the matrix is cut for reading, whatever its chunk grid: the layout of a run.
 
-A panel is a band of rows of the tall view (:mod:`._source`). Read through
+A panel is a band of rows of the tall view (:mod:`._source`); the panels of a
+layout are a lazy :class:`PanelPlan` (:func:`plan_panels`). Read through
 Zarr, a panel is at least one chunk high, so a grid whose chunks span the
 whole short side -- a wide matrix stored in row chunks, a tall one in column
 chunks, any chunk larger than the panel budget -- would make a worker hold a
@@ -13,11 +14,11 @@ picks one of three layouts so that a worker holds about the panel budget:
 ``"slices"``
     The chunks are raw bytes (no compressor, filter or sharding): panels of
     budget rows are read by byte range through the pin
-    (:func:`~._pin.read_slices`), cutting through chunks.
+    (:func:`~._read.read_slices`), cutting through chunks.
 ``"rechunk"``
     Compressed chunks whose band exceeds the budget: a compressed chunk can
-    only be decoded whole. Once, before pass 1, :func:`rechunk` copies the
-    matrix chunk by chunk (a task holds one chunk) into a raw scratch Zarr
+    only be decoded whole. Once, before pass 1, :func:`~._rechunk.rechunk` copies
+    the matrix chunk by chunk (a task holds one chunk) into a raw scratch Zarr
     array in the tall orientation, pins it, and the passes read it as
     ``"slices"``. The scratch is deleted when the run ends. Cost: one read
     and one write of A, counted in ``reads`` and shown as phase ``rechunk``.
@@ -30,22 +31,16 @@ for this design.
 
 from __future__ import annotations
 
-import json
-import os
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._engine import Phase
 from ._errors import InvalidInputError
+from ._spec import DEFAULT_MEMORY_FRACTION, panel_budget
 
-__all__ = ["Layout", "plan_layout", "check_layout", "rechunk", "remove_scratch",
-           "DEFAULT_MEMORY_FRACTION"]
-
-#: Share of the smallest worker's memory limit that the unavoidable part of
-#: a layout (one decoded chunk, or one row) may take before submit refuses it.
-DEFAULT_MEMORY_FRACTION = 0.5
+__all__ = ["Layout", "plan_layout", "check_layout", "PanelPlan", "plan_panels",
+           "MIN_BAND_BYTES"]
 
 #: A chunk band up to this size is read straight from the chunks even when
 #: the panel budget is smaller: a copy of the whole matrix (or one-row
@@ -106,9 +101,7 @@ class Layout:
         return self.kind in ("slices", "rechunk")
 
     def bounds(self):
-        """The panels as a lazy :class:`~._source.PanelPlan` of ``(start, stop)``."""
-        from ._source import PanelPlan
-
+        """The panels as a lazy :class:`PanelPlan` of ``(start, stop)``."""
         return PanelPlan(self.tall_shape[0], self.panel_rows)
 
     def to_json(self):
@@ -132,15 +125,13 @@ def plan_layout(info, *, in_memory=False, pinned=True, panel_bytes=None):
         The source is read through a pin (byte-range reads and the scratch
         copy need one); an unpinned Zarr array keeps the ``"chunks"`` layout.
     panel_bytes : int, optional
-        Panel budget as float64 (default :data:`~._source.DEFAULT_PANEL_BYTES`).
+        Panel budget as float64 (default :data:`~._spec.DEFAULT_PANEL_BYTES`).
 
     Returns
     -------
     Layout
     """
-    from ._source import DEFAULT_PANEL_BYTES, plan_panels
-
-    budget = DEFAULT_PANEL_BYTES if panel_bytes is None else int(panel_bytes)
+    budget = panel_budget(panel_bytes)
     m, n = info.shape
     wide = m < n
     m_t, n_t = (n, m) if wide else (m, n)
@@ -220,154 +211,68 @@ def check_layout(layout, worker_memory, fraction=DEFAULT_MEMORY_FRACTION, *, nam
         field="source")
 
 
-# --------------------------------------------------------------------------- the scratch copy
+class PanelPlan(Sequence):
+    """The panels of a plan as ``(start, stop)`` pairs, computed on demand.
+
+    A sequence (``len``, indexing, iteration, ``==`` with a list of pairs)
+    that holds three integers, whatever the number of panels.
+    """
+
+    __slots__ = ("n_rows", "step")
+
+    def __init__(self, n_rows, step):
+        self.n_rows, self.step = int(n_rows), int(step)
+
+    def __len__(self):
+        return -(-self.n_rows // self.step)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"panel {i} out of range (the plan has {n} panels)")
+        s = i * self.step
+        return (s, min(s + self.step, self.n_rows))
+
+    def __eq__(self, other):
+        if isinstance(other, PanelPlan):
+            return (self.n_rows, self.step) == (other.n_rows, other.step)
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(
+                tuple(a) == b for a, b in zip(other, self))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"PanelPlan({len(self)} panels of {self.step} rows over {self.n_rows} rows)"
 
 
-def _is_remote(url):
-    return "://" in url and not url.startswith("file://")
-
-
-def _scratch_url(scratch, token):
-    url = f"{str(scratch).rstrip('/')}/svdserve-scratch-{token}.zarr"
-    if not _is_remote(url):
-        os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
-    return url
-
-
-def remove_scratch(url, storage_options=None):
-    """Delete a scratch copy (best effort: a run's result never depends on it)."""
-    if url is None:
-        return
-    import fsspec
-
-    try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    except Exception:  # noqa: BLE001 - cleanup must not mask the run's outcome
-        pass
-
-
-def copy_chunks(ref, expect, cells, chunks, wide, url, options_key, direct=False):
-    """Rechunk task: decode stored chunks one at a time, write them raw, transposed if wide.
+def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
+    """Cut the tall view's rows into panels aligned with chunk boundaries.
 
     Parameters
     ----------
-    ref, expect : SourceRef, tuple
-        The pinned source and the stamps of the keys covering ``cells``.
-    cells : list of (int, int)
-        Chunk indices (read chunks) of the stored matrix.
-    chunks : (int, int)
-        Read chunk shape ``(cm, cn)``.
-    wide : bool
-        Write chunk ``(i, j)`` transposed, at ``(j, i)`` of the tall view.
-    url, options_key : str
-        The scratch array and its fsspec options as JSON.
-    direct : bool
-        Decode each chunk directly (:func:`~._decode.read_box`) instead of through zarr.
+    n_rows, n_cols : int
+        Shape of the tall view.
+    chunk : int
+        Chunk length along the rows (every boundary ``i*chunk`` is a chunk edge).
+    panel_bytes : int, optional
+        Budget for one panel held as float64; default 128 MiB. A panel is
+        never smaller than one chunk (a partial chunk would be read twice).
 
     Returns
     -------
-    int
-        Elements copied.
+    PanelPlan
+        A lazy sequence of ``(start, stop)``; ``list(plan)`` gives the pairs.
     """
-    import zarr
-
-    from ._decode import read_box
-    from ._pin import open_pinned, read_region
-
-    opts = json.loads(options_key)
-    kw = {"storage_options": opts} if opts and _is_remote(url) else {}
-    dst = zarr.open_array(store=url, mode="r+", **kw)
-    exp = dict(expect)
-    node = None if direct else open_pinned(ref, exp)
-    (m, n), (cm, cn) = ref.matrix_view.shape, chunks
-    done = 0
-    for i, j in cells:
-        rows = slice(i * cm, min((i + 1) * cm, m))
-        cols = slice(j * cn, min((j + 1) * cn, n))
-        what = f"rows {rows.start}:{rows.stop}, columns {cols.start}:{cols.stop}"
-        block = (read_box(ref, exp, rows, cols) if direct
-                 else read_region(ref, exp, node, (rows, cols), what))
-        if wide:
-            dst[cols, rows] = block.T
-        else:
-            dst[rows, cols] = block
-        del block
-        done += (rows.stop - rows.start) * (cols.stop - cols.start)
-    return done
-
-
-def rechunk(engine, src, layout, scratch, storage_options, *, token, panel_bytes=None,
-            progress=None, passes=1, direct=False):
-    """Copy a pinned source into a raw scratch array in the tall orientation.
-
-    One task per group of stored chunks (about the panel budget each, at
-    least one chunk); each decodes one chunk at a time and writes it raw.
-    The copy is then pinned like any source, so later passes read exactly
-    what was written.
-
-    Parameters
-    ----------
-    engine : LocalEngine or DaskEngine
-    src : Source
-        A pinned Zarr source.
-    layout : Layout
-        Of kind ``"rechunk"``.
-    scratch : str
-        Directory or URL the copy is made under (shared by every worker).
-    storage_options : dict or None
-        fsspec options for ``scratch``.
-    token : str
-        Names the copy (``svdserve-scratch-<token>.zarr``).
-    direct : bool
-        Decode the stored chunks directly (:mod:`._decode`).
-
-    Returns
-    -------
-    (SourcePin, str)
-        The pinned copy and its URL (for :func:`remove_scratch`).
-    """
-    import zarr
-
-    from ._pin import pin_source
-    from ._source import DEFAULT_PANEL_BYTES, _options_key
-
-    url = _scratch_url(scratch, token)
-    opts = storage_options if _is_remote(url) else None
-    kw = {"storage_options": opts} if opts else {}
-    dtype = np.dtype(src.info.dtype)
-    zarr.create_array(store=url, shape=layout.tall_shape, chunks=layout.tall_chunks,
-                      dtype=dtype, compressors=None, filters=None, fill_value=0,
-                      zarr_format=3, overwrite=True, **kw)
-    (m, n), (cm, cn) = src.shape, src.info.chunks
-    cells = [(i, j) for i in range(-(-m // cm)) for j in range(-(-n // cn))]
-    budget = DEFAULT_PANEL_BYTES if panel_bytes is None else int(panel_bytes)
-    per_task = max(1, budget // (cm * cn * dtype.itemsize))
-    pin, okey = src.pin, _options_key(opts)
-    handles = []
-    for k in range(0, len(cells), per_task):
-        group = cells[k:k + per_task]
-        expect = {}
-        for i, j in group:
-            expect.update(pin.box_expect((i * cm, min((i + 1) * cm, m)),
-                                         (j * cn, min((j + 1) * cn, n))))
-        handles.append(engine.submit(copy_chunks, pin.ref, tuple(expect.items()), group,
-                                     (cm, cn), src.wide, url, okey, direct))
-    phase = Phase("rechunk", 0, passes)
-    engine.phase = phase
-    t0 = time.perf_counter()
-    try:
-        for done, _ in enumerate(engine.completed(handles), start=1):
-            if progress is not None:
-                progress(done, len(handles), phase)
-        copied = sum(engine.gather(handles))
-    except BaseException:
-        engine.abort(handles)
-        raise
-    assert copied == m * n, f"the rechunk copied {copied} of {m * n} entries"
-    engine.rows_read += layout.tall_shape[0]
-    engine.timings["rechunk"] = time.perf_counter() - t0
-    name = f"the scratch copy of {src.pin.ref.name}"
-    scratch_pin = pin_source(url, storage_options=opts, missing_chunks="fill")
-    return scratch_pin.with_options(name=name), url
+    budget = panel_budget(panel_bytes)
+    if budget <= 0:
+        raise InvalidInputError(f"panel_bytes must be positive; got {panel_bytes!r}.",
+                                field="panel_bytes")
+    chunk = max(1, min(int(chunk), n_rows))
+    chunks_per_panel = max(1, budget // max(1, chunk * n_cols * itemsize))
+    return PanelPlan(n_rows, chunk * chunks_per_panel)

@@ -63,7 +63,7 @@ from ._tsqr import small_tree, split_ones_direction, with_ones_direction
 __all__ = ["randomized_svd"]
 
 
-def _sum(parts):
+def ordered_sum(parts):
     """Sum small blocks in panel order (bitwise the same on any cluster)."""
     total = parts[0].copy()
     for p in parts[1:]:
@@ -74,7 +74,7 @@ def _sum(parts):
 def _sum_scaled(parts):
     """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e."""
     e = max(p["e"] for p in parts)
-    return _sum([np.ldexp(p["z"], p["e"] - e) for p in parts]), e
+    return ordered_sum([np.ldexp(p["z"], p["e"] - e) for p in parts]), e
 
 
 def _between_panel_term(stats, mu, g):
@@ -109,7 +109,7 @@ def probe_matrix(n, p, random_state):
 def combine_scaled(parts):
     """Σ s_i·4**e_i for :func:`~._kernels.probe_sumsq` outputs, as an ndarray (may be inf/0)."""
     e = max(p[0] for p in parts)
-    total = _sum([np.ldexp(p[1], 2 * (p[0] - e)) for p in parts])
+    total = ordered_sum([np.ldexp(p[1], 2 * (p[0] - e)) for p in parts])
     return np.sqrt(total) * 2.0**e
 
 
@@ -190,9 +190,9 @@ def project_basis(run, leaves):
     eng = run.engine
     _, ws = small_tree(eng, [eng.part(h, "tree") for h in leaves], run.center)
     shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
-    b = _sum([s[0] for s in shares])
+    b = ordered_sum([s[0] for s in shares])
     if run.center:
-        b -= np.outer(_sum([s[1] for s in shares]), run.shifted_mean)
+        b -= np.outer(ordered_sum([s[1] for s in shares]), run.shifted_mean)
     return b, ws
 
 

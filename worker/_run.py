@@ -13,6 +13,7 @@ import numpy as np
 from ._engine import Phase
 from ._errors import NonFiniteError
 from ._kernels import merge_stats, panel_stats, prepare_panel
+from ._tasks import panel_task
 
 __all__ = ["Run", "Factors", "with_stats"]
 
@@ -180,6 +181,7 @@ class Run:
         if self.center_rows:
             kernel = _RowCentered(kernel)
         return self.engine.run_pass(self.phase(name), self.panels, kernel, args_for,
+                                    task=panel_task,
                                     shift=self._shift,
                                     cache=self.cache, progress=self.progress,
                                     missing=self.missing)
@@ -213,7 +215,7 @@ class Run:
         handles = eng.run_pass(phase, self.panels,
                                with_stats(kernel, center=self.center, local_mean=local_mean,
                                           center_rows=self.center_rows),
-                               args_for, shift=self._shift,
+                               args_for, task=panel_task, shift=self._shift,
                                cache=self.cache, progress=self.progress, on_result=check,
                                missing=self.missing)
         if self.decide_missing is not None:

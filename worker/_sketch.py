@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import panel_tests, stream_leaf, svd_flip_rows, tall_block, tsqr_leaf
-from ._rsvd import _sum, probe_matrix, probe_norms
+from ._rsvd import ordered_sum, probe_matrix, probe_norms
 from ._run import Factors
 from ._tsqr import small_tree
 
@@ -122,15 +122,15 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
                             lambda i: (om_h, psi_h, pr_h, seed, *run.bounds[i]))
     phase = run.phase("factor", reads=False)
     parts = eng.gather([eng.submit(_small, h) for h in leaves])
-    x = _sum([p["x"] for p in parts])
-    z = _sum([p["z"] for p in parts])
+    x = ordered_sum([p["x"] for p in parts])
+    z = ordered_sum([p["z"] for p in parts])
     if run.center:
         mu = run.shifted_mean
-        x -= np.outer(_sum([p["ups1"] for p in parts]), mu)
-        z -= np.outer(_sum([p["phi1"] for p in parts]), mu @ psi)
+        x -= np.outer(ordered_sum([p["ups1"] for p in parts]), mu)
+        z -= np.outer(ordered_sum([p["phi1"] for p in parts]), mu @ psi)
     ys = [eng.part(h, "y") for h in leaves]
     _, ws = small_tree(eng, [eng.submit(tsqr_leaf, y, run.center) for y in ys], run.center)
-    phi_q = _sum(eng.gather([
+    phi_q = ordered_sum(eng.gather([
         eng.submit(_phi_q, seed, start, stop, kr, s, eng.submit(tall_block, y, w, run.center))
         for y, w, (start, stop) in zip(ys, ws, run.bounds)]))
     p_mat = np.linalg.qr(x.T, mode="reduced")[0]

@@ -1,10 +1,11 @@
-"""Opening the input matrix and planning panels.
+"""The input matrix: opened and validated once (:func:`open_source`), then cut into panels.
 
 A *source* is a Zarr array (format 2 or 3, local or any fsspec URL such as
 ``s3://``), a NumPy array or a dask array. :func:`open_source` validates it
-once and returns a :class:`Source`; :func:`plan_panels` cuts it into row
-bands aligned with its chunk boundaries (a lazy :class:`PanelPlan`: no
-per-panel object however many panels there are).
+once and returns a :class:`Source`, which knows how each of its kinds is read:
+:meth:`Source.panels` gives the panel arguments of a layout (a lazy
+:class:`PanelRefs` for a pinned Zarr array: no per-panel object however many
+panels there are) and :meth:`Source.first_row` the pivot row of a centred run.
 
 A Zarr source given by path or URL (or a ``zarr.Array`` on local disk) is
 *pinned* (:mod:`._pin`): workers read exactly the metadata and chunks that
@@ -14,74 +15,29 @@ the fill value, as Zarr says, unless ``missing_chunks="error"``.
 
 A wide matrix (m < n) is decomposed through its transpose: the *tall view*
 has ``m_t = max(m, n)`` rows, and a panel of it is a band of columns of the
-stored array. Panels are read on the workers by :func:`read_panel`, which
-counts nothing itself: every task reports the rows it read, and the driver
-adds them up into the pass count.
+stored array. Panels are read on the workers by :func:`read_panel`
+(:mod:`._read` holds every way to read a box), which counts nothing itself:
+every task reports the rows it read, and the driver adds them up into the
+pass count.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import InvalidInputError, SourceNotFoundError, StorageError, SVDError
+from ._errors import InvalidInputError
+from ._layout import Layout, plan_layout
+from ._meta import SourceInfo, check_limits, check_matrix
+from ._missing import missing_chunks_mode
+from ._pin import SourcePin, SourceRef, inspect_pinnable, pin_source
+from ._read import decodes_directly, read_array, read_pinned
+from ._view import MatrixView, make_view
 
-__all__ = ["SourceInfo", "Source", "PanelRef", "PanelPlan", "open_source", "inspect_source",
-           "plan_panels", "read_panel", "DEFAULT_PANEL_BYTES"]
-
-DEFAULT_PANEL_BYTES = 128 * 2**20
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What :func:`inspect_source` learns from metadata alone.
-
-    Attributes
-    ----------
-    shape : tuple of int
-        ``(m, n)`` as stored, or samples × features of an N-D variable
-        read with ``sample_dims`` (:mod:`._view`).
-    dtype : str
-    chunks : tuple of int
-        Regular chunk shape ``(cm, cn)`` (the whole array for NumPy input);
-        the effective 2-D chunk grid of an N-D variable.
-    url : str or None
-        The path or URL opened, None for in-memory input.
-    array : str or None
-        The array's path inside a group, if any.
-    zarr_format : int or None
-    plain : bool
-        The chunks are raw bytes (no compressor, filter or sharding), so any
-        slice of a chunk can be read by byte range (:func:`~._pin.read_slices`).
-    dims : tuple of str or None
-        Stored dimension names (``_ARRAY_DIMENSIONS`` in v2,
-        ``dimension_names`` in v3, else ``dim_0, …``).
-    nd_shape : tuple of int or None
-        Stored shape of an N-D variable read with ``sample_dims``.
-    sample_dims : tuple of str or None
-        The dimensions flattened into the rows (samples).
-    fill : tuple of float or None
-        CF missing-value markers besides NaN (``_FillValue``, ``missing_value``).
-    notes : tuple of str
-        What was assumed about the input (e.g. a default ``sample_dims``).
-    """
-
-    shape: tuple
-    dtype: str
-    chunks: tuple
-    url: str | None = None
-    array: str | None = None
-    zarr_format: int | None = None
-    plain: bool = False
-    dims: tuple | None = None
-    nd_shape: tuple | None = None
-    sample_dims: tuple | None = None
-    fill: tuple | None = None
-    notes: tuple = ()
+__all__ = ["Source", "PanelRef", "PanelRefs", "open_source", "inspect_source", "read_panel"]
 
 
 @dataclass
@@ -94,9 +50,9 @@ class Source:
 
     info: SourceInfo
     kind: str
-    obj: object  # zarr.Array (unpinned only), ndarray or dask array
-    pin: object = None
-    view: object = None  # MatrixView of an unpinned N-D zarr.Array
+    obj: object  # zarr.Array (unpinned only), ndarray or dask array: one per kind
+    pin: SourcePin | None = None
+    view: MatrixView | None = None  # of an unpinned N-D zarr.Array
 
     @property
     def matrix_view(self):
@@ -129,66 +85,98 @@ class Source:
         cm, cn = self.info.chunks
         return cn if self.wide else cm
 
+    @property
+    def name(self):
+        """How messages name the source."""
+        return self.pin.ref.name if self.pin is not None else "the source"
 
-def _check_matrix(shape, dtype, what):
-    if len(shape) != 2:
-        raise InvalidInputError(
-            f"{what} must be a 2-D matrix; got {len(shape)}-D with shape {tuple(shape)}. "
-            "Reshape it to (rows, columns) before decomposing.", field="source")
-    dt = np.dtype(dtype) if not hasattr(dtype, "to_native_dtype") else dtype.to_native_dtype()
-    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)
-            or np.issubdtype(dt, np.bool_)):
-        raise InvalidInputError(
-            f"{what} must hold real numbers (float or integer); got dtype {str(dt)!r}. "
-            "Convert it, e.g. store it as float64.", field="source")
-    if shape[0] == 0 or shape[1] == 0:
-        raise InvalidInputError(
-            f"{what} is empty (shape {tuple(shape)}); it needs at least one row and one column.",
-            field="source")
-    return str(dt)
+    def decodes_directly(self, reader):
+        """Whether panels of this source are decoded by :func:`~._read.read_box` under
+        ``reader`` (a pinned source whose chunks allow it)."""
+        return self.pin is not None and decodes_directly(self.pin.ref, reader)
 
+    def bounded(self, panel_bytes):
+        """An unpinned Zarr array whose chunk band exceeds the budget, as a dask array
+        (dask then rechunks it to panels in bounded memory); other sources unchanged."""
+        if self.kind != "zarr" or self.pin is not None or self.view is not None:
+            return self
+        if plan_layout(self.info, panel_bytes=panel_bytes).kind == "chunks":  # the band fits
+            return self
+        import dask.array as da
 
-def _options_key(storage_options):
-    return json.dumps(storage_options or {}, sort_keys=True, default=str)
+        return Source(self.info, "dask", da.from_array(self.obj, chunks=self.obj.chunks))
 
+    def layout(self, panel_bytes):
+        """How this source is cut into panels (:func:`~._layout.plan_layout`)."""
+        return plan_layout(self.info, in_memory=self.kind != "zarr", pinned=self.pin is not None,
+                           panel_bytes=panel_bytes)
 
-def _open_zarr(url, array, storage_options):
-    import zarr
+    def panels(self, bounds, engine, *, scratch=None, sliced=False, direct=False):
+        """Panel arguments for each (start, stop) of the tall view.
 
-    kw = {"mode": "r"}
-    if storage_options and "://" in str(url):
-        kw["storage_options"] = storage_options
-    try:
-        node = zarr.open(store=str(url), **kw)
-    except FileNotFoundError as exc:
-        raise SourceNotFoundError(
-            f"no Zarr array or group at {str(url)!r}; check the path (and the storage "
-            "options for object storage).", field="source.url") from exc
-    except (OSError, ValueError, KeyError) as exc:
-        raise StorageError(f"could not open {str(url)!r} as Zarr: {exc}") from exc
-    if isinstance(node, zarr.Group):
-        names = sorted(node.array_keys())
-        if array is None:
-            if len(names) == 1:
-                array = names[0]
-            else:
-                raise InvalidInputError(
-                    f"{str(url)!r} is a Zarr group holding {len(names)} arrays {names}; "
-                    "name the one to decompose with `array`.", field="source.array")
-        try:
-            node = node[array]
-        except KeyError as exc:
-            raise SourceNotFoundError(
-                f"group {str(url)!r} has no array {array!r}; it holds {names}.",
-                field="source.array") from exc
-        if isinstance(node, zarr.Group):
-            raise InvalidInputError(
-                f"{array!r} in {str(url)!r} is a group, not an array.", field="source.array")
-    elif array is not None:
-        raise InvalidInputError(
-            f"{str(url)!r} is a single array, so `array` must be None (got {array!r}).",
-            field="source.array")
-    return node, array
+        Parameters
+        ----------
+        bounds : sequence of (int, int)
+        engine : LocalEngine or DaskEngine
+            Holds in-memory panels (:meth:`put`).
+        scratch : SourcePin, optional
+            The pinned scratch copy of a rechunked source (:mod:`._rechunk`),
+            stored in the tall orientation: read instead of the source.
+        sliced : bool
+            Read by byte range (:func:`~._read.read_slices`).
+        direct : bool
+            Decode the source's chunks straight into the panels (:func:`~._read.read_box`).
+        """
+        wide = self.wide
+        if self.kind == "zarr":
+            if scratch is not None:  # already in the tall orientation
+                return PanelRefs(scratch, bounds, False, sliced)
+            if self.pin is not None:  # read through the pin, made lazily per panel
+                return PanelRefs(self.pin, bounds, wide, sliced, direct and not sliced)
+            return [PanelRef(s, e, wide, array=self.obj, view=self.view) for s, e in bounds]
+        if self.kind == "numpy":
+            a = self.obj
+            return [engine.put(np.ascontiguousarray(a[:, s:e].T if wide else a[s:e]))
+                    for s, e in bounds]
+        x = self.obj.T if wide else self.obj
+        x = x.rechunk((tuple(e - s for s, e in bounds), (x.shape[1],)))
+        return list(x.to_delayed().ravel())
+
+    def first_row(self, panels, markers=None):
+        """The tall view's first row in float64: the common shift of a centred run.
+
+        Read like ``panels`` (:meth:`panels`: through the pin, by byte range when
+        they are). Non-finite entries (and missing-value ``markers``) become 0,
+        so a NaN in row 0 is reported for the first panel only, not spread to
+        every panel by the shift, and a masked feature stays exactly zero.
+
+        Returns
+        -------
+        ndarray of shape (n_t,)
+        """
+        if self.kind == "dask":
+            row = self.obj[0].compute()
+        elif isinstance(panels, PanelRefs):
+            row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced,
+                                       panels.direct)[0])[0]
+        elif self.view is not None:
+            row = read_panel(PanelRef(0, 1, False, array=self.obj, view=self.view))[0]
+        else:
+            row = self.obj[0]
+        row = np.asarray(row, dtype=np.float64).copy()
+        row[~np.isfinite(row)] = 0.0
+        for value in markers or ():
+            row[row == value] = 0.0
+        return row
+
+    def reader_used(self, layout: Layout, direct):
+        """What decodes the stored chunks, for ``report["plan"]["reader"]``."""
+        if self.kind != "zarr":
+            return "memory" if self.kind == "numpy" else "dask"
+        decode = "direct" if direct else "zarr"
+        if layout.kind == "rechunk":
+            return f"{decode} (the one-time copy), then byte ranges"
+        return "byte ranges" if layout.sliced else decode
 
 
 def _local_path_of(node):
@@ -203,8 +191,6 @@ def _local_path_of(node):
 
 def _view_of_array(source, sample_dims):
     """A :class:`~._view.MatrixView` of an in-memory or unpinned N-D array."""
-    from ._view import make_view
-
     dims = getattr(getattr(source, "metadata", None), "dimension_names", None) or \
         (dict(source.attrs).get("_ARRAY_DIMENSIONS") if hasattr(source, "attrs") else None)
     chunks = getattr(source, "chunks", source.shape)
@@ -244,7 +230,7 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
     panel_bytes : int, optional
         Panel budget (for the panel-count limit).
     limits : Limits, optional
-        Sanity limits (default :class:`~._pin.Limits`).
+        Sanity limits (default :class:`~._meta.Limits`).
     sample_dims : sequence of str, optional
         Read an N-D variable as the matrix samples × features (:mod:`._view`).
 
@@ -259,9 +245,6 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
         ``missing_chunks="error"``; ``SourceChangedError`` when a pinned source changed.
     """
     import zarr
-
-    from ._missing import missing_chunks_mode
-    from ._pin import SourcePin, check_limits, pin_source
 
     try:
         import dask.array as da
@@ -291,7 +274,7 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
                                storage_options=storage_options)
         view = None if sample_dims is None else _view_of_array(source, sample_dims)
         shape, chunks = (view.shape, view.chunks) if view else (source.shape, source.chunks)
-        dt = _check_matrix(shape, source.dtype, "the Zarr array")
+        dt = check_matrix(shape, source.dtype, "the Zarr array")
         if len(shape) == 2:
             check_limits(shape, chunks, panel_bytes, limits, what="the Zarr array")
         info = SourceInfo(tuple(shape), dt, tuple(chunks), None, None,
@@ -302,12 +285,12 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
         return Source(info, "zarr", source, view=view)
     if da is not None and isinstance(source, da.Array):
         source = _as_matrix(source, sample_dims)
-        dt = _check_matrix(source.shape, source.dtype, "the dask array")
+        dt = check_matrix(source.shape, source.dtype, "the dask array")
         chunks = tuple(max(c) if c else 0 for c in source.chunks)
         return Source(SourceInfo(tuple(source.shape), dt, chunks), "dask", source)
     if isinstance(source, np.ndarray):
         source = _as_matrix(source, sample_dims)
-        dt = _check_matrix(source.shape, source.dtype, "the NumPy array")
+        dt = check_matrix(source.shape, source.dtype, "the NumPy array")
         return Source(SourceInfo(tuple(source.shape), dt, tuple(source.shape)), "numpy", source)
     if hasattr(source, "__fspath__") or isinstance(source, str):
         url = str(source.__fspath__() if hasattr(source, "__fspath__") else source)
@@ -336,8 +319,6 @@ def inspect_source(source, *, array=None, storage_options=None, sample_dims=None
     SourceNotFoundError, InvalidInputError, StorageError
     """
     if hasattr(source, "__fspath__") or isinstance(source, str):
-        from ._pin import inspect_pinnable
-
         return inspect_pinnable(source, array, storage_options=storage_options,
                                 sample_dims=sample_dims)
     return open_source(source, array=array, storage_options=storage_options,
@@ -347,77 +328,10 @@ def inspect_source(source, *, array=None, storage_options=None, sample_dims=None
 # --------------------------------------------------------------------------- panels
 
 
-class PanelPlan(Sequence):
-    """The panels of a plan as ``(start, stop)`` pairs, computed on demand.
-
-    A sequence (``len``, indexing, iteration, ``==`` with a list of pairs)
-    that holds three integers, whatever the number of panels.
-    """
-
-    __slots__ = ("n_rows", "step")
-
-    def __init__(self, n_rows, step):
-        self.n_rows, self.step = int(n_rows), int(step)
-
-    def __len__(self):
-        return -(-self.n_rows // self.step)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"panel {i} out of range (the plan has {n} panels)")
-        s = i * self.step
-        return (s, min(s + self.step, self.n_rows))
-
-    def __eq__(self, other):
-        if isinstance(other, PanelPlan):
-            return (self.n_rows, self.step) == (other.n_rows, other.step)
-        if isinstance(other, (list, tuple)):
-            return len(other) == len(self) and all(
-                tuple(a) == b for a, b in zip(other, self))
-        return NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self):
-        return f"PanelPlan({len(self)} panels of {self.step} rows over {self.n_rows} rows)"
-
-
-def plan_panels(n_rows, n_cols, chunk, panel_bytes=None, itemsize=8):
-    """Cut the tall view's rows into panels aligned with chunk boundaries.
-
-    Parameters
-    ----------
-    n_rows, n_cols : int
-        Shape of the tall view.
-    chunk : int
-        Chunk length along the rows (every boundary ``i*chunk`` is a chunk edge).
-    panel_bytes : int, optional
-        Budget for one panel held as float64; default 128 MiB. A panel is
-        never smaller than one chunk (a partial chunk would be read twice).
-
-    Returns
-    -------
-    PanelPlan
-        A lazy sequence of ``(start, stop)``; ``list(plan)`` gives the pairs.
-    """
-    budget = DEFAULT_PANEL_BYTES if panel_bytes is None else int(panel_bytes)
-    if budget <= 0:
-        raise InvalidInputError(f"panel_bytes must be positive; got {panel_bytes!r}.",
-                                field="panel_bytes")
-    chunk = max(1, min(int(chunk), n_rows))
-    chunks_per_panel = max(1, budget // max(1, chunk * n_cols * itemsize))
-    return PanelPlan(n_rows, chunk * chunks_per_panel)
-
-
 class PanelRefs(Sequence):
     """The :class:`PanelRef` of each panel of a pinned source, made on demand.
 
-    ``sliced``: read by byte ranges (:func:`~._pin.read_slices`; raw chunks only).
+    ``sliced``: read by byte ranges (:func:`~._read.read_slices`; raw chunks only).
     ``direct``: chunks decoded straight into the panel (:mod:`._decode`).
     """
 
@@ -444,50 +358,35 @@ class PanelRef:
     ``ref`` and ``expect`` (a pinned source and the stamps of this panel's
     chunk keys) are set for pinned sources; ``array`` (a ``zarr.Array``)
     otherwise. ``sliced`` panels are read by byte ranges, so a panel may
-    cut through chunks (raw chunks only, :func:`~._pin.read_slices`);
+    cut through chunks (raw chunks only, :func:`~._read.read_slices`);
     ``direct`` panels of a pinned source decode each chunk straight into the
-    panel buffer (:func:`~._decode.read_box`), others go through zarr.
+    panel buffer (:func:`~._read.read_box`), others go through zarr.
     """
 
     start: int
     stop: int
     wide: bool
-    ref: object = None  # SourceRef
+    ref: SourceRef | None = None
     expect: tuple = ()  # ((key, ((i, j), stamp)), ...)
     array: object = None  # a zarr.Array when the source is not pinned
-    view: object = None  # its MatrixView, for an N-D variable
+    view: MatrixView | None = None  # its view, for an N-D variable
     sliced: bool = False
     direct: bool = False
 
-    def read(self):
-        from ._decode import read_box
-        from ._pin import open_pinned, read_region, read_slices
+    @property
+    def route(self):
+        """How :func:`~._read.read_pinned` reads it: ``"slices"``, ``"direct"`` or ``"zarr"``."""
+        return "slices" if self.sliced else "direct" if self.direct else "zarr"
 
+    def read(self):
         full = None if self.ref is None else self.ref.matrix_view.shape[0 if self.wide else 1]
         span, every = slice(self.start, self.stop), slice(0, full)
         sel = (every, span) if self.wide else (span, every)
         what = f"{'columns' if self.wide else 'rows'} {self.start}:{self.stop}"
-        if self.sliced:
-            block = read_slices(self.ref, dict(self.expect), *sel)
-        elif self.direct:
-            block = read_box(self.ref, dict(self.expect), *sel)
-        elif self.ref is not None:
-            expect = dict(self.expect)
-            block = read_region(self.ref, expect, open_pinned(self.ref, expect), sel, what)
+        if self.ref is None:
+            block = read_array(self.array, self.view, sel, what)
         else:
-            try:
-                if self.view is not None:
-                    m, n = self.view.shape
-                    rows, cols = (s.indices(size)[:2] for s, size in zip(sel, (m, n)))
-                    block = self.view.read(self.array.__getitem__, rows, cols)
-                else:
-                    block = np.asarray(self.array[sel])
-            except (SVDError, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - codec, decompression, I/O
-                raise StorageError(
-                    f"reading {what} of the Zarr array failed: {type(exc).__name__}: {exc}"
-                ) from exc
+            block = read_pinned(self.ref, dict(self.expect), *sel, route=self.route, what=what)
         return block.T if self.wide else block
 
 

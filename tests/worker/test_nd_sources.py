@@ -26,7 +26,8 @@ import xarray as xr
 
 from svdserve.client import StoredResult
 from svdserve.worker import InvalidInputError, NonFiniteError, svd
-from svdserve.worker._pin import open_pinned, pin_source, read_region
+from svdserve.worker._pin import pin_source
+from svdserve.worker._read import open_pinned, read_region
 
 from tests._check import EPS
 
@@ -260,7 +261,7 @@ def test_time_chunked_field_on_memory_limited_cluster(tmp_path):
 
 
 def test_effective_chunk_beyond_the_limit_is_refused(tmp_path):
-    from svdserve.worker._pin import Limits
+    from svdserve.worker._meta import Limits
 
     url = _write(tmp_path, _field(("time", "lat", "lon"), land=False), 3,
                  {"time": 1, "lat": 6, "lon": 9})

@@ -17,8 +17,9 @@ from numcodecs import Zstd as ZstdV2
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 
 from svdserve.worker import InvalidInputError, StorageError, pin_source, svd
-from svdserve.worker._decode import chunk_decoder, read_box
-from svdserve.worker._pin import _meta_of
+from svdserve.worker._decode import chunk_decoder
+from svdserve.worker._meta import meta_of as _meta_of
+from svdserve.worker._read import read_box
 from svdserve.worker._source import PanelRefs, read_panel
 
 M, N = 203, 37  # neither a multiple of any chunk shape below: edge chunks everywhere

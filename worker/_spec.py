@@ -1,10 +1,15 @@
-"""One job specification, validated once: :func:`plan` → :class:`SVDParams`.
+"""One job, specified once: what it computes (:class:`SVDParams`, made by
+:func:`plan`) and how it runs (:class:`Execution`).
 
 The service's submit route calls :func:`plan` on the pinned source's metadata
-(a 422 names the field of any :class:`InvalidInputError`), stores the result,
-and its runner calls ``svd(source, **params.svd_kwargs())``; :func:`svd`
-itself calls :func:`plan` first. So the rank check, the method choice and the
-clipping of ``n_oversamples`` live here only.
+(a 422 names the field of any :class:`InvalidInputError`) and stores the
+result; its runner hands the stored :class:`SVDParams` and the
+:class:`Execution` its settings build to :func:`~._api.svd` (``spec=``,
+``execution=``), which otherwise builds both from its keyword arguments. So the
+rank check, the method choice, the clipping of ``n_oversamples`` and the rule that a wide
+matrix's tall factor is always computed live here only, and so do the
+execution defaults (:data:`DEFAULT_PANEL_BYTES`, :data:`DEFAULT_PANEL_CACHE`,
+:data:`DEFAULT_MEMORY_FRACTION`, :data:`READERS`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,80 @@ from ._errors import InvalidInputError
 from ._methods import METHODS
 from ._missing import check_mode
 
-__all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS"]
+__all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS", "Execution",
+           "DEFAULT_PANEL_BYTES", "DEFAULT_PANEL_CACHE", "DEFAULT_MEMORY_FRACTION", "READERS",
+           "panel_budget"]
+
+#: Default byte budget of one panel held as float64.
+DEFAULT_PANEL_BYTES = 128 * 2**20
+
+#: Default share of a worker's memory limit for cached panels (see :mod:`._cache`).
+DEFAULT_PANEL_CACHE = 0.4
+
+#: Share of the smallest worker's memory limit that the unavoidable part of
+#: a layout (one decoded chunk, or one row) may take before submit refuses it.
+DEFAULT_MEMORY_FRACTION = 0.5
+
+#: Values of the ``reader`` setting: which code decodes the stored chunks.
+READERS = ("direct", "zarr")
+
+
+def panel_budget(panel_bytes):
+    """The panel budget in bytes: ``panel_bytes``, or :data:`DEFAULT_PANEL_BYTES` for None."""
+    return DEFAULT_PANEL_BYTES if panel_bytes is None else int(panel_bytes)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a decomposition runs, apart from what it computes (validated when made).
+
+    Attributes
+    ----------
+    panel_bytes : int or None, default=None
+        Byte budget of one panel in float64 (None: :data:`DEFAULT_PANEL_BYTES`).
+    panel_cache : float, default=0.4
+        Share of each worker's memory limit that may hold decoded panels
+        between passes (:mod:`._cache`); 0 streams every pass.
+    memory_fraction : float, default=0.5
+        Share of the smallest worker's memory limit one decoded chunk may take.
+    reader : {"direct", "zarr"}, default="direct"
+        What decodes the stored chunks (:mod:`._decode` or zarr's pipeline).
+    no_workers_timeout : float, default=60
+        Seconds a pass may wait on a cluster with no worker at all.
+    task_deadline : float or None, default=None
+        Floor of the deadline of a wait on the cluster (None: no deadline).
+    task_deadline_factor : float, default=10
+        The deadline's multiple of the median time between task completions.
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="reader"`` for a reader not in :data:`READERS`.
+    """
+
+    panel_bytes: int | None = None
+    panel_cache: float = DEFAULT_PANEL_CACHE
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    reader: str = "direct"
+    no_workers_timeout: float = 60.0
+    task_deadline: float | None = None
+    task_deadline_factor: float = 10.0
+
+    def __post_init__(self):
+        if self.reader not in READERS:
+            raise InvalidInputError(f"reader must be one of {', '.join(map(repr, READERS))}; "
+                                    f"got {self.reader!r}.", field="reader")
+
+    def engine_options(self):
+        """Keyword arguments of :func:`~._engine.make_engine`."""
+        return {"no_workers_timeout": self.no_workers_timeout,
+                "task_deadline": self.task_deadline,
+                "deadline_factor": self.task_deadline_factor}
+
+    def to_json(self):
+        """What the provenance records of it."""
+        return {"panel_bytes": self.panel_bytes, "panel_cache": self.panel_cache,
+                "reader": self.reader}
 
 #: ``method="auto"`` picks ``exact`` when the short side is at most this:
 #: an n×n R factor per tree node (32 MiB at n = 2048) is cheap and exact
@@ -120,7 +198,8 @@ def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=
     shape : (int, int)
         ``(m, n)`` of the matrix (the view of an N-D variable).
     rank, method, ... :
-        As :func:`~._api.svd` takes them.
+        As :func:`~._api.svd` takes them; ``compute_u`` is forced True for a wide
+        matrix (m < n), whose tall factor is V (it costs nothing).
 
     Returns
     -------
@@ -159,7 +238,8 @@ def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=
         n_iter=int_param(n_iter, "n_iter", 0),
         random_state=int_param(0 if random_state is None else random_state,
                                "random_state", 0),
-        center=bool(center), compute_u=bool(compute_u), energy=energy,
+        center=bool(center), energy=energy,
+        compute_u=bool(compute_u) or m < n,  # a wide matrix's tall factor is V: always formed
         max_rank=cap if energy is not None else None,
         block_size=int_param(block_size, "block_size", 1),
         sketch_sizes=_sizes_param(sketch_sizes), n_probes=int_param(n_probes, "n_probes", 0),
