@@ -48,11 +48,11 @@ __all__ = [
     "tsqr_merge",
     "split_down",
     "power_leaf",
-    "sketch_leaf",
-    "sketch_project",
-    "sketch_residual",
-    "sketch_tall",
-    "sketch_finish",
+    "range_leaf",
+    "range_project",
+    "range_residual",
+    "range_tall",
+    "range_finish",
     "deflated_power_leaf",
     "probe_sumsq",
     "panel_tests",
@@ -380,15 +380,15 @@ def _residual_sumsq(a, q, c):
     return blocked_sumsq(a, difference)
 
 
-def sketch_leaf(a, g, center, probes=None, prev=None, bg=None):
+def range_leaf(a, g, center, probes=None, prev=None, bg=None):
     """Last randomized pass on one panel: range, local QR and projection in one read.
 
     Y_i = A_i G is factored locally, Y_i = Q_i R_i (for a centred run the QR of
     ``[1, Y_i]``, which centres Y stably as in :func:`tsqr_leaf`), and the
     panel is projected on that local basis, C_i = Q_iᵀA_i. Once the R factors
     are reduced in a tree, the global basis is Q_i M_i and B = Σ M_iᵀC_i
-    (:func:`sketch_project`). The panel's own residual ‖A_i − Q_iC_i‖²_F is
-    accumulated here; with the second term of :func:`sketch_residual` it
+    (:func:`range_project`). The panel's own residual ‖A_i − Q_iC_i‖²_F is
+    accumulated here; with the second term of :func:`range_residual` it
     gives ‖A − QB‖²_F exactly, with no subtraction of large numbers.
 
     Parameters
@@ -557,7 +557,7 @@ def _coefficients(leaf, wc):
     return np.vstack([leaf["lead"] * c[None, :], w])
 
 
-def sketch_project(leaf, wc):
+def range_project(leaf, wc):
     """This panel's share of B = QᵀA: ``(M_iᵀC_i, M_iᵀ(Q_iᵀ1))``.
 
     Returns
@@ -569,15 +569,15 @@ def sketch_project(leaf, wc):
     return m.T @ leaf["c"], (m * leaf["ones"][:, None]).sum(axis=0)
 
 
-def sketch_residual(leaf, wc, b, mu):
+def range_residual(leaf, wc, b, mu):
     """This panel's ‖A_i − Q_i^glob B‖²_F as a :func:`sumsq` pair.
 
     A_i − Q_i M_i B = (A_i − Q_iC_i) + Q_i(C_i − M_i B): two orthogonal terms,
-    the first accumulated in the pass (:func:`sketch_leaf`), the second small.
+    the first accumulated in the pass (:func:`range_leaf`), the second small.
 
     Parameters
     ----------
-    leaf : dict from :func:`sketch_leaf`
+    leaf : dict from :func:`range_leaf`
     wc : the leaf's pair from the downward sweep
     b : ndarray of shape (l, n)
     mu : ndarray of shape (n,) or None
@@ -587,7 +587,7 @@ def sketch_residual(leaf, wc, b, mu):
     return add_sumsq(leaf["local"], sumsq(c - _coefficients(leaf, wc) @ b))
 
 
-def sketch_tall(leaf, wc, uk, const=None):
+def range_tall(leaf, wc, uk, const=None):
     """Rows of the left factor, Q_i M_i Ũ_k (+ 1 constᵀ).
 
     Parameters
@@ -607,18 +607,18 @@ def sketch_tall(leaf, wc, uk, const=None):
     return t
 
 
-def sketch_finish(leaf, wc, b, mu, uk, const=None, c=None, shift=None):
+def range_finish(leaf, wc, b, mu, uk, const=None, c=None, shift=None):
     """One panel's last steps once B and its SVD are known, in one task.
 
-    :func:`sketch_residual`, :func:`sketch_tall` and (with probes)
+    :func:`range_residual`, :func:`range_tall` and (with probes)
     :func:`probe_sumsq` of the same kept blocks.
 
     Parameters
     ----------
     leaf, wc, b, mu
-        As :func:`sketch_residual`.
+        As :func:`range_residual`.
     uk, const
-        As :func:`sketch_tall`.
+        As :func:`range_tall`.
     c : ndarray of shape (k, p), optional
         diag(S) Vᵀ ω of the probes (no probes: None).
     shift : ndarray of shape (p,), optional
@@ -629,9 +629,9 @@ def sketch_finish(leaf, wc, b, mu, uk, const=None, c=None, shift=None):
     dict with ``tall`` (ndarray of shape (rows, k)) and ``small``: the pair
     (residual :func:`sumsq` pair, :func:`probe_sumsq` result or None).
     """
-    t = sketch_tall(leaf, wc, uk, const)
+    t = range_tall(leaf, wc, uk, const)
     probe = None if c is None else probe_sumsq(leaf["probe"], t, c, shift)
-    return {"tall": t, "small": (sketch_residual(leaf, wc, b, mu), probe)}
+    return {"tall": t, "small": (range_residual(leaf, wc, b, mu), probe)}
 
 
 # --------------------------------------------------------------------------- small dense helpers

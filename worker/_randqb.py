@@ -23,7 +23,7 @@ Passes over A: **blocks × (n_iter + 1)**.
   local means as in :mod:`._rsvd`.
 - Range and projection, fused (×1 per block): each panel factors
   ``[Q_i, A_iG − Q_i(BG)]`` locally, projects itself on that local basis
-  and keeps A_iω for the error probes (:func:`~._kernels.sketch_leaf`); the
+  and keeps A_iω for the error probes (:func:`~._kernels.range_leaf`); the
   R factors are reduced in a TSQR tree, whose basis extends Q with b new
   orthonormal columns (Householder-stable: no Gram–Schmidt against Q, so no
   loss of orthogonality as E shrinks), and B = QᵀA is re-formed whole.
@@ -50,8 +50,8 @@ import numpy as np
 
 from ._kernels import (
     orthonormalize,
-    sketch_leaf,
-    sketch_tall,
+    range_leaf,
+    range_tall,
     sumsq,
 )
 from ._rsvd import power_step, probe_matrix, project_basis, qb_factors
@@ -85,13 +85,13 @@ def _range_pass(run, g, pr_h, basis, b_mat):
     eng = run.engine
     g_h = eng.scatter(g)
     if run.stats is None:
-        return run.first_pass("range+project", sketch_leaf, lambda i: (g_h, run.center, pr_h))
+        return run.first_pass("range+project", range_leaf, lambda i: (g_h, run.center, pr_h))
     bg_h = None if basis is None else eng.scatter(b_mat @ g)
 
     def args(i):
         first = (g_h, run.center, pr_h)
         return first if basis is None else (*first, basis[i], bg_h)
-    return run.run_pass("range+project", sketch_leaf, args)
+    return run.run_pass("range+project", range_leaf, args)
 
 
 def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, random_state,
@@ -152,7 +152,7 @@ def randqb_svd(run, *, energy, max_rank, block_size, n_oversamples, n_iter, rand
         if (met and r + n_oversamples <= ell) or ell >= width_cap or frac >= 1.0:
             break
         eye = np.eye(ell)
-        basis = [eng.submit(sketch_tall, h, w, eye) for h, w in zip(leaves, ws)]
+        basis = [eng.submit(range_tall, h, w, eye) for h, w in zip(leaves, ws)]
     reached = bool(frac >= energy and r <= min(ell, max_rank))
     k = max(1, min(r, ell, max_rank))
     t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b_mat, k, probes)

@@ -52,9 +52,9 @@ from ._kernels import (
     orthonormalize,
     power_leaf,
     probe_sumsq,
-    sketch_finish,
-    sketch_leaf,
-    sketch_project,
+    range_finish,
+    range_leaf,
+    range_project,
     svd_flip_rows,
 )
 from ._run import Factors
@@ -176,7 +176,7 @@ def power_step(run, g, deflate=None):
 
 
 def project_basis(run, leaves):
-    """B = QᵀA from the last pass's :func:`~._kernels.sketch_leaf` results.
+    """B = QᵀA from the last pass's :func:`~._kernels.range_leaf` results.
 
     The local R factors (l×l each) are reduced by TSQR in this process
     (:func:`~._tsqr.small_tree`); its downward sweep gives each panel's pair
@@ -189,7 +189,7 @@ def project_basis(run, leaves):
     """
     eng = run.engine
     _, ws = small_tree(eng, [eng.part(h, "tree") for h in leaves], run.center)
-    shares = eng.gather([eng.submit(sketch_project, h, w) for h, w in zip(leaves, ws)])
+    shares = eng.gather([eng.submit(range_project, h, w) for h, w in zip(leaves, ws)])
     b = ordered_sum([s[0] for s in shares])
     if run.center:
         b -= np.outer(ordered_sum([s[1] for s in shares]), run.shifted_mean)
@@ -200,12 +200,12 @@ def qb_factors(run, leaves, ws, b, k, probes):
     """Rank-k factors of A ≈ QB from the blocks kept on the workers, without a pass.
 
     svd(B) = Ũ Σ Vᵀ here, then one task per panel
-    (:func:`~._kernels.sketch_finish`) forms its rows of U = Q M Ũ_k, its
+    (:func:`~._kernels.range_finish`) forms its rows of U = Q M Ũ_k, its
     share of the exact ‖A − QB‖²_F and of the probe residuals.
 
     Parameters
     ----------
-    leaves : list of handles to :func:`~._kernels.sketch_leaf` results
+    leaves : list of handles to :func:`~._kernels.range_leaf` results
     ws : list of each leaf's pair from the downward sweep (:func:`project_basis`)
     b : ndarray of shape (l, n)
     k : int
@@ -227,7 +227,7 @@ def qb_factors(run, leaves, ws, b, k, probes):
         c = (sigma[:k, None] * vt[:k]) @ probes
         shift = mu @ probes if run.center else None
     args = [eng.scatter(x) for x in (b, mu, uk, const, c, shift)]
-    done = [eng.submit(sketch_finish, h, w, *args) for h, w in zip(leaves, ws)]
+    done = [eng.submit(range_finish, h, w, *args) for h, w in zip(leaves, ws)]
     small = eng.gather([eng.part(h, "small") for h in done])
     resid = (0, 0.0)
     for part, _ in small:
@@ -277,10 +277,10 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     probes = probe_matrix(n, n_probes, random_state) if n_probes else None
     pr_h = eng.scatter(probes)
     if n_iter == 0:
-        leaves = run.first_pass("range+project", sketch_leaf,
+        leaves = run.first_pass("range+project", range_leaf,
                                 lambda i: (g_h, run.center, pr_h))
     else:
-        leaves = run.run_pass("range+project", sketch_leaf,
+        leaves = run.run_pass("range+project", range_leaf,
                               lambda i: (g_h, run.center, pr_h))
     phase = run.phase("factor", reads=False)
     b, ws = project_basis(run, leaves)

@@ -195,27 +195,27 @@ def test_sketch_kernels_give_b_and_the_exact_residual(center):
     G = np.linalg.qr(rng.standard_normal((10, 4)))[0]
     panels = [A[:50], A[50:90], A[90:]]
     mu = A.mean(axis=0) if center else None
-    leaves = [K.sketch_leaf(p, G, center) for p in panels]
+    leaves = [K.range_leaf(p, G, center) for p in panels]
     root, nodes = _tree([leaf["tree"] for leaf in leaves])
     width = root["r"].shape[0]
     wcs = _down(nodes, 3, np.eye(width), np.zeros(width) if center else None)
-    shares = [K.sketch_project(leaf, wc) for leaf, wc in zip(leaves, wcs)]
+    shares = [K.range_project(leaf, wc) for leaf, wc in zip(leaves, wcs)]
     B = sum(s[0] for s in shares)
     if center:
         B = B - np.outer(sum(s[1] for s in shares), mu)
     P = A - mu if center else A
-    Q = np.vstack([K.sketch_tall(leaf, wc, np.eye(width)) for leaf, wc in zip(leaves, wcs)])
+    Q = np.vstack([K.range_tall(leaf, wc, np.eye(width)) for leaf, wc in zip(leaves, wcs)])
     np.testing.assert_allclose(Q.T @ Q, np.eye(width), atol=100 * EPS)
     np.testing.assert_allclose(B, Q.T @ P, atol=1e3 * EPS * np.abs(A).max())
-    resid = K.add_sumsq(K.add_sumsq(*[K.sketch_residual(leaf, wc, B, mu)
+    resid = K.add_sumsq(K.add_sumsq(*[K.range_residual(leaf, wc, B, mu)
                                       for leaf, wc in zip(leaves[:2], wcs[:2])]),
-                        K.sketch_residual(leaves[2], wcs[2], B, mu))
+                        K.range_residual(leaves[2], wcs[2], B, mu))
     # ‖P − QB‖_F formed directly, no cancellation: agreement to ~ε·‖P‖.
     assert K.sumsq_norm(resid) == pytest.approx(np.linalg.norm(P - Q @ B), abs=1e3 * EPS * np.linalg.norm(P))
 
 
 @pytest.mark.parametrize("center", [False, True])
-def test_sketch_leaf_local_qr_at_kappa_1e15(center):
+def test_range_leaf_local_qr_at_kappa_1e15(center):
     # Y = AG = U diag(1 … 1e-15) W: κ(Y) ≈ 1e15, so YᵀY is singular in float64
     # (a Gram/Cholesky QR breaks down) while Householder QR keeps Q orthonormal
     # to O(l·ε) whatever κ (Higham, Thm 19.4; observed ≤ 9ε here).
@@ -225,7 +225,7 @@ def test_sketch_leaf_local_qr_at_kappa_1e15(center):
     V = np.linalg.qr(gen.standard_normal((n, n)))[0]
     A = (U * np.logspace(0, -15, n)) @ V.T
     G = V[:, np.linspace(0, n - 1, l).astype(int)] @ np.linalg.qr(gen.standard_normal((l, l)))[0]
-    leaf = K.sketch_leaf(A, G, center)
+    leaf = K.range_leaf(A, G, center)
     q = leaf["q"]
     Y = np.hstack([np.ones((m, 1)), A @ G]) if center else A @ G
     assert q.shape == (m, l + center)
@@ -259,8 +259,8 @@ def test_panel_kernels_do_not_depend_on_alignment(offset):
     def outputs(a):
         return pickle.dumps([
             K.panel_stats(a), K.panel_stats(a, True), K.power_leaf(a, G, None),
-            K.power_leaf(a, G, a.mean(axis=0)), K.sketch_leaf(a, G, False, P),
-            K.sketch_leaf(a, G, True, P), K.tsqr_leaf(a, False), K.tsqr_leaf(a, True),
+            K.power_leaf(a, G, a.mean(axis=0)), K.range_leaf(a, G, False, P),
+            K.range_leaf(a, G, True, P), K.tsqr_leaf(a, False), K.tsqr_leaf(a, True),
             K.qr_apply(a, np.eye(37, 2)),
         ])
 

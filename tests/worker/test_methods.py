@@ -586,7 +586,7 @@ def test_qb_kernels_extend_a_basis_and_deflate():
     b0 = q0.T @ A
     g = rng.standard_normal((12, 2))
     # One panel: the local QR of [Q0, AG − Q0(B0G)] spans [Q0, AG].
-    leaf = K.sketch_leaf(A, g, False, rng.standard_normal((12, 4)), q0, b0 @ g)
+    leaf = K.range_leaf(A, g, False, rng.standard_normal((12, 4)), q0, b0 @ g)
     q = leaf["q"]
     np.testing.assert_allclose(q.T @ q, np.eye(5), atol=100 * EPS)
     proj = q @ (q.T @ np.hstack([q0, A @ g]))
