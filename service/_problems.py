@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ._errors import ServiceError
 
-__all__ = ["ProblemError", "problem_response", "install", "PROBLEM_BASE", "request_id_of"]
+__all__ = ["ProblemError", "problem_response", "install", "PROBLEM_BASE", "request_id_of",
+           "openapi_problems"]
 
 log = logging.getLogger("svdserve.service")
 
@@ -178,3 +179,12 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+def openapi_problems(descriptions: dict[int, str], *codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for problem answers (RFC 9457) of these status codes,
+    each described by ``descriptions[code]``."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {code: {"description": descriptions[code],
+                   "content": {"application/problem+json": {"schema": ref}}}
+            for code in codes}

@@ -29,7 +29,7 @@ from ._auth import Operator, Tenant
 from ._cluster import Cluster
 from ._events import ChangeFeed
 from ._metrics import CONTENT_TYPE, Metrics
-from ._problems import ProblemError, problem_response
+from ._problems import ProblemError, openapi_problems, problem_response
 from ._results import Results
 from ._runner import Runner
 from ._sandbox import Sandbox, SandboxError
@@ -56,11 +56,8 @@ _PROBLEM_DESCRIPTIONS = {
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for problem responses (RFC 9457)."""
-    ref = {"$ref": "#/components/schemas/Problem"}
-    return {code: {"description": _PROBLEM_DESCRIPTIONS[code],
-                   "content": {"application/problem+json": {"schema": ref}}}
-            for code in codes}
+    """OpenAPI entries for the jobs API's problem responses (RFC 9457)."""
+    return openapi_problems(_PROBLEM_DESCRIPTIONS, *codes)
 
 
 @dataclass

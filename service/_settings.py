@@ -293,6 +293,15 @@ class Settings(BaseSettings):
             raise ValueError("with TLS files set, SVDSERVE_SCHEDULER must be a tls:// address")
         return self
 
+    @model_validator(mode="after")
+    def _check_upload_blocks(self) -> Settings:
+        if self.upload_block_bytes > self.upload_max_block_bytes:
+            raise ValueError(
+                f"SVDSERVE_UPLOAD_BLOCK_BYTES ({self.upload_block_bytes}) exceeds "
+                f"SVDSERVE_UPLOAD_MAX_BLOCK_BYTES ({self.upload_max_block_bytes}): the default "
+                "block would be refused; lower the first or raise the second")
+        return self
+
     # ------------------------------------------------------------------ derived
     def tenant_tokens(self) -> list[tuple[str, str]]:
         """``(tenant, token)`` pairs from :attr:`tokens` and :attr:`tokens_file`,

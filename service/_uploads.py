@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from starlette.requests import ClientDisconnect
 
 from ._auth import Tenant
-from ._problems import ProblemError
+from ._problems import ProblemError, openapi_problems
 from ._sandbox import Sandbox, SandboxError
 from ._settings import Settings
 from ._upload_store import (NAME_PATTERN, UploadError, UploadRecord, UploadStore, check_dtype,
@@ -59,10 +59,7 @@ _DESCRIPTIONS = {
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    ref = {"$ref": "#/components/schemas/Problem"}
-    return {code: {"description": _DESCRIPTIONS[code],
-                   "content": {"application/problem+json": {"schema": ref}}}
-            for code in codes}
+    return openapi_problems(_DESCRIPTIONS, *codes)
 
 
 # ---------------------------------------------------------------------- schemas

@@ -296,3 +296,13 @@ def test_tls_settings_go_together(tmp_path):
     with pytest.raises(ValidationError, match="must be a tls:// address"):
         Settings(scheduler="tcp://127.0.0.1:8786", tls_ca_file="a", tls_cert_file="b",
                  tls_key_file="c")
+
+
+def test_the_default_upload_block_must_fit_the_largest_block():
+    from pydantic import ValidationError
+
+    from svdserve.service import Settings
+
+    with pytest.raises(ValidationError, match="SVDSERVE_UPLOAD_BLOCK_BYTES .* exceeds"):
+        Settings(upload_block_bytes=2 * 2**20, upload_max_block_bytes=2**20)
+    assert Settings(upload_block_bytes=2**20, upload_max_block_bytes=2**20).upload_block_bytes
