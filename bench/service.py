@@ -257,7 +257,9 @@ def bench_upload(args, *, write_json=True):
                "SVDSERVE_DATABASE": str(tmp / "jobs.sqlite"),
                "SVDSERVE_UPLOADS_ROOT": str(tmp / "uploads"),
                "SVDSERVE_UPLOAD_QUOTA_BYTES": str(4 * a.nbytes),
+               # the benchmark's blocks are the largest allowed, and the default block too
                "SVDSERVE_UPLOAD_MAX_BLOCK_BYTES": str(max(rows * args.cols * 8, 2**20)),
+               "SVDSERVE_UPLOAD_BLOCK_BYTES": str(max(rows * args.cols * 8, 2**20)),
                "SVDSERVE_N_WORKERS": "1", "SVDSERVE_WORKER_PROCESSES": "false",
                "SVDSERVE_SCHEDULER": "", "SVDSERVE_LOG_LEVEL": "warning"}
         server = ServerProcess(env, log_path=tmp / "server.log").start()
