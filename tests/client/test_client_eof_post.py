@@ -24,6 +24,7 @@ the same iteration (105 here), so they agree to the same order.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -82,7 +83,16 @@ def stored(sst, dask_client, tmp_path_factory):
         c.endswith("c/0/0/0") for c in chunks)
     svd(url, N_MODES, array="sst", sample_dims=("time",), missing="mask", center=True,
         method="exact", client=dask_client, out=out)
+    svd(url, 4, array="sst", sample_dims=("time",), missing="mask", center=True,
+        method="exact", client=dask_client, out=out + "4")
+    shutil.rmtree(url)  # everything below reads the result stores and nothing else
     return StoredResult.open(out)
+
+
+@pytest.fixture(scope="module")
+def truncated(stored):
+    """The same field's result with only its 4 leading modes (source deleted, like stored)."""
+    return StoredResult.open(stored.url + "4")
 
 
 # -- item 7: scalings ----------------------------------------------------------------------
@@ -214,3 +224,27 @@ def test_rotation_matches_xeofs(stored, sst, method, power):
     _close(got.phi, rot.data["phi_matrix"].values)
     if method == "varimax":  # orthogonal: the rotated modes keep the variance of the four
         _close(got.explained_variance.sum(), sst["solver"].eigenvalues()[:4].sum())
+
+
+def test_truncated_result_correlation_needs_the_std(truncated, sst):
+    ref = np.asarray(sst["sol"]["eofscor"])[:4]
+    with pytest.raises(ValueError, match="field_std="):
+        sc.eofs_as_correlation(truncated)
+    got = sc.eofs_as_correlation(truncated, field_std=sst["arr"].std("time", ddof=1).values)
+    signs = _align(got, ref)
+    _close(got * signs[:, None, None], ref)
+    # the rank-4 reconstruction misses variance: its maps are larger in magnitude, not eofs'
+    trunc = np.abs(sc.eofs_as_correlation_truncated(truncated))
+    assert np.nanmin(trunc - np.abs(got)) > -TOL_VEC and np.nanmax(trunc - np.abs(got)) > 0.1
+
+
+def test_rotation_reports_non_convergence_and_bad_arguments(stored):
+    with pytest.warns(RuntimeWarning, match="did not converge in 2 iterations"):
+        rot = sc.rotate(stored, 3, max_iter=2)
+    assert not rot.converged and rot.n_iter == 2
+    for kwargs, match in [(dict(n_modes=1), "between 2 and 14"),
+                          (dict(n_modes=15), "between 2 and 14"),
+                          (dict(n_modes=3, method="oblimin"), "'oblimin'"),
+                          (dict(n_modes=3, method="promax", power=1), "power")]:
+        with pytest.raises(ValueError, match=match):
+            sc.rotate(stored, **kwargs)
