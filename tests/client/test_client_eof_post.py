@@ -175,6 +175,9 @@ def test_project_field_with_nan_land_gives_pcs(stored, sst, eofscaling):
     _close(sc.project_field(stored, sst["raw"][3], eofscaling=eofscaling) * signs, ref[3])
     arr = sst["arr"].transpose("lon", "time", "lat")
     _close(sc.project_field(stored, arr, eofscaling=eofscaling).reshape(15, -1) * signs, ref)
+    lazy = sc.project_field(stored, arr.chunk({"time": 5}), eofscaling=eofscaling)
+    assert hasattr(lazy, "dask")  # a dask field stays lazy (after its NaN check)
+    _close(np.asarray(lazy).reshape(15, -1) * signs, ref)
 
 
 def test_project_field_names_unmasked_nan_points(stored, sst):
