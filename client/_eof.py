@@ -229,6 +229,9 @@ def eofs_as_correlation(result, n_modes: int | None = None, *, field_std=None) -
                 "(the field's std over the samples, ddof=1: one pass over the data), or use "
                 "eofs_as_correlation_truncated() for the maps of the rank-k reconstruction")
         return eofs_as_correlation_truncated(result, n)
+    lab = getattr(result, "labels", None)
+    if getattr(field_std, "dims", None) is not None and lab:
+        field_std = field_std.transpose(*lab["feature_dims"])  # a DataArray in any dim order
     std = np.asarray(getattr(field_std, "values", field_std), dtype=np.float64).reshape(-1)
     if std.shape != (result.shape[1],):
         raise ValueError(f"field_std must have {result.shape[1]} values (one per point, shape "

@@ -233,7 +233,9 @@ def test_truncated_result_correlation_needs_the_std(truncated, sst):
     ref = np.asarray(sst["sol"]["eofscor"])[:4]
     with pytest.raises(ValueError, match="field_std="):
         sc.eofs_as_correlation(truncated)
-    got = sc.eofs_as_correlation(truncated, field_std=sst["arr"].std("time", ddof=1).values)
+    std = sst["arr"].std("time", ddof=1)
+    got = sc.eofs_as_correlation(truncated, field_std=std.values)
+    _close(sc.eofs_as_correlation(truncated, field_std=std.transpose("lon", "lat")), got)
     signs = _align(got, ref)
     _close(got * signs[:, None, None], ref)
     # the rank-4 reconstruction misses variance: its maps are larger in magnitude, not eofs'
