@@ -13,6 +13,19 @@ manifest's format is :mod:`svdserve._manifest`, shared with both).
 """
 
 from ._client import Client
+from ._eof import (
+    NorthErrors,
+    Rotation,
+    eofs,
+    eofs_as_correlation,
+    eofs_as_correlation_truncated,
+    eofs_as_covariance,
+    north_errors,
+    pcs,
+    project_field,
+    reconstruct_field,
+    rotate,
+)
 from ._errors import (
     APIError,
     Conflict,
@@ -26,6 +39,7 @@ from ._errors import (
     RateLimited,
     ServerError,
     InputFileError,
+    MissingValuesError,
     ServiceUnavailable,
     StorageAccessError,
     SVDServeError,
@@ -49,6 +63,18 @@ __all__ = [
     "PCA",
     "LstsqResult",
     "read_matrix",
+    "rotate",
+    "Rotation",
+    "north_errors",
+    "NorthErrors",
+    "pcs",
+    "eofs",
+    "eofs_as_covariance",
+    "eofs_as_correlation",
+    "eofs_as_correlation_truncated",
+    "project_field",
+    "reconstruct_field",
+    "MissingValuesError",
     "InputFileError",
     "SVDServeError",
     "TransportError",

@@ -7,6 +7,7 @@ is what a caller would naturally catch, the class subclasses it too::
     ├── TransportError (ConnectionError)     the service could not be reached (after retries)
     ├── StorageAccessError (OSError)         a result or upload URL could not be read or written
     ├── InputFileError (ValueError)          a local file is missing or not a readable matrix
+    ├── MissingValuesError (ValueError)      a field to project has NaN at unmasked points (.points)
     ├── APIError                             the service answered with an error status
     │   │                                    .type .status_code .request_id .problem .request .response
     │   ├── InvalidRequest (ValueError)      400, 422  (.errors lists the fields at fault)
@@ -96,6 +97,19 @@ class InputFileError(SVDServeError, ValueError):
     Raised by :func:`svdserve.client.read_matrix` (``svdserve upload``); the
     message names the file and, for an unknown format, lists the accepted ones.
     """
+
+
+class MissingValuesError(SVDServeError, ValueError):
+    """A field given to :func:`svdserve.client.project_field` has NaN at points the
+    result does not mask.
+
+    ``.points`` is an ndarray of their flat feature indices; the message names
+    the first ones by their coordinates.
+    """
+
+    def __init__(self, message: str, *, points=None):
+        super().__init__(message)
+        self.points = points
 
 
 class APIError(SVDServeError):

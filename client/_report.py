@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._eof import NorthErrors, north_errors
+
 __all__ = ["EnergyReport"]
 
 #: Energy fractions whose ranks are drawn on the plot.
@@ -180,6 +182,15 @@ class EnergyReport(Mapping):
         if norm == 0:
             return np.zeros(s_all.size)
         return np.minimum(np.cumsum((s_all / norm) ** 2), 1.0)  # σ/‖A‖_F: no overflow
+
+    def north_errors(self, n_modes: int | None = None, *,
+                     n_eff: int | float | None = None) -> NorthErrors:
+        """Eigenvalue sampling errors λ_i·√(2/N) (North et al. 1982) and degenerate pairs.
+
+        See :func:`svdserve.client.north_errors`; ``n_eff="lag1"`` needs the PCs,
+        so it is offered by :meth:`StoredResult.north_errors`, not here.
+        """
+        return north_errors(self, n_modes, n_eff=n_eff)
 
     def rank_for(self, fraction: float) -> int | None:
         """Smallest rank r with cumulative energy ≥ ``fraction``, or None if unknown.

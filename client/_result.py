@@ -17,6 +17,7 @@ import numpy as np
 from svdserve import _manifest
 
 from . import _lstsq
+from ._eof import NorthErrors, north_errors
 from ._errors import StorageAccessError
 from ._pca import PCA
 from ._report import EnergyReport
@@ -458,6 +459,15 @@ class StoredResult:
                                "masked_features": int(self.mask.sum()) if self.mask is not None
                                else 0})
         return xr.decode_cf(ds)
+
+    def north_errors(self, n_modes: int | None = None, *,
+                     n_eff: int | float | Literal["lag1"] | None = None) -> NorthErrors:
+        """Eigenvalue sampling errors λ_i·√(2/N) (North et al. 1982) and degenerate pairs.
+
+        Reads S (and, for ``n_eff="lag1"``, the first ``n_modes`` columns of U);
+        see :func:`svdserve.client.north_errors`.
+        """
+        return north_errors(self, n_modes, n_eff=n_eff)
 
     # -- PCA ------------------------------------------------------------------------------
 
