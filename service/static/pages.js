@@ -53,12 +53,23 @@
   }
 
   /* Fraction of the whole job done, over every pass, and the ETA at the last update. */
+  /* Steps that read no panel: they count as the end of their pass. */
+  var NO_READ = ["factor", "write"];
+
+  /* The fraction of the whole job done, counted as the CLI counts it (client/_job.py,
+   * Progress.overall): passes × the plan's panels, plus one round for the copy of a
+   * "rechunk" layout (pass 0); a pass beyond "passes" (an energy target) grows the total. */
   function overall(job) {
     var p = job.progress;
     if (job.state === "succeeded") return {f: 1, eta: null};
     if (!p || !p.passes) return {f: 0, eta: null};
-    var inPass = p.total ? p.done / p.total : 0;
-    var f = Math.min(1, Math.max(0, (Math.min(p.pass, p.passes) - 1 + inPass) / p.passes));
+    var plan = p.plan || job.plan || {};
+    var panels = plan.panels || p.total || 1, copy = plan.kind === "rechunk" ? 1 : 0;
+    var passNo = p.pass || 0, total = (Math.max(p.passes, passNo) + copy) * panels;
+    var step = p.total ? Math.min(p.done, p.total) / p.total : 0;
+    var done = passNo === 0 ? step * panels
+      : (passNo - 1 + copy) * panels + (NO_READ.indexOf(p.phase) >= 0 ? panels : step * panels);
+    var f = Math.min(1, Math.max(0, done / total));
     var spent = (when(job.updated_at) - when(job.started_at)) / 1000;
     var eta = f > 0 && spent > 0 && TERMINAL.indexOf(job.state) < 0 ? spent * (1 - f) / f : null;
     return {f: f, eta: eta};
@@ -288,6 +299,7 @@
     follow(false);
   }
 
+  window.SvdPages = {overall: overall};  // what the browser tests compare with the CLI's count
   if (body.getAttribute("data-page") === "jobs") listPage();
   if (body.getAttribute("data-page") === "job") jobPage();
 })();

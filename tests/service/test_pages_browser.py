@@ -315,3 +315,26 @@ def test_no_page_requests_anything_from_another_host(server, browser):
     for token in TOKENS.values():
         assert not any(token in u for u in urls)
         assert token not in log
+
+
+@pytest.mark.parametrize("progress", [
+    # the copy of a rechunk layout before pass 1, then pass 1 reading, then a no-read step
+    {"phase": "rechunk", "pass": 0, "passes": 2, "done": 3, "total": 8,
+     "plan": {"kind": "rechunk", "panels": 8}},
+    {"phase": "stats+qr", "pass": 1, "passes": 2, "done": 5, "total": 8,
+     "plan": {"kind": "rechunk", "panels": 8}},
+    {"phase": "factor", "pass": 1, "passes": 2, "done": 0, "total": 1,
+     "plan": {"kind": "chunks", "panels": 8}},
+    # an energy target's pass beyond the planned ones grows the total
+    {"phase": "power", "pass": 4, "passes": 3, "done": 2, "total": 8,
+     "plan": {"kind": "chunks", "panels": 8}},
+], ids=["rechunk-copy", "rechunk-pass-1", "no-read-step", "beyond-passes"])
+def test_the_page_counts_the_whole_job_as_the_cli_does(server, browser, progress):
+    from svdserve.client import Progress
+
+    browser.get(server.url + "/")
+    got = browser.execute_script(
+        "return SvdPages.overall({state: 'running', progress: arguments[0]}).f;", progress)
+    done, total = Progress.from_json(progress).overall()
+    # the CLI rounds to whole panels; the page keeps the fraction: within half a panel
+    assert abs(got - done / total) <= 0.5 / total + 1e-12, (got, done, total)
