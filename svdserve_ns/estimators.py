@@ -83,6 +83,26 @@ def _seed(random_state):
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
+def total_variance(report):
+    """Σ_j var(X_j) (population variances, as ``np.var``) from an uncentred run's
+    report: ``‖X‖²_F/m − ‖μ‖²`` with μ the column means measured in the first pass.
+
+    None when the report lacks ``column_mean_norm`` (a wide-stored matrix, or
+    a centred run) or when the subtraction would keep fewer than half of
+    float64's digits (‖μ‖² within a factor 1 − √ε of ‖X‖²_F/m: an offset
+    far larger than the spread), where reading X again is the accurate way.
+    """
+    mean_norm = report.get("column_mean_norm")
+    if mean_norm is None:
+        return None
+    m = report["shape"][0]
+    raw = report["frobenius_norm"] ** 2 / m
+    centred = raw - mean_norm ** 2
+    if not np.isfinite(raw) or centred <= np.sqrt(np.finfo(np.float64).eps) * raw:
+        return None
+    return centred
+
+
 class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """What :class:`PCA` and :class:`TruncatedSVD` share: inputs, backends, transforms."""
 
@@ -587,20 +607,30 @@ class TruncatedSVD(_SVDEstimator):
         self._common_attributes(fac, len(fac.S), dtype)
         scores = self._scores(fac, data, fac.S)
         self.explained_variance_, self.explained_variance_ratio_ = self._variances(
-            scores, data, dtype)
+            scores, data, dtype, fac.report)
         return scores
 
-    def _variances(self, scores, data, dtype):
-        """Variance of each column of U·Σ and its ratio to X's total variance."""
-        x = self._masked(data.lazy())
+    def _variances(self, scores, data, dtype, report):
+        """Variance of each column of U·Σ and its ratio to X's total variance.
+
+        A stored X's total variance comes from the decomposition's first pass
+        (``‖X‖²_F/m − ‖μ‖²``, :func:`total_variance`), so X is not read again;
+        only where that would lose more than half the digits to cancellation
+        (or the report lacks it: a wide-stored matrix) is X read once more.
+        """
         if data.in_memory:
             exp_var = np.var(scores.astype(np.float64), axis=0)
-            full_var = float(np.var(x, axis=0, dtype=np.float64).sum())
+            full_var = float(np.var(self._masked(data.lazy()), axis=0, dtype=np.float64).sum())
         else:
             import dask
 
-            exp_var, full_var = dask.compute(scores.astype(np.float64).var(axis=0),
-                                             x.astype(np.float64).var(axis=0).sum())
+            full_var = total_variance(report)
+            if full_var is None:
+                x = self._masked(data.lazy()).astype(np.float64)
+                exp_var, full_var = dask.compute(scores.astype(np.float64).var(axis=0),
+                                                 x.var(axis=0).sum())
+            else:
+                exp_var = dask.compute(scores.astype(np.float64).var(axis=0))[0]
             full_var = float(full_var)
         ratio = exp_var / full_var if full_var > 0 else np.zeros_like(exp_var)
         return exp_var.astype(dtype), ratio.astype(dtype)

@@ -9,6 +9,7 @@ and xarray ``DataArray``.
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -208,3 +209,44 @@ def test_import_svdserve_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+_READS = [0]
+_READS_LOCK = threading.Lock()
+
+
+def _counted(block):
+    """A block of X as read (counted): module level, so tasks pickle it by reference; the
+    session cluster's workers are threads of this process, so they count here too."""
+    with _READS_LOCK:
+        _READS[0] += 1
+    return block
+
+
+def test_truncated_svd_of_a_stored_matrix_reads_it_only_for_the_decomposition(low_rank):
+    """The total variance behind ``explained_variance_ratio_`` comes from the first
+    pass's statistics (‖X‖²_F/m − ‖μ‖²), not from another read of X."""
+    import dask.array as da
+
+    X = da.from_array(low_rank, chunks=(64, 40)).map_blocks(_counted, dtype=low_rank.dtype)
+    _READS[0] = 0  # map_blocks called it once on an empty block for the array's meta
+    est = TruncatedSVD(3, algorithm="exact")
+    Z = est.fit_transform(X)
+    # every block read belongs to a pass of the decomposition that the report counts
+    assert _READS[0] == est.report_["passes"] * X.numblocks[0], (_READS[0], est.report_)
+    ref = TruncatedSVD(3, algorithm="exact").fit(low_rank)
+    # ‖X‖²_F/m − ‖μ‖² against np.var's two-pass sum: the offsets (|μ| ≤ 5) against a
+    # spread of about 10 lose about one digit to cancellation; 1e-12 is ample
+    np.testing.assert_allclose(est.explained_variance_ratio_, ref.explained_variance_ratio_,
+                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(Z), ref.transform(low_rank), rtol=1e-9, atol=1e-9)
+
+
+def test_total_variance_gives_way_to_a_read_where_cancellation_would_cost_digits():
+    from svdserve.estimators import total_variance
+
+    report = {"shape": [4, 2], "frobenius_norm": 2.0, "column_mean_norm": 0.5}
+    assert total_variance(report) == pytest.approx(4.0 / 4 - 0.25)
+    offset = {"shape": [4, 2], "frobenius_norm": 2.0, "column_mean_norm": 1.0 - 1e-12}
+    assert total_variance(offset) is None  # 1 − (1 − 1e-12)²: fewer than 8 digits left
+    assert total_variance({"shape": [4, 2], "frobenius_norm": 2.0}) is None  # wide, centred
