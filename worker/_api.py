@@ -31,6 +31,7 @@ from ._run import Run
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
+from ._sumsq import sumsq, sumsq_norm
 from ._tsqr import exact_svd
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
@@ -466,7 +467,7 @@ def _report(job, run, fac, t_start, extra_params):
         report["suggested_rank"]["energy"] = int(fac.rank)
     if not params.center and not src.wide:
         # with frobenius_norm: the total variance ‖A‖²_F/m − ‖μ‖² (TruncatedSVD's ratios)
-        report["column_mean_norm"] = _scaled_norm(run.stats["mean"])
+        report["column_mean_norm"] = sumsq_norm(sumsq(run.stats["mean"]))
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):
@@ -481,12 +482,6 @@ def _report(job, run, fac, t_start, extra_params):
         "events": list(eng.events),
     }
     return report, provenance
-
-
-def _scaled_norm(v):
-    """‖v‖₂ without overflow or underflow (entries near 1e±300)."""
-    top = float(np.max(np.abs(v))) if v.size else 0.0
-    return top * float(np.linalg.norm(v / top)) if top > 0 else 0.0
 
 
 def _input_notes(report, src):
