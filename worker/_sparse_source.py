@@ -186,6 +186,11 @@ def find_sparse(url, array=None, storage_options=None):
             return None
     attrs = dict(node.attrs)
     name = repr(str(url)) + (f" array {array!r}" if array else "")
+    if attrs.get("encoding-type") == "anndata":
+        layers = sorted(node["layers"].keys()) if "layers" in node else []
+        raise InvalidInputError(
+            f"{name} is an AnnData store, not a matrix; name the matrix with array='X' or a "
+            f"layer, array='layers/<name>' (its layers: {layers}).", field="source.array")
     fmt = sparse_format(attrs, name)
     return None if fmt is None else (fmt, attrs)
 

@@ -46,37 +46,43 @@ def _tail(ref, k):
     return float(np.sqrt(np.sum(ref[k:] ** 2)))
 
 
-@pytest.mark.parametrize("shape", ["tall", "wide"])
-@pytest.mark.parametrize("encoding,orient", STORES)
-def test_every_method_matches_lapack(matrices, stores, shape, encoding, orient):
-    x = matrices[shape]
-    url, array = stores[shape, encoding, orient]
-    dense = x.toarray()
-    for center in (False, True):
-        b = dense - dense.mean(axis=0) if center else dense
-        ref = np.linalg.svd(b, compute_uv=False)
-        for method in ("exact", "randomized", "sketch"):
-            res = svd(url, K, array=array, method=method, center=center, client=False,
-                      panel_bytes=BUDGET)
-            plan = res.report["plan"]
-            assert plan["kind"] == "sparse" and plan["panels"] > 1
-            assert plan["densify"] == (method == "exact")
-            # exact: LAPACK accuracy (check_svd's bound, 100·√max(m,n)·ε·σ₁); randomized and
-            # sketch: within the tail ‖σ_{5:}‖ (≈1e-8 here, the noise) of LAPACK's σ.
-            check_svd(res, dense, K, center=center, exact=method == "exact")
-            if method != "exact":
-                tol = 10 * _tail(ref, K) + 100 * np.sqrt(max(x.shape)) * EPS * ref[0]
-                np.testing.assert_allclose(res.S, ref[:K], rtol=0, atol=tol)
-                assert abs(np.linalg.norm(b - (res.U * res.S) @ res.Vt) - _tail(ref, K)) <= tol
-            want = None if not center else ("pivot" if method == "exact" else "implicit")
-            assert (res.report.get("centering") or {}).get("method") == want
-        # energy target (randomized: the blocked QB): the rank LAPACK's spectrum gives
+def _check_method(url, array, dense, method, center):
+    b = dense - dense.mean(axis=0) if center else dense
+    ref = np.linalg.svd(b, compute_uv=False)
+    if method == "energy":  # randomized with a target: the blocked QB, LAPACK's rank
         res = svd(url, array=array, energy=0.9, method="randomized", center=center,
                   client=False, panel_bytes=BUDGET, block_size=2)
         frac = np.cumsum(ref ** 2) / np.sum(ref ** 2)
         assert res.S.size == int(np.searchsorted(frac, 0.9)) + 1
         np.testing.assert_allclose(res.S, ref[:res.S.size], rtol=0,
                                    atol=10 * _tail(ref, 6) + 1e-12 * ref[0])
+        return
+    res = svd(url, K, array=array, method=method, center=center, client=False,
+              panel_bytes=BUDGET)
+    plan = res.report["plan"]
+    assert plan["kind"] == "sparse" and plan["panels"] > 1
+    assert plan["densify"] == (method == "exact")
+    # exact: LAPACK accuracy (check_svd's bound, 100·√max(m,n)·ε·σ₁); randomized and
+    # sketch: within the tail ‖σ_{5:}‖ (≈1e-8 here, the noise) of LAPACK's σ.
+    check_svd(res, dense, K, center=center, exact=method == "exact")
+    if method != "exact":
+        tol = 10 * _tail(ref, K) + 100 * np.sqrt(max(dense.shape)) * EPS * ref[0]
+        np.testing.assert_allclose(res.S, ref[:K], rtol=0, atol=tol)
+        assert abs(np.linalg.norm(b - (res.U * res.S) @ res.Vt) - _tail(ref, K)) <= tol
+    want = None if not center else ("pivot" if method == "exact" else "implicit")
+    assert (res.report.get("centering") or {}).get("method") == want
+
+
+@pytest.mark.parametrize("shape", ["tall", "wide"])
+@pytest.mark.parametrize("encoding,orient", STORES)
+def test_every_method_matches_lapack(matrices, stores, shape, encoding, orient):
+    """Every method on every store kind, tall and wide; centred and not alternate with
+    the store, so each (store kind, method, centring) runs on one of the two shapes."""
+    url, array = stores[shape, encoding, orient]
+    dense = matrices[shape].toarray()
+    flip = (STORES.index((encoding, orient)) + (shape == "wide")) % 2
+    for i, method in enumerate(("exact", "randomized", "sketch", "energy")):
+        _check_method(url, array, dense, method, center=bool((i + flip) % 2))
 
 
 @pytest.mark.parametrize("shape", ["tall", "wide"])
@@ -258,6 +264,13 @@ def test_bad_sparse_stores_fail_with_typed_errors(tmp_path, what, error, words):
         assert info.value.field == "source.array"
     else:
         assert info.value.field == "source"
+
+
+def test_an_anndata_store_without_array_names_its_matrices(stores):
+    url, _ = stores["tall", "anndata", "csr"]
+    with pytest.raises(InvalidInputError, match=r"array='X'.*\['csc'\]") as info:
+        svd(url, 2, client=False)
+    assert info.value.field == "source.array"
 
 
 def test_nnz_limit_and_missing_mask_are_refused(tmp_path):
