@@ -90,10 +90,11 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
 
     Parameters
     ----------
-    source : zarr.Array, str, os.PathLike, SourcePin, ndarray or dask.array.Array
+    source : zarr.Array, str, os.PathLike, SourcePin, ndarray, dask.array.Array or scipy.sparse
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
-        a Zarr (format 2 or 3) array or group, or a source pinned earlier
-        with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
+        a Zarr (format 2 or 3) array or group (a sparse AnnData or Binsparse
+        group too, read in CSR row panels: :mod:`._sparse_source`), or a
+        source pinned earlier with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
         source on storage is pinned (metadata digest, chunk stamps): it is
         read exactly as validated, re-listed before the first read and
         after the last, and a change fails with :class:`SourceChangedError`.

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._errors import InvalidInputError
 from ._layout import Layout, plan_layout
@@ -35,8 +36,8 @@ from ._meta import SourceInfo, check_limits, check_matrix
 from ._missing import missing_chunks_mode
 from ._pin import SourcePin, SourceRef, inspect_pinnable
 from ._read import decodes_directly, read_array, read_pinned
-from ._sparse_source import (SparsePanel, SparsePin, find_sparse, first_row, pin_source,
-                             sparse_panels)
+from ._sparse_source import (SparsePanel, SparsePin, find_sparse, first_row, memory_sparse,
+                             pin_source, sparse_panels)
 from ._view import MatrixView, make_view
 
 __all__ = ["Source", "PanelRef", "PanelRefs", "open_source", "inspect_source", "read_panel"]
@@ -142,7 +143,10 @@ class Source:
         """
         wide = self.wide
         if self.kind == "sparse":
-            return sparse_panels(self.pin, bounds, densify)
+            panels = sparse_panels(self.pin, bounds, densify)
+            if getattr(self.pin, "in_memory", False):  # scatter the rows once
+                return [engine.put(p) for p in panels]
+            return panels
         if self.kind == "zarr":
             if scratch is not None:  # already in the tall orientation
                 return PanelRefs(scratch, bounds, False, sliced)
@@ -189,7 +193,8 @@ class Source:
     def reader_used(self, layout: Layout, direct):
         """What decodes the stored chunks, for ``report["plan"]["reader"]``."""
         if self.kind == "sparse":
-            return "sparse (zarr slices of indptr, indices and data)"
+            return ("memory (sparse)" if getattr(self.pin, "in_memory", False)
+                    else "sparse (zarr slices of indptr, indices and data)")
         if self.kind != "zarr":
             return "memory" if self.kind == "numpy" else "dask"
         decode = "direct" if direct else "zarr"
@@ -234,7 +239,7 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
 
     Parameters
     ----------
-    source : SourcePin, SparsePin, zarr.Array, str, os.PathLike, ndarray or dask array
+    source : SourcePin, SparsePin, zarr.Array, str, os.PathLike, ndarray, dask array or scipy.sparse matrix
         The matrix, a path/URL of a Zarr array or group (a sparse AnnData or
         Binsparse group too, :mod:`._sparse_source`), or a source pinned
         earlier with :func:`pin_source` (then re-checked against storage).
@@ -285,7 +290,7 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
         pin.verify()
         pin.check_missing()
         return Source(pin.info, "zarr", None, pin=pin)
-    if isinstance(source, SparsePin):
+    if isinstance(source, SparsePin) or sp.issparse(source):
         return _open_sparse(source, storage_options)
     if isinstance(source, zarr.Array):
         path = _local_path_of(source)
@@ -326,7 +331,11 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
 
 
 def _open_sparse(pin, storage_options):
-    """A :class:`Source` of a pinned sparse group, re-checked against storage."""
+    """A :class:`Source` of a pinned sparse group, re-checked against storage, or of an
+    in-memory ``scipy.sparse`` matrix (:func:`~._sparse_source.memory_sparse`)."""
+    if sp.issparse(pin):
+        pin = memory_sparse(pin)
+        return Source(pin.info, "sparse", None, pin=pin)
     pin = pin.with_options(storage_options=storage_options)
     pin.verify()
     return Source(pin.info, "sparse", None, pin=pin)

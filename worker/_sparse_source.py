@@ -63,7 +63,7 @@ from ._spec import EXACT_MAX_COLUMNS, panel_budget
 __all__ = ["SparseFormat", "SparsePin", "SparsePanel", "SparseLayout", "sparse_format",
            "find_sparse", "pin_sparse", "pin_source", "load_pin", "sparse_bounds",
            "sparse_layout", "sparse_panels", "first_row", "read_part", "coo_indptr",
-           "sparse_params"]
+           "sparse_params", "MemorySparse", "memory_sparse"]
 
 #: The arrays of each encoding, in the order (indptr, indices, data).
 _ARRAYS = {"anndata": ("indptr", "indices", "data"),
@@ -568,6 +568,7 @@ class SparsePanel:
     pin: SparsePin
     densify: bool = False
     span: tuple = ()  # COO: the entries (p0, p1) of these rows
+    block: object = None  # an in-memory matrix's rows (MemorySparse): no read
 
     def read(self):
         """The panel as a float64 ``csr_matrix`` of shape (rows, minor), checked.
@@ -577,6 +578,8 @@ class SparsePanel:
         InvalidInputError
             ``indptr`` decreasing or indices out of range in these rows.
         """
+        if self.block is not None:
+            return self.block
         pin, s, e = self.pin, self.start, self.stop
         what = f"{'columns' if pin.wide else 'rows'} {s}:{e}"
         ptr = (self._coo_ptr(what) if pin.fmt.orient == "coo" else
@@ -610,6 +613,8 @@ class SparsePanel:
 def sparse_panels(pin, bounds, densify=False):
     """The :class:`SparsePanel` of each ``(start, stop)`` (without the O(rows) ``indptr``
     the pin may hold: a panel reads its own slice)."""
+    if isinstance(pin, MemorySparse):
+        return [SparsePanel(s, e, None, densify, block=pin.csr[s:e]) for s, e in bounds]
     light = replace(pin, indptr=None)
     if pin.fmt.orient != "coo":
         return [SparsePanel(s, e, light, densify) for s, e in bounds]
@@ -659,3 +664,76 @@ def sparse_params(pin, params):
     return replace(params, resolved=resolved, notes=(*params.notes, (
         f"method 'auto' resolved to {resolved!r}: {how} (exact takes at most "
         f"{EXACT_MAX_COLUMNS})")))
+
+
+@dataclass(frozen=True, eq=False)
+class MemorySparse:
+    """An in-memory ``scipy.sparse`` matrix as a source: the same panels, no pin.
+
+    ``csr`` is the CSR view (Aᵀ for a CSC matrix, read as the transpose like a
+    CSC group), float64; ``in_memory``: the panels are scattered, not read.
+    """
+
+    csr: object
+    fmt: SparseFormat
+    info: SourceInfo
+    nnz: int
+    name: str = "the sparse matrix"
+    in_memory: bool = True
+
+    @property
+    def wide(self):
+        return self.fmt.orient == "csc"
+
+    @property
+    def ref(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name=self.name, view=None)
+
+    def read_indptr(self):
+        return self.csr.indptr
+
+    def layout(self, panel_bytes=None, *, densify=False):
+        return sparse_layout(self, self.csr.indptr, panel_bytes, densify=densify)
+
+    def with_options(self, **_kw):
+        return self
+
+    def verify(self):
+        return None
+
+    def check_missing(self):
+        return None
+
+    def absent_chunks(self):
+        return {"n_chunks": 0, "absent_chunks": 0, "fill_value": 0.0,
+                "missing_chunks": "fill", "note": None}
+
+
+def memory_sparse(a):
+    """A :class:`MemorySparse` of a ``scipy.sparse`` matrix or array, checked.
+
+    Raises
+    ------
+    InvalidInputError
+        Not 2-D, not real, empty, or an invalid structure (``check_format``).
+    """
+    name = "the sparse matrix"
+    if a.ndim != 2 or min(a.shape) < 1:
+        raise InvalidInputError(f"{name} must be a non-empty 2-D matrix; got shape "
+                                f"{tuple(a.shape)}.", field="source")
+    if np.dtype(a.dtype).kind not in "fiub":
+        raise InvalidInputError(f"{name} must hold real numbers; got dtype {str(a.dtype)!r}.",
+                                field="source")
+    orient = "csc" if a.format == "csc" else "csr"
+    csr = a.T.tocsr() if orient == "csc" else a.tocsr()
+    try:
+        csr.check_format(full_check=True)
+    except ValueError as exc:
+        raise InvalidInputError(f"{name} is not a valid sparse matrix: {exc}. Rebuild it "
+                                "with scipy.sparse.", field="source") from exc
+    csr = csr.astype(np.float64, copy=csr.dtype != np.float64)
+    fmt = SparseFormat("memory", orient, tuple(int(x) for x in a.shape))
+    return MemorySparse(csr, fmt, _info(fmt, str(a.dtype), None, None, int(csr.nnz)),
+                        int(csr.nnz))

@@ -368,3 +368,20 @@ def test_spec_fits_the_stored_orientation(tmp_path):
     csc = write_binsparse(tmp_path / "c.zarr", sparse_low_rank(300, 30, seed=9), "CSC")
     res = svd(csc, 3, compute_u=False, method="randomized", client=False)
     assert res.Vt.shape == (3, 30)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_in_memory_scipy_sparse_on_a_cluster(dask_client, matrices, fmt):
+    """A scipy.sparse matrix given to svd: the same CSR panels (CSC as the transpose),
+    scattered to the workers, never densified; bit for bit the in-process result."""
+    x = matrices["tall"].asformat(fmt)
+    kw = dict(method="randomized", center=True, panel_bytes=BUDGET)
+    there = svd(x, K, client=dask_client, **kw)
+    here = svd(x, K, client=False, **kw)
+    assert there.report["plan"]["kind"] == "sparse"
+    assert there.report["plan"]["reader"] == "memory (sparse)"
+    for a, b in [(here.U, there.U), (here.S, there.S), (here.Vt, there.Vt)]:
+        assert np.array_equal(a, b)
+    check_svd(there, x.toarray(), K, center=True, exact=False)
+    with pytest.raises(InvalidInputError, match="real numbers"):
+        svd(x.astype(np.complex128), K, client=False)
