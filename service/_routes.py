@@ -19,6 +19,7 @@ from svdserve.worker import (
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
+    check_feature_weights,
     check_layout,
     pin_source,
     plan,
@@ -178,7 +179,8 @@ def _body_hash(body: JobCreate) -> str:
     # Fields added later leave old hashes alone while they hold their defaults.
     for key, default in (("allow_missing_chunks", None), ("compute_u", True),
                          ("energy", None), ("max_rank", None), ("missing", "error"),
-                         ("missing_chunks", "fill")):
+                         ("missing_chunks", "fill"), ("weights", None),
+                         ("standardize", False)):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
@@ -234,7 +236,10 @@ async def _validate_source(svc: Services, body: JobCreate
                     n_oversamples=body.n_oversamples, n_iter=body.n_iter,
                     center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy,
-                    max_rank=body.max_rank, missing=body.missing)
+                    max_rank=body.max_rank, missing=body.missing, weights=body.weights,
+                    standardize=body.standardize)
+        if spec.weights is not None:  # "coslat" needs a latitude, an array the feature shape
+            await asyncio.to_thread(check_feature_weights, pin, spec.weights)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc

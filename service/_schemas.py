@@ -127,6 +127,18 @@ class JobCreate(BaseModel):
                     "missing (NaN or the CF _FillValue) in every sample, such as land in an "
                     "ocean field, are masked and recorded in the result; features missing in "
                     "only some samples fail the job, naming them.")
+    weights: str | list | None = Field(
+        default=None,
+        description="Feature weights, applied inside the passes (EOF analysis of the "
+                    "weighted field, as eofs/xeofs): `coslat` (√cos latitude, from the "
+                    "`lat`/`latitude` coordinate of an N-D source), `area` (√ normalised cell "
+                    "area), or non-negative numbers, one per feature (a list, or nested lists "
+                    "in the shape of the feature dimensions).")
+    standardize: bool = Field(
+        default=False, strict=True,
+        description="Divide each feature by its standard deviation (measured in pass 1, no "
+                    "extra pass; constant features become 0 as in xeofs): correlation-matrix "
+                    "EOFs. Needs `center: true`.")
     missing_chunks: Literal["fill", "error"] = Field(
         default="fill",
         description="A chunk that the metadata implies but the store lacks is the fill value "

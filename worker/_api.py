@@ -28,14 +28,14 @@ from ._rechunk import rechunk, remove_scratch, scratch_dir
 from ._result import ResultWriter, SVDResult, write_tall_block
 from ._rsvd import randomized_svd
 from ._run import Run
-from ._scaling import feature_weights, scaling_report
+from ._scaling import check_weights, feature_weights, scaling_report
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import sumsq, sumsq_norm
 from ._tsqr import exact_svd
 
-__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
+__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS", "check_feature_weights"]
 
 #: The execution defaults (:class:`Execution`), which :func:`svd`'s keywords take.
 _RUN = Execution()
@@ -49,6 +49,29 @@ def _versions():
 
     return {"svdserve": svdserve.__version__, "numpy": np.__version__,
             "dask": dask.__version__, "zarr": zarr.__version__}
+
+
+def check_feature_weights(source, weights):
+    """The weight of every feature of ``source`` (checked as :func:`svd` would at its start).
+
+    Parameters
+    ----------
+    source : SourcePin, str or array
+        What :func:`svd` takes; a pin is not read, only its metadata and coordinates.
+    weights : None, "coslat", "area" or array-like
+
+    Returns
+    -------
+    ndarray of shape (n,) or None
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="weights"``: no latitude coordinate, or a shape that does not fit.
+    """
+    src = open_source(source)
+    return feature_weights(check_weights(weights) if not isinstance(weights, tuple)
+                           else weights, src.shape[1], read_labels(src))
 
 
 def _missing_decider(job):
