@@ -127,3 +127,63 @@ def test_standardize_refusals():
     with pytest.raises(InvalidInputError, match="latitude") as exc:
         svd(a, 2, weights="coslat", client=False)
     assert exc.value.field == "weights"
+
+
+def _two_fields(n_time, seed=3):
+    """Two variables on different grids sharing ``time``, coupled through one mode."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_time)
+    pcs = np.linalg.qr(rng.standard_normal((n_time, K)))[0] * np.array([40.0, 20.0, 8.0])
+    sst = (pcs @ rng.standard_normal((K, 20)) + 1e-3 * rng.standard_normal((n_time, 20))) \
+        * rng.uniform(0.5, 4.0, 20) + 15.0
+    slp = (pcs @ rng.standard_normal((K, 18)) + 1e-3 * rng.standard_normal((n_time, 18))) \
+        * 100.0 + 1000.0
+    a = xr.DataArray(sst.reshape(n_time, 4, 5), dims=("time", "lat", "lon"), name="sst",
+                     coords={"time": t, "lat": np.linspace(-40, 40, 4), "lon": np.arange(5.0)})
+    b = xr.DataArray(slp.reshape(n_time, 3, 6), dims=("time", "latitude", "longitude"),
+                     name="slp", coords={"time": t, "latitude": np.linspace(-30, 30, 3),
+                                         "longitude": np.arange(6.0)})
+    return a, b
+
+
+@pytest.mark.parametrize("n_time", [80, 24], ids=["tall", "wide"])
+@pytest.mark.parametrize("stored", [True, False], ids=["zarr-group", "in-memory"])
+def test_multivariate_against_xeofs(tmp_path, n_time, stored):
+    """A list of variables (xeofs: each scaled on its own, then concatenated, no whole-variable
+    normalisation), standardised and coslat-weighted; components split back per variable."""
+    a, b = _two_fields(n_time)
+    model = xe.single.EOF(n_modes=K, standardize=True, use_coslat=True)
+    model.fit([a, b], dim="time")
+    var = model.explained_variance().values
+    comps = [c.stack(f=c.dims[1:]).values for c in model.components()]
+    if stored:
+        path = str(tmp_path / "ds.zarr")
+        xr.Dataset({"sst": a, "slp": b}).to_zarr(path, mode="w")
+        source, array = path, ["sst", "slp"]
+    else:
+        source, array = [a, b], None
+    res = svd(source, K, array=array, sample_dims=("time",), center=True, standardize=True,
+              weights="coslat", method="exact", client=False)
+    tol = 500 * np.sqrt(38) * EPS  # Weyl / Wedin as in the module docstring (gaps >= 0.2 σ₁)
+    np.testing.assert_allclose(res.S**2 / (n_time - 1), var, rtol=0,
+                               atol=2 * tol * res.S[0] ** 2 / (n_time - 1))
+    vt = np.asarray(res.Vt)
+    signs = np.sign(np.sum(vt[:, :20] * comps[0], axis=1))
+    for entry, ref, name, shape in zip(res.report["variables"], comps, ("sst", "slp"),
+                                       ((4, 5), (3, 6))):
+        lo, hi = entry["columns"]
+        np.testing.assert_allclose(vt[:, lo:hi] * signs[:, None], ref, atol=5 * tol)
+        assert entry["name"] == name and tuple(entry["shape"][1:]) == shape
+    fractions = np.sum([e["mode_fraction"] for e in res.report["variables"]], axis=0)
+    np.testing.assert_allclose(fractions, 1.0, atol=10 * EPS)  # unit-norm components
+    assert len(res.report["variables"][1]["coords"]["latitude"]) == 3
+
+
+def test_multivariate_errors(tmp_path):
+    a, b = _two_fields(30)
+    with pytest.raises(InvalidInputError) as exc:
+        svd([a, b.isel(time=slice(0, 20))], 2, sample_dims=("time",), client=False)
+    assert exc.value.field == "array"
+    with pytest.raises(InvalidInputError) as exc:
+        svd(np.zeros((4, 4)), 2, array=["x", "x"], client=False)
+    assert exc.value.field == "array"
