@@ -57,7 +57,7 @@ def check_feature_weights(source, weights):
 
     Parameters
     ----------
-    source : SourcePin, str or array
+    source : SourcePin, str, array, or a list of them
         What :func:`svd` takes; a pin is not read, only its metadata and coordinates.
     weights : None, "coslat", "area" or array-like
 
@@ -70,9 +70,12 @@ def check_feature_weights(source, weights):
     InvalidInputError
         ``field="weights"``: no latitude coordinate, or a shape that does not fit.
     """
+    weights = check_weights(weights) if not isinstance(weights, tuple) else weights
+    if is_multivariate(source, None):
+        src, variables = open_variables(source, None, sample_dims=None)
+        return _weights_of(weights, src.shape[1], None, variables)
     src = open_source(source)
-    return feature_weights(check_weights(weights) if not isinstance(weights, tuple)
-                           else weights, src.shape[1], read_labels(src))
+    return feature_weights(weights, src.shape[1], read_labels(src))
 
 
 def _missing_decider(job):

@@ -25,13 +25,14 @@ the fill value).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._errors import InvalidInputError
 from ._labels import read_labels
-from ._pin import pin_source
+from ._pin import SourcePin, pin_source
 from ._source import Source, open_source
 
 __all__ = ["is_multivariate", "open_variables", "variables_report", "MultiSource"]
@@ -81,7 +82,8 @@ def open_variables(source, array, *, sample_dims, storage_options=None,
         parts = [_stored(str(source), name, sample_dims, storage_options, missing_chunks,
                          panel_bytes) for name in _names(array)]
     else:
-        parts = [_in_memory(x, i, sample_dims) for i, x in enumerate(source)]
+        parts = [_pinned(x, storage_options) if isinstance(x, SourcePin)
+                 else _in_memory(x, i, sample_dims) for i, x in enumerate(source)]
     rows = {p[1].shape[0] for p in parts}
     if len(rows) != 1:
         raise InvalidInputError(
@@ -110,13 +112,20 @@ def _names(array):
 
 def _stored(url, name, sample_dims, storage_options, missing_chunks, panel_bytes):
     """``(name, lazy matrix, labels, pin)`` of one array of a Zarr group."""
+    return _pinned(pin_source(url, name, storage_options=storage_options,
+                              missing_chunks=missing_chunks, panel_bytes=panel_bytes,
+                              sample_dims=sample_dims), storage_options, name)
+
+
+def _pinned(pin, storage_options, name=None):
+    """``(name, lazy matrix, labels, pin)`` of a pinned array (re-checked against storage)."""
     import dask.array as da
 
-    pin = pin_source(url, name, storage_options=storage_options, missing_chunks=missing_chunks,
-                     panel_bytes=panel_bytes, sample_dims=sample_dims)
     src = open_source(pin)
+    name = name or pin.ref.url.rstrip("/").rsplit("/", 1)[-1]
     view = src.matrix_view
-    x = da.from_zarr(pin.ref.url, storage_options=storage_options or None)
+    opts = json.loads(pin.ref.options_key) if pin.ref.remote else None
+    x = da.from_zarr(pin.ref.url, storage_options=opts or storage_options or None)
     if view is not None:
         x = x.transpose(view.sample_axes + view.feature_axes).reshape(view.shape)
     return name, x, read_labels(src), pin

@@ -95,3 +95,34 @@ def test_bad_weights_are_422_naming_the_field(service, field):
             assert "Traceback" not in p["detail"]
         ok = c.post("/v1/jobs", json={**base, "weights": [[1.0] * 8] * 6})  # broadcasts
         assert ok.status_code == 202, ok.text
+
+
+def test_several_variables_through_the_service(service, client, field):
+    """``array`` as a list: each variable pinned at submit, one job, ``variables`` in the
+    report; σ as NumPy's SVD of the concatenated, per-feature standardised field (Weyl)."""
+    data_dir, x, lat = field
+    rng = np.random.default_rng(6)
+    slp = x[:, :10] * 3.0 + rng.standard_normal((40, 10))
+    path = data_dir / "two.zarr"
+    xr.Dataset({"sst": xr.DataArray(x.reshape(40, 6, 8), dims=("time", "lat", "lon"),
+                                    coords={"lat": lat}),
+                "slp": xr.DataArray(slp, dims=("time", "station"))}).to_zarr(str(path),
+                                                                              mode="w")
+    job = client.submit(str(path), 3, array=["sst", "slp"], sample_dims="time", center=True,
+                        standardize=True, method="exact")
+    res = job.result(timeout=120)
+    a = np.hstack([x, slp])
+    a = (a - a.mean(axis=0)) / a.std(axis=0)
+    s = np.linalg.svd(a, compute_uv=False)
+    np.testing.assert_allclose(res.S, s[:3], rtol=0, atol=100 * np.sqrt(58) * EPS * s[0])
+    names = [(v["name"], v["columns"]) for v in res.report["variables"]]
+    assert names == [("sst", [0, 48]), ("slp", [48, 58])]
+    import httpx
+
+    with httpx.Client(base_url=service.url, timeout=60,
+                      headers={"Authorization": f"Bearer {service.token}"}) as c:
+        body = {"source": {"url": str(path), "array": ["sst", "sst"], "sample_dims": ["time"]},
+                "rank": 2}
+        assert_problem(c.post("/v1/jobs", json=body), 422, "body.source.array")
+        body["source"]["array"] = ["sst", "nope"]
+        assert_problem(c.post("/v1/jobs", json=body), 404)
