@@ -543,7 +543,7 @@ def _report(job, run, fac, t_start, extra_params):
         report["scaling"] = scaling_report(params.weights, job.weights, params.standardize)
     if job.variables is not None:  # squared loadings: the signs do not matter
         vt = (np.concatenate(eng.gather(fac.tall)).T if src.wide else fac.v.T)
-        report["variables"] = variables_report(job.variables, vt)
+        report["variables"] = variables_report(job.variables, vt, fac.sigma)
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):

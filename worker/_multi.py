@@ -155,15 +155,19 @@ def _in_memory(x, i, sample_dims):
     return f"var{i}", data, None, None
 
 
-def variables_report(variables, vt):
-    """``report["variables"]``: each variable's columns, dimensions, feature coordinates and
-    the share of each mode's squared loading (of the unit-norm component) it holds."""
+def variables_report(variables, vt, sigma):
+    """``report["variables"]``: each variable's columns, dimensions, feature coordinates,
+    the share of each mode's squared loading (of the unit-norm component) it holds
+    (``mode_fraction``) and its share of the energy the k modes capture
+    (``energy_fraction`` = Σ σ_i²·f_i / Σ σ_i²)."""
     out = []
     vt = np.asarray(vt)
+    s2 = np.asarray(sigma, dtype=float) ** 2
     for v in variables:
         a, b = v["columns"]
-        entry = {"name": v["name"], "columns": [a, b],
-                 "mode_fraction": np.sum(vt[:, a:b] ** 2, axis=1).round(15).tolist()}
+        frac = np.sum(vt[:, a:b] ** 2, axis=1)
+        entry = {"name": v["name"], "columns": [a, b], "mode_fraction": frac.round(15).tolist(),
+                 "energy_fraction": float(s2 @ frac / s2.sum()) if s2.sum() > 0 else 0.0}
         labels = v["labels"]
         if labels is not None:
             entry.update({key: labels[key] for key in ("dims", "shape", "sample_dims",
