@@ -360,6 +360,8 @@ def _run_job(src, params, execution, t_start, *, client, progress, interrupt, ou
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     src, layout = _cut(src, engine, execution)
     labels = read_labels(src)
+    if labels is None and variables is not None and len(variables) == 1:
+        labels = variables[0]["labels"]  # one in-memory DataArray: its dims and coordinates
     job = _Job(src, params, layout, engine, progress, out, out_opts, labels, execution,
                weights=_weights_of(params.weights, src.shape[1], labels, variables),
                variables=variables)

@@ -205,3 +205,15 @@ def test_energy_target_on_the_weighted_field():
         res = svd(a, energy=0.85, weights=w, center=True, method=method, client=False,
                   block_size=2, panel_bytes=8 * 40 * 64)
         assert res.rank == want, method
+
+
+def test_in_memory_dataarray_against_xeofs():
+    """One xarray DataArray in memory: its own latitude gives "coslat", the result keeps its
+    dimensions and coordinates (tolerance as in the module docstring)."""
+    da = _field(60).fillna(0.0)  # in memory, no land: xeofs and the matrix agree directly
+    res = svd(da, K, sample_dims=("time",), center=True, weights="coslat", method="exact",
+              client=False)
+    n = da.shape[1] * da.shape[2]
+    _check(res, da, _xeofs(da, use_coslat=True), 500 * np.sqrt(max(60, n)) * EPS)
+    assert res.labels["feature_dims"] == ["lat", "lon"]
+    np.testing.assert_array_equal(res.labels["coords"]["lat"][0], da["lat"].values)
