@@ -50,6 +50,17 @@ def normalize_source(source: str | os.PathLike) -> str:
     return os.path.abspath(source)
 
 
+def _eof_fields(missing, weights, standardize) -> dict[str, Any]:
+    """The request's ``missing`` / ``weights`` / ``standardize`` (absent at their defaults)."""
+    out: dict[str, Any] = {} if missing == "error" else {"missing": missing}
+    if weights is not None:
+        out["weights"] = weights if isinstance(weights, str) else \
+            np.asarray(weights, dtype=float).tolist()
+    if standardize:
+        out["standardize"] = True
+    return out
+
+
 def _missing_chunks_fields(missing_chunks, allow_missing_chunks) -> dict[str, Any]:
     """The job fields for absent chunks, sent only when set (older services refuse
     unknown fields); the deprecated ``allow_missing_chunks`` warns."""
@@ -168,7 +179,7 @@ class Client:
         source: Any,
         rank: int | None = None,
         *,
-        array: str | None = None,
+        array: str | list[str] | None = None,
         method: Method = "auto",
         n_oversamples: int = 10,
         n_iter: int = 2,
@@ -182,6 +193,8 @@ class Client:
         max_rank: int | None = None,
         sample_dims: str | list[str] | tuple[str, ...] | None = None,
         missing: Literal["error", "mask"] = "error",
+        weights: str | Any | None = None,
+        standardize: bool = False,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -197,8 +210,10 @@ class Client:
             :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
-        array : str or None, default=None
-            Array inside the group at ``source``.
+        array : str, list of str or None, default=None
+            Array inside the group at ``source``; a list decomposes several
+            variables sharing the sample dimensions together (multivariate EOF,
+            ``report["variables"]`` gives each one's columns of ``Vt``).
         method : {"auto", "exact", "randomized", "sketch"}, default="auto"
             ``exact`` (TSQR, every singular value), ``randomized`` (Halko et
             al.), ``sketch`` (one pass, Tropp et al. 2019), ``auto`` lets
@@ -243,6 +258,16 @@ class Client:
             sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
+        weights : {"coslat", "area"}, array-like or None, default=None
+            Feature weights applied inside the passes (the EOFs of the weighted
+            field, as eofs and xeofs): ``"coslat"`` (√cos latitude from the
+            ``lat``/``latitude`` coordinate of an N-D store), ``"area"``
+            (√ normalised cell area, eofs' ``"area"``), or one non-negative
+            number per feature (shape (n,) or the feature dimensions' shape).
+            The result's ``scale`` holds the weights applied.
+        standardize : bool, default=False
+            Divide each feature by its standard deviation (correlation
+            EOFs, xeofs' ``standardize=True``); needs ``center=True``.
 
         Returns
         -------
@@ -263,12 +288,11 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
+        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks),
+                    **_eof_fields(missing, weights, standardize))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
-        if missing != "error":
-            body["missing"] = missing
         if energy is not None:
             del body["rank"]
             body["energy"] = energy
