@@ -34,6 +34,7 @@ from ._errors import (
     SourceNotFoundError,
     StorageError,
     SVDError,
+    UpdateError,
     WorkerLostError,
     map_exception,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "InvalidInputError",
     "SourceNotFoundError",
     "SourceAccessError",
+    "UpdateError",
     "SourceChangedError",
     "NonFiniteError",
     "StorageError",
