@@ -44,6 +44,7 @@ from ._methods import METHODS, Method
 from ._pin import SourcePin, pin_source
 from ._result import SVDResult, load
 from ._source import inspect_source
+from ._update import UPDATABLE
 from ._spec import (
     DEFAULT_MEMORY_FRACTION,
     DEFAULT_PANEL_BYTES,
@@ -79,6 +80,7 @@ __all__ = [
     "Method",
     "METHODS",
     "EXACT_MAX_COLUMNS",
+    "UPDATABLE",
     "DEFAULT_PANEL_BYTES",
     "DEFAULT_PANEL_CACHE",
     "DEFAULT_MEMORY_FRACTION",

@@ -305,7 +305,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     src = open_source(source, array=array, storage_options=storage_options,
                       missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
                       panel_bytes=execution.panel_bytes, sample_dims=sample_dims)
-    state = None if update is None else load_state(update, storage_options)
+    out_opts = storage_options if out_storage_options is None else out_storage_options
+    state = None if update is None else load_state(update, out_opts)  # a result: out's store
     if spec is None and state is not None:
         p = state.params
         spec = plan(src.shape, rank or p["rank"], method=p["method"], center=p["center"],
@@ -316,9 +317,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                     energy=energy, max_rank=max_rank, block_size=block_size,
                     sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
-                    interrupt=interrupt, out=out, scratch=scratch,
-                    out_opts=storage_options if out_storage_options is None
-                    else out_storage_options, update=state, job_id=job_id)
+                    interrupt=interrupt, out=out, scratch=scratch, out_opts=out_opts,
+                    update=state, job_id=job_id)
 
 
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
