@@ -265,6 +265,7 @@ def _submit(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             sample_dims=args.sample_dims,
             missing=args.missing,
+            update=args.update,
         )
         if not args.wait:
             if args.json:
@@ -485,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--energy", type=_fraction, metavar="F",
                        help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
                             "the energy (of the variance with --center)")
+    which.add_argument("--update", metavar="JOB",
+                       help="instead of -k: update exact job JOB (id or prefix) with the rows "
+                            "appended to SOURCE since; reads only those for σ and V (with "
+                            "--no-u), plus one pass over every row for U")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", help="array inside the group at SOURCE")
     p.add_argument("--method", choices=METHODS,

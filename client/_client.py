@@ -182,6 +182,7 @@ class Client:
         max_rank: int | None = None,
         sample_dims: str | list[str] | tuple[str, ...] | None = None,
         missing: Literal["error", "mask"] = "error",
+        update: Job | str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -243,6 +244,15 @@ class Client:
             sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
+        update : Job or str or None, default=None
+            A succeeded ``exact`` job (or its id) on this same array before rows
+            were appended to it: the new job merges the parent's stored state
+            with the appended rows and reads only those for σ and V
+            (``compute_u=True`` adds one pass over every row for U). ``rank``
+            defaults to the parent's; ``method``, ``center`` and
+            ``random_state`` are the parent's. ``report["update"]`` gives
+            ``rows_read`` and ``rows_total``; :meth:`jobs` with ``lineage``
+            lists the chain.
 
         Returns
         -------
@@ -250,7 +260,9 @@ class Client:
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if (rank is None) == (energy is None):
+        if update is not None and energy is None:
+            pass  # the rank defaults to the parent's
+        elif (rank is None) == (energy is None):
             raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
                              f"energy={energy!r}")
         body = {
@@ -269,6 +281,10 @@ class Client:
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
         if missing != "error":
             body["missing"] = missing
+        if update is not None:
+            body["update"] = update.id if isinstance(update, Job) else str(update)
+            if rank is None:
+                del body["rank"]
         if energy is not None:
             del body["rank"]
             body["energy"] = energy
@@ -309,7 +325,8 @@ class Client:
         """
         return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
 
-    def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
+    def jobs(self, state: str | None = None, *, limit: int | None = None,
+             lineage: Job | str | None = None) -> list[Job]:
         """Jobs of this tenant, newest first, following pagination.
 
         Parameters
@@ -318,7 +335,14 @@ class Client:
             Only jobs in this state.
         limit : int or None
             At most this many (all when None).
+        lineage : Job or str or None
+            Instead: the chain of updates this job belongs to, oldest first
+            (the first job, then each update).
         """
+        if lineage is not None:
+            job_id = lineage.id if isinstance(lineage, Job) else str(lineage)
+            page = self._http.get_json("/v1/jobs", params={"lineage": job_id})
+            return [Job(self, item) for item in page.get("items", [])]
         out: list[Job] = []
         cursor: str | None = None
         while True:
