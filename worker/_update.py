@@ -207,9 +207,10 @@ def load_state(previous, storage_options=None):
     if STATE_GROUP not in grp:
         check_method(res.method)
         raise UpdateError(
-            f"the result {res.url!r} (method {res.method!r}) keeps no update state: only the "
-            f"{' and '.join(UPDATABLE)} method on a tall 2-D Zarr array on storage stores it; "
-            "submit a full job", changed="method")
+            f"the result {res.url!r} (method {res.method!r}, shape "
+            f"{res.report.get('shape')}) keeps no update state: only {' and '.join(UPDATABLE)} "
+            "results of a tall (rows >= columns) 2-D Zarr array on storage keep it; submit a "
+            "full job", changed="source")
     sub = grp[STATE_GROUP]
     a = dict(sub.attrs)
     st = a["stats"]
