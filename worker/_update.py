@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import InvalidInputError, UpdateError
-from ._kernels import gemm_leaf, gemm_tall, merge_stats, svd_flip_rows, tsqr_leaf, tsqr_merge
+from ._kernels import gemm_leaf, gemm_tall, merge_stats, svd_flip_rows, tsqr_leaf
+from ._qr import qr_r
 from ._pin import SourcePin
 from ._result import load
 from ._run import Factors
@@ -56,7 +57,7 @@ from ._source import PanelRefs, read_panel
 from ._tsqr import small_tree, tsqr_up, with_ones_direction
 
 __all__ = ["UpdateState", "UPDATABLE", "STATE_GROUP", "load_state", "save_state",
-           "check_method", "check_growth", "new_bounds", "update_exact", "tail_digest",
+           "check_method", "check_growth", "new_bounds", "update_exact", "tail_digest", "merge_r",
            "update_report"]
 
 #: Methods whose stored state merges exactly with appended rows.
@@ -321,12 +322,36 @@ def new_bounds(bounds, start):
     return [(max(s, start), e) for s, e in bounds if e > start]
 
 
+def merge_r(old, new):
+    """R of two stacked subtrees, as :func:`~._kernels.tsqr_merge` but without forming Q.
+
+    Parameters
+    ----------
+    old, new : dict
+        ``r`` (ndarray of shape (r_i, n)), ``mean`` (ndarray of shape (n,) or None:
+        centred subtrees) and ``count``.
+
+    Returns
+    -------
+    dict with ``r`` (the R factor of ``[R_old; R_new; sqrt(m_o m_n/m)(μ_o − μ_n)ᵀ]``,
+    Chan, Golub & LeVeque's row for centred subtrees), ``mean`` and ``count``.
+    """
+    na, nb = old["count"], new["count"]
+    n = na + nb
+    blocks, mean = [old["r"], new["r"]], None
+    if old["mean"] is not None:
+        delta = old["mean"] - new["mean"]
+        blocks.append(np.sqrt(na * nb / n) * delta[None, :])
+        mean = new["mean"] + delta * (na / n)
+    return {"r": qr_r(np.vstack(blocks)), "mean": mean, "count": n}
+
+
 def _merged_root(run, state, leaves):
     """The root of ``[A_old; A_new]``: the stored R merged with the new rows' tree."""
     eng = run.engine
     new_root, _ = tsqr_up(eng, leaves)
     old = {"r": state.r, "mean": state.r_mean if run.center else None, "count": state.rows}
-    root = tsqr_merge(old, new_root)
+    root = merge_r(old, new_root)
     run.stats = merge_stats(state.stats, run.stats)
     return root
 
