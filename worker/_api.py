@@ -34,7 +34,7 @@ from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import sumsq, sumsq_norm
 from ._tsqr import exact_svd
 from ._update import (check_growth, check_method, load_state, new_bounds, save_state,
-                      update_exact, update_report)
+                      update_exact, update_report, update_sketch)
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
 
@@ -438,6 +438,10 @@ def _run_update(job, token, markers, direct):
         full.stats, full.pass_no = stats, run.pass_no
         return full
 
+    if state.method == "sketch":
+        fac = update_sketch(run, state, params.rank, full_bounds=job.bounds,
+                            storage_options=job.out_opts)
+        return run, fac if params.compute_u else fac._replace(tall=None)
     choose = None if params.energy is None else _rank_by_energy(run, params.energy, params.rank)
     fac = update_exact(run, state, params.rank if choose is None else choose,
                        compute_u=params.compute_u, full_run=full_run)
@@ -581,12 +585,12 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     url = None
     if writer is not None:
         if fac.state is not None:  # what a later update merges into (:mod:`._update`)
-            save_state(writer.group, method=params.resolved, r=fac.state["r"],
-                       r_mean=fac.state["r_mean"], stats=run.stats, pivot=run.pivot,
-                       pin=src.pin, job=job.job_id,
+            save_state(writer.group, method=params.resolved, state=fac.state, stats=run.stats,
+                       pivot=run.pivot, pin=src.pin, job=job.job_id,
                        params={"rank": fac.rank, "method": params.resolved,
                                "center": params.center, "random_state": params.random_state,
-                               "missing": params.missing})
+                               "missing": params.missing},
+                       tall_writer=_tall_writer(job.engine, writer))
         writer.finish(S=fac.sigma, small=u_small if src.wide else vt, mean=mean,
                       attrs={"svdserve": provenance, "report": report},
                       mask=job.mask, labels=job.labels)
@@ -632,6 +636,15 @@ def _rank_by_energy(run, energy, cap):
         return max(1, min(choose.wanted, cap))
     choose.wanted = 0
     return choose
+
+
+def _tall_writer(eng, writer):
+    """``write(name, handles, bounds)``: blocks written into ``name`` of the result, on
+    the workers (an update's stored sketches)."""
+    def write(name, handles, bounds):
+        eng.gather([eng.submit(write_tall_block, h, writer.url, writer.options_key, name, s, e,
+                               False) for h, (s, e) in zip(handles, bounds)])
+    return write
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

@@ -43,6 +43,7 @@ column count, dtype, chunk grid or location changed) is an
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,15 +54,17 @@ from ._qr import qr_r
 from ._pin import SourcePin
 from ._result import load
 from ._run import Factors
+from ._sketch import sketch_factors, sketch_sums, sketch_tests, stream_pass
 from ._source import PanelRefs, read_panel
 from ._tsqr import small_tree, tsqr_up, with_ones_direction
 
 __all__ = ["UpdateState", "UPDATABLE", "STATE_GROUP", "load_state", "save_state",
            "check_method", "check_growth", "new_bounds", "update_exact", "tail_digest", "merge_r",
+           "update_sketch", "align",
            "update_report"]
 
 #: Methods whose stored state merges exactly with appended rows.
-UPDATABLE = ("exact",)
+UPDATABLE = ("exact", "sketch")
 
 #: Subgroup of a result group holding the state an update merges into.
 STATE_GROUP = "update"
@@ -81,10 +84,14 @@ class UpdateState:
     rows, n : int
         Shape of the tall matrix the parent saw.
     dtype : str
-    r : ndarray of shape (r, n)
-        Upper triangular TSQR factor of those rows (centred by ``r_mean`` when centred).
-    r_mean : ndarray of shape (n,) or None
-        Column means of the shifted rows as the tree computed them.
+    arrays : dict
+        exact: ``r`` (r, n), the upper triangular TSQR factor of those rows
+        (centred by ``r_mean``, the column means of the shifted rows as the
+        tree computed them, when centred). sketch: ``x`` (kr, n), ``z`` (s, s),
+        ``ups1`` (kr,), ``phi1`` (s,): the uncentred sketches summed over the rows.
+    sketch : dict or None
+        sketch: ``sizes`` ([kr, s]) and ``n_probes``; the tall ``Y`` and the probe
+        products stay in the result (``update/y``, ``update/probe``).
     stats : dict
         The first pass's merged statistics (:func:`~._kernels.panel_stats`).
     pivot : ndarray of shape (n,) or None
@@ -102,8 +109,8 @@ class UpdateState:
     rows: int
     n: int
     dtype: str
-    r: np.ndarray
-    r_mean: np.ndarray | None
+    arrays: dict
+    sketch: dict | None
     stats: dict
     pivot: np.ndarray | None
     pin: SourcePin
@@ -133,7 +140,7 @@ def tail_digest(pin, start, stop):
     return hashlib.sha256(np.ascontiguousarray(block, dtype=np.float64).tobytes()).hexdigest()
 
 
-def save_state(group, *, method, r, r_mean, stats, pivot, pin, params, job=None):
+def save_state(group, *, method, state, stats, pivot, pin, params, job=None, tall_writer=None):
     """Write the update state into ``group`` (a result group, before its manifest).
 
     Nothing is written (and the result cannot be updated) for a source that
@@ -143,13 +150,19 @@ def save_state(group, *, method, r, r_mean, stats, pivot, pin, params, job=None)
     ----------
     group : zarr.Group
     method : str
-    r : ndarray of shape (r, n)
-    r_mean : ndarray of shape (n,) or None
+    state : dict
+        ``Factors.state``: exact ``r`` (r, n) and ``r_mean`` (n,) or None; sketch
+        ``x`` (kr, n), ``z`` (s, s), ``ups1`` (kr,), ``phi1`` (s,), ``sizes``,
+        ``n_probes``, and per block of ``bounds`` the handles ``y`` (rows_i, kr)
+        and ``probe`` (rows_i, p).
     stats : dict
     pivot : ndarray of shape (n,) or None
     pin : SourcePin or None
     params : dict
     job : str, optional
+    tall_writer : callable, optional
+        ``tall_writer(name, handles, bounds, width)`` writes the sketch's tall
+        blocks into ``update/<name>`` on the workers.
     """
     if method not in UPDATABLE or pin is None or pin.ref.view is not None:
         return
@@ -157,12 +170,21 @@ def save_state(group, *, method, r, r_mean, stats, pivot, pin, params, job=None)
     if m < n:
         return
     sub = group.create_group(STATE_GROUP)
-    arrays = {"R": r, "r_mean": r_mean, "stats_mean": stats["mean"], "pivot": pivot}
+    small = ("r", "r_mean", "x", "z", "ups1", "phi1")
+    arrays = {"stats_mean": stats["mean"], "pivot": pivot,
+              **{key: state.get(key) for key in small}}
     for name, value in arrays.items():
         if value is not None:
             value = np.asarray(value, dtype=np.float64)
             sub.create_array(name, shape=value.shape, chunks=value.shape,
                              dtype="f8")[...] = value
+    extra = {}
+    if method == "sketch":
+        extra = {"sizes": state["sizes"], "n_probes": state["n_probes"]}
+        for name, width in (("y", state["sizes"][0]), ("probe", max(state["n_probes"], 1))):
+            sub.create_array(name, shape=(m, width), chunks=(pin.ref.key_chunks[0], width),
+                             dtype="f8")
+            tall_writer(f"{STATE_GROUP}/{name}", state[name], state["bounds"])
     cm = pin.ref.key_chunks[0]
     start = (m // cm) * cm
     tail = None if start == m else {"start": start, "stop": m,
@@ -172,7 +194,7 @@ def save_state(group, *, method, r, r_mean, stats, pivot, pin, params, job=None)
         "stats": {"count": int(stats["count"]), "amax": float(stats["amax"]),
                   "center": bool(stats["center"]), "finite": bool(stats["finite"]),
                   "ss": [int(stats["ss"][0]), float(stats["ss"][1])]},
-        "pin": pin.to_json(), "tail": tail, "params": params})
+        "pin": pin.to_json(), "tail": tail, "params": params, **extra})
 
 
 def load_state(previous, storage_options=None):
@@ -220,8 +242,11 @@ def load_state(previous, storage_options=None):
     def arr(name):
         return np.asarray(sub[name][...]) if name in sub else None
 
+    small = {key: arr(key) for key in ("r", "r_mean", "x", "z", "ups1", "phi1")}
+    sketch = ({"sizes": a["sizes"], "n_probes": a["n_probes"]} if a["method"] == "sketch"
+              else None)
     return UpdateState(parent=res.url, job=a.get("job"), method=a["method"], rows=a["rows"],
-                       n=a["n"], dtype=a["dtype"], r=arr("R"), r_mean=arr("r_mean"),
+                       n=a["n"], dtype=a["dtype"], arrays=small, sketch=sketch,
                        stats=stats, pivot=arr("pivot"), pin=SourcePin.from_json(a["pin"]),
                        tail=a["tail"], params=a["params"])
 
@@ -350,7 +375,8 @@ def _merged_root(run, state, leaves):
     """The root of ``[A_old; A_new]``: the stored R merged with the new rows' tree."""
     eng = run.engine
     new_root, _ = tsqr_up(eng, leaves)
-    old = {"r": state.r, "mean": state.r_mean if run.center else None, "count": state.rows}
+    old = {"r": state.arrays["r"], "mean": state.arrays["r_mean"] if run.center else None,
+           "count": state.rows}
     root = merge_r(old, new_root)
     run.stats = merge_stats(state.stats, run.stats)
     return root
@@ -404,6 +430,78 @@ def update_exact(run, state, k, *, compute_u, full_run):
     _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
     return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
                         u_route="gemm")
+
+
+def _state_rows(url, options_key, start, stop):
+    """Rows ``start:stop`` of a parent's stored range sketch and probe products (a task)."""
+    import json
+
+    import zarr
+
+    opts = json.loads(options_key)
+    kw = {"storage_options": opts} if opts and "://" in url else {}
+    sub = zarr.open_group(store=url, mode="r", **kw)[STATE_GROUP]
+    return {"y": np.asarray(sub["y"][start:stop]), "probe": np.asarray(sub["probe"][start:stop])}
+
+
+def _vstack(*blocks):
+    return np.vstack(blocks)
+
+
+def align(engine, handles, bounds, full_bounds):
+    """Blocks of rows ``bounds`` regrouped as the panels ``full_bounds`` (each a union of
+    consecutive blocks): one handle per panel, stacked where a panel holds several."""
+    out, i = [], 0
+    for _, stop in full_bounds:
+        group = []
+        while i < len(bounds) and bounds[i][1] <= stop:
+            group.append(handles[i])
+            i += 1
+        out.append(group[0] if len(group) == 1 else engine.submit(_vstack, *group))
+    return out
+
+
+def update_sketch(run, state, k, *, full_bounds, storage_options):
+    """The sketch factors of the grown matrix from the stored sketches and the new rows.
+
+    The sketches are linear in A (Tropp et al. 2019, §3): the new rows add
+    their rows to Y = AΩ and Υ_new A_new, Φ_new A_new Ψ to X and Z, with
+    Υ, Φ drawn from global row indices (:func:`~._kernels.panel_tests`) and Ω,
+    Ψ, the probes from the parent's seed. The factors are then those of a full
+    single-pass sketch of the grown matrix with the same seed, to rounding (the
+    sums are added in another order); the stored Y and probe rows are read from
+    the parent's result, never A's old rows.
+
+    Parameters
+    ----------
+    run : Run
+        Over the appended rows only.
+    state : UpdateState
+    k : int
+    full_bounds : list of (int, int)
+        The grown matrix's panels (the blocks of ``tall`` in the result).
+    storage_options : dict or None
+        To read the parent's result on the workers.
+
+    Returns
+    -------
+    Factors
+        As :func:`~._sketch.sketch_svd`, ``tall`` per panel of ``full_bounds``.
+    """
+    eng = run.engine
+    (kr, s), n_probes = state.sketch["sizes"], state.sketch["n_probes"]
+    seed = state.params["random_state"]
+    tests = sketch_tests(run.n, kr, s, seed, n_probes)
+    new = stream_pass(run, tests, seed)
+    run.stats = merge_stats(state.stats, run.stats)
+    sums = {key: state.arrays[key] + value for key, value in sketch_sums(eng, new).items()}
+    old_b = [(a, min(b, state.rows)) for a, b in full_bounds if a < state.rows]
+    key = json.dumps(storage_options or {}, sort_keys=True, default=str)
+    old = [eng.submit(_state_rows, state.parent, key, a, b) for a, b in old_b]
+    bounds = old_b + list(run.bounds)
+    fac = sketch_factors(run, old + list(new), bounds, sums, tests, k, random_state=seed,
+                         n_probes=n_probes)
+    return fac._replace(tall=align(eng, fac.tall, bounds, full_bounds))
 
 
 def update_report(state, *, rows_total, rows_appended, rows_read, rows_checked):
