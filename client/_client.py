@@ -258,13 +258,7 @@ class Client:
         -------
         Job
         """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if update is not None and energy is None:
-            pass  # the rank defaults to the parent's
-        elif (rank is None) == (energy is None):
-            raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
-                             f"energy={energy!r}")
+        _check_rank(method, rank, energy, update)
         body = {
             "source": {"url": None, "array": array},
             "rank": rank,
@@ -281,7 +275,7 @@ class Client:
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
         if missing != "error":
             body["missing"] = missing
-        if update is not None:
+        if update is not None:  # the rank defaults to the parent's
             body["update"] = update.id if isinstance(update, Job) else str(update)
             if rank is None:
                 del body["rank"]
@@ -485,3 +479,14 @@ class Client:
         if storage_options is None and is_remote(url):
             storage_options = self.storage_options
         return StoredResult.open(url, storage_options)
+
+
+def _check_rank(method: str, rank: int | None, energy: float | None, update: Any) -> None:
+    """Exactly one of ``rank`` and ``energy`` (an update may give neither: the parent's rank)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if update is not None and energy is None:
+        return
+    if (rank is None) == (energy is None):
+        raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
+                         f"energy={energy!r}")
