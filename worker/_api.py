@@ -33,7 +33,7 @@ from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import sumsq, sumsq_norm
 from ._tsqr import exact_svd
-from ._update import (check_growth, check_method, load_state, new_bounds, save_state,
+from ._update import (check_growth, check_params, load_state, new_bounds, save_state,
                       update_exact, update_report, update_sketch)
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
@@ -326,7 +326,7 @@ def _run_job(src, params, execution, t_start, *, client, progress, interrupt, ou
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     if update is not None:  # before any read: the parent's state and the grown source
-        check_method(params.resolved)
+        check_params(params)
         checked = check_growth(update, src)
     src, layout = _cut(src, engine, execution)
     job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),

@@ -59,7 +59,7 @@ from ._source import PanelRefs, read_panel
 from ._tsqr import small_tree, tsqr_up, with_ones_direction
 
 __all__ = ["UpdateState", "UPDATABLE", "STATE_GROUP", "load_state", "save_state",
-           "check_method", "check_growth", "new_bounds", "update_exact", "tail_digest", "merge_r",
+           "check_method", "check_params", "check_growth", "new_bounds", "update_exact", "tail_digest", "merge_r",
            "update_sketch", "align",
            "update_report"]
 
@@ -259,6 +259,17 @@ def check_method(method):
             f"(randomized power iterations do not merge); methods that support update: "
             f"{', '.join(UPDATABLE)}. Submit a full job, or use method='exact'.",
             changed="method")
+
+
+def check_params(params):
+    """Raise :class:`UpdateError` unless the job's (the parent's) parameters can be updated:
+    its method (:func:`check_method`), and no ``missing="mask"`` (the mask is decided from
+    every row's counts, which an update does not see)."""
+    check_method(params.resolved)
+    if params.missing == "mask":
+        raise UpdateError("update: a result computed with missing='mask' cannot be updated yet "
+                          "(which features are missing everywhere depends on every row); "
+                          "submit a full job", changed="method")
 
 
 def _shape_change(state, src):
