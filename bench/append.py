@@ -30,7 +30,8 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench._common import add_matrix_args, ensure_matrix, fmt_table, matrix_path, timed  # noqa: E402
+from bench._common import (add_matrix_args, ensure_matrix, fmt_table,  # noqa: E402
+                           matrix_path, timed)
 
 
 def _copy_rows(src, dst, start, stop):

@@ -487,9 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
                             "the energy (of the variance with --center)")
     which.add_argument("--update", metavar="JOB",
-                       help="instead of -k: update exact job JOB (id or prefix) with the rows "
-                            "appended to SOURCE since; reads only those for σ and V (with "
-                            "--no-u), plus one pass over every row for U")
+                       help="instead of -k: update exact/sketch job JOB (id or prefix) with "
+                            "the rows appended to SOURCE since; reads only those for σ and V "
+                            "(exact with --no-u), plus one pass over every row for exact's U")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", help="array inside the group at SOURCE")
     p.add_argument("--method", choices=METHODS,

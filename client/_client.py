@@ -245,7 +245,7 @@ class Client:
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
         update : Job or str or None, default=None
-            A succeeded ``exact`` job (or its id) on this same array before rows
+            A succeeded ``exact`` or ``sketch`` job (or its id) on this same array before rows
             were appended to it: the new job merges the parent's stored state
             with the appended rows and reads only those for σ and V
             (``compute_u=True`` adds one pass over every row for U). ``rank``

@@ -138,8 +138,8 @@ class JobCreate(BaseModel):
                     "`storage_error` either way.")
     update: Text | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[0-9A-Fa-f]+$",
-        description="Id (or unique prefix of at least 6 characters) of a succeeded `exact` job "
-                    "on this same array before rows were appended to it: the new job merges "
+        description="Id (or unique prefix of at least 6 characters) of a succeeded `exact` or "
+                    "`sketch` job on this same array before rows were appended to it: the new job merges "
                     "its stored state with the appended rows, which are the only rows read "
                     "for σ and V (`compute_u: true` adds one GEMM pass over every row for "
                     "U). `rank` defaults to the parent's; `method`, `center` and "

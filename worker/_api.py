@@ -249,14 +249,15 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     update : str, os.PathLike or SVDResult, optional
         A stored result (its URL, or a result written with ``out=``) of this
         same Zarr array before rows were appended to it (:mod:`._update`):
-        the stored R is merged with the appended rows, which are the only
-        rows read for σ and V (``compute_u=True`` adds one GEMM pass over
-        every row for U = A V Σ⁻¹). The rank, method, centring and seed are
-        the parent's unless given (``spec``). ``report["update"]`` says what
-        was read. Only ``exact`` results of a tall 2-D Zarr array on storage
-        can be updated; anything else, old rows that changed, a shrunk array
-        or a changed column count, dtype or chunk grid raise
-        :class:`UpdateError`.
+        exact: the stored R is merged with the appended rows, which are the
+        only rows read for σ and V (``compute_u=True`` adds one GEMM pass over
+        every row for U = A V Σ⁻¹); sketch: the appended rows' contributions
+        are added to the stored sketches (U included, no old row read). The
+        rank, method, centring and seed are the parent's (``rank`` may be
+        given). ``report["update"]`` says what was read. Only ``exact`` and
+        ``sketch`` results of a tall 2-D Zarr array on storage can be
+        updated; anything else, old rows that changed, a shrunk array or a
+        changed column count, dtype or chunk grid raise :class:`UpdateError`.
     job_id : str, optional
         The id this result is known by (the service's job id), named in the
         messages of a later update.

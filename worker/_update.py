@@ -27,9 +27,19 @@ exact (TSQR)
     ``"gemm"`` route of :mod:`._tsqr`), and reports those rows as read; with
     ``compute_u=False`` only the new rows are read.
 
-sketch, randomized
-    Not updatable here: :func:`check_method` raises :class:`UpdateError`
-    naming the methods that are (``exact``).
+sketch (Tropp, Yurtsever, Udell & Cevher 2019)
+    The sketches are linear in A. The result keeps X = ΥA, Z = ΦAΨ (summed,
+    uncentred), Υ1, Φ1, the tall Y = AΩ and the probe products Aω; the left
+    test matrices of a row are drawn from its global row index
+    (:func:`~._kernels.panel_tests`). An update adds the appended rows'
+    contributions (:func:`update_sketch`): the factors and the error estimate
+    are those of a full single-pass sketch of the grown matrix with the same
+    seed, to rounding, and no old row of A is read.
+
+randomized
+    Power iterations do not merge: :func:`check_method` raises
+    :class:`UpdateError` naming the methods that support an update
+    (:data:`UPDATABLE`).
 
 The old rows are re-checked, never trusted: every chunk wholly below the old
 row count must carry the stamp pinned by the parent job, and the rows of a
@@ -59,9 +69,8 @@ from ._source import PanelRefs, read_panel
 from ._tsqr import small_tree, tsqr_up, with_ones_direction
 
 __all__ = ["UpdateState", "UPDATABLE", "STATE_GROUP", "load_state", "save_state",
-           "check_method", "check_params", "check_growth", "new_bounds", "update_exact", "tail_digest", "merge_r",
-           "update_sketch", "align",
-           "update_report"]
+           "check_method", "check_params", "check_growth", "new_bounds", "update_exact",
+           "tail_digest", "merge_r", "update_sketch", "align", "update_report"]
 
 #: Methods whose stored state merges exactly with appended rows.
 UPDATABLE = ("exact", "sketch")

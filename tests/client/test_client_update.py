@@ -43,7 +43,7 @@ def test_client_and_cli_update_chain(service, client, data_dir, capsys):
     assert [j.id for j in chain][:2] == [parent.id, child.id] and len(chain) == 3
     last = chain[-1]
     assert last.report()["update"]["rows_read"] == 60
-    # 10·√n·ε·σ₁ absolute (two backward-stable TSQRs), as relative: σ₁/σ₄ = 0.7⁻³ < 4
+    # 10·√n·ε·σ₁ absolute (two backward-stable TSQRs); relative: σ₁/σ₄ = 0.7⁻³ < 4
     np.testing.assert_allclose(last.report()["singular_values"][:4],
                                np.linalg.svd(a, compute_uv=False)[:4],
                                rtol=10 * np.sqrt(16) * np.finfo(float).eps * 4)
