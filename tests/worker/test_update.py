@@ -157,6 +157,7 @@ def test_changed_rows_inside_partial_chunk_are_refused(tmp_path):
     ("shrunk", r"shape expected more than 300 rows, got 200 rows \(the array shrank\)"),
     ("columns", r"columns expected 8 columns, got 9"),
     ("dtype", r"dtype expected 'float64', got 'float32'"),
+    ("chunks", r"chunks expected chunks \(100, 8\), got \(50, 8\)"),
 ])
 def test_shape_column_dtype_changes_are_refused(tmp_path, change, what):
     src, A, res = _parent(tmp_path)
@@ -164,6 +165,8 @@ def test_shape_column_dtype_changes_are_refused(tmp_path, change, what):
         zarr.open_array(str(src), mode="r+").resize((200, 8))
     elif change == "columns":
         write(src, np.hstack([A, A[:, :1]]), (100, 9))
+    elif change == "chunks":
+        write(src, A, (50, 8))
     else:
         write(src, A, (100, 8), dtype="float32")
     with pytest.raises(UpdateError, match=what) as err:
@@ -212,3 +215,21 @@ def test_sketch_update_equals_full_sketch_reading_only_new_rows(tmp_path, center
         np.testing.assert_allclose(upd.report["error_estimate"]["spectral"],
                                    full.report["error_estimate"]["spectral"], rtol=1e-8)
         prev = load(upd.url)
+
+
+def test_wide_or_masked_parent_cannot_be_updated(tmp_path):
+    """No state for a wide parent (its tall view grows along columns); a missing='mask'
+    parent's mask depends on every row."""
+    src = tmp_path / "W.zarr"
+    write(src, matrix(8, 30), (4, 30))
+    wide = svd(str(src), 2, method="exact", out=str(tmp_path / "w0"), client=False)
+    grow(src, matrix(40, 30, seed=2))
+    with pytest.raises(UpdateError, match=r"tall \(rows >= columns\)") as err:
+        svd(str(src), update=wide.url, client=False)
+    assert err.value.changed == "source"
+    src2, A, res = _parent(tmp_path / "m", m=300)
+    masked = svd(str(src2), 2, method="exact", missing="mask", out=str(tmp_path / "m1"),
+                 client=False)
+    grow(src2, A[300:])
+    with pytest.raises(UpdateError, match="missing='mask' cannot be updated"):
+        svd(str(src2), update=masked.url, client=False)
