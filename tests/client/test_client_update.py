@@ -41,6 +41,12 @@ def test_client_and_cli_update_chain(service, client, data_dir, capsys):
     assert code == 0, err
     chain = client.jobs(lineage=child)
     assert [j.id for j in chain][:2] == [parent.id, child.id] and len(chain) == 3
+    code = main(["jobs", "--lineage", parent.id[:8], "--url", service.url, "--token",
+                 service.token])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()[1:]  # the header, then the chain, oldest first
+    assert code == 0 and len(lines) == 3
+    assert all(j.id.startswith(line.split()[0]) for j, line in zip(chain, lines))
     last = chain[-1]
     assert last.report()["update"]["rows_read"] == 60
     # 10·√n·ε·σ₁ absolute (two backward-stable TSQRs); relative: σ₁/σ₄ = 0.7⁻³ < 4
