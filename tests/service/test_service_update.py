@@ -68,3 +68,18 @@ def test_update_of_randomized_job_is_422_naming_update(service, wait, data_root)
         assert "methods that support update: exact" in p["detail"]
         assert_problem(submit(c, {"source": {"url": "grow_rnd.zarr"}, "update": "abcdef12"}),
                        404, "body.update")
+
+
+def test_sketch_job_update_reads_only_new_rows(service, wait, data_root):
+    a = low_rank(300, 12, 4, seed=13)
+    path = data_root / "grow_sk.zarr"
+    write(path, a[:200], chunks=(100, 12))
+    with service() as c:
+        parent = wait(c, submit(c, {"source": {"url": "grow_sk.zarr"}, "rank": 2,
+                                    "method": "sketch", "random_state": 3}).json()["id"])
+        _grow(path, a[200:])
+        child = wait(c, submit(c, {"source": {"url": "grow_sk.zarr"},
+                                   "update": parent["id"]}).json()["id"])
+        assert child["state"] == "succeeded" and child["method"] == "sketch", child
+        rep = c.get(f"/v1/jobs/{child['id']}/report").json()
+        assert rep["update"]["rows_read"] == 100 and rep["random_state"] == 3
