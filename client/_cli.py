@@ -182,7 +182,8 @@ def _job_line(job) -> str:
         extra = flag_text(f"{err.get('type')}: {err.get('message')}")
     want = req.get("rank")
     if want is None:
-        want = f"e{req['energy']:g}" if req.get("energy") is not None else "?"
+        want = (f"e{req['energy']:g}" if req.get("energy") is not None
+                else (job.get("result") or {}).get("rank", "?"))  # an update: the parent's
     shape_s = "x".join(str(d) for d in shape) if shape else "-"
     line = _columns([str(job.get("id")), str(job.get("state", "?")), str(want), _method_of(job),
                      shape_s, str(job.get("created_at", "")), src])
@@ -268,6 +269,7 @@ def _submit(args: argparse.Namespace) -> int:
             missing=args.missing,
             weights=args.weights,
             standardize=args.standardize,
+            update=args.update,
         )
         if not args.wait:
             if args.json:
@@ -337,7 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
-        jobs = client.jobs(state=args.state, limit=args.limit)
+        jobs = (client.jobs(lineage=args.lineage) if args.lineage
+                else client.jobs(state=args.state, limit=args.limit))
         if args.json:
             _print_json([j.data for j in jobs])
             return EXIT_OK
@@ -506,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--energy", type=_fraction, metavar="F",
                        help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
                             "the energy (of the variance with --center)")
+    which.add_argument("--update", metavar="JOB",
+                       help="instead of -k: update exact/sketch job JOB (id or prefix) with "
+                            "the rows appended to SOURCE since; reads only those for σ and V "
+                            "(exact with --no-u), plus one pass over every row for exact's U")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
     p.add_argument("--array", action="append", metavar="NAME",
                    help="array inside the group at SOURCE; repeat it for several variables "
@@ -568,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=STATES, help="only jobs in this state")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="at most N jobs (default: all)")
+    p.add_argument("--lineage", metavar="JOB",
+                   help="instead: the chain of updates JOB belongs to, oldest first")
     p.add_argument("--json", action="store_true", help="print the jobs' JSON (a list)")
 
     p = add("cancel", "cancel a job", cmd_cancel)

@@ -195,6 +195,7 @@ class Client:
         missing: Literal["error", "mask"] = "error",
         weights: str | Any | None = None,
         standardize: bool = False,
+        update: Job | str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -268,16 +269,21 @@ class Client:
         standardize : bool, default=False
             Divide each feature by its standard deviation (correlation
             EOFs, xeofs' ``standardize=True``); needs ``center=True``.
+        update : Job or str or None, default=None
+            A succeeded ``exact`` or ``sketch`` job (or its id) on this same array before rows
+            were appended to it: the new job merges the parent's stored state
+            with the appended rows and reads only those for σ and V
+            (``compute_u=True`` adds one pass over every row for U). ``rank``
+            defaults to the parent's; ``method``, ``center`` and
+            ``random_state`` are the parent's. ``report["update"]`` gives
+            ``rows_read`` and ``rows_total``; :meth:`jobs` with ``lineage``
+            lists the chain.
 
         Returns
         -------
         Job
         """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if (rank is None) == (energy is None):
-            raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
-                             f"energy={energy!r}")
+        _check_rank(method, rank, energy, update)
         body = {
             "source": {"url": None, "array": array},
             "rank": rank,
@@ -293,6 +299,10 @@ class Client:
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
+        if update is not None:  # the rank defaults to the parent's
+            body["update"] = update.id if isinstance(update, Job) else str(update)
+            if rank is None:
+                del body["rank"]
         if energy is not None:
             del body["rank"]
             body["energy"] = energy
@@ -333,7 +343,8 @@ class Client:
         """
         return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
 
-    def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
+    def jobs(self, state: str | None = None, *, limit: int | None = None,
+             lineage: Job | str | None = None) -> list[Job]:
         """Jobs of this tenant, newest first, following pagination.
 
         Parameters
@@ -342,7 +353,14 @@ class Client:
             Only jobs in this state.
         limit : int or None
             At most this many (all when None).
+        lineage : Job or str or None
+            Instead: the chain of updates this job belongs to, oldest first
+            (the first job, then each update).
         """
+        if lineage is not None:
+            job_id = lineage.id if isinstance(lineage, Job) else str(lineage)
+            page = self._http.get_json("/v1/jobs", params={"lineage": job_id})
+            return [Job(self, item) for item in page.get("items", [])]
         out: list[Job] = []
         cursor: str | None = None
         while True:
@@ -485,3 +503,14 @@ class Client:
         if storage_options is None and is_remote(url):
             storage_options = self.storage_options
         return StoredResult.open(url, storage_options)
+
+
+def _check_rank(method: str, rank: int | None, energy: float | None, update: Any) -> None:
+    """Exactly one of ``rank`` and ``energy`` (an update may give neither: the parent's rank)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if update is not None and energy is None:
+        return
+    if (rank is None) == (energy is None):
+        raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
+                         f"energy={energy!r}")

@@ -321,7 +321,8 @@ class Runner:
                    missing_chunks=missing_chunks, client=self.cluster.sync_client,
                    storage_options=options, out=out,
                    out_storage_options=self.results.out_options, progress=progress,
-                   interrupt=ctl.check)
+                   interrupt=ctl.check, job_id=job.id,
+                   update=(params.get("update") or {}).get("url"))
 
     def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
         """``progress(done, total, phase)`` for the core: stores progress (throttled,

@@ -170,6 +170,15 @@ class JobCreate(BaseModel):
                     "fails the job with `invalid_input`, naming the chunk and its row range. "
                     "A chunk that vanishes or appears while the job runs is a "
                     "`storage_error` either way.")
+    update: Text | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[0-9A-Fa-f]+$",
+        description="Id (or unique prefix of at least 6 characters) of a succeeded `exact` or "
+                    "`sketch` job on this same array before rows were appended to it: the new job merges "
+                    "its stored state with the appended rows, which are the only rows read "
+                    "for σ and V (`compute_u: true` adds one GEMM pass over every row for "
+                    "U). `rank` defaults to the parent's; `method`, `center` and "
+                    "`random_state` are the parent's. Old rows that changed fail the job "
+                    "(`invalid_input`).")
     allow_missing_chunks: bool | None = Field(
         default=None, strict=True, json_schema_extra={"deprecated": True},
         description="Deprecated (a note on the job says so): `true` is "

@@ -35,6 +35,7 @@ from ._errors import (
     SourceNotFoundError,
     StorageError,
     SVDError,
+    UpdateError,
     WorkerLostError,
     map_exception,
 )
@@ -44,6 +45,7 @@ from ._methods import METHODS, Method
 from ._pin import SourcePin, pin_source
 from ._result import SVDResult, load
 from ._source import inspect_source
+from ._update import UPDATABLE
 from ._spec import (
     DEFAULT_MEMORY_FRACTION,
     DEFAULT_PANEL_BYTES,
@@ -80,6 +82,7 @@ __all__ = [
     "Method",
     "METHODS",
     "EXACT_MAX_COLUMNS",
+    "UPDATABLE",
     "DEFAULT_PANEL_BYTES",
     "DEFAULT_PANEL_CACHE",
     "DEFAULT_MEMORY_FRACTION",
@@ -89,6 +92,7 @@ __all__ = [
     "InvalidInputError",
     "SourceNotFoundError",
     "SourceAccessError",
+    "UpdateError",
     "SourceChangedError",
     "NonFiniteError",
     "StorageError",

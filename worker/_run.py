@@ -51,6 +51,8 @@ class Factors(NamedTuple):
         Range and core sketch sizes (sketch).
     energy_target : dict or None
         How an energy target was met.
+    state : dict or None
+        What an update merges into (exact: ``r`` and ``r_mean`` of the root; :mod:`._update`).
     """
 
     tall: list | None
@@ -66,6 +68,7 @@ class Factors(NamedTuple):
     width: int | None = None
     sketch_sizes: dict | None = None
     energy_target: dict | None = None
+    state: dict | None = None
 
 
 def with_stats(kernel, *, center=False, local_mean=False, center_rows=False, scaled=False,

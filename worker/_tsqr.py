@@ -190,7 +190,8 @@ def exact_svd(run, k, *, compute_u=True):
     run.tick(t_factor, 1, 1)
     s_all = np.zeros(run.n)
     s_all[: sigma.size] = sigma[: run.n]
-    out = Factors(None, s_all[:k], vt[:k].T, k, s_all=s_all)
+    out = Factors(None, s_all[:k], vt[:k].T, k, s_all=s_all,
+                  state={"r": root["r"], "r_mean": root["mean"]})  # for an update
     if not compute_u:
         return out
     if s_all[k - 1] > 0 and s_all[0] <= GEMM_MAX_COND * s_all[k - 1] and not extra:
