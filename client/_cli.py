@@ -64,6 +64,7 @@ FLAGS = {
     "center": "--center", "random_state": "--seed", "compute_u": "--no-u",
     "allow_missing_chunks": "--allow-missing-chunks", "missing_chunks": "--missing-chunks",
     "sample_dims": "--sample-dims", "missing": "--missing",
+    "weights": "--weights", "standardize": "--standardize",
     "idempotency_key": "--idempotency-key",
     "source": "SOURCE", "source.url": "SOURCE", "source.array": "--array",
     "source.sample_dims": "--sample-dims", "idempotency-key": "--idempotency-key",
@@ -181,7 +182,8 @@ def _job_line(job) -> str:
         extra = flag_text(f"{err.get('type')}: {err.get('message')}")
     want = req.get("rank")
     if want is None:
-        want = f"e{req['energy']:g}" if req.get("energy") is not None else "?"
+        want = (f"e{req['energy']:g}" if req.get("energy") is not None
+                else (job.get("result") or {}).get("rank", "?"))  # an update: the parent's
     shape_s = "x".join(str(d) for d in shape) if shape else "-"
     line = _columns([str(job.get("id")), str(job.get("state", "?")), str(want), _method_of(job),
                      shape_s, str(job.get("created_at", "")), src])
@@ -254,7 +256,7 @@ def _submit(args: argparse.Namespace) -> int:
             args.rank,
             energy=args.energy,
             max_rank=args.max_rank,
-            array=args.array,
+            array=args.array[0] if args.array and len(args.array) == 1 else args.array,
             method=args.method,
             n_oversamples=args.n_oversamples,
             n_iter=args.n_iter,
@@ -265,6 +267,9 @@ def _submit(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             sample_dims=args.sample_dims,
             missing=args.missing,
+            weights=args.weights,
+            standardize=args.standardize,
+            update=args.update,
         )
         if not args.wait:
             if args.json:
@@ -334,7 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
-        jobs = client.jobs(state=args.state, limit=args.limit)
+        jobs = (client.jobs(lineage=args.lineage) if args.lineage
+                else client.jobs(state=args.state, limit=args.limit))
         if args.json:
             _print_json([j.data for j in jobs])
             return EXIT_OK
@@ -414,6 +420,24 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _weights(text: str) -> str | list[float]:
+    """``--weights``: ``coslat``, ``area``, comma-separated numbers or a ``.npy`` file."""
+    if text in ("coslat", "area"):
+        return text
+    if text.endswith(".npy"):
+        import numpy as np
+
+        try:
+            return np.load(text).astype(float).tolist()
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"could not read weights from {text!r}: {exc}")
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected coslat, area, numbers such as 1,0.5,2 or a .npy file; got {text!r}")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -485,8 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--energy", type=_fraction, metavar="F",
                        help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
                             "the energy (of the variance with --center)")
+    which.add_argument("--update", metavar="JOB",
+                       help="instead of -k: update exact/sketch job JOB (id or prefix) with "
+                            "the rows appended to SOURCE since; reads only those for σ and V "
+                            "(exact with --no-u), plus one pass over every row for exact's U")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
-    p.add_argument("--array", help="array inside the group at SOURCE")
+    p.add_argument("--array", action="append", metavar="NAME",
+                   help="array inside the group at SOURCE; repeat it for several variables "
+                        "decomposed together (multivariate EOF: --array sst --array slp)")
     p.add_argument("--method", choices=METHODS,
                    default="auto", help="auto (default) lets the service pick exact or "
                                         "randomized; sketch: one pass over A (Tropp et al. "
@@ -515,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing", choices=("error", "mask"), default="error",
                    help="mask: drop features missing (NaN/_FillValue) in every sample, "
                         "such as land in an ocean field")
+    p.add_argument("--weights", type=_weights, metavar="W",
+                   help="feature weights applied inside the passes: coslat (sqrt cos "
+                        "latitude), area (sqrt normalised cell area), numbers 1,0.5,... or a "
+                        ".npy file, one per feature")
+    p.add_argument("--standardize", action="store_true",
+                   help="divide each feature by its standard deviation (with --center)")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")
@@ -539,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=STATES, help="only jobs in this state")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="at most N jobs (default: all)")
+    p.add_argument("--lineage", metavar="JOB",
+                   help="instead: the chain of updates JOB belongs to, oldest first")
     p.add_argument("--json", action="store_true", help="print the jobs' JSON (a list)")
 
     p = add("cancel", "cancel a job", cmd_cancel)

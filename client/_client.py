@@ -50,6 +50,17 @@ def normalize_source(source: str | os.PathLike) -> str:
     return os.path.abspath(source)
 
 
+def _eof_fields(missing, weights, standardize) -> dict[str, Any]:
+    """The request's ``missing`` / ``weights`` / ``standardize`` (absent at their defaults)."""
+    out: dict[str, Any] = {} if missing == "error" else {"missing": missing}
+    if weights is not None:
+        out["weights"] = weights if isinstance(weights, str) else \
+            np.asarray(weights, dtype=float).tolist()
+    if standardize:
+        out["standardize"] = True
+    return out
+
+
 def _missing_chunks_fields(missing_chunks, allow_missing_chunks) -> dict[str, Any]:
     """The job fields for absent chunks, sent only when set (older services refuse
     unknown fields); the deprecated ``allow_missing_chunks`` warns."""
@@ -168,7 +179,7 @@ class Client:
         source: Any,
         rank: int | None = None,
         *,
-        array: str | None = None,
+        array: str | list[str] | None = None,
         method: Method = "auto",
         n_oversamples: int = 10,
         n_iter: int = 2,
@@ -182,6 +193,9 @@ class Client:
         max_rank: int | None = None,
         sample_dims: str | list[str] | tuple[str, ...] | None = None,
         missing: Literal["error", "mask"] = "error",
+        weights: str | Any | None = None,
+        standardize: bool = False,
+        update: Job | str | None = None,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -197,8 +211,10 @@ class Client:
             :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
-        array : str or None, default=None
-            Array inside the group at ``source``.
+        array : str, list of str or None, default=None
+            Array inside the group at ``source``; a list decomposes several
+            variables sharing the sample dimensions together (multivariate EOF,
+            ``report["variables"]`` gives each one's columns of ``Vt``).
         method : {"auto", "exact", "randomized", "sketch"}, default="auto"
             ``exact`` (TSQR, every singular value), ``randomized`` (Halko et
             al.), ``sketch`` (one pass, Tropp et al. 2019), ``auto`` lets
@@ -243,16 +259,31 @@ class Client:
             sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
+        weights : {"coslat", "area"}, array-like or None, default=None
+            Feature weights applied inside the passes (the EOFs of the weighted
+            field, as eofs and xeofs): ``"coslat"`` (√cos latitude from the
+            ``lat``/``latitude`` coordinate of an N-D store), ``"area"``
+            (√ normalised cell area, eofs' ``"area"``), or one non-negative
+            number per feature (shape (n,) or the feature dimensions' shape).
+            The result's ``scale`` holds the weights applied.
+        standardize : bool, default=False
+            Divide each feature by its standard deviation (correlation
+            EOFs, xeofs' ``standardize=True``); needs ``center=True``.
+        update : Job or str or None, default=None
+            A succeeded ``exact`` or ``sketch`` job (or its id) on this same array before rows
+            were appended to it: the new job merges the parent's stored state
+            with the appended rows and reads only those for σ and V
+            (``compute_u=True`` adds one pass over every row for U). ``rank``
+            defaults to the parent's; ``method``, ``center`` and
+            ``random_state`` are the parent's. ``report["update"]`` gives
+            ``rows_read`` and ``rows_total``; :meth:`jobs` with ``lineage``
+            lists the chain.
 
         Returns
         -------
         Job
         """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if (rank is None) == (energy is None):
-            raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
-                             f"energy={energy!r}")
+        _check_rank(method, rank, energy, update)
         body = {
             "source": {"url": None, "array": array},
             "rank": rank,
@@ -263,12 +294,15 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
+        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks),
+                    **_eof_fields(missing, weights, standardize))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
-        if missing != "error":
-            body["missing"] = missing
+        if update is not None:  # the rank defaults to the parent's
+            body["update"] = update.id if isinstance(update, Job) else str(update)
+            if rank is None:
+                del body["rank"]
         if energy is not None:
             del body["rank"]
             body["energy"] = energy
@@ -309,7 +343,8 @@ class Client:
         """
         return Job(self, self._http.get_json(f"/v1/jobs/{job_id}"))
 
-    def jobs(self, state: str | None = None, *, limit: int | None = None) -> list[Job]:
+    def jobs(self, state: str | None = None, *, limit: int | None = None,
+             lineage: Job | str | None = None) -> list[Job]:
         """Jobs of this tenant, newest first, following pagination.
 
         Parameters
@@ -318,7 +353,14 @@ class Client:
             Only jobs in this state.
         limit : int or None
             At most this many (all when None).
+        lineage : Job or str or None
+            Instead: the chain of updates this job belongs to, oldest first
+            (the first job, then each update).
         """
+        if lineage is not None:
+            job_id = lineage.id if isinstance(lineage, Job) else str(lineage)
+            page = self._http.get_json("/v1/jobs", params={"lineage": job_id})
+            return [Job(self, item) for item in page.get("items", [])]
         out: list[Job] = []
         cursor: str | None = None
         while True:
@@ -461,3 +503,14 @@ class Client:
         if storage_options is None and is_remote(url):
             storage_options = self.storage_options
         return StoredResult.open(url, storage_options)
+
+
+def _check_rank(method: str, rank: int | None, energy: float | None, update: Any) -> None:
+    """Exactly one of ``rank`` and ``energy`` (an update may give neither: the parent's rank)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if update is not None and energy is None:
+        return
+    if (rank is None) == (energy is None):
+        raise ValueError(f"give exactly one of rank and energy; got rank={rank!r}, "
+                         f"energy={energy!r}")

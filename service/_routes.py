@@ -16,10 +16,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from svdserve.worker import (
+    UPDATABLE,
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
     SparsePin,
+    check_feature_weights,
     check_layout,
     pin_source,
     plan,
@@ -178,9 +180,10 @@ def _encode_cursor(seq: int | None) -> str | None:
 def _body_hash(body: JobCreate) -> str:
     data = body.model_dump(mode="json")
     # Fields added later leave old hashes alone while they hold their defaults.
-    for key, default in (("allow_missing_chunks", None), ("compute_u", True),
+    for key, default in (("allow_missing_chunks", None), ("compute_u", True), ("update", None),
                          ("energy", None), ("max_rank", None), ("missing", "error"),
-                         ("missing_chunks", "fill")):
+                         ("missing_chunks", "fill"), ("weights", None),
+                         ("standardize", False)):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
@@ -194,16 +197,55 @@ def _location(response: Response, job_id: str) -> None:
 
 
 # ---------------------------------------------------------------------- submit
-async def _validate_source(svc: Services, body: JobCreate
-                           ) -> tuple[dict, list[str], dict]:
-    """Sandbox, pin, metadata, limits and rank checks.
+async def _parent(svc: Services, body: JobCreate, tenant: str) -> JobRow:
+    """The succeeded, updatable job ``body.update`` names (:mod:`svdserve.worker._update`)."""
+    try:
+        job_id = await resolve_id(svc, body.update, tenant)
+    except ProblemError as exc:
+        raise ProblemError(exc.status, f"update: {exc.detail}", extra=exc.extra, errors=[
+            {"field": "body.update", "message": exc.detail}]) from exc
+    row = await asyncio.to_thread(svc.store.get, job_id, tenant)
+    if row is None:
+        raise ProblemError(404, f"update: no job {body.update!r} (for this tenant)",
+                           errors=[{"field": "body.update", "message": "no such job"}])
+    method = (row.params.get("svd") or {}).get("resolved")
+    if method not in UPDATABLE:
+        message = (f"update: job {row.id} used method {method!r}, which keeps no state that "
+                   f"merges with appended rows; methods that support update: "
+                   f"{', '.join(UPDATABLE)}. Submit a full job.")
+        raise ProblemError(422, message, errors=[{"field": "body.update", "message": message}])
+    svd_params = row.params.get("svd") or {}
+    if (body.weights is not None or body.standardize or svd_params.get("weights") is not None
+            or svd_params.get("standardize") or "variables" in row.params):
+        message = ("update: a weighted, standardised or several-variable job keeps no state "
+                   "that merges with appended rows; submit a full job")
+        raise ProblemError(422, message, errors=[{"field": "body.update", "message": message}])
+    if row.state != "succeeded" or not row.result:
+        message = f"update: job {row.id} is {row.state}; only a succeeded job can be updated"
+        raise ProblemError(409 if not row.finished else 422, message,
+                           errors=[{"field": "body.update", "message": message}])
+    return row
 
-    Returns the stored params, the notes and the pinned identity of the
-    source (:meth:`svdserve.worker.SourcePin.to_json`).
-    """
+
+def _plan_job(body: JobCreate, shape, parent: JobRow | None):
+    """The job's :class:`SVDParams`: from the request, or an update's from its parent's."""
+    if parent is None:
+        return plan(shape, body.rank, method=body.method, n_oversamples=body.n_oversamples,
+                    n_iter=body.n_iter, center=body.center, random_state=body.random_state,
+                    compute_u=body.compute_u, energy=body.energy, max_rank=body.max_rank,
+                    missing=body.missing, weights=body.weights, standardize=body.standardize)
+    p = parent.params["svd"]
+    return plan(shape, body.rank or parent.result["rank"], method=p["resolved"],
+                center=p["center"], random_state=p["random_state"],
+                compute_u=body.compute_u, missing=p["missing"])
+
+
+async def _pin_one(svc: Services, body: JobCreate, array: str | None):
+    """``(resolved, pin)`` of one array of the request's source: sandbox, then pin (4xx
+    problems naming the field)."""
     try:
         resolved = await asyncio.to_thread(svc.sandbox.resolve, body.source.url,
-                                           body.source.array)
+                                           array)
     except SandboxError as exc:
         raise ProblemError(exc.status, str(exc),
                            errors=[{"field": exc.field, "message": str(exc)}]) from exc
@@ -228,6 +270,58 @@ async def _validate_source(svc: Services, body: JobCreate
         message = f"the source could not be opened as a Zarr array: {exc}"
         raise ProblemError(422, message, errors=[{"field": "body.source.url",
                                                   "message": message}]) from exc
+    return resolved, pin
+
+
+async def _validate_variables(svc: Services, body: JobCreate
+                              ) -> tuple[dict, list[str], dict]:
+    """:func:`_validate_source` for several variables (``array`` a list): each is pinned
+    and checked alone; they must share the sample count; the plan is of the concatenation."""
+    pins, layouts = [], []
+    for name in body.source.array:
+        resolved, pin = await _pin_one(svc, body, name)
+        layouts.append(await _check_layout(svc, pin))
+        pins.append(pin)
+    shapes = [list(p.info.shape) for p in pins]
+    if len({sh[0] for sh in shapes}) != 1:
+        message = (f"the variables must share the sample dimensions; got matrices of shapes "
+                   f"{shapes} for {body.source.array}")
+        raise ProblemError(422, message, errors=[{"field": "body.source.array",
+                                                  "message": message}])
+    shape = [shapes[0][0], sum(sh[1] for sh in shapes)]
+    try:
+        spec = plan(shape, body.rank, method=body.method, n_oversamples=body.n_oversamples,
+                    n_iter=body.n_iter, center=body.center, random_state=body.random_state,
+                    compute_u=body.compute_u, energy=body.energy, max_rank=body.max_rank,
+                    missing=body.missing, weights=body.weights, standardize=body.standardize)
+        if spec.weights is not None:
+            await asyncio.to_thread(check_feature_weights, pins, spec.weights)
+    except InvalidInputError as exc:
+        raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    params = {"url": resolved.url, "array": list(body.source.array),
+              "shape": shape, "dtype": pins[0].info.dtype, "chunks": list(pins[0].info.chunks),
+              "plan": layouts[0], "svd": spec.to_json(),
+              "variables": [{"array": n, "shape": sh} for n, sh in
+                            zip(body.source.array, shapes)]}
+    notes = [note for p in pins for note in p.info.notes] + list(spec.notes)
+    return params, notes, {"variables": [p.to_json() for p in pins]}
+
+
+async def _validate_source(svc: Services, body: JobCreate, parent: JobRow | None = None
+                           ) -> tuple[dict, list[str], dict]:
+    """Sandbox, pin, metadata, limits and rank checks (an update's from its ``parent``).
+
+    Returns the stored params, the notes and the pinned identity of the
+    source (:meth:`svdserve.worker.SourcePin.to_json`).
+    """
+    if isinstance(body.source.array, list):
+        if parent is not None:
+            message = "update: several variables cannot be updated; submit a full job"
+            raise ProblemError(422, message, errors=[{"field": "body.update",
+                                                      "message": message}])
+        return await _validate_variables(svc, body)
+    resolved, pin = await _pin_one(svc, body, body.source.array)
     info = pin.info
     layout = await _check_layout(svc, pin)
     m, n = info.shape
@@ -239,6 +333,9 @@ async def _validate_source(svc: Services, body: JobCreate
                     max_rank=body.max_rank, missing=body.missing)
         if isinstance(pin, SparsePin):  # its stored orientation fixes the tall view
             spec = sparse_params(pin, spec)
+        spec = _plan_job(body, info.shape, parent)
+        if spec.weights is not None:  # "coslat" needs a latitude, an array the feature shape
+            await asyncio.to_thread(check_feature_weights, pin, spec.weights)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
@@ -247,6 +344,9 @@ async def _validate_source(svc: Services, body: JobCreate
     params = {"url": resolved.url, "array": resolved.array, "shape": [m, n],
               "dtype": info.dtype, "chunks": list(info.chunks), "plan": layout,
               "svd": spec.to_json()}
+    if parent is not None:  # lineage: the parent, and the first job of the chain
+        params["update"] = {"parent": parent.id, "url": parent.result["url"],
+                            "root": (parent.params.get("update") or {}).get("root", parent.id)}
     if info.sample_dims is not None:
         params.update(sample_dims=list(info.sample_dims), dims=list(info.dims),
                       nd_shape=list(info.nd_shape))
@@ -318,9 +418,13 @@ async def submit_job(
                                     "processed; retry shortly", headers={"Retry-After": "1"})
         key_reserved = outcome == "new"
     try:
-        await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
-                                body.source.array, tenant)  # another tenant's upload: 404
-        params, notes, pin = await _validate_source(svc, body)
+        arrays = body.source.array if isinstance(body.source.array, list) else [
+            body.source.array]
+        for array in arrays:  # another tenant's upload: 404
+            await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
+                                    array, tenant)
+        parent = None if body.update is None else await _parent(svc, body, tenant)
+        params, notes, pin = await _validate_source(svc, body, parent)
         row = await asyncio.to_thread(
             svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,
             idempotency_key=idempotency_key if key_reserved else None,
@@ -376,7 +480,15 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$",
                                         description="`next_cursor` of the previous page.")
                       ] = None,
+    lineage: Annotated[str | None, Query(
+        min_length=1, max_length=64, description="A job id (or unique prefix): list its "
+        "chain of updates instead, oldest first (the first job, then each update).")] = None,
 ) -> JobList:
+    if lineage is not None:
+        row = await _get_job(svc, lineage, tenant)
+        root = (row.params.get("update") or {}).get("root", row.id)
+        rows = await asyncio.to_thread(svc.store.lineage, tenant, root)
+        return JobList(items=[to_public(r) for r in rows])
     before = int(cursor) if cursor is not None else None
     rows, last = await asyncio.to_thread(svc.store.list, tenant, state=state, limit=limit,
                                          before=before)

@@ -64,6 +64,7 @@ from datetime import datetime
 
 from svdserve.worker import (
     Phase,
+    SourcePin,
     StorageError,
     SVDError,
     SVDParams,
@@ -304,7 +305,10 @@ class Runner:
         # The source pinned at submit: svd re-lists it before the first read
         # and after the last, and every read checks its chunk against it.
         pinned = self.store.get_pin(job.id)
-        if pinned is not None:
+        if pinned is not None and "variables" in pinned:  # several variables, each pinned
+            source = [SourcePin.from_json(p).with_options(storage_options=options)
+                      for p in pinned["variables"]]
+        elif pinned is not None:
             source = load_pin(pinned).with_options(storage_options=options)
         else:  # a job stored before pins existed: pin it now, inside the roots
             roots, forbidden = self.guard
@@ -318,7 +322,8 @@ class Runner:
                    missing_chunks=missing_chunks, client=self.cluster.sync_client,
                    storage_options=options, out=out,
                    out_storage_options=self.results.out_options, progress=progress,
-                   interrupt=ctl.check)
+                   interrupt=ctl.check, job_id=job.id,
+                   update=(params.get("update") or {}).get("url"))
 
     def _progress_callback(self, job: JobRow, ctl: _Control, last: dict):
         """``progress(done, total, phase)`` for the core: stores progress (throttled,

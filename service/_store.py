@@ -245,6 +245,15 @@ class JobStore:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more and rows else None)
 
+    def lineage(self, tenant: str, root: str) -> list[JobRow]:
+        """The job ``root`` and every update of its chain (``params.update.root``), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE tenant = ? AND (id = ? OR "
+                "json_extract(params, '$.update.root') = ?) ORDER BY seq",
+                (tenant, root, root)).fetchall()
+        return [_row(r) for r in rows]
+
     def find_prefix(self, prefix: str, tenant: str, *, limit: int = 10) -> list[str]:
         """Ids of ``tenant``'s jobs that start with ``prefix``, oldest first, at most ``limit``.
 

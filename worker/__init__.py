@@ -5,7 +5,8 @@
 >>> res.U, res.S, res.Vt, res.report["energy_ranks"], res.passes  # doctest: +SKIP
 
 Modules, each importing only the ones listed before it (README, "Layout and
-development"): :mod:`._errors`, :mod:`._methods`, :mod:`._missing`,
+development"): :mod:`._errors`, :mod:`._methods`, :mod:`._missing`, :mod:`._scaling`
+(weights and standardisation),
 :mod:`._view` (an N-D variable as a matrix); :mod:`._spec` (the job, validated
 once: :class:`SVDParams`, :class:`Execution`); :mod:`._layout` (how the matrix
 is cut into panels, pure planning); :mod:`._guard` (the read-time sandbox),
@@ -25,7 +26,7 @@ rank); :mod:`._result` (result group with manifest), :mod:`._labels`;
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 
-from ._api import EXACT_MAX_COLUMNS, choose_method, svd
+from ._api import EXACT_MAX_COLUMNS, check_feature_weights, choose_method, svd
 from ._energy import energy_report
 from ._engine import Phase, smallest_memory_limit
 from ._errors import (
@@ -36,6 +37,7 @@ from ._errors import (
     SourceNotFoundError,
     StorageError,
     SVDError,
+    UpdateError,
     WorkerLostError,
     map_exception,
 )
@@ -46,6 +48,7 @@ from ._pin import SourcePin
 from ._result import SVDResult, load
 from ._source import inspect_source
 from ._sparse_source import SparsePin, load_pin, pin_source, sparse_params
+from ._update import UPDATABLE
 from ._spec import (
     DEFAULT_MEMORY_FRACTION,
     DEFAULT_PANEL_BYTES,
@@ -58,6 +61,7 @@ from ._spec import (
 
 __all__ = [
     "svd",
+    "check_feature_weights",
     "load",
     "inspect_source",
     "choose_method",
@@ -84,6 +88,7 @@ __all__ = [
     "Method",
     "METHODS",
     "EXACT_MAX_COLUMNS",
+    "UPDATABLE",
     "DEFAULT_PANEL_BYTES",
     "DEFAULT_PANEL_CACHE",
     "DEFAULT_MEMORY_FRACTION",
@@ -93,6 +98,7 @@ __all__ = [
     "InvalidInputError",
     "SourceNotFoundError",
     "SourceAccessError",
+    "UpdateError",
     "SourceChangedError",
     "NonFiniteError",
     "StorageError",

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._energy import energy_report, spectral_estimate
+from ._errors import UpdateError
 from ._engine import DaskEngine, LocalEngine, Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
 from ._layout import Layout, check_layout
+from ._multi import is_multivariate, open_variables, variables_report
 from ._missing import (check_none_missing, decide_mask, describe_feature, feature_counts,
                        missing_chunks_mode)
 from ._randqb import energy_rank, randqb_svd
@@ -28,14 +30,17 @@ from ._rechunk import rechunk, remove_scratch, scratch_dir
 from ._result import ResultWriter, SVDResult, write_tall_block
 from ._rsvd import randomized_svd
 from ._run import Run
+from ._scaling import check_weights, feature_weights, scaling_report
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._sparse_source import sparse_params
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import add_sumsq, scale_sumsq, sumsq, sumsq_norm
 from ._tsqr import exact_svd
+from ._update import (check_growth, check_params, load_state, new_bounds, save_state,
+                      update_exact, update_report, update_sketch)
 
-__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
+__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS", "check_feature_weights"]
 
 #: The execution defaults (:class:`Execution`), which :func:`svd`'s keywords take.
 _RUN = Execution()
@@ -49,6 +54,32 @@ def _versions():
 
     return {"svdserve": svdserve.__version__, "numpy": np.__version__,
             "dask": dask.__version__, "zarr": zarr.__version__}
+
+
+def check_feature_weights(source, weights):
+    """The weight of every feature of ``source`` (checked as :func:`svd` would at its start).
+
+    Parameters
+    ----------
+    source : SourcePin, str, array, or a list of them
+        What :func:`svd` takes; a pin is not read, only its metadata and coordinates.
+    weights : None, "coslat", "area" or array-like
+
+    Returns
+    -------
+    ndarray of shape (n,) or None
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="weights"``: no latitude coordinate, or a shape that does not fit.
+    """
+    weights = check_weights(weights) if not isinstance(weights, tuple) else weights
+    if is_multivariate(source, None):
+        src, variables = open_variables(source, None, sample_dims=None)
+        return _weights_of(weights, src.shape[1], None, variables)
+    src = open_source(source)
+    return feature_weights(weights, src.shape[1], read_labels(src))
 
 
 def _missing_decider(job):
@@ -81,7 +112,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
         task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
-        spec=None, execution=None):
+        spec=None, execution=None, weights=None, standardize=False, update=None, job_id=None):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -246,6 +277,40 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         and ``panel_bytes``, ``panel_cache``, ``memory_fraction``, ``reader``,
         ``no_workers_timeout`` and ``task_deadline*`` are then not read.
 
+    weights : {"coslat", "area"} or array-like, optional
+        Feature weights D (EOF analysis decomposes ``(A − 1 meanᵀ)·D``, as
+        eofs and xeofs do). ``"coslat"``: √cos(latitude), from the latitude
+        coordinate (``lat``/``latitude``, written next to the variable by
+        ``xarray.to_zarr``) of an N-D source (eofs ``weights="coslat"``,
+        xeofs ``use_coslat=True``). ``"area"``: √(cell area / total area)
+        with cell bounds half-way between the coordinates (eofs
+        ``weights="area"``). An array: non-negative, of shape (n,) or
+        broadcastable to the feature shape (the non-sample dimensions).
+        Applied to each panel as the kernels receive it, never to the data
+        on storage; costs no pass (:mod:`._scaling`).
+    standardize : bool, default=False
+        Also divide each feature by its standard deviation (ddof = 0,
+        floored at float32's ε so a constant feature becomes 0, as xeofs
+        does): the correlation-matrix EOFs. Needs ``center=True``. Measured
+        in pass 1 (no extra pass); on a tall matrix refused for ``sketch``,
+        an ``energy`` target and ``randomized`` with ``n_iter=0``, whose
+        first pass already needs it.
+    update : str, os.PathLike or SVDResult, optional
+        A stored result (its URL, or a result written with ``out=``) of this
+        same Zarr array before rows were appended to it (:mod:`._update`):
+        exact: the stored R is merged with the appended rows, which are the
+        only rows read for σ and V (``compute_u=True`` adds one GEMM pass over
+        every row for U = A V Σ⁻¹); sketch: the appended rows' contributions
+        are added to the stored sketches (U included, no old row read). The
+        rank, method, centring and seed are the parent's (``rank`` may be
+        given). ``report["update"]`` says what was read. Only ``exact`` and
+        ``sketch`` results of a tall 2-D Zarr array on storage can be
+        updated; anything else, old rows that changed, a shrunk array or a
+        changed column count, dtype or chunk grid raise :class:`UpdateError`.
+    job_id : str, optional
+        The id this result is known by (the service's job id), named in the
+        messages of a later update.
+
     Returns
     -------
     SVDResult
@@ -287,29 +352,54 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                               no_workers_timeout=no_workers_timeout,
                               task_deadline=task_deadline,
                               task_deadline_factor=task_deadline_factor)
-    src = open_source(source, array=array, storage_options=storage_options,
-                      missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
-                      panel_bytes=execution.panel_bytes, sample_dims=sample_dims)
+    mode = missing_chunks_mode(missing_chunks, allow_missing_chunks)
+    variables = None
+    if is_multivariate(source, array):
+        src, variables = open_variables(source, array, sample_dims=sample_dims,
+                                        storage_options=storage_options, missing_chunks=mode,
+                                        panel_bytes=execution.panel_bytes)
+    else:
+        src = open_source(source, array=array, storage_options=storage_options,
+                          missing_chunks=mode, panel_bytes=execution.panel_bytes,
+                          sample_dims=sample_dims)
+    out_opts = storage_options if out_storage_options is None else out_storage_options
+    state = None if update is None else load_state(update, out_opts)  # a result: out's store
+    if state is not None and (weights is not None or standardize or variables is not None):
+        raise UpdateError("update: weights, standardize and several variables cannot be "
+                          "combined with update (the parent's state is of the unscaled "
+                          "matrix); submit a full job", changed="method")
+    if spec is None and state is not None:
+        p = state.params
+        spec = plan(src.shape, rank or p["rank"], method=p["method"], center=p["center"],
+                    random_state=p["random_state"], compute_u=compute_u, missing=p["missing"])
     if spec is None:
         spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
                     center=center, random_state=random_state, compute_u=compute_u,
                     energy=energy, max_rank=max_rank, block_size=block_size,
-                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
+                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing,
+                    weights=weights, standardize=standardize)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
-                    interrupt=interrupt, out=out, scratch=scratch,
-                    out_opts=storage_options if out_storage_options is None
-                    else out_storage_options)
+                    interrupt=interrupt, out=out, scratch=scratch, variables=variables,
+                    out_opts=out_opts, update=state, job_id=job_id)
 
 
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
-             scratch):
+             scratch, variables=None, update=None, job_id=None):
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
     if src.kind == "sparse":  # orientation fixed by storage: fit the spec to it
-        params = sparse_params(src.pin, params)
+        params = sparse_params(src.pin, params, update=update)
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
+    if update is not None:  # before any read: the parent's state and the grown source
+        check_params(params)
+        checked = check_growth(update, src)
     src, layout = _cut(src, engine, execution, densify=params.resolved == "exact")
-    job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),
-               execution)
+    labels = read_labels(src)
+    if labels is None and variables is not None and len(variables) == 1:
+        labels = variables[0]["labels"]  # one in-memory DataArray: its dims and coordinates
+    job = _Job(src, params, layout, engine, progress, out, out_opts, labels, execution,
+               weights=_weights_of(params.weights, src.shape[1], labels, variables),
+               variables=variables, update=update, job_id=job_id)
+    job.rows_checked = checked if update is not None else 0
     run, fac = _run_algorithm(job, scratch=scratch_dir(scratch, out))
     signs, v = _fix_signs(job, fac)
     src.verify()  # after the last read: the source is still exactly what was pinned
@@ -333,6 +423,12 @@ class _Job:
     execution: Execution
     mask: np.ndarray | None = None
     reader: str | None = None  # what decoded the stored chunks (report["plan"]["reader"])
+    weights: np.ndarray | None = None  # feature weights (:mod:`._scaling`)
+    variables: list | None = None  # several variables (:mod:`._multi`)
+    scale: np.ndarray | None = None  # the feature scale applied, once known
+    update: object = None  # the parent's UpdateState (:mod:`._update`)
+    job_id: str | None = None
+    rows_checked: int = 0
 
     @property
     def bounds(self):
@@ -341,6 +437,14 @@ class _Job:
     def phase_total(self):
         p = self.params
         return {"exact": 1 + p.compute_u, "sketch": 1}.get(p.resolved, p.n_iter + 1)
+
+
+def _weights_of(weights, n, labels, variables):
+    """The feature weights (shape (n,)) of one source, or of each variable in turn."""
+    if variables is None or weights is None or not isinstance(weights, str):
+        return feature_weights(weights, n, labels)
+    return np.concatenate([feature_weights(weights, v["columns"][1] - v["columns"][0],
+                                           v["labels"]) for v in variables])
 
 
 def _cut(src, engine, execution, *, densify=False):
@@ -372,6 +476,8 @@ def _run_algorithm(job, *, scratch):
     direct = src.decodes_directly(ex.reader)
     job.reader = src.reader_used(job.layout, direct)
     try:
+        if job.update is not None:  # the appended rows only, read straight from the source
+            return _run_update(job, token, markers, direct)
         pin = None
         if job.layout.kind == "rechunk":
             pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
@@ -389,12 +495,46 @@ def _run_algorithm(job, *, scratch):
                   else None,
                   cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
-                  decide_missing=None if markers is None else _missing_decider(job))
-        return run, _factor(run, params)
+                  decide_missing=None if markers is None else _missing_decider(job),
+                  weights=job.weights, standardize=params.standardize)
+        fac = _factor(run, params)
+        job.scale = run.scale
+        return run, fac
     finally:
         if ex.panel_cache:  # nothing to release otherwise (and no call to a hung worker)
             engine.release_cache(token)
         remove_scratch(scratch_url, job.out_opts)
+
+
+def _run_update(job, token, markers, direct):
+    """The :class:`Run` over the appended rows and the merged factors (:mod:`._update`)."""
+    src, params, ex, state = job.src, job.params, job.execution, job.update
+    cache = (token, float(ex.panel_cache)) if ex.panel_cache else None
+    n = src.tall_shape[1]
+
+    def make_run(bounds, passes):
+        panels = src.panels(bounds, job.engine, sliced=job.layout.sliced,
+                            direct=direct and not job.layout.sliced)
+        return Run(job.engine, panels, bounds, (bounds[-1][1] - bounds[0][0], n),
+                   center=params.center, center_rows=False, passes=passes,
+                   progress=job.progress, wide=False, pivot=state.pivot, cache=cache,
+                   missing=markers)
+
+    run = make_run(new_bounds(job.bounds, state.rows), job.phase_total())
+
+    def full_run(stats):
+        full = make_run(job.bounds, job.phase_total())
+        full.stats, full.pass_no = stats, run.pass_no
+        return full
+
+    if state.method == "sketch":
+        fac = update_sketch(run, state, params.rank, full_bounds=job.bounds,
+                            storage_options=job.out_opts)
+        return run, fac if params.compute_u else fac._replace(tall=None)
+    choose = None if params.energy is None else _rank_by_energy(run, params.energy, params.rank)
+    fac = update_exact(run, state, params.rank if choose is None else choose,
+                       compute_u=params.compute_u, full_run=full_run)
+    return run, fac
 
 
 def _fix_signs(job, fac):
@@ -456,8 +596,8 @@ def _report(job, run, fac, t_start, extra_params):
     src, params, eng = job.src, job.params, job.engine
     m, n = src.shape
     m_t = src.tall_shape[0]
-    n_passes = eng.rows_done // m_t
-    assert eng.rows_done == n_passes * m_t, \
+    n_passes = eng.rows_done // m_t if job.update is None else job.phase_total()
+    assert job.update is not None or eng.rows_done == n_passes * m_t, \
         f"panel reads {eng.rows_done} are not whole passes of {m_t} rows"
     reads = eng.rows_read / m_t
     report = energy_report(fac.sigma, run.total_sumsq, shape=(m, n), method=params.resolved,
@@ -473,6 +613,10 @@ def _report(job, run, fac, t_start, extra_params):
     report.update(_method_details(params, fac, n_passes, reads))
     if params.center:
         report["centering"] = _centering(job, run)
+    if job.update is not None:
+        report["update"] = update_report(job.update, rows_total=m_t,
+                                         rows_appended=m_t - job.update.rows,
+                                         rows_read=eng.rows_read, rows_checked=job.rows_checked)
     if job.mask is not None:
         mask = job.mask
         report["missing"] = {"mode": "mask", "masked": int(mask.sum()),
@@ -482,15 +626,24 @@ def _report(job, run, fac, t_start, extra_params):
     if not params.center and not src.wide:
         # with frobenius_norm: the total variance ‖A‖²_F/m − ‖μ‖² (TruncatedSVD's ratios)
         report["column_mean_norm"] = sumsq_norm(sumsq(run.stats["mean"]))
+    if params.weights is not None or params.standardize:
+        report["scaling"] = scaling_report(params.weights, job.weights, params.standardize)
+    if job.variables is not None:  # squared loadings: the signs do not matter
+        vt = (np.concatenate(eng.gather(fac.tall)).T if src.wide else fac.v.T)
+        report["variables"] = variables_report(job.variables, vt, fac.sigma)
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):
         prov_params.pop(key)
+    if isinstance(params.weights, tuple):  # the values are in the result's "scale"
+        prov_params["weights"] = "array"
     info = src.info
     provenance = {
         "input": {"url": info.url, "array": info.array, "shape": [m, n], "dtype": info.dtype,
                   "chunks": list(info.chunks), "zarr_format": info.zarr_format,
-                  "sample_dims": None if job.labels is None else job.labels["sample_dims"]},
+                  "sample_dims": None if job.labels is None else job.labels["sample_dims"],
+                  **({} if job.variables is None else
+                     {"variables": [v["name"] for v in job.variables]})},
         "params": prov_params, "method": params.resolved, "passes": n_passes, "reads": reads,
         "panels": len(job.bounds), "versions": _versions(), "timings": timings,
         "events": list(eng.events),
@@ -553,9 +706,18 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     u_small, vt = (v, None) if src.wide else (None, v.T)
     url = None
     if writer is not None:
+        if (fac.state is not None and params.weights is None and not params.standardize
+                and job.variables is None and src.kind != "sparse"):  # no update of sparse
+            # what a later update merges into (:mod:`._update`); a scaled run keeps none
+            save_state(writer.group, method=params.resolved, state=fac.state, stats=run.stats,
+                       pivot=run.pivot, pin=src.pin, job=job.job_id,
+                       params={"rank": fac.rank, "method": params.resolved,
+                               "center": params.center, "random_state": params.random_state,
+                               "missing": params.missing},
+                       tall_writer=_tall_writer(job.engine, writer))
         writer.finish(S=fac.sigma, small=u_small if src.wide else vt, mean=mean,
                       attrs={"svdserve": provenance, "report": report},
-                      mask=job.mask, labels=job.labels)
+                      mask=job.mask, labels=job.labels, scale=job.scale)
         grp, url = writer.group, writer.url
         u_out, vt_out = (grp["U"] if "U" in grp else None), grp["Vt"]
     else:
@@ -563,7 +725,8 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     return SVDResult(U=u_out, S=np.asarray(fac.sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=report["passes"], method=params.resolved, url=url,
                      provenance=provenance, events=list(job.engine.events),
-                     reads=report["reads"], mask=job.mask, labels=job.labels)
+                     reads=report["reads"], mask=job.mask, labels=job.labels,
+                     scale=job.scale)
 
 
 def _factor(run, params):
@@ -598,6 +761,15 @@ def _rank_by_energy(run, energy, cap):
         return max(1, min(choose.wanted, cap))
     choose.wanted = 0
     return choose
+
+
+def _tall_writer(eng, writer):
+    """``write(name, handles, bounds)``: blocks written into ``name`` of the result, on
+    the workers (an update's stored sketches)."""
+    def write(name, handles, bounds):
+        eng.gather([eng.submit(write_tall_block, h, writer.url, writer.options_key, name, s, e,
+                               False) for h, (s, e) in zip(handles, bounds)])
+    return write
 
 
 def _write_signed(block, signs, url, options_key, name, start, stop, transpose):

@@ -6,7 +6,9 @@ standard-library type a caller would naturally catch::
     SVDError                              .type
     ├── InvalidInputError (ValueError)    "invalid_input"      .field names the bad parameter
     │   ├── SourceNotFoundError (FileNotFoundError)
-    │   └── SourceAccessError (PermissionError)   a path leads out of the allowed roots
+    │   ├── SourceAccessError (PermissionError)   a path leads out of the allowed roots
+    │   └── UpdateError                   an update's source is not the parent's grown by rows:
+    │                                     .changed names what ("rows", "shape", "columns", ...)
     ├── NonFiniteError (ValueError)       "non_finite_values"  .rows = (start, stop) of the first bad panel
     │                                                          (of the input as stored: columns of a wide one)
     ├── StorageError (OSError)            "storage_error"
@@ -29,6 +31,7 @@ __all__ = [
     "InvalidInputError",
     "SourceNotFoundError",
     "SourceAccessError",
+    "UpdateError",
     "NonFiniteError",
     "StorageError",
     "SourceChangedError",
@@ -79,6 +82,25 @@ class SourceAccessError(InvalidInputError, PermissionError):
 
     def __init__(self, message: str, *, field: str = "source"):
         InvalidInputError.__init__(self, message, field=field)
+
+
+class UpdateError(InvalidInputError):
+    """An update (``svd(..., update=previous)``) cannot merge into its parent result.
+
+    The source is not the parent's input grown by appended rows (old rows
+    changed, the array shrank, its column count, dtype or chunk grid
+    changed), or the parent's method keeps no mergeable state.
+
+    Attributes
+    ----------
+    changed : str
+        What differs: ``"rows"``, ``"shape"``, ``"columns"``, ``"dtype"``,
+        ``"chunks"``, ``"source"`` or ``"method"``.
+    """
+
+    def __init__(self, message: str, *, changed: str, field: str = "update"):
+        InvalidInputError.__init__(self, message, field=field)
+        self.changed = changed
 
 
 class NonFiniteError(SVDError, ValueError):

@@ -523,20 +523,33 @@ def probe_sumsq(y, t, c, shift=None, cumulative=False):
     return e, out
 
 
-def panel_tests(seed, start, stop, k, s):
-    """The left test matrices of one panel of the streaming sketch, Υ_i and Φ_i.
+#: Rows per block of the streaming sketch's left test matrices (:func:`panel_tests`).
+TEST_BLOCK_ROWS = 4096
 
-    Drawn from a generator seeded by ``(seed, start, stop)``, so any worker
-    (and any later rebuild) gets the same bits for the same panel plan.
+
+def panel_tests(seed, start, stop, k, s):
+    """The left test matrices of rows ``start:stop`` of the streaming sketch, Υ_i and Φ_i.
+
+    Drawn block by block of :data:`TEST_BLOCK_ROWS` global rows, each block from a
+    generator seeded by ``(seed, block index)``: a row's test entries depend on
+    its global index only, not on the panel plan, so any worker (and any later
+    rebuild) gets the same bits, and so does an update that reads only appended
+    rows (:mod:`._update`).
 
     Returns
     -------
     ups : ndarray of shape (k, rows)
     phi : ndarray of shape (s, rows)
     """
-    rng = np.random.default_rng([int(seed), 0x5EC7, int(start), int(stop)])
-    rows = stop - start
-    return rng.standard_normal((k, rows)), rng.standard_normal((s, rows))
+    rows, size = stop - start, TEST_BLOCK_ROWS
+    ups, phi = np.empty((k, rows)), np.empty((s, rows))
+    for b in range(start // size, (stop - 1) // size + 1):
+        rng = np.random.default_rng([int(seed), 0x5EC7, b])
+        lo, hi = max(start, b * size), min(stop, (b + 1) * size)
+        cols = slice(lo - b * size, hi - b * size)
+        ups[:, lo - start:hi - start] = rng.standard_normal((k, size))[:, cols]
+        phi[:, lo - start:hi - start] = rng.standard_normal((s, size))[:, cols]
+    return ups, phi
 
 
 def stream_leaf(a, omega, psi, probes, seed, start, stop):

@@ -17,10 +17,10 @@ Each panel A_i (rows_i × n) is read once, and contributes
 - A_i ω for p Gaussian error probes, kept on the worker.
 
 Ω (n×k), Ψ (n×s) and the probes ω (n×p) come from the seed; Υ_i (k×rows_i)
-and Φ_i (s×rows_i) from a generator seeded by the seed and the panel's row
-range (:func:`~._kernels.panel_tests`), so any worker, and any rebuild after
-a lost worker, draws the same bits: the result is deterministic per seed and
-panel plan.
+and Φ_i (s×rows_i) from generators seeded by the seed and blocks of global
+row indices (:func:`~._kernels.panel_tests`), so any worker, any rebuild after
+a lost worker, and an update reading only appended rows (:mod:`._update`)
+draw the same bits: the result is deterministic per seed and panel plan.
 
 After the pass, without reading A again: Q = orth(Y) by a TSQR of the kept
 blocks, P = orth(Xᵀ), C = (ΦQ)† Z ((ΨᵀP)†)ᵀ (two small least-squares
@@ -54,7 +54,8 @@ from ._rsvd import ordered_sum, probe_matrix, probe_norms
 from ._run import Factors
 from ._tsqr import small_tree
 
-__all__ = ["sketch_svd", "sketch_sizes"]
+__all__ = ["sketch_svd", "sketch_sizes", "sketch_tests", "stream_pass", "sketch_sums",
+           "sketch_factors"]
 
 
 def sketch_sizes(k, shape, center, sizes=None):
@@ -90,6 +91,14 @@ def _tall_times(y, wc, center, uk):
     return tall_block(y, (w @ uk, None if c is None else c @ uk), center)
 
 
+def sketch_tests(n, kr, s, random_state, n_probes):
+    """The right test matrices Ω (n×kr), Ψ (n×s) and the probes (n×p) of a seed."""
+    rng = np.random.default_rng(random_state)
+    omega = rng.standard_normal((n, kr))
+    psi = rng.standard_normal((n, s))
+    return omega, psi, probe_matrix(n, max(n_probes, 1), random_state)
+
+
 def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
     """Rank-k SVD of the tall view from one pass (Tropp et al. 2019).
 
@@ -107,32 +116,68 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
     -------
     Factors
         ``tall``, ``sigma``, ``v``, ``resid_est`` (estimated ‖A − A_r‖_F,
-        r = 1..k), ``probe_norms`` and ``sketch_sizes``.
+        r = 1..k), ``probe_norms``, ``sketch_sizes`` and ``state`` (the
+        sketches, for an update: :mod:`._update`).
     """
     eng = run.engine
-    n = run.n
-    kr, s = sketch_sizes(k, (run.m, n), run.center, sizes)
-    rng = np.random.default_rng(random_state)
-    omega = rng.standard_normal((n, kr))
-    psi = rng.standard_normal((n, s))
-    probes = probe_matrix(n, max(n_probes, 1), random_state)
-    om_h, psi_h, pr_h = eng.scatter(omega), eng.scatter(psi), eng.scatter(probes)
+    kr, s = sketch_sizes(k, (run.m, run.n), run.center, sizes)
+    tests = sketch_tests(run.n, kr, s, random_state, n_probes)
+    leaves = stream_pass(run, tests, random_state)
+    sums = sketch_sums(eng, leaves)
+    return sketch_factors(run, leaves, run.bounds, sums, tests, k, random_state=random_state,
+                          n_probes=n_probes)
+
+
+def stream_pass(run, tests, random_state):
+    """The one pass over A (:func:`~._kernels.stream_leaf` per panel); per-panel handles."""
+    eng = run.engine
+    om_h, psi_h, pr_h = (eng.scatter(t) for t in tests)
     seed = int(random_state)
-    leaves = run.first_pass("sketch", stream_leaf,
-                            lambda i: (om_h, psi_h, pr_h, seed, *run.bounds[i]))
-    phase = run.phase("factor", reads=False)
+    return run.first_pass("sketch", stream_leaf,
+                          lambda i: (om_h, psi_h, pr_h, seed, *run.bounds[i]))
+
+
+def sketch_sums(eng, leaves):
+    """X, Z, Υ1 and Φ1 summed over the panels (uncentred, in panel order)."""
     parts = eng.gather([eng.submit(_small, h) for h in leaves])
-    x = ordered_sum([p["x"] for p in parts])
-    z = ordered_sum([p["z"] for p in parts])
+    return {key: ordered_sum([p[key] for p in parts]) for key in ("x", "z", "ups1", "phi1")}
+
+
+def sketch_factors(run, leaves, bounds, sums, tests, k, *, random_state, n_probes):
+    """The factors from the sketches, without reading A (Tropp et al. 2019, §4-5).
+
+    Parameters
+    ----------
+    run : Run
+        Its statistics (the mean of a centred run) are those of every row.
+    leaves : list of handles to dicts with ``y`` (rows_i, kr) and ``probe`` (rows_i, p)
+    bounds : list of (int, int)
+        The global rows of each of ``leaves``.
+    sums : dict
+        ``x``, ``z``, ``ups1``, ``phi1`` (:func:`sketch_sums`), over every row.
+    tests : (omega, psi, probes)
+    k : int
+
+    Returns
+    -------
+    Factors
+        As :func:`sketch_svd`; ``tall`` per entry of ``bounds``.
+    """
+    eng = run.engine
+    omega, psi, probes = tests
+    kr, s = omega.shape[1], psi.shape[1]
+    x, z = sums["x"].copy(), sums["z"].copy()
     if run.center:
         mu = run.shifted_mean
-        x -= np.outer(ordered_sum([p["ups1"] for p in parts]), mu)
-        z -= np.outer(ordered_sum([p["phi1"] for p in parts]), mu @ psi)
+        x -= np.outer(sums["ups1"], mu)
+        z -= np.outer(sums["phi1"], mu @ psi)
+    seed = int(random_state)
     ys = [eng.part(h, "y") for h in leaves]
     _, ws = small_tree(eng, [eng.submit(tsqr_leaf, y, run.center) for y in ys], run.center)
+    phase = run.phase("factor", reads=False)
     phi_q = ordered_sum(eng.gather([
         eng.submit(_phi_q, seed, start, stop, kr, s, eng.submit(tall_block, y, w, run.center))
-        for y, w, (start, stop) in zip(ys, ws, run.bounds)]))
+        for y, w, (start, stop) in zip(ys, ws, bounds)]))
     p_mat = np.linalg.qr(x.T, mode="reduced")[0]
     core = np.linalg.lstsq(phi_q, z, rcond=None)[0]
     core = np.linalg.lstsq(psi.T @ p_mat, core.T, rcond=None)[0].T
@@ -146,9 +191,11 @@ def sketch_svd(run, k, *, random_state, sizes=None, n_probes=10):
     norms = probe_norms(run, leaves, t, sigma, vt.T, probes, cumulative=True)
     resid_est = np.sqrt(np.mean(norms[1:] ** 2, axis=1))
     run.tick(phase, 1, 1)
+    state = {**sums, "sizes": [kr, s], "n_probes": n_probes, "bounds": list(bounds),
+             "y": ys, "probe": [eng.part(h, "probe") for h in leaves]}
     return Factors(t, sigma, vt.T, k, resid_est=resid_est,
                    probe_norms=norms[-1][:n_probes] if n_probes else None,
-                   sketch_sizes={"range": kr, "core": s})
+                   sketch_sizes={"range": kr, "core": s}, state=state)
 
 
 def _small(leaf):

@@ -627,7 +627,7 @@ def first_row(pin):
     return sparse_panels(pin, [(0, 1)])[0].read().toarray()[0]
 
 
-def sparse_params(pin, params):
+def sparse_params(pin, params, *, update=None):
     """The job spec (:class:`~._spec.SVDParams`) fitted to a sparse source's orientation.
 
     The tall view of a sparse group is fixed by its storage (CSR: A, CSC: Aᵀ), so
@@ -639,9 +639,17 @@ def sparse_params(pin, params):
     Raises
     ------
     InvalidInputError
-        ``field="method"`` (exact on too many columns) or ``"missing"``
-        (``missing="mask"``: a sparse matrix's absent entries are zeros).
+        ``field="method"`` (exact on too many columns), ``"missing"``
+        (``missing="mask"``: a sparse matrix's absent entries are zeros), or
+        ``"weights"``, ``"standardize"``, ``"update"`` (dense sources only).
     """
+    for given, field_name in ((params.weights is not None, "weights"),
+                              (params.standardize, "standardize"), (update is not None, "update")):
+        if given:
+            raise InvalidInputError(
+                f"{field_name} was given but {pin.name} is a sparse matrix; column weights, "
+                "standardisation and updates apply to dense sources only. Leave "
+                f"{field_name} out.", field=field_name)
     if params.missing == "mask":
         raise InvalidInputError(
             f"missing='mask' was given but {pin.name} is a sparse matrix, whose absent "

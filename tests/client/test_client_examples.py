@@ -117,3 +117,17 @@ def test_eof_map_draws_land_grey_and_a_zero_anomaly_white(tmp_path):
     img = imread(tmp_path / "eof.png")[..., :3]
     grey = np.all(np.abs(img - to_rgba(eof.LAND_COLOR)[:3]) < 0.02, axis=-1)
     assert grey.sum() > 100  # the land blocks are drawn grey in the PNG itself
+
+
+def test_append_eofs(service, data_dir, tmp_path):
+    from matplotlib.image import imread
+
+    out_png = tmp_path / "append.png"
+    out = run_example(service, "append_eofs.py", data_dir, tmp_path, "--start-days", "10",
+                      "--days", "3", "--points", "32", "--out", str(out_png))
+    reads = [int(x) for x in re.findall(r"update read (\d+) of", out)]
+    assert reads == [4, 4, 4]  # one day (4 samples) a time, never the old rows
+    assert "lineage: 4 jobs" in out
+    worst = float(re.search(r"σ_full\| / σ₁ = (\S+)", out).group(1))
+    assert worst <= 10 * np.sqrt(32) * np.finfo(float).eps  # as the example checks
+    assert imread(out_png).shape[1] > imread(out_png).shape[0]

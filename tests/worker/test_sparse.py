@@ -281,6 +281,9 @@ def test_nnz_limit_and_missing_mask_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="missing='mask'") as info:
         svd(url, 2, missing="mask", client=False)
     assert info.value.field == "missing"
+    with pytest.raises(InvalidInputError, match="dense sources only") as info:
+        svd(url, 2, standardize=True, center=True, client=False)
+    assert info.value.field == "standardize"
 
 
 # --------------------------------------------------------------------------- bounded memory
