@@ -326,14 +326,9 @@ async def _validate_source(svc: Services, body: JobCreate, parent: JobRow | None
     layout = await _check_layout(svc, pin)
     m, n = info.shape
     try:
-        spec = plan(info.shape, body.rank, method=body.method,
-                    n_oversamples=body.n_oversamples, n_iter=body.n_iter,
-                    center=body.center, random_state=body.random_state,
-                    compute_u=body.compute_u, energy=body.energy,
-                    max_rank=body.max_rank, missing=body.missing)
-        if isinstance(pin, SparsePin):  # its stored orientation fixes the tall view
-            spec = sparse_params(pin, spec)
         spec = _plan_job(body, info.shape, parent)
+        if isinstance(pin, SparsePin):  # its stored orientation fixes the tall view
+            spec = sparse_params(pin, spec, update=parent)
         if spec.weights is not None:  # "coslat" needs a latitude, an array the feature shape
             await asyncio.to_thread(check_feature_weights, pin, spec.weights)
     except InvalidInputError as exc:
