@@ -182,6 +182,7 @@ class Client:
         max_rank: int | None = None,
         sample_dims: str | list[str] | tuple[str, ...] | None = None,
         missing: Literal["error", "mask"] = "error",
+        precision: Literal["auto", "float64"] = "auto",
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -243,6 +244,12 @@ class Client:
             sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
+        precision : {"auto", "float64"}, default="auto"
+            ``"auto"``: on float32 input the power passes of a randomized job
+            run in float32 unless pass 1 says the spectrum needs float64; the
+            last pass and the report are float64 either way.
+            ``report["precision"]`` says which ran and why. ``"float64"``:
+            every pass in float64.
 
         Returns
         -------
@@ -269,6 +276,8 @@ class Client:
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
         if missing != "error":
             body["missing"] = missing
+        if precision != "auto":
+            body["precision"] = precision
         if energy is not None:
             del body["rank"]
             body["energy"] = energy

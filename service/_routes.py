@@ -234,7 +234,7 @@ async def _validate_source(svc: Services, body: JobCreate
                     n_oversamples=body.n_oversamples, n_iter=body.n_iter,
                     center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy,
-                    max_rank=body.max_rank, missing=body.missing)
+                    max_rank=body.max_rank, missing=body.missing, precision=body.precision)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc

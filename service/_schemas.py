@@ -127,6 +127,13 @@ class JobCreate(BaseModel):
                     "missing (NaN or the CF _FillValue) in every sample, such as land in an "
                     "ocean field, are masked and recorded in the result; features missing in "
                     "only some samples fail the job, naming them.")
+    precision: Literal["auto", "float64"] = Field(
+        default="auto",
+        description="`auto`: on float32 input the power passes of a randomized job run in "
+                    "float32 (half the memory traffic) unless pass 1 says the spectrum needs "
+                    "float64; the last pass and the report are float64 either way "
+                    "(`report.precision` says which ran and why). `float64`: every pass in "
+                    "float64.")
     missing_chunks: Literal["fill", "error"] = Field(
         default="fill",
         description="A chunk that the metadata implies but the store lacks is the fill value "

@@ -80,7 +80,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
         task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
-        spec=None, execution=None):
+        spec=None, execution=None, precision="auto"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -235,6 +235,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
     task_deadline_factor : float, default=10
         See ``task_deadline``.
+    precision : {"auto", "float64"}, default="auto"
+        ``"auto"``: on float32 input, the power passes of the randomized
+        method run in float32 (half the memory traffic and cache footprint)
+        unless pass 1 says the spectrum needs float64 (σ_k²/‖A‖²_F estimated
+        below 64·2⁻²⁴, see :mod:`._precision`); the last pass and everything
+        the report states are float64 either way. ``"float64"``: every pass in
+        float64. ``report["precision"]`` says which ran and why.
     spec : SVDParams, optional
         The job's parameters planned already (:func:`plan` on this source's
         shape; the service stores them at submit): used as they are, and
@@ -292,7 +299,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
                     center=center, random_state=random_state, compute_u=compute_u,
                     energy=energy, max_rank=max_rank, block_size=block_size,
-                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
+                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing,
+                    precision=precision)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
                     interrupt=interrupt, out=out, scratch=scratch,
                     out_opts=storage_options if out_storage_options is None
@@ -379,6 +387,8 @@ def _run_algorithm(job, *, scratch):
                   cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
                   decide_missing=None if markers is None else _missing_decider(job))
+        dt = np.dtype(src.info.dtype)
+        run.float32_input = dt.kind == "f" and dt.itemsize == 4
         return run, _factor(run, params)
     finally:
         if ex.panel_cache:  # nothing to release otherwise (and no call to a hung worker)
@@ -502,6 +512,7 @@ def _method_details(params, fac, n_passes, reads):
         out["u_route"] = fac.u_route
     if params.resolved == "randomized":
         out["n_oversamples_used"] = fac.width - fac.rank
+        out["precision"] = fac.precision
     if params.resolved == "sketch":
         out["sketch_sizes"] = fac.sketch_sizes
     if params.energy is not None:
@@ -551,7 +562,7 @@ def _factor(run, params):
     else:
         fac = randomized_svd(run, p.rank, n_oversamples=p.n_oversamples, n_iter=p.n_iter,
                              random_state=p.random_state, n_probes=p.n_probes,
-                             compute_u=p.compute_u)
+                             compute_u=p.compute_u, precision=p.precision)
     return fac if p.compute_u else fac._replace(tall=None)
 
 

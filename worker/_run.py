@@ -49,6 +49,9 @@ class Factors(NamedTuple):
         Range and core sketch sizes (sketch).
     energy_target : dict or None
         How an energy target was met.
+    precision : dict or None
+        Which precision the power passes ran in, and why (randomized,
+        :mod:`._precision`).
     """
 
     tall: list | None
@@ -64,6 +67,7 @@ class Factors(NamedTuple):
     width: int | None = None
     sketch_sizes: dict | None = None
     energy_target: dict | None = None
+    precision: dict | None = None
 
 
 def with_stats(kernel, *, center=False, local_mean=False, center_rows=False):
@@ -104,10 +108,13 @@ class _WithStats(_RowCentered):
     def __init__(self, kernel, center, local_mean, center_rows):
         super().__init__(kernel, center_rows)
         self.center, self.local_mean = center, local_mean
+        self.takes_float32 = getattr(kernel, "takes_float32", False) and not center_rows
 
     def __call__(self, block, *args, owned=False):
         block, row_means = self.prepare(block, owned)
-        stats = panel_stats(block, self.center)
+        # The statistics are float64 whatever the kernel's precision (a float32 block is
+        # widened exactly for them).
+        stats = panel_stats(np.asarray(block, dtype=np.float64), self.center)
         if not stats["finite"]:
             return {"stats": stats, "out": None, "row_means": row_means}
         if self.local_mean:
@@ -165,6 +172,7 @@ class Run:
         self.stats = None
         self.panel_stats = None
         self.row_means = None
+        self.float32_input = False  # panels reach the kernels as float32 (:mod:`._precision`)
 
     def phase(self, name, reads=True):
         if reads:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from ._errors import InvalidInputError
 from ._methods import METHODS
 from ._missing import check_mode
+from ._precision import check_precision
 
 __all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS", "Execution",
            "DEFAULT_PANEL_BYTES", "DEFAULT_PANEL_CACHE", "DEFAULT_MEMORY_FRACTION", "READERS",
@@ -124,6 +125,8 @@ class SVDParams:
     max_rank : int or None
     sketch_sizes : (int, int) or None
     missing : {"error", "mask"}
+    precision : {"auto", "float64"}
+        ``auto``: float32 power passes on float32 input where safe (:mod:`._precision`).
     notes : tuple of str
         What was changed from the request, in words (the oversampling clip).
     """
@@ -142,6 +145,7 @@ class SVDParams:
     sketch_sizes: tuple | None = None
     n_probes: int = 10
     missing: str = "error"
+    precision: str = "auto"
     notes: tuple = field(default=())
 
     def to_json(self):
@@ -160,7 +164,8 @@ class SVDParams:
         """Keyword arguments of :func:`~._api.svd` that reproduce this plan."""
         kw = {key: getattr(self, key) for key in (
             "method", "n_oversamples", "n_iter", "random_state", "center", "compute_u",
-            "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing")}
+            "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing",
+            "precision")}
         kw["rank"] = None if self.energy is not None else self.rank
         return kw
 
@@ -190,7 +195,7 @@ def choose_method(method, shape, rank, n_oversamples):
 
 def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=False,
          random_state=0, compute_u=True, energy=None, max_rank=None, block_size=16,
-         sketch_sizes=None, n_probes=10, missing="error"):
+         sketch_sizes=None, n_probes=10, missing="error", precision="auto"):
     """Validate a job's parameters against the matrix shape and resolve the method.
 
     Parameters
@@ -243,7 +248,7 @@ def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=
         max_rank=cap if energy is not None else None,
         block_size=int_param(block_size, "block_size", 1),
         sketch_sizes=_sizes_param(sketch_sizes), n_probes=int_param(n_probes, "n_probes", 0),
-        missing=missing, notes=notes)
+        missing=missing, precision=check_precision(precision), notes=notes)
 
 
 def _energy_params(rank, energy, max_rank, method, short):
