@@ -147,6 +147,7 @@ BAD_REQUESTS = [
     ("random_state-negative", body(random_state=-1), 422, "body.random_state"),
     ("unknown-method", body(method="lanczos"), 422, "body.method"),
     ("unknown-field", body(oversample=10), 422, "body.oversample"),
+    ("precision-float16", body(precision="float16"), 422, "body.precision"),
     ("1-d-array", body(source_url="vec.zarr"), 422, "body.source"),
     ("3-d-array", body(source_url="cube.zarr"), 422, "body.source.sample_dims"),
     ("string-dtype", body(source_url="strings.zarr"), 422, "body.source"),
