@@ -274,10 +274,9 @@ class Client:
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
-        if missing != "error":
-            body["missing"] = missing
-        if precision != "auto":
-            body["precision"] = precision
+        for name, value, default in (("missing", missing, "error"), ("precision", precision, "auto")):
+            if value != default:  # sent only when not the service's default
+                body[name] = value
         if energy is not None:
             del body["rank"]
             body["energy"] = energy
