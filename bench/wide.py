@@ -216,12 +216,13 @@ def _gc():
 
 def profile_run(client, path, k):
     """Where svdserve's randomized run spends its time (issue 28, item 1), as Markdown."""
+    from distributed import get_task_stream
+
     from svdserve.worker import svd
 
     out = []
     for precision in ("auto", "float64"):
-        client.get_task_stream()  # start recording afresh
-        with client.get_task_stream() as ts:
+        with get_task_stream(client) as ts:
             prof = cProfile.Profile()
             prof.enable()
             res, wall = timed(lambda: svd(path, k, method="randomized", n_iter=2,

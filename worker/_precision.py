@@ -58,7 +58,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.linalg
 
 from ._errors import InvalidInputError
 from ._kernels import power_leaf, times_pow2
@@ -137,14 +136,20 @@ def ritz_energy_share(z, g0, k, total):
     """
     if total <= 0 or not math.isfinite(total) or k > z.shape[1]:
         return 0.0
-    a_mat = z.T @ z
-    b_mat = g0.T @ z
-    b_mat = (b_mat + b_mat.T) / 2
-    try:
-        lam = scipy.linalg.eigh(a_mat, b_mat, eigvals_only=True)
-    except (np.linalg.LinAlgError, ValueError):  # G₀ᵀAᵀAG₀ singular: a rank < l
+    # W = G₀ᵀZ₁ = YᵀY with Y = AG₀ (PSD). Restricted to the directions where W is
+    # numerically positive (a matrix of rank < l leaves the rest 0 up to rounding), the
+    # problem is an ordinary symmetric one: X = Q_r Λ_r^(-1/2), λ = eig(XᵀZ₁ᵀZ₁X). Ritz
+    # values on a smaller subspace still interlace, so dropping directions keeps λ_k ≤ σ_k².
+    w = g0.T @ z
+    lam_w, q = np.linalg.eigh((w + w.T) / 2)
+    if not np.all(np.isfinite(lam_w)) or lam_w[-1] <= 0:
         return 0.0
-    lam = np.sort(lam)[::-1]
+    keep = lam_w > 64 * U32 * lam_w[-1]
+    if keep.sum() < k:
+        return 0.0
+    x = q[:, keep] / np.sqrt(lam_w[keep])
+    zx = z @ x
+    lam = np.sort(np.linalg.eigvalsh(zx.T @ zx))[::-1]
     return max(float(lam[k - 1]), 0.0) / total
 
 
@@ -202,8 +207,9 @@ class MixedPrecision:
         self.rho = ritz_energy_share(z, g0, self.k, math.ldexp(s, 2 * e - e_z) if s else 0.0)
         if self.rho < RHO_MIN:
             self.power = "float64"
-            self.reason = (f"pass 1 estimates sigma_k^2/||A||_F^2 >= {self.rho:.3g} "
-                           f"(k = {self.k}), below {RHO_MIN:.3g} = 64 u32: float32 power "
+            self.reason = (f"the pass-1 estimate of sigma_k^2/||A||_F^2 (a lower bound) is "
+                           f"{self.rho:.3g} (k = {self.k}), below {RHO_MIN:.3g} = 64 u32: "
+                           "the later power passes ran in float64, since float32 power "
                            "passes could lose component k (sigma_k/sigma_1 below about "
                            "sqrt(u32))")
 

@@ -66,7 +66,7 @@ def test_unsafe_spectrum_falls_back_and_the_report_says_why():
     res = svd(a, k, method="randomized", client=False)
     rep = res.report["precision"]
     assert rep["power"] == "mixed" and rep["float32_power_passes"] == 1, rep
-    assert rep["rho_estimate"] < RHO_MIN and "pass 1 estimates" in rep["reason"]
+    assert rep["rho_estimate"] < RHO_MIN and "pass-1 estimate" in rep["reason"]
     s = truth[:k]
     err = np.max(np.abs(res.S - s) / s)
     # Float32 power passes would leave σ_k only the accuracy of a run without power
