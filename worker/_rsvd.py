@@ -73,9 +73,13 @@ def ordered_sum(parts):
 
 
 def _sum_scaled(parts):
-    """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e."""
+    """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e.
+
+    Summed in float64 whatever the parts' dtype (a float32 pass ships float32 parts,
+    half the bytes, widened exactly here).
+    """
     e = max(p["e"] for p in parts)
-    return ordered_sum([np.ldexp(p["z"], p["e"] - e) for p in parts]), e
+    return ordered_sum([np.ldexp(p["z"], p["e"] - e, dtype=np.float64) for p in parts]), e
 
 
 def _between_panel_term(stats, mu, g):

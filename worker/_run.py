@@ -112,9 +112,9 @@ class _WithStats(_RowCentered):
 
     def __call__(self, block, *args, owned=False):
         block, row_means = self.prepare(block, owned)
-        # The statistics are float64 whatever the kernel's precision (a float32 block is
-        # widened exactly for them).
-        stats = panel_stats(np.asarray(block, dtype=np.float64), self.center)
+        # float64 statistics whatever the kernel's precision: an uncentred float32 block is
+        # widened block by block inside panel_stats (centred runs never see float32).
+        stats = panel_stats(block, self.center)
         if not stats["finite"]:
             return {"stats": stats, "out": None, "row_means": row_means}
         if self.local_mean:
