@@ -92,7 +92,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
     source : zarr.Array, str, os.PathLike, SourcePin, ndarray or dask.array.Array
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
         a Zarr (format 2 or 3) array or group, or a source pinned earlier
-        with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
+        with :func:`pin_source`. Any real dtype; computed in float64 (on float32
+        input the randomized power passes may run in float32: ``precision``). A Zarr
         source on storage is pinned (metadata digest, chunk stamps): it is
         read exactly as validated, re-listed before the first read and
         after the last, and a change fails with :class:`SourceChangedError`.

@@ -214,6 +214,23 @@ class MixedPrecision:
                            "passes could lose component k (sigma_k/sigma_1 below about "
                            "sqrt(u32))")
 
+    def after_last(self, sigma_k, total_ss):
+        """Check, once the float64 Rayleigh–Ritz step is done, what pass 1 estimated.
+
+        The float64 Ritz value σ̂_k ≤ σ_k gives ρ̂ = σ̂_k²/‖A‖²_F ≤ ρ_k (``rho_final``).
+        When float32 passes ran and it is below :data:`RHO_MIN`, the reason says that
+        σ_k may carry the float32 cost of the module docstring (rerun with float64).
+        """
+        e, s = total_ss
+        if s <= 0:
+            return
+        self.rho_final = float(math.ldexp(float(sigma_k), -e) ** 2 / s)
+        if self.passes32 > 1 and self.power == "float32" and self.rho_final < RHO_MIN:
+            self.reason = (f"the float64 Ritz value gives sigma_k^2/||A||_F^2 = "
+                           f"{self.rho_final:.3g}, below {RHO_MIN:.3g}: sigma_k may carry "
+                           "the cost of the float32 power passes; precision='float64' "
+                           "avoids it")
+
     def after_pass(self):
         if self.power == "float32":
             self.passes32 += 1
@@ -228,4 +245,6 @@ class MixedPrecision:
         if getattr(self, "rho", None) is not None:
             out["rho_estimate"] = self.rho
             out["rho_min"] = RHO_MIN
+        if getattr(self, "rho_final", None) is not None:
+            out["rho_final"] = self.rho_final
         return out

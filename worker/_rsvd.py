@@ -306,6 +306,7 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     phase = run.phase("factor", reads=False)
     b, ws = project_basis(run, leaves)
     t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b, k, probes)
+    mixed.after_last(sigma[k - 1], run.total_sumsq)
     run.tick(phase, 1, 1)
     return Factors(t if compute_u else None, sigma[:k], vt[:k].T, k, sigma_b=sigma,
                    resid_ss=resid, probe_norms=norms, width=ell,
