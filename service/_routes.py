@@ -178,7 +178,7 @@ def _body_hash(body: JobCreate) -> str:
     # Fields added later leave old hashes alone while they hold their defaults.
     for key, default in (("allow_missing_chunks", None), ("compute_u", True),
                          ("energy", None), ("max_rank", None), ("missing", "error"),
-                         ("missing_chunks", "fill")):
+                         ("missing_chunks", "fill"), ("precision", "auto")):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
