@@ -197,7 +197,7 @@ class MixedPrecision:
             return
         self.passes32 += 1
         e, s = stats["ss"]
-        amax = float(stats["amax"])
+        amax = abs(float(stats["amax"]))
         lo, hi = AMAX_RANGE
         if not lo <= amax <= hi:
             self.power = "float64"
