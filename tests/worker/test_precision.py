@@ -84,6 +84,11 @@ def test_float64_input_and_centred_runs_stay_float64():
     assert r64.report["precision"]["reason"] == "the input is not float32"
     rc = svd(a, 5, method="randomized", client=False, n_iter=1, center=True)
     assert "centred" in rc.report["precision"]["reason"]
+    # Entries near 1e-25 (max|A| < 2**-60): float32 products of them would be subnormal.
+    tiny = svd((a * np.float32(1e-25)).astype(np.float32), 5, method="randomized",
+               client=False, n_iter=2)
+    assert tiny.report["precision"]["power"] == "mixed"
+    assert "max|A|" in tiny.report["precision"]["reason"]
     with pytest.raises(InvalidInputError, match="precision must be one of") as err:
         svd(a, 5, method="randomized", client=False, precision="float16")
     assert err.value.field == "precision"
