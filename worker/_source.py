@@ -391,7 +391,11 @@ class PanelRef:
 
 
 def read_panel(panel):
-    """Materialise a panel as float64.
+    """Materialise a panel as float64, or as float32 when it is stored so.
+
+    A float32 panel stays float32 (half the bytes in the panel cache); the
+    panel task widens it (exactly) for every kernel but the float32 power
+    step (:mod:`._precision`).
 
     Parameters
     ----------
@@ -399,7 +403,10 @@ def read_panel(panel):
 
     Returns
     -------
-    ndarray of shape (rows, n), float64 (the input itself when it already is)
+    ndarray of shape (rows, n), float64 or float32 (the input itself when it already is)
     """
     block = panel.read() if isinstance(panel, PanelRef) else panel
+    dt = getattr(block, "dtype", None)
+    if dt is not None and dt.kind == "f" and dt.itemsize == 4:
+        return np.asarray(block, dtype=np.float32)
     return np.asarray(block, dtype=np.float64)
