@@ -29,7 +29,8 @@ def matrix_path(args, rows=None):
     return os.path.join(args.workdir, f"A_{rows or args.rows}x{args.cols}.zarr")
 
 
-def _block(block_id, rows, n, seed, noise):
+def planted_block(block_id, rows, n, seed, noise):
+    """Rows of the generated matrix: 50 components decaying by 0.85, plus Gaussian noise."""
     rng = np.random.default_rng([seed, block_id])
     vt = np.random.default_rng([seed, 10**9]).standard_normal((RANK_TRUE, n)) / np.sqrt(n)
     s = 100.0 * 0.85 ** np.arange(RANK_TRUE)
@@ -56,7 +57,7 @@ def ensure_matrix(path, m, n, chunk_rows, client, *, seed=0, noise=0.05):
     def write(i, start):
         stop = min(start + chunk_rows, m)
         arr = zarr.open_array(path, mode="r+")
-        arr[start:stop] = _block(i, stop - start, n, seed, noise)
+        arr[start:stop] = planted_block(i, stop - start, n, seed, noise)
         return stop - start
 
     futures = client.map(write, range(len(starts)), starts, pure=False)

@@ -63,7 +63,7 @@ FLAGS = {
     "method": "--method", "n_oversamples": "--n-oversamples", "n_iter": "--n-iter",
     "center": "--center", "random_state": "--seed", "compute_u": "--no-u",
     "allow_missing_chunks": "--allow-missing-chunks", "missing_chunks": "--missing-chunks",
-    "sample_dims": "--sample-dims", "missing": "--missing",
+    "sample_dims": "--sample-dims", "missing": "--missing", "precision": "--precision",
     "weights": "--weights", "standardize": "--standardize",
     "idempotency_key": "--idempotency-key",
     "source": "SOURCE", "source.url": "SOURCE", "source.array": "--array",
@@ -270,6 +270,7 @@ def _submit(args: argparse.Namespace) -> int:
             weights=args.weights,
             standardize=args.standardize,
             update=args.update,
+            precision=args.precision,
         )
         if not args.wait:
             if args.json:
@@ -551,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ".npy file, one per feature")
     p.add_argument("--standardize", action="store_true",
                    help="divide each feature by its standard deviation (with --center)")
+    p.add_argument("--precision", choices=("auto", "float64"), default="auto",
+                   help="auto (default): float32 power passes on float32 input where the "
+                        "spectrum allows (the report says which ran); float64: every pass "
+                        "in float64")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")

@@ -10,6 +10,7 @@ import contextlib
 import os
 import uuid
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -50,9 +51,17 @@ def normalize_source(source: str | os.PathLike) -> str:
     return os.path.abspath(source)
 
 
-def _eof_fields(missing, weights, standardize) -> dict[str, Any]:
-    """The request's ``missing`` / ``weights`` / ``standardize`` (absent at their defaults)."""
+def _names(names: str | Sequence[str]) -> list[str]:
+    """One name or several, as a list."""
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _optional_fields(missing, weights, standardize, precision) -> dict[str, Any]:
+    """The request's ``missing`` / ``weights`` / ``standardize`` / ``precision`` (absent at
+    their defaults, so that older services accept the request)."""
     out: dict[str, Any] = {} if missing == "error" else {"missing": missing}
+    if precision != "auto":
+        out["precision"] = precision
     if weights is not None:
         out["weights"] = weights if isinstance(weights, str) else \
             np.asarray(weights, dtype=float).tolist()
@@ -196,6 +205,7 @@ class Client:
         weights: str | Any | None = None,
         standardize: bool = False,
         update: Job | str | None = None,
+        precision: Literal["auto", "float64"] = "auto",
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -278,6 +288,12 @@ class Client:
             ``random_state`` are the parent's. ``report["update"]`` gives
             ``rows_read`` and ``rows_total``; :meth:`jobs` with ``lineage``
             lists the chain.
+        precision : {"auto", "float64"}, default="auto"
+            ``"auto"``: on float32 input the power passes of a randomized job
+            run in float32 unless pass 1 says the spectrum needs float64; the
+            last pass and the report are float64 either way.
+            ``report["precision"]`` says which ran and why. ``"float64"``:
+            every pass in float64.
 
         Returns
         -------
@@ -295,10 +311,9 @@ class Client:
             "compute_u": bool(compute_u),
         }
         body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks),
-                    **_eof_fields(missing, weights, standardize))
+                    **_optional_fields(missing, weights, standardize, precision))
         if sample_dims is not None:
-            body["source"]["sample_dims"] = (
-                [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
+            body["source"]["sample_dims"] = _names(sample_dims)
         if update is not None:  # the rank defaults to the parent's
             body["update"] = update.id if isinstance(update, Job) else str(update)
             if rank is None:

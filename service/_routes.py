@@ -183,7 +183,7 @@ def _body_hash(body: JobCreate) -> str:
     for key, default in (("allow_missing_chunks", None), ("compute_u", True), ("update", None),
                          ("energy", None), ("max_rank", None), ("missing", "error"),
                          ("missing_chunks", "fill"), ("weights", None),
-                         ("standardize", False)):
+                         ("standardize", False), ("precision", "auto")):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
@@ -233,7 +233,8 @@ def _plan_job(body: JobCreate, shape, parent: JobRow | None):
         return plan(shape, body.rank, method=body.method, n_oversamples=body.n_oversamples,
                     n_iter=body.n_iter, center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy, max_rank=body.max_rank,
-                    missing=body.missing, weights=body.weights, standardize=body.standardize)
+                    missing=body.missing, weights=body.weights, standardize=body.standardize,
+                    precision=body.precision)
     p = parent.params["svd"]
     return plan(shape, body.rank or parent.result["rank"], method=p["resolved"],
                 center=p["center"], random_state=p["random_state"],
@@ -293,7 +294,8 @@ async def _validate_variables(svc: Services, body: JobCreate
         spec = plan(shape, body.rank, method=body.method, n_oversamples=body.n_oversamples,
                     n_iter=body.n_iter, center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy, max_rank=body.max_rank,
-                    missing=body.missing, weights=body.weights, standardize=body.standardize)
+                    missing=body.missing, weights=body.weights, standardize=body.standardize,
+                    precision=body.precision)
         if spec.weights is not None:
             await asyncio.to_thread(check_feature_weights, pins, spec.weights)
     except InvalidInputError as exc:

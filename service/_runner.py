@@ -467,4 +467,5 @@ def _svd_params(job: JobRow) -> SVDParams:
                 n_oversamples=req["n_oversamples"], n_iter=req["n_iter"], center=req["center"],
                 random_state=req["random_state"],
                 compute_u=req.get("compute_u", True), energy=req.get("energy"),
-                max_rank=req.get("max_rank"), missing=req.get("missing", "error"))
+                max_rank=req.get("max_rank"), missing=req.get("missing", "error"),
+                precision=req.get("precision", "auto"))

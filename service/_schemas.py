@@ -161,6 +161,13 @@ class JobCreate(BaseModel):
         description="Divide each feature by its standard deviation (measured in pass 1, no "
                     "extra pass; constant features become 0 as in xeofs): correlation-matrix "
                     "EOFs. Needs `center: true`.")
+    precision: Literal["auto", "float64"] = Field(
+        default="auto",
+        description="`auto`: on float32 input the power passes of a randomized job run in "
+                    "float32 (half the memory traffic) unless pass 1 says the spectrum needs "
+                    "float64; the last pass and the report are float64 either way "
+                    "(`report.precision` says which ran and why). `float64`: every pass in "
+                    "float64.")
     missing_chunks: Literal["fill", "error"] = Field(
         default="fill",
         description="A chunk that the metadata implies but the store lacks is the fill value "

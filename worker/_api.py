@@ -112,7 +112,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
         task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
-        spec=None, execution=None, weights=None, standardize=False, update=None, job_id=None):
+        spec=None, execution=None, weights=None, standardize=False, update=None, job_id=None,
+        precision="auto"):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -125,7 +126,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
         a Zarr (format 2 or 3) array or group (a sparse AnnData or Binsparse
         group too, read in CSR row panels: :mod:`._sparse_source`), or a
-        source pinned earlier with :func:`pin_source`. Any real dtype; computed in float64. A Zarr
+        source pinned earlier with :func:`pin_source`. Any real dtype; computed in float64
+        (on float32 input the randomized power passes may run in float32: ``precision``). A Zarr
         source on storage is pinned (metadata digest, chunk stamps): it is
         read exactly as validated, re-listed before the first read and
         after the last, and a change fails with :class:`SourceChangedError`.
@@ -268,6 +270,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         tasks recompute elsewhere (noted in ``res.events``). None: no deadline.
     task_deadline_factor : float, default=10
         See ``task_deadline``.
+    precision : {"auto", "float64"}, default="auto"
+        ``"auto"``: on float32 input, the power passes of the randomized
+        method run in float32 (half the memory traffic and cache footprint)
+        unless pass 1 says the spectrum needs float64 (σ_k²/‖A‖²_F estimated
+        below 64·2⁻²⁴, see :mod:`._precision`); the last pass and everything
+        the report states are float64 either way. ``"float64"``: every pass in
+        float64. ``report["precision"]`` says which ran and why.
     spec : SVDParams, optional
         The job's parameters planned already (:func:`plan` on this source's
         shape; the service stores them at submit): used as they are, and
@@ -377,7 +386,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                     center=center, random_state=random_state, compute_u=compute_u,
                     energy=energy, max_rank=max_rank, block_size=block_size,
                     sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing,
-                    weights=weights, standardize=standardize)
+                    weights=weights, standardize=standardize, precision=precision)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
                     interrupt=interrupt, out=out, scratch=scratch, variables=variables,
                     out_opts=out_opts, update=state, job_id=job_id)
@@ -497,6 +506,9 @@ def _run_algorithm(job, *, scratch):
                   missing=markers,
                   decide_missing=None if markers is None else _missing_decider(job),
                   weights=job.weights, standardize=params.standardize)
+        dt = np.dtype(src.info.dtype)
+        # sparse panels reach the kernels as float64 CSR: no float32 power passes
+        run.float32_input = dt.kind == "f" and dt.itemsize == 4 and src.kind != "sparse"
         fac = _factor(run, params)
         job.scale = run.scale
         return run, fac
@@ -690,6 +702,7 @@ def _method_details(params, fac, n_passes, reads):
         out["u_route"] = fac.u_route
     if params.resolved == "randomized":
         out["n_oversamples_used"] = fac.width - fac.rank
+        out["precision"] = fac.precision
     if params.resolved == "sketch":
         out["sketch_sizes"] = fac.sketch_sizes
     if params.energy is not None:
@@ -749,7 +762,7 @@ def _factor(run, params):
     else:
         fac = randomized_svd(run, p.rank, n_oversamples=p.n_oversamples, n_iter=p.n_iter,
                              random_state=p.random_state, n_probes=p.n_probes,
-                             compute_u=p.compute_u)
+                             compute_u=p.compute_u, precision=p.precision)
     return fac if p.compute_u else fac._replace(tall=None)
 
 

@@ -406,12 +406,15 @@ def read_box(ref, expect, rows, cols):
 
     Returns
     -------
-    ndarray of shape (rows, cols), float64, C order
+    ndarray of shape (rows, cols), C order: float32 for float32 chunks (kept as stored,
+    :mod:`._precision`), else float64
     """
     meta = meta_of(ref)
     dec = chunk_decoder(meta)
     cm, cn = dec.chunks
-    out = np.empty((rows.stop - rows.start, cols.stop - cols.start))
+    single = dec.dtype.kind == "f" and dec.dtype.itemsize == 4
+    out = np.empty((rows.stop - rows.start, cols.stop - cols.start),
+                   dtype=np.float32 if single else np.float64)
     cells = list(box_cells(rows, cols, (cm, cn)))
     keys = [meta.encode_chunk_key(cell) for cell, _, _ in cells]
     fetched = _remote_whole(ref, expect, keys) if ref.remote else None

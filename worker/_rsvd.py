@@ -57,6 +57,7 @@ from ._kernels import (
     range_project,
     svd_flip_rows,
 )
+from ._precision import MixedPrecision
 from ._run import Factors
 from ._tsqr import small_tree, split_ones_direction, with_ones_direction
 
@@ -72,9 +73,13 @@ def ordered_sum(parts):
 
 
 def _sum_scaled(parts):
-    """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e."""
+    """Σ z_i·2**e_i for :func:`~._kernels.power_leaf` outputs ``(z, e)``, as z·2**e.
+
+    Summed in float64 whatever the parts' dtype (a float32 pass ships float32 parts,
+    half the bytes, widened exactly here).
+    """
     e = max(p["e"] for p in parts)
-    return ordered_sum([np.ldexp(p["z"], p["e"] - e) for p in parts]), e
+    return ordered_sum([np.ldexp(p["z"], p["e"] - e, dtype=np.float64) for p in parts]), e
 
 
 def _between_panel_term(stats, mu, g):
@@ -93,12 +98,13 @@ def _between_panel_term(stats, mu, g):
 
 
 def _power_sum(parts, extra=None):
+    """The summed power step as ``(z, e)``: z·2**e."""
     z, e = _sum_scaled(parts)
     if extra is not None:
         t, f = extra
         top = max(e, f)
-        z = np.ldexp(z, e - top) + np.ldexp(t, f - top)
-    return z
+        z, e = np.ldexp(z, e - top) + np.ldexp(t, f - top), top
+    return z, e
 
 
 def probe_matrix(n, p, random_state):
@@ -138,7 +144,7 @@ def probe_norms(run, leaves, t, sigma, v, probes, *, cumulative=False):
     return combine_scaled(parts)
 
 
-def power_step(run, g, deflate=None):
+def power_step(run, g, deflate=None, leaf=power_leaf, scaled=False):
     """One pass for (A − 1μᵀ)ᵀ(A − 1μᵀ)G (or of the residual A − QB), summed over panels.
 
     The first pass over A also gathers the statistics (each panel centred by
@@ -150,31 +156,38 @@ def power_step(run, g, deflate=None):
     deflate : (list of handles, ndarray of shape (l0, n)), optional
         Each panel's rows of a basis Q and B = QᵀA: the step is then on the
         residual, (A − QB)ᵀ(A − QB)G (:func:`~._kernels.deflated_power_leaf`).
+    leaf : callable, default=power_leaf
+        The panel kernel (:func:`~._precision.power_leaf32` for a float32 pass).
+    scaled : bool, default=False
+        Return ``(z, e)`` with the step equal to z·2**e.
 
     Returns
     -------
-    ndarray of shape (n, l), scaled by a power of two.
+    ndarray of shape (n, l), scaled by a power of two (or ``(z, e)``).
     """
     eng = run.engine
     g_h = eng.scatter(g)
     if run.stats is None:
-        outs = run.first_pass("power", power_leaf, lambda i: (g_h,), local_mean=True)
+        outs = run.first_pass("power", leaf, lambda i: (g_h,), local_mean=True)
         extra = None
         if run.center:
             extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
-        z = _power_sum(eng.gather(outs), extra)
+        z, e = _power_sum(eng.gather(outs), extra)
         d = run.post_scale()  # standardize: D(AᵀA G) starts the iteration on A·D
-        return z if d is None else z * d[:, None]
+        if d is not None:
+            z = z * d[:, None]
+        return (z, e) if scaled else z
     mu = run.shifted_mean
     mu_h, mu_g = (eng.scatter(mu), eng.scatter(mu @ g)) if run.center else (None, None)
     if deflate is None:
-        handles = run.run_pass("power", power_leaf, lambda i: (g_h, mu_h, mu_g))
+        handles = run.run_pass("power", leaf, lambda i: (g_h, mu_h, mu_g))
     else:
         basis, b_mat = deflate
         bg_h, b_h = eng.scatter(b_mat @ g), eng.scatter(b_mat)
         handles = run.run_pass("power", deflated_power_leaf,
                                lambda i: (g_h, mu_h, mu_g, basis[i], bg_h, b_h))
-    return _power_sum(eng.gather(handles))
+    z, e = _power_sum(eng.gather(handles))
+    return (z, e) if scaled else z
 
 
 def project_basis(run, leaves):
@@ -239,7 +252,7 @@ def qb_factors(run, leaves, ws, b, k, probes):
 
 
 def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
-                   compute_u=True):
+                   compute_u=True, precision="float64"):
     """Randomized rank-k SVD of the tall view (n_iter + 1 passes).
 
     Parameters
@@ -257,12 +270,16 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     compute_u : bool, default=True
         Return the tall factor (formed from the kept blocks either way, since
         the error estimate needs it; no pass).
+    precision : {"auto", "float64"}, default="float64"
+        ``"auto"``: on float32 input the power passes run in float32 where
+        pass 1 says the spectrum allows it (:mod:`._precision`); the last
+        pass is float64 either way.
 
     Returns
     -------
     Factors
         ``tall`` (None without ``compute_u``), ``sigma``, ``v``, ``width``
-        (the sketch width l), ``sigma_b`` (every singular value of B, shape
+        (the sketch width l), ``precision`` (:meth:`MixedPrecision.to_json`), ``sigma_b`` (every singular value of B, shape
         (l,)), ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq`
         pair) and ``probe_norms`` (shape (n_probes,)).
     """
@@ -271,9 +288,15 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     ell = min(k + n_oversamples, n)
     rng = np.random.default_rng(random_state)
     g = orthonormalize(rng.standard_normal((n, ell)))
-
-    for _ in range(n_iter):
-        g = orthonormalize(power_step(run, g))
+    mixed = MixedPrecision(precision, run.float32_input, run.center or run.center_rows, k,
+                           scaled=run.scaled)
+    for i in range(n_iter):
+        z, e = power_step(run, g, leaf=mixed.leaf, scaled=True)
+        if i == 0:
+            mixed.after_first(z, e, g, run.stats)
+        else:
+            mixed.after_pass()
+        g = orthonormalize(z)
 
     g_h = eng.scatter(g)
     probes = probe_matrix(n, n_probes, random_state) if n_probes else None
@@ -287,6 +310,8 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     phase = run.phase("factor", reads=False)
     b, ws = project_basis(run, leaves)
     t, sigma, vt, resid, norms = qb_factors(run, leaves, ws, b, k, probes)
+    mixed.after_last(sigma[k - 1], run.total_sumsq)
     run.tick(phase, 1, 1)
     return Factors(t if compute_u else None, sigma[:k], vt[:k].T, k, sigma_b=sigma,
-                   resid_ss=resid, probe_norms=norms, width=ell)
+                   resid_ss=resid, probe_norms=norms, width=ell,
+                   precision=mixed.to_json(n_iter))

@@ -53,6 +53,9 @@ class Factors(NamedTuple):
         How an energy target was met.
     state : dict or None
         What an update merges into (exact: ``r`` and ``r_mean`` of the root; :mod:`._update`).
+    precision : dict or None
+        Which precision the power passes ran in, and why (randomized,
+        :mod:`._precision`).
     """
 
     tall: list | None
@@ -69,6 +72,7 @@ class Factors(NamedTuple):
     sketch_sizes: dict | None = None
     energy_target: dict | None = None
     state: dict | None = None
+    precision: dict | None = None
 
 
 def with_stats(kernel, *, center=False, local_mean=False, center_rows=False, scaled=False,
@@ -125,10 +129,14 @@ class _WithStats(_RowCentered):
     def __init__(self, kernel, center, local_mean, center_rows, scaled=False, columns=False):
         super().__init__(kernel, center_rows, scaled)
         self.center, self.local_mean, self.columns = center, local_mean, columns
+        self.takes_float32 = (getattr(kernel, "takes_float32", False) and not center_rows
+                              and not scaled)
 
     def __call__(self, block, *args, owned=False):
         scale, args = self.split(args)
         block, row_means, d_rows = self.prepare(block, owned, scale)
+        # float64 statistics whatever the kernel's precision: an uncentred float32 block is
+        # widened block by block inside panel_stats (centred runs never see float32).
         stats = panel_stats(block, self.center)
         out = {"stats": stats, "out": None, "row_means": row_means, "row_scale": d_rows}
         if not stats["finite"]:
@@ -226,6 +234,11 @@ class Run:
             return kernel, args_for
         return kernel, (lambda i: (scales[i], *args_for(i)))
 
+    @property
+    def scaled(self):
+        """Whether panels are scaled (weights or standardize) before the kernels see them."""
+        return self._scales is not None or self.standardize
+
     def post_scale(self):
         """After pass 1 of a tall standardised run: the column scale d = w / max(σ, ε₃₂).
 
@@ -244,6 +257,7 @@ class Run:
         self.stats = {**st, "mean": st["mean"] * d, "ss": scaled_total(colss, st["count"], d)}
         self._scales = [self.engine.scatter(PanelScale(columns=d))] * len(self.panels)
         return d
+        self.float32_input = False  # panels reach the kernels as float32 (:mod:`._precision`)
 
     def phase(self, name, reads=True):
         if reads:

@@ -432,7 +432,11 @@ class PanelRef:
 
 
 def read_panel(panel):
-    """Materialise a panel as float64.
+    """Materialise a panel as float64, or as float32 when it is stored so.
+
+    A float32 panel stays float32 (half the bytes in the panel cache); the
+    panel task widens it (exactly) for every kernel but the float32 power
+    step (:mod:`._precision`).
 
     Parameters
     ----------
@@ -440,9 +444,12 @@ def read_panel(panel):
 
     Returns
     -------
-    ndarray of shape (rows, n), float64 (the input itself when it already is)
+    ndarray of shape (rows, n), float64 or float32 (the input itself when it already is)
     """
     block = panel.read() if isinstance(panel, (PanelRef, SparsePanel)) else panel
     if isinstance(panel, SparsePanel):
         return block  # a float64 csr_matrix
+    dt = getattr(block, "dtype", None)
+    if dt is not None and dt.kind == "f" and dt.itemsize == 4:
+        return np.asarray(block, dtype=np.float32)
     return np.asarray(block, dtype=np.float64)

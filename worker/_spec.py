@@ -23,6 +23,7 @@ from ._errors import InvalidInputError
 from ._methods import METHODS
 from ._missing import check_mode
 from ._scaling import check_weights
+from ._precision import check_precision
 
 __all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS", "Execution",
            "DEFAULT_PANEL_BYTES", "DEFAULT_PANEL_CACHE", "DEFAULT_MEMORY_FRACTION", "READERS",
@@ -131,6 +132,8 @@ class SVDParams:
         Feature weights (:func:`~._scaling.check_weights`).
     standardize : bool
         Divide each feature by its standard deviation (:mod:`._scaling`).
+    precision : {"auto", "float64"}
+        ``auto``: float32 power passes on float32 input where safe (:mod:`._precision`).
     notes : tuple of str
         What was changed from the request, in words (the oversampling clip).
     """
@@ -149,6 +152,7 @@ class SVDParams:
     sketch_sizes: tuple | None = None
     n_probes: int = 10
     missing: str = "error"
+    precision: str = "auto"
     notes: tuple = field(default=())
     weights: object = None
     standardize: bool = False
@@ -172,7 +176,7 @@ class SVDParams:
         kw = {key: getattr(self, key) for key in (
             "method", "n_oversamples", "n_iter", "random_state", "center", "compute_u",
             "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing",
-            "standardize")}
+            "standardize", "precision")}
         kw["rank"] = None if self.energy is not None else self.rank
         w = self.weights
         kw["weights"] = w if w is None or isinstance(w, str) else np.reshape(w[1], w[0])
@@ -204,7 +208,8 @@ def choose_method(method, shape, rank, n_oversamples):
 
 def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=False,
          random_state=0, compute_u=True, energy=None, max_rank=None, block_size=16,
-         sketch_sizes=None, n_probes=10, missing="error", weights=None, standardize=False):
+         sketch_sizes=None, n_probes=10, missing="error", weights=None, standardize=False,
+         precision="auto"):
     """Validate a job's parameters against the matrix shape and resolve the method.
 
     Parameters
@@ -258,6 +263,7 @@ def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=
         block_size=int_param(block_size, "block_size", 1),
         sketch_sizes=_sizes_param(sketch_sizes), n_probes=int_param(n_probes, "n_probes", 0),
         missing=missing, notes=notes, weights=check_weights(weights),
+        precision=check_precision(precision),
         standardize=_standardize_param(standardize, center, resolved, m >= n, n_iter))
 
 

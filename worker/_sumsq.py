@@ -218,6 +218,8 @@ def _moments(a, squares):
     tops, total, ss = [0.0], np.zeros(a.shape[1]), (0, 0.0)
     for s in range(0, a.shape[0], BLOCK_ROWS):
         b = a[s:s + BLOCK_ROWS]
+        if b.dtype != np.float64:  # a float32 panel (:mod:`._precision`): widened exactly,
+            b = b.astype(np.float64)  # one block at a time, never the whole panel
         tops.append(abs_max(b))
         if not math.isfinite(tops[-1]):
             break

@@ -55,6 +55,8 @@ def panel_task(kernel, panel, shift, cache, missing, *args):
     """Load one panel (:mod:`._cache` or storage), shift it by the pivot row
     (:func:`~._kernels.prepare_panel`) and run ``kernel(block, *args)`` on it.
 
+    A float32 panel (cached as stored) is widened to float64 unless the kernel
+    has ``takes_float32`` (:func:`~._precision.power_leaf32`).
     ``cache`` is ``(token, fraction)`` or None. A cached block is shared, so it
     is shifted into a copy, never in place; a kernel with ``takes_owned``
     (a wrapper that prepares the block further, e.g. row centring in
@@ -70,6 +72,8 @@ def panel_task(kernel, panel, shift, cache, missing, *args):
     block, rows_read, owned, counts = _load(panel, cache, missing)
     if getattr(panel, "densify", False):  # a sparse panel (cached as CSR) for the exact method
         block, owned = block.toarray(), True
+    if block.dtype != np.float64 and not getattr(kernel, "takes_float32", False):
+        block, owned = block.astype(np.float64), True  # float32 widened exactly
     if shift is not None:
         block, owned = prepare_panel(block, shift=shift, owned=owned)[0], True
     out = (kernel(block, *args, owned=owned) if getattr(kernel, "takes_owned", False)

@@ -190,3 +190,25 @@ def test_submit_sample_dims_and_missing(service, capsys, data_dir):
     assert job["request"]["missing"] == "mask"
     res = StoredResult.open(job["result"]["url"])
     assert res.mask.sum() == 1 and res.to_xarray()["components"].dims == ("mode", "lat", "lon")
+
+
+def test_submit_precision_flag_reaches_the_report(service, capsys, data_dir):
+    """Issue 28: ``--precision float64`` on float32 input, against the default ``auto``."""
+    import zarr
+
+    from svdserve.client import StoredResult
+
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((600, 8)) @ rng.standard_normal((8, 60))).astype(np.float32)
+    store = data_dir / "f32.zarr"
+    zarr.create_array(str(store), shape=a.shape, dtype="f4", chunks=(200, 60))[...] = a
+    ran = {}
+    for flags in ((), ("--precision", "float64")):
+        code, out, err = run(service, capsys, "submit", str(store), "-k", "3", "--method",
+                             "randomized", *flags, "--wait", "--json", "--no-progress")
+        assert code == 0, err
+        job = json.loads(out)
+        ran[flags] = StoredResult.open(job["result"]["url"]).report["precision"]
+    assert ran[()]["requested"] == "auto" and ran[()]["power"] == "float32"
+    assert ran[("--precision", "float64")]["power"] == "float64"
+    assert "precision='float64' was requested" in ran[("--precision", "float64")]["reason"]

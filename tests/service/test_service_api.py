@@ -147,6 +147,7 @@ BAD_REQUESTS = [
     ("random_state-negative", body(random_state=-1), 422, "body.random_state"),
     ("unknown-method", body(method="lanczos"), 422, "body.method"),
     ("unknown-field", body(oversample=10), 422, "body.oversample"),
+    ("precision-float16", body(precision="float16"), 422, "body.precision"),
     ("1-d-array", body(source_url="vec.zarr"), 422, "body.source"),
     ("3-d-array", body(source_url="cube.zarr"), 422, "body.source.sample_dims"),
     ("string-dtype", body(source_url="strings.zarr"), 422, "body.source"),
@@ -191,6 +192,9 @@ def test_bad_requests(service, data_root, case, payload, status, field):
         p = assert_problem(r, status, field)
         if status == 422 and field.startswith("body.rank") and "too-big" in case:
             assert "min(m, n)" in p["detail"]
+        if case == "precision-float16":  # a known field with a bad value, not an unknown one
+            said = " ".join(e["message"] for e in p["errors"])
+            assert "'auto'" in said and "'float64'" in said, p
         # nothing was stored
         assert c.get("/v1/jobs").json()["items"] == []
 
