@@ -20,11 +20,13 @@ from svdserve.worker import (
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
+    SparsePin,
     check_feature_weights,
     check_layout,
     pin_source,
     plan,
     plan_layout,
+    sparse_params,
 )
 
 from ._auth import Operator, Tenant
@@ -327,6 +329,8 @@ async def _validate_source(svc: Services, body: JobCreate, parent: JobRow | None
     m, n = info.shape
     try:
         spec = _plan_job(body, info.shape, parent)
+        if isinstance(pin, SparsePin):  # its stored orientation fixes the tall view
+            spec = sparse_params(pin, spec, update=parent)
         if spec.weights is not None:  # "coslat" needs a latitude, an array the feature shape
             await asyncio.to_thread(check_feature_weights, pin, spec.weights)
     except InvalidInputError as exc:
@@ -354,7 +358,8 @@ async def _check_layout(svc: Services, pin) -> dict:
     """The panel layout (stored and shown as `plan`); a 422 when one unavoidable read unit
     does not fit the smallest worker."""
     info, settings = pin.info, svc.settings
-    layout = plan_layout(info, panel_bytes=settings.panel_bytes)
+    layout = (pin.layout(settings.panel_bytes) if isinstance(pin, SparsePin)
+              else plan_layout(info, panel_bytes=settings.panel_bytes))
     try:
         check_layout(layout, await svc.cluster.worker_memory(), settings.memory_fraction,
                      name=pin.ref.name, shape=info.shape, chunks=info.chunks)

@@ -69,6 +69,7 @@ from svdserve.worker import (
     SVDError,
     SVDParams,
     SVDResult,
+    load_pin,
     map_exception,
     pin_source,
     plan,
@@ -308,7 +309,7 @@ class Runner:
             source = [SourcePin.from_json(p).with_options(storage_options=options)
                       for p in pinned["variables"]]
         elif pinned is not None:
-            source = SourcePin.from_json(pinned).with_options(storage_options=options)
+            source = load_pin(pinned).with_options(storage_options=options)
         else:  # a job stored before pins existed: pin it now, inside the roots
             roots, forbidden = self.guard
             source = pin_source(source, params.get("array"), storage_options=options,

@@ -33,8 +33,9 @@ from ._run import Run
 from ._scaling import check_weights, feature_weights, scaling_report
 from ._sketch import sketch_svd
 from ._source import Source, open_source
+from ._sparse_source import sparse_params
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
-from ._sumsq import sumsq, sumsq_norm
+from ._sumsq import add_sumsq, scale_sumsq, sumsq, sumsq_norm
 from ._tsqr import exact_svd
 from ._update import (check_growth, check_params, load_state, new_bounds, save_state,
                       update_exact, update_report, update_sketch)
@@ -121,11 +122,12 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
 
     Parameters
     ----------
-    source : zarr.Array, str, os.PathLike, SourcePin, ndarray or dask.array.Array
+    source : zarr.Array, str, os.PathLike, SourcePin, ndarray, dask.array.Array or scipy.sparse
         The matrix of shape (m, n), or a path / fsspec URL (``s3://...``) of
-        a Zarr (format 2 or 3) array or group, or a source pinned earlier
-        with :func:`pin_source`. Any real dtype; computed in float64 (on float32
-        input the randomized power passes may run in float32: ``precision``). A Zarr
+        a Zarr (format 2 or 3) array or group (a sparse AnnData or Binsparse
+        group too, read in CSR row panels: :mod:`._sparse_source`), or a
+        source pinned earlier with :func:`pin_source`. Any real dtype; computed in float64
+        (on float32 input the randomized power passes may run in float32: ``precision``). A Zarr
         source on storage is pinned (metadata digest, chunk stamps): it is
         read exactly as validated, re-listed before the first read and
         after the last, and a change fails with :class:`SourceChangedError`.
@@ -393,11 +395,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
              scratch, variables=None, update=None, job_id=None):
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
+    if src.kind == "sparse":  # orientation fixed by storage: fit the spec to it
+        params = sparse_params(src.pin, params, update=update)
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     if update is not None:  # before any read: the parent's state and the grown source
         check_params(params)
         checked = check_growth(update, src)
-    src, layout = _cut(src, engine, execution)
+    src, layout = _cut(src, engine, execution, densify=params.resolved == "exact")
     labels = read_labels(src)
     if labels is None and variables is not None and len(variables) == 1:
         labels = variables[0]["labels"]  # one in-memory DataArray: its dims and coordinates
@@ -452,10 +456,13 @@ def _weights_of(weights, n, labels, variables):
                                            v["labels"]) for v in variables])
 
 
-def _cut(src, engine, execution):
-    """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit."""
+def _cut(src, engine, execution, *, densify=False):
+    """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit.
+
+    ``densify``: a sparse source's panels are densified one at a time (exact).
+    """
     src = src.bounded(execution.panel_bytes)
-    layout = src.layout(execution.panel_bytes)
+    layout = src.layout(execution.panel_bytes, densify=densify)
     check_layout(layout, engine.memory_limit(), execution.memory_fraction, name=src.name,
                  shape=src.shape, chunks=src.info.chunks)
     return src, layout
@@ -485,18 +492,23 @@ def _run_algorithm(job, *, scratch):
             pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
                                        token=token, panel_bytes=ex.panel_bytes,
                                        progress=job.progress, passes=passes, direct=direct)
+        densify = getattr(job.layout, "densify", False)
         panels = src.panels(bounds, engine, scratch=pin, sliced=job.layout.sliced,
-                            direct=direct)
+                            direct=direct, densify=densify)
+        # Sparse panels are never shifted (that densifies): centring is implicit.
+        implicit = src.kind == "sparse" and not densify
         run = Run(engine, panels, bounds, src.tall_shape,
                   center=center_cols, center_rows=params.center and src.wide,
                   passes=passes, progress=job.progress, wide=src.wide,
-                  pivot=src.first_row(panels, markers) if center_cols else None,
+                  pivot=src.first_row(panels, markers) if center_cols and not implicit
+                  else None,
                   cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
                   decide_missing=None if markers is None else _missing_decider(job),
                   weights=job.weights, standardize=params.standardize)
         dt = np.dtype(src.info.dtype)
-        run.float32_input = dt.kind == "f" and dt.itemsize == 4
+        # sparse panels reach the kernels as float64 CSR: no float32 power passes
+        run.float32_input = dt.kind == "f" and dt.itemsize == 4 and src.kind != "sparse"
         fac = _factor(run, params)
         job.scale = run.scale
         return run, fac
@@ -565,6 +577,7 @@ def _write_tall(job, run, fac, signs):
     if job.out is not None:
         # U (the tall factor) in panel-aligned chunks: each panel writes whole chunks.
         chunk_out = (src.tall_chunk if job.layout.kind == "chunks"
+                     else job.layout.tall_chunks[0] if job.layout.kind == "sparse"  # row grid
                      else bounds[0][1] - bounds[0][0])
         writer = ResultWriter(job.out, job.out_opts, (m, n), fac.rank, chunk_out, src.wide,
                               job.params.center, with_tall=fac.tall is not None)
@@ -610,6 +623,8 @@ def _report(job, run, fac, t_start, extra_params):
                    "n_iter": params.n_iter, "random_state": params.random_state,
                    "timings": timings, "plan": {**job.layout.to_json(), "reader": job.reader}})
     report.update(_method_details(params, fac, n_passes, reads))
+    if params.center:
+        report["centering"] = _centering(job, run)
     if job.update is not None:
         report["update"] = update_report(job.update, rows_total=m_t,
                                          rows_appended=m_t - job.update.rows,
@@ -648,6 +663,27 @@ def _report(job, run, fac, t_start, extra_params):
     return report, provenance
 
 
+def _centering(job, run):
+    """``report["centering"]``: how the column means were taken out.
+
+    ``"pivot"``: panels shifted by a common row, then centred per panel (dense
+    input, and sparse panels densified by the exact method); ``"implicit"``:
+    sparse panels never shifted, (A − 1μᵀ)G = AG − 1(μᵀG). ``amplification``
+    (implicit only): ‖A‖_F/‖A − 1μᵀ‖_F, the factor by which rounding errors
+    exceed those of the shifted products (at most 1/sqrt(1 − d) for columns
+    of density at most d, :mod:`._sparse_kernels`).
+    """
+    if job.src.kind != "sparse" or getattr(job.layout, "densify", False):
+        return {"method": "pivot", "amplification": None}
+    rows_centred = job.src.wide
+    e, s = run.total_sumsq
+    mu = run.row_means if rows_centred else run.mean
+    m = run.n if rows_centred else run.m
+    raw = add_sumsq((e, s), scale_sumsq(sumsq(mu), m))
+    ratio = sumsq_norm(raw) / sumsq_norm((e, s)) if s else None
+    return {"method": "implicit", "amplification": ratio}
+
+
 def _input_notes(report, src):
     """``report["input"]``: the absent chunks of a pinned source (count, fill value);
     ``report["notes"]``: what was assumed about the input (absent chunks, sample_dims)."""
@@ -684,7 +720,7 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     url = None
     if writer is not None:
         if (fac.state is not None and params.weights is None and not params.standardize
-                and job.variables is None):
+                and job.variables is None and src.kind != "sparse"):  # no update of sparse
             # what a later update merges into (:mod:`._update`); a scaled run keeps none
             save_state(writer.group, method=params.resolved, state=fac.state, stats=run.stats,
                        pivot=run.pivot, pin=src.pin, job=job.job_id,
