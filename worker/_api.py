@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._energy import energy_report, spectral_estimate
+from ._errors import InvalidInputError
 from ._engine import DaskEngine, LocalEngine, Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
@@ -31,7 +32,7 @@ from ._run import Run
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
-from ._sumsq import sumsq, sumsq_norm
+from ._sumsq import add_sumsq, scale_sumsq, sumsq, sumsq_norm
 from ._tsqr import exact_svd
 
 __all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
@@ -302,8 +303,13 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
              scratch):
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
+    if src.kind == "sparse" and params.missing == "mask":
+        raise InvalidInputError(
+            f"missing='mask' was given but {src.name} is a sparse matrix, whose absent "
+            "entries are zeros, not missing values; leave missing out (NaN values are "
+            "errors).", field="missing")
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
-    src, layout = _cut(src, engine, execution)
+    src, layout = _cut(src, engine, execution, densify=params.resolved == "exact")
     job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),
                execution)
     run, fac = _run_algorithm(job, scratch=scratch_dir(scratch, out))
@@ -339,10 +345,13 @@ class _Job:
         return {"exact": 1 + p.compute_u, "sketch": 1}.get(p.resolved, p.n_iter + 1)
 
 
-def _cut(src, engine, execution):
-    """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit."""
+def _cut(src, engine, execution, *, densify=False):
+    """The layout (:mod:`._layout`), refused before any read when a chunk cannot fit.
+
+    ``densify``: a sparse source's panels are densified one at a time (exact).
+    """
     src = src.bounded(execution.panel_bytes)
-    layout = src.layout(execution.panel_bytes)
+    layout = src.layout(execution.panel_bytes, densify=densify)
     check_layout(layout, engine.memory_limit(), execution.memory_fraction, name=src.name,
                  shape=src.shape, chunks=src.info.chunks)
     return src, layout
@@ -370,12 +379,16 @@ def _run_algorithm(job, *, scratch):
             pin, scratch_url = rechunk(engine, src, job.layout, scratch, job.out_opts,
                                        token=token, panel_bytes=ex.panel_bytes,
                                        progress=job.progress, passes=passes, direct=direct)
+        densify = getattr(job.layout, "densify", False)
         panels = src.panels(bounds, engine, scratch=pin, sliced=job.layout.sliced,
-                            direct=direct)
+                            direct=direct, densify=densify)
+        # Sparse panels are never shifted (that densifies): centring is implicit.
+        implicit = src.kind == "sparse" and not densify
         run = Run(engine, panels, bounds, src.tall_shape,
                   center=center_cols, center_rows=params.center and src.wide,
                   passes=passes, progress=job.progress, wide=src.wide,
-                  pivot=src.first_row(panels, markers) if center_cols else None,
+                  pivot=src.first_row(panels, markers) if center_cols and not implicit
+                  else None,
                   cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
                   decide_missing=None if markers is None else _missing_decider(job))
@@ -459,6 +472,8 @@ def _report(job, run, fac, t_start, extra_params):
                    "n_iter": params.n_iter, "random_state": params.random_state,
                    "timings": timings, "plan": {**job.layout.to_json(), "reader": job.reader}})
     report.update(_method_details(params, fac, n_passes, reads))
+    if params.center:
+        report["centering"] = _centering(job, run)
     if job.mask is not None:
         mask = job.mask
         report["missing"] = {"mode": "mask", "masked": int(mask.sum()),
@@ -482,6 +497,27 @@ def _report(job, run, fac, t_start, extra_params):
         "events": list(eng.events),
     }
     return report, provenance
+
+
+def _centering(job, run):
+    """``report["centering"]``: how the column means were taken out.
+
+    ``"pivot"``: panels shifted by a common row, then centred per panel (dense
+    input, and sparse panels densified by the exact method); ``"implicit"``:
+    sparse panels never shifted, (A − 1μᵀ)G = AG − 1(μᵀG). ``amplification``
+    (implicit only): ‖A‖_F/‖A − 1μᵀ‖_F, the factor by which rounding errors
+    exceed those of the shifted products (at most 1/sqrt(1 − d) for columns
+    of density at most d, :mod:`._sparse_kernels`).
+    """
+    if job.src.kind != "sparse" or getattr(job.layout, "densify", False):
+        return {"method": "pivot", "amplification": None}
+    rows_centred = job.src.wide
+    e, s = run.total_sumsq
+    mu = run.row_means if rows_centred else run.mean
+    m = run.n if rows_centred else run.m
+    raw = add_sumsq((e, s), scale_sumsq(sumsq(mu), m))
+    ratio = sumsq_norm(raw) / sumsq_norm((e, s)) if s else None
+    return {"method": "implicit", "amplification": ratio}
 
 
 def _input_notes(report, src):

@@ -53,6 +53,19 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
+def _nbytes(block):
+    """Bytes of a panel: an ndarray, or a scipy.sparse CSR panel (its three arrays)."""
+    if hasattr(block, "nbytes"):
+        return block.nbytes
+    return block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
+
+
+def _freeze(block):
+    for arr in ((block,) if hasattr(block, "setflags") else
+                (block.data, block.indices, block.indptr)):
+        arr.setflags(write=False)
+
+
 def lookup(key):
     """The cached panel for ``key`` or None."""
     return _panels.get(key)
@@ -67,13 +80,14 @@ def offer(key, block, fraction):
     with _lock:
         if key in _panels:
             return True
-        if _bytes + block.nbytes > fraction * limit:
+        size = _nbytes(block)
+        if _bytes + size > fraction * limit:
             return False
-        if _rss() + block.nbytes > RSS_CEILING * limit:
+        if _rss() + size > RSS_CEILING * limit:
             return False
-        block.setflags(write=False)
+        _freeze(block)
         _panels[key] = block
-        _bytes += block.nbytes
+        _bytes += size
         return True
 
 
@@ -82,7 +96,7 @@ def release(token):
     global _bytes
     with _lock:
         keys = [k for k in _panels if k[0] == token]
-        freed = sum(_panels.pop(k).nbytes for k in keys)
+        freed = sum(_nbytes(_panels.pop(k)) for k in keys)
         _bytes -= freed
     return freed
 
@@ -90,4 +104,4 @@ def release(token):
 def cached_bytes(token=None):
     """Bytes held (for one job, or in all)."""
     with _lock:
-        return sum(v.nbytes for k, v in _panels.items() if token is None or k[0] == token)
+        return sum(_nbytes(v) for k, v in _panels.items() if token is None or k[0] == token)

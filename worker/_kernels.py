@@ -10,6 +10,10 @@ When the tall view is centred (PCA), ``a`` has already been shifted by a
 common pivot row ``p`` (``a = A_i − 1pᵀ``, see :func:`prepare_panel`),
 so that an offset common to all rows never enters a rounding error.
 
+A panel may also be sparse (a CSR panel of a sparse source, :mod:`._sparse_kernels`):
+the kernels of the randomized, sketch and energy-target methods then dispatch
+to sparse products there, and it is never shifted (centring is implicit).
+
 Sums of squares are carried scaled (:mod:`._sumsq`, re-exported here with the
 panel statistics); the QR of a block is :mod:`._qr`.
 """
@@ -22,13 +26,14 @@ import numpy as np
 
 # The kernels' own building blocks, pure NumPy too (``from . import``: no package but NumPy
 # enters here); their names are re-exported as this module's, where the kernels are used.
-from . import _qr, _sumsq
+from . import _qr, _sparse_kernels, _sumsq
 
 qr_r, qr_apply, qr_full, thin_qr, with_ones = (_qr.qr_r, _qr.qr_apply, _qr.qr_full,
                                                _qr.thin_qr, _qr.with_ones)
 sumsq, add_sumsq, scale_sumsq, sumsq_norm, tail_norms = (
     _sumsq.sumsq, _sumsq.add_sumsq, _sumsq.scale_sumsq, _sumsq.sumsq_norm, _sumsq.tail_norms)
-panel_stats, merge_stats = _sumsq.panel_stats, _sumsq.merge_stats
+merge_stats = _sumsq.merge_stats
+is_sparse = _sparse_kernels.is_sparse
 abs_max, blocked_sumsq, times_pow2 = _sumsq.abs_max, _sumsq.blocked_sumsq, _sumsq.times_pow2
 
 __all__ = [
@@ -70,6 +75,13 @@ __all__ = [
 # --------------------------------------------------------------------------- panel preparation
 
 
+def panel_stats(a, center=False):
+    """:func:`~._sumsq.panel_stats` of a dense or sparse (:mod:`._sparse_kernels`) panel."""
+    if is_sparse(a):
+        return _sparse_kernels.sparse_stats(a, center)
+    return _sumsq.panel_stats(a, center)
+
+
 def prepare_panel(a, *, shift=None, center_rows=False, owned=False):
     """Shift or row-centre a panel before any kernel sees it.
 
@@ -93,6 +105,8 @@ def prepare_panel(a, *, shift=None, center_rows=False, owned=False):
     block : ndarray of shape (rows, n)
     row_means : ndarray of shape (rows,) or None
     """
+    if is_sparse(a):  # never shifted; rows centred implicitly (a RowCentered view)
+        return _sparse_kernels.row_centered(a) if center_rows else (a, None)
     if shift is not None:
         a = np.subtract(a, shift, out=a if owned else None)
     if not center_rows:
@@ -319,6 +333,8 @@ def power_leaf(a, g, mu, mu_g=None):
     dict with ``z`` (ndarray of shape (n, l)) and ``e`` (int): the product is
     ``z·2**e``.
     """
+    if is_sparse(a):
+        return _sparse_kernels.sparse_power_leaf(a, g, mu, mu_g)
     if mu is None or mu_g is not None:
         return _power_blocked(a, g, mu, mu_g)
     y = a @ g
@@ -374,6 +390,8 @@ def _power_blocked(a, g, mu, mu_g):
 
 def _residual_sumsq(a, q, c):
     """‖a − q c‖²_F as a :func:`sumsq` pair, formed block by block (no cancellation)."""
+    if is_sparse(a):
+        return _sparse_kernels.sparse_residual_sumsq(a, q, c)
     def difference(i, r):
         np.matmul(q[i], c, out=r)
         np.subtract(a[i], r, out=r)

@@ -99,11 +99,14 @@ class Limits:
     max_band_bytes : int, default=4 GiB
         Bytes of one chunk as float64: a compressed chunk is decoded whole,
         so a worker must hold it (raw chunks are read in slices).
+    max_nnz : int, default=2**40
+        Stored values of a sparse source (:mod:`._sparse_source`).
     """
 
     max_chunks: int = 1_000_000
     max_panels: int = 1_000_000
     max_band_bytes: int = 4 * 2**30
+    max_nnz: int = 2**40
 
 
 def check_limits(shape, chunks, panel_bytes=None, limits=None, *, what="the source",

@@ -57,8 +57,8 @@ from ._meta import (META_DOCUMENT, SourceInfo, check_metadata, chunk_region, inf
 from ._missing import absent_chunks_note, json_fill, missing_chunks_mode
 from ._view import MatrixView, identity_view
 
-__all__ = ["SourceRef", "SourcePin", "pin_source", "inspect_pinnable", "missing_message",
-           "change_message"]
+__all__ = ["SourceRef", "SourcePin", "pin_source", "pin_component", "inspect_pinnable",
+           "missing_message", "change_message"]
 
 
 @dataclass(frozen=True)
@@ -520,6 +520,38 @@ def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
                                 f"{exc}", field="source") from exc
     ref = replace(ref, meta_digest=digest)
     return check_metadata(ref, meta, url, array, sample_dims, panel_bytes, limits)
+
+
+def pin_component(url, array, *, storage_options=None, roots=(), forbidden=()):
+    """Pin one Zarr array of any shape as it is (no matrix checks): a component of a
+    sparse group (:mod:`._sparse_source`), e.g. its 1-D ``indptr``.
+
+    Returns
+    -------
+    SourcePin
+        ``info`` holds the stored shape, dtype and chunks (not a matrix's).
+    """
+    url = str(os.fspath(url))
+    loc, array, fmt, remote = _locate(url, array, storage_options)
+    name = repr(url) + (f" array {array!r}" if array else "")
+    ref = SourceRef(url=loc, remote=remote, zarr_format=fmt, meta_digest="", shape=(),
+                    key_chunks=(), listing_digest="",
+                    guard=Guard(tuple(roots), tuple(os.path.realpath(f) for f in forbidden)),
+                    options_key=options_key(storage_options if remote else None), name=name)
+    doc = read_meta(ref, at_pin=True)
+    digest = hashlib.sha256(doc).hexdigest()
+    try:
+        meta = parse_meta(fmt, digest, doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
+                                f"{exc}", field="source") from exc
+    shape = tuple(int(s) for s in meta.shape)
+    chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+    ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=chunks)
+    stamps = _stamps(ref, meta, at_pin=True)
+    ref = replace(ref, listing_digest=_listing_digest(stamps))
+    dtype = str(np.dtype(meta.dtype.to_native_dtype()))
+    return SourcePin(ref, stamps, SourceInfo(shape, dtype, chunks, url, array, fmt))
 
 
 def inspect_pinnable(url, array=None, *, storage_options=None, panel_bytes=None, limits=None,

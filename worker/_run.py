@@ -139,7 +139,9 @@ class Run:
     pivot : ndarray of shape (n,), optional
         With ``center``: the common row every panel is shifted by before any
         arithmetic (the tall view's first row), so that the column offsets
-        never enter a rounding error.
+        never enter a rounding error. None with ``center``: panels are not
+        shifted and the centring is implicit (sparse panels,
+        :mod:`._sparse_kernels`).
     cache : (token, fraction), optional
         Keep decoded panels in worker memory between passes (:mod:`._cache`).
     missing : tuple of float, optional
@@ -157,10 +159,11 @@ class Run:
         self.m, self.n = tall_shape
         self.center, self.center_rows = center, center_rows
         self.passes, self.progress, self.wide = passes, progress, wide
-        self.pivot = pivot if center else None
+        self.implicit = bool(center and pivot is None)
+        self.pivot = (np.zeros(self.n) if pivot is None else pivot) if center else None
         self.cache = cache
         self.missing, self.decide_missing = missing, decide_missing
-        self._shift = engine.scatter(self.pivot) if self.pivot is not None else None
+        self._shift = engine.scatter(pivot) if center and pivot is not None else None
         self.pass_no = 0
         self.stats = None
         self.panel_stats = None

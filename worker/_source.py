@@ -33,8 +33,10 @@ from ._errors import InvalidInputError
 from ._layout import Layout, plan_layout
 from ._meta import SourceInfo, check_limits, check_matrix
 from ._missing import missing_chunks_mode
-from ._pin import SourcePin, SourceRef, inspect_pinnable, pin_source
+from ._pin import SourcePin, SourceRef, inspect_pinnable
 from ._read import decodes_directly, read_array, read_pinned
+from ._sparse_source import (SparsePanel, SparsePin, find_sparse, first_row, pin_source,
+                             sparse_panels)
 from ._view import MatrixView, make_view
 
 __all__ = ["Source", "PanelRef", "PanelRefs", "open_source", "inspect_source", "read_panel"]
@@ -42,10 +44,12 @@ __all__ = ["Source", "PanelRef", "PanelRefs", "open_source", "inspect_source", "
 
 @dataclass
 class Source:
-    """A validated input. ``kind`` is ``"zarr"``, ``"numpy"`` or ``"dask"``.
+    """A validated input. ``kind`` is ``"zarr"``, ``"sparse"``, ``"numpy"`` or ``"dask"``.
 
     ``pin`` (a :class:`~._pin.SourcePin`) is set for Zarr arrays read from a
-    path or URL: panels are then read through it on the workers.
+    path or URL: panels are then read through it on the workers; for a sparse
+    group (:mod:`._sparse_source`) it is a :class:`~._sparse_source.SparsePin`
+    and the panels are CSR row blocks of its CSR view.
     """
 
     info: SourceInfo
@@ -70,7 +74,9 @@ class Source:
 
     @property
     def wide(self):
-        """True when the matrix is decomposed through its transpose."""
+        """True when the matrix is decomposed through its transpose (a CSC group always)."""
+        if self.kind == "sparse":
+            return self.pin.wide
         m, n = self.info.shape
         return m < n
 
@@ -93,7 +99,8 @@ class Source:
     def decodes_directly(self, reader):
         """Whether panels of this source are decoded by :func:`~._read.read_box` under
         ``reader`` (a pinned source whose chunks allow it)."""
-        return self.pin is not None and decodes_directly(self.pin.ref, reader)
+        return self.kind == "zarr" and self.pin is not None and decodes_directly(
+            self.pin.ref, reader)
 
     def bounded(self, panel_bytes):
         """An unpinned Zarr array whose chunk band exceeds the budget, as a dask array
@@ -106,12 +113,16 @@ class Source:
 
         return Source(self.info, "dask", da.from_array(self.obj, chunks=self.obj.chunks))
 
-    def layout(self, panel_bytes):
-        """How this source is cut into panels (:func:`~._layout.plan_layout`)."""
+    def layout(self, panel_bytes, *, densify=False):
+        """How this source is cut into panels (:func:`~._layout.plan_layout`; sparse:
+        :meth:`~._sparse_source.SparsePin.layout`, ``densify`` for the exact method)."""
+        if self.kind == "sparse":
+            return self.pin.layout(panel_bytes, densify=densify)
         return plan_layout(self.info, in_memory=self.kind != "zarr", pinned=self.pin is not None,
                            panel_bytes=panel_bytes)
 
-    def panels(self, bounds, engine, *, scratch=None, sliced=False, direct=False):
+    def panels(self, bounds, engine, *, scratch=None, sliced=False, direct=False,
+               densify=False):
         """Panel arguments for each (start, stop) of the tall view.
 
         Parameters
@@ -126,8 +137,12 @@ class Source:
             Read by byte range (:func:`~._read.read_slices`).
         direct : bool
             Decode the source's chunks straight into the panels (:func:`~._read.read_box`).
+        densify : bool
+            Sparse: the panel task densifies each panel (the exact method).
         """
         wide = self.wide
+        if self.kind == "sparse":
+            return sparse_panels(self.pin, bounds, densify)
         if self.kind == "zarr":
             if scratch is not None:  # already in the tall orientation
                 return PanelRefs(scratch, bounds, False, sliced)
@@ -156,6 +171,8 @@ class Source:
         """
         if self.kind == "dask":
             row = self.obj[0].compute()
+        elif self.kind == "sparse":
+            row = first_row(self.pin)
         elif isinstance(panels, PanelRefs):
             row = read_panel(PanelRefs(panels.pin, [(0, 1)], panels.wide, panels.sliced,
                                        panels.direct)[0])[0]
@@ -171,6 +188,8 @@ class Source:
 
     def reader_used(self, layout: Layout, direct):
         """What decodes the stored chunks, for ``report["plan"]["reader"]``."""
+        if self.kind == "sparse":
+            return "sparse (zarr slices of indptr, indices and data)"
         if self.kind != "zarr":
             return "memory" if self.kind == "numpy" else "dask"
         decode = "direct" if direct else "zarr"
@@ -215,8 +234,9 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
 
     Parameters
     ----------
-    source : SourcePin, zarr.Array, str, os.PathLike, ndarray or dask array
-        The matrix, a path/URL of a Zarr array or group, or a source pinned
+    source : SourcePin, SparsePin, zarr.Array, str, os.PathLike, ndarray or dask array
+        The matrix, a path/URL of a Zarr array or group (a sparse AnnData or
+        Binsparse group too, :mod:`._sparse_source`), or a source pinned
         earlier with :func:`pin_source` (then re-checked against storage).
     array : str, optional
         Path of the array inside a group.
@@ -265,6 +285,10 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
         pin.verify()
         pin.check_missing()
         return Source(pin.info, "zarr", None, pin=pin)
+    if isinstance(source, SparsePin):
+        pin = source.with_options(storage_options=storage_options)
+        pin.verify()
+        return Source(pin.info, "sparse", None, pin=pin)
     if isinstance(source, zarr.Array):
         path = _local_path_of(source)
         if path is not None:
@@ -318,6 +342,9 @@ def inspect_source(source, *, array=None, storage_options=None, sample_dims=None
     ------
     SourceNotFoundError, InvalidInputError, StorageError
     """
+    if (hasattr(source, "__fspath__") or isinstance(source, str)) and find_sparse(
+            str(os.fspath(source)), array, storage_options) is not None:
+        return pin_source(str(os.fspath(source)), array, storage_options=storage_options).info
     if hasattr(source, "__fspath__") or isinstance(source, str):
         return inspect_pinnable(source, array, storage_options=storage_options,
                                 sample_dims=sample_dims)
@@ -401,5 +428,7 @@ def read_panel(panel):
     -------
     ndarray of shape (rows, n), float64 (the input itself when it already is)
     """
-    block = panel.read() if isinstance(panel, PanelRef) else panel
+    block = panel.read() if isinstance(panel, (PanelRef, SparsePanel)) else panel
+    if isinstance(panel, SparsePanel):
+        return block  # a float64 csr_matrix
     return np.asarray(block, dtype=np.float64)

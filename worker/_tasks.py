@@ -14,6 +14,7 @@ import numpy as np
 from . import _cache
 from ._kernels import mask_missing, prepare_panel
 from ._source import PanelRef, read_panel
+from ._sparse_source import SparsePanel
 
 __all__ = ["panel_task"]
 
@@ -26,7 +27,7 @@ def _read(panel, missing):
     block = read_panel(panel)
     # An in-memory panel converted to float64 is ours; a view of it (a read-only
     # memmap seen through np.asarray, say) is not.
-    owned = isinstance(panel, PanelRef) or not np.may_share_memory(block, panel)
+    owned = isinstance(panel, (PanelRef, SparsePanel)) or not np.may_share_memory(block, panel)
     if missing is None:
         return block, owned, None
     masked, counts = mask_missing(block, missing, owned=owned)
@@ -38,7 +39,7 @@ def _load(panel, cache, missing=None):
 
     A cached block was masked when it was read; ``counts`` is None then.
     """
-    if cache is None or not isinstance(panel, PanelRef):
+    if cache is None or not isinstance(panel, (PanelRef, SparsePanel)):
         block, owned, counts = _read(panel, missing)
         return block, block.shape[0], owned, counts
     token, fraction = cache
@@ -67,6 +68,8 @@ def panel_task(kernel, panel, shift, cache, missing, *args):
         ``counts``: missing entries per column and per row of the panel, or None.
     """
     block, rows_read, owned, counts = _load(panel, cache, missing)
+    if getattr(panel, "densify", False):  # a sparse panel (cached as CSR) for the exact method
+        block, owned = block.toarray(), True
     if shift is not None:
         block, owned = prepare_panel(block, shift=shift, owned=owned)[0], True
     out = (kernel(block, *args, owned=owned) if getattr(kernel, "takes_owned", False)
