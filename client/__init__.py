@@ -48,6 +48,7 @@ from ._errors import (
     Unauthorized,
 )
 from ._formats import read_matrix
+from ._sparse import write_sparse
 from ._job import Job, Progress
 from ._lstsq import LstsqResult
 from ._pca import PCA
@@ -63,6 +64,7 @@ __all__ = [
     "PCA",
     "LstsqResult",
     "read_matrix",
+    "write_sparse",
     "rotate",
     "Rotation",
     "north_errors",

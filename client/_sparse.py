@@ -23,7 +23,7 @@ import numpy as np
 from ._errors import InputFileError
 
 __all__ = ["SparseRows", "is_sparse", "as_sparse_rows", "read_npz_sparse", "read_h5ad",
-           "write_sparse_zarr", "ENCODING", "CHUNK_VALUES"]
+           "write_sparse_zarr", "write_sparse", "ENCODING", "CHUNK_VALUES"]
 
 #: AnnData's encoding of a CSR matrix in a Zarr/HDF5 group.
 ENCODING = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
@@ -215,3 +215,28 @@ def write_sparse_zarr(rows: SparseRows, url: str, *, array: str | None = None,
             data[lo:hi], indices[lo:hi] = val, idx
     group.update_attributes({**ENCODING, "shape": [m, int(rows.shape[1])]})
     return url
+
+
+def write_sparse(x, url: str, *, array: str | None = None,
+                 storage_options: dict[str, Any] | None = None, overwrite: bool = False) -> str:
+    """Write a ``scipy.sparse`` matrix (CSR, CSC, COO, ...) as AnnData's CSR encoding in Zarr.
+
+    The group ``anndata.io.write_elem`` writes for a ``csr_matrix`` (``data``,
+    ``indices``, ``indptr``; attributes ``encoding-type``, ``encoding-version``,
+    ``shape``), which jobs read as a sparse source; never densified.
+
+    Parameters
+    ----------
+    x : scipy.sparse matrix or array of shape (m, n)
+    url : str
+        A local path or ``s3://`` URL.
+    array : str or None
+        Write inside the group at ``url`` under this name (as ``X`` of an AnnData store).
+
+    Returns
+    -------
+    str
+        ``url``.
+    """
+    return write_sparse_zarr(as_sparse_rows(x), url, array=array,
+                             storage_options=storage_options, overwrite=overwrite)

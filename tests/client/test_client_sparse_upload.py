@@ -43,11 +43,15 @@ def test_upload_sparse_over_http_sends_csr_blocks_only(service, fmt):
 
 
 def test_submit_a_sparse_matrix_uploads_it_first(client):
-    x = sp.random(40, 12, density=0.3, format="csr", random_state=8)
-    source, name = client._source_url(x)  # what submit names as source.url
-    assert name.startswith("array-")
-    np.testing.assert_array_equal(read_back(source).toarray(), x.toarray())
-    client.delete_upload(name)
+    x = sp.random(200, 30, density=0.2, format="csr", random_state=8)
+    job = client.submit(x, rank=4, method="exact", center=True)
+    result = job.result(timeout=120)
+    dense = x.toarray()
+    s = np.linalg.svd(dense - dense.mean(axis=0), compute_uv=False)
+    # exact (TSQR) is backward stable: |error of s_i| <= c * eps * s_1, and s_1/s_4 < 2 here
+    np.testing.assert_allclose(result.S, s[:4], rtol=1e3 * np.finfo(float).eps)
+    source = job["request"]["source"]["url"]
+    assert any(u["source"] == source and u["format"] == "csr" for u in client.uploads())
 
 
 def test_upload_sparse_to_storage_into_a_group(client, data_dir):
