@@ -19,6 +19,7 @@ from svdserve.worker import (
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
+    SparsePin,
     check_layout,
     pin_source,
     plan,
@@ -257,7 +258,8 @@ async def _check_layout(svc: Services, pin) -> dict:
     """The panel layout (stored and shown as `plan`); a 422 when one unavoidable read unit
     does not fit the smallest worker."""
     info, settings = pin.info, svc.settings
-    layout = plan_layout(info, panel_bytes=settings.panel_bytes)
+    layout = (pin.layout(settings.panel_bytes) if isinstance(pin, SparsePin)
+              else plan_layout(info, panel_bytes=settings.panel_bytes))
     try:
         check_layout(layout, await svc.cluster.worker_memory(), settings.memory_fraction,
                      name=pin.ref.name, shape=info.shape, chunks=info.chunks)

@@ -64,11 +64,11 @@ from datetime import datetime
 
 from svdserve.worker import (
     Phase,
-    SourcePin,
     StorageError,
     SVDError,
     SVDParams,
     SVDResult,
+    load_pin,
     map_exception,
     pin_source,
     plan,
@@ -305,7 +305,7 @@ class Runner:
         # and after the last, and every read checks its chunk against it.
         pinned = self.store.get_pin(job.id)
         if pinned is not None:
-            source = SourcePin.from_json(pinned).with_options(storage_options=options)
+            source = load_pin(pinned).with_options(storage_options=options)
         else:  # a job stored before pins existed: pin it now, inside the roots
             roots, forbidden = self.guard
             source = pin_source(source, params.get("array"), storage_options=options,

@@ -11,9 +11,11 @@ once: :class:`SVDParams`, :class:`Execution`); :mod:`._layout` (how the matrix
 is cut into panels, pure planning); :mod:`._guard` (the read-time sandbox),
 :mod:`._meta` (metadata, checks), :mod:`._pin` (identity and stamps),
 :mod:`._decode` (codecs), :mod:`._read` (every way to read a box),
-:mod:`._source` (inputs, panels); :mod:`._cache`, :mod:`._engine` (Dask
+:mod:`._sparse_source` (AnnData and Binsparse sparse groups, pinned, in CSR
+row panels), :mod:`._source` (inputs, panels); :mod:`._cache`, :mod:`._engine` (Dask
 futures, tree reductions, progress), :mod:`._rechunk` (the one-time raw copy),
-:mod:`._kernels` (pure NumPy panel kernels, on :mod:`._sumsq` and :mod:`._qr`),
+:mod:`._kernels` (pure NumPy panel kernels, on :mod:`._sumsq`, :mod:`._qr` and
+:mod:`._sparse_kernels`),
 :mod:`._tasks` (the panel task), :mod:`._run`; the methods :mod:`._tsqr`
 (exact, Benson et al.), :mod:`._rsvd` (randomized, Halko et al.),
 :mod:`._randqb` (rank by energy target, Yu, Gu & Li), :mod:`._sketch` (one
@@ -40,9 +42,10 @@ from ._errors import (
 from ._layout import Layout, PanelPlan, check_layout, plan_layout, plan_panels
 from ._meta import Limits, SourceInfo, check_limits
 from ._methods import METHODS, Method
-from ._pin import SourcePin, pin_source
+from ._pin import SourcePin
 from ._result import SVDResult, load
 from ._source import inspect_source
+from ._sparse_source import SparsePin, load_pin, pin_source
 from ._spec import (
     DEFAULT_MEMORY_FRACTION,
     DEFAULT_PANEL_BYTES,
@@ -70,6 +73,8 @@ __all__ = [
     "smallest_memory_limit",
     "pin_source",
     "SourcePin",
+    "SparsePin",
+    "load_pin",
     "Limits",
     "check_limits",
     "SVDResult",
