@@ -48,6 +48,7 @@ from ._errors import (
     Unauthorized,
 )
 from ._formats import read_matrix
+from ._scanpy import to_scanpy
 from ._sparse import write_sparse
 from ._job import Job, Progress
 from ._lstsq import LstsqResult
@@ -65,6 +66,7 @@ __all__ = [
     "LstsqResult",
     "read_matrix",
     "write_sparse",
+    "to_scanpy",
     "rotate",
     "Rotation",
     "north_errors",
