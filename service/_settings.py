@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     max_band_bytes : int, default=4 GiB
         A source with compressed chunks larger than this (as float64; a
         compressed chunk is decoded whole) is refused at submit.
+    max_nnz : int, default=2**40
+        A sparse source (AnnData or Binsparse group) storing more values is
+        refused at submit.
     memory_fraction : float, default=0.5
         A source whose unavoidable read unit (one compressed chunk decoded,
         with its copies) exceeds this share of the smallest worker's memory
@@ -220,6 +223,7 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=_LIMITS.max_chunks, ge=1)
     max_panels: int = Field(default=_LIMITS.max_panels, ge=1)
     max_band_bytes: int = Field(default=_LIMITS.max_band_bytes, ge=1)
+    max_nnz: int = Field(default=_LIMITS.max_nnz, ge=1)
     memory_fraction: float = Field(default=_WORKER.memory_fraction, gt=0.0, le=1.0)
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -330,7 +334,7 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         """The sanity limits on sources (:class:`svdserve.worker.Limits`)."""
         return Limits(max_chunks=self.max_chunks, max_panels=self.max_panels,
-                      max_band_bytes=self.max_band_bytes)
+                      max_band_bytes=self.max_band_bytes, max_nnz=self.max_nnz)
 
 
 def _tenant_tokens(tokens: SecretStr | None, tokens_file: Path | None) -> list[tuple[str, str]]:

@@ -62,15 +62,17 @@ def test_kernels_import_only_numpy():
 
 
 def test_kernel_building_blocks_import_only_numpy():
-    """What the kernels take from their sibling modules (scaled sums of squares, QR) is
-    pure NumPy too: the whole kernel family imports nothing but NumPy, SciPy and math."""
+    """What the kernels take from their sibling modules (scaled sums of squares, QR, the
+    sparse-panel kernels) is pure NumPy too: the whole kernel family imports nothing but
+    NumPy, SciPy (scipy.sparse for sparse panels) and math."""
     siblings = [a.name for node in ast.walk(ast.parse((ROOT / "worker/_kernels.py").read_text()))
                 if isinstance(node, ast.ImportFrom) and node.level and not node.module
                 for a in node.names]
-    assert sorted(siblings) == ["_qr", "_sumsq"]
+    assert sorted(siblings) == ["_qr", "_sparse_kernels", "_sumsq"]
     for name in siblings:
         assert _imports_of(ROOT / f"worker/{name}.py") <= {
-            "__future__", "math", "numpy", "scipy", "scipy.linalg", "_sumsq"}, name
+            "__future__", "math", "numpy", "scipy", "scipy.linalg", "scipy.sparse",
+            "_sumsq"}, name
 
 
 def _imports_of(path):

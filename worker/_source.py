@@ -286,9 +286,7 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
         pin.check_missing()
         return Source(pin.info, "zarr", None, pin=pin)
     if isinstance(source, SparsePin):
-        pin = source.with_options(storage_options=storage_options)
-        pin.verify()
-        return Source(pin.info, "sparse", None, pin=pin)
+        return _open_sparse(source, storage_options)
     if isinstance(source, zarr.Array):
         path = _local_path_of(source)
         if path is not None:
@@ -325,6 +323,13 @@ def open_source(source, *, array=None, storage_options=None, missing_chunks="fil
     raise InvalidInputError(
         f"source must be a Zarr array, a path or URL of one, or a NumPy/dask array; "
         f"got {type(source).__name__}.", field="source")
+
+
+def _open_sparse(pin, storage_options):
+    """A :class:`Source` of a pinned sparse group, re-checked against storage."""
+    pin = pin.with_options(storage_options=storage_options)
+    pin.verify()
+    return Source(pin.info, "sparse", None, pin=pin)
 
 
 def inspect_source(source, *, array=None, storage_options=None, sample_dims=None):

@@ -432,8 +432,8 @@ def sparse_bounds(indptr, n_minor, panel_bytes=None, *, densify=False):
     """Row panels of a CSR matrix sized by their non-zeros.
 
     A panel costs ``16·nnz + 8·rows`` bytes (values as float64, indices as
-    int64), plus ``8·rows·n_minor`` with ``densify``; panels end where the
-    running cost crosses a multiple of the budget, and hold at least one row.
+    int64), plus ``8·rows·n_minor`` with ``densify``; each panel is the longest
+    run of rows within the budget (greedy), and holds at least one row.
 
     Returns
     -------
@@ -442,11 +442,13 @@ def sparse_bounds(indptr, n_minor, panel_bytes=None, *, densify=False):
     budget = panel_budget(panel_bytes)
     rows = np.arange(indptr.size, dtype=np.float64)
     cost = 16.0 * indptr.astype(np.float64) + rows * 8.0 * (1 + (n_minor if densify else 0))
-    n_panels = max(1, int(-(-cost[-1] // budget)))
-    cuts = np.searchsorted(cost, budget * np.arange(1, n_panels), side="right") - 1
-    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, indptr.size - 1),
-                                      [indptr.size - 1]]))
-    return [(int(s), int(e)) for s, e in zip(edges[:-1], edges[1:])]
+    bounds, s, last = [], 0, indptr.size - 1
+    while s < last:  # greedy: the longest run of rows within the budget, at least one
+        e = int(np.searchsorted(cost, cost[s] + budget, side="right")) - 1
+        e = min(max(e, s + 1), last)
+        bounds.append((s, e))
+        s = e
+    return bounds
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from svdserve.worker import InvalidInputError, svd
 
 from tests._check import check_svd
 
+# the memory limit of each worker of the session's tight_client (tests/worker/conftest.py)
 LIMIT = 240 * 2**20  # the nanny pauses a worker at 80 % (192 MiB) and kills at 95 %
 BUDGET = 8 * 2**20
 
@@ -40,15 +41,6 @@ def _peak_rss(reset=False):
     with open("/proc/self/status") as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     return kib * 1024
-
-
-@pytest.fixture(scope="module")
-def tight_client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=LIMIT,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
 
 
 def _low_rank(m, n, seed):
