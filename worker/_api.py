@@ -427,6 +427,7 @@ def _write_tall(job, run, fac, signs):
     if job.out is not None:
         # U (the tall factor) in panel-aligned chunks: each panel writes whole chunks.
         chunk_out = (src.tall_chunk if job.layout.kind == "chunks"
+                     else job.layout.tall_chunks[0] if job.layout.kind == "sparse"  # row grid
                      else bounds[0][1] - bounds[0][0])
         writer = ResultWriter(job.out, job.out_opts, (m, n), fac.rank, chunk_out, src.wide,
                               job.params.center, with_tall=fac.tall is not None)

@@ -36,7 +36,8 @@ error naming its rows (:class:`~._errors.InvalidInputError`,
 Panels are sized by their non-zeros (:func:`sparse_bounds`): each holds at
 most the panel budget of ``16·nnz + 8·rows`` bytes (float64 values and int64
 indices as decoded), plus ``8·rows·n`` when the method densifies one panel
-at a time (``exact``).
+at a time (``exact``), or one block of ``q`` rows: panels are cut on a grid of
+``q`` rows, the chunk height of the written left factor.
 """
 
 from __future__ import annotations
@@ -429,26 +430,36 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
 
 
 def sparse_bounds(indptr, n_minor, panel_bytes=None, *, densify=False):
-    """Row panels of a CSR matrix sized by their non-zeros.
+    """Row panels of a CSR matrix sized by their non-zeros, on a grid of ``q`` rows.
 
     A panel costs ``16·nnz + 8·rows`` bytes (values as float64, indices as
-    int64), plus ``8·rows·n_minor`` with ``densify``; each panel is the longest
-    run of rows within the budget (greedy), and holds at least one row.
+    int64), plus ``8·rows·n_minor`` with ``densify``. Panels start and end on
+    multiples of ``q`` rows (a power of two, about a quarter of the rows an
+    average panel holds), so the left factor, written in chunks of ``q`` rows,
+    has no chunk shared by two panels; each panel is the longest run of such
+    row blocks within the budget (greedy), and holds at least one block.
 
     Returns
     -------
-    list of (int, int)
+    bounds : list of (int, int)
+    q : int
     """
     budget = panel_budget(panel_bytes)
+    major = indptr.size - 1
     rows = np.arange(indptr.size, dtype=np.float64)
     cost = 16.0 * indptr.astype(np.float64) + rows * 8.0 * (1 + (n_minor if densify else 0))
-    bounds, s, last = [], 0, indptr.size - 1
-    while s < last:  # greedy: the longest run of rows within the budget, at least one
-        e = int(np.searchsorted(cost, cost[s] + budget, side="right")) - 1
-        e = min(max(e, s + 1), last)
-        bounds.append((s, e))
-        s = e
-    return bounds
+    per_panel = budget / max(cost[-1] / max(major, 1), 1.0)
+    q = 1 << max(0, int(np.floor(np.log2(max(per_panel / 4, 1.0)))))
+    q = min(q, max(major, 1))
+    edges = np.r_[np.arange(0, major, q), major]
+    at = cost[edges]
+    bounds, i, last = [], 0, edges.size - 1
+    while i < last:  # greedy: the most row blocks within the budget, at least one
+        j = int(np.searchsorted(at, at[i] + budget, side="right")) - 1
+        j = min(max(j, i + 1), last)
+        bounds.append((int(edges[i]), int(edges[j])))
+        i = j
+    return bounds, int(q)
 
 
 @dataclass(frozen=True)
@@ -472,9 +483,10 @@ class SparseLayout(Layout):
 def sparse_layout(pin, indptr, panel_bytes=None, *, densify=False):
     """The :class:`SparseLayout` of a pinned sparse group."""
     major, minor = pin.fmt.major_shape
-    bounds = sparse_bounds(indptr, minor, panel_bytes, densify=densify)
+    bounds, q = sparse_bounds(indptr, minor, panel_bytes, densify=densify)
     per_row = np.diff(indptr.astype(np.int64))
     unit = int(16 * per_row.max() + 8 + (8 * minor if densify else 0)) if major else 0
+    # tall_chunks: (q, minor), the row grid the panels (and U's chunks) are aligned to
     peak = max(int(16 * (indptr[e] - indptr[s]) + 8 * (e - s) * (1 + minor * densify))
                for s, e in bounds)
     how = (f"densified one panel at a time ({'exact' if densify else ''} method), the "
@@ -483,7 +495,7 @@ def sparse_layout(pin, indptr, panel_bytes=None, *, densify=False):
               f" sized by their non-zeros ({pin.nnz} in all) within the "
               f"{panel_budget(panel_bytes) / 2**20:.4g} MiB budget; {how}")
     step = max(e - s for s, e in bounds)
-    return SparseLayout("sparse", (major, minor), (major, minor), step, len(bounds), unit,
+    return SparseLayout("sparse", (major, minor), (q, minor), step, len(bounds), unit,
                         peak, reason, tuple(bounds), int(pin.nnz), bool(densify))
 
 
