@@ -80,3 +80,18 @@ def test_cli_upload_npz_and_h5ad_layer(service, tmp_path, capsys):
     assert main(["upload", str(tmp_path / "x.h5ad"), "cli-h5ad-2", "--layer", "nope",
                  *auth]) != 0
     assert "its layers: ['counts']" in capsys.readouterr().err
+
+
+def test_interrupted_sparse_upload_resumes_with_the_missing_blocks_only(service):
+    from tests.client.test_client_upload import Interrupted
+
+    x = sp.random(100, 30, density=0.1, format="csr", random_state=12)  # 5 blocks of 20 rows
+    c1, sent1 = recording_client(service, fail_at=2)
+    with pytest.raises(Interrupted):
+        c1.upload(x, "sparse-resumed", block_rows=20)
+    c2, sent2 = recording_client(service)
+    with pytest.raises(ValueError, match="holds other data in block 0"):
+        c2.upload(x * 2, "sparse-resumed", block_rows=20)  # not the same matrix: no mixing
+    source = c2.upload(x, "sparse-resumed", block_rows=20)
+    assert [i for i, _ in sent1] == [0, 1] and [i for i, _ in sent2] == [2, 3, 4]
+    np.testing.assert_array_equal(read_back(source).toarray(), x.toarray())
