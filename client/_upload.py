@@ -95,7 +95,8 @@ def _find_or_create(http: HTTPTransport, name: str, shape: tuple[int, int], dtyp
         if (item["name"] == name and item["state"] == "uploading"
                 and tuple(item["shape"]) == shape and item["dtype"] == dtype
                 and block_rows in (None, item["block_rows"])
-                and all(item.get(k) == v for k, v in (sparse or {"format": "dense"}).items())):
+                and (item.get("format") or "dense") == (sparse or {}).get("format", "dense")
+                and all(item.get(k) == v for k, v in (sparse or {}).items())):
             return http.get_json(f"/v1/uploads/{item['id']}", params={"digests": "true"})
     body: dict[str, Any] = {"name": name, "shape": list(shape), "dtype": dtype, **(sparse or {})}
     if block_rows is not None:
