@@ -80,6 +80,12 @@ def test_cli_upload_npz_and_h5ad_layer(service, tmp_path, capsys):
     assert main(["upload", str(tmp_path / "x.h5ad"), "cli-h5ad-2", "--layer", "nope",
                  *auth]) != 0
     assert "its layers: ['counts']" in capsys.readouterr().err
+    dense = anndata.AnnData(X=x.toarray())  # a dense .X goes as a dense array, row blocks
+    with anndata.settings.override(allow_write_nullable_strings=True):
+        dense.write_h5ad(tmp_path / "d.h5ad")
+    assert main(["upload", str(tmp_path / "d.h5ad"), "cli-h5ad-dense", *auth]) == 0
+    z = zarr.open_array(capsys.readouterr().out.strip(), mode="r")
+    np.testing.assert_array_equal(z[...], x.toarray())
 
 
 def test_interrupted_sparse_upload_resumes_with_the_missing_blocks_only(service):
