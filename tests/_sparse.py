@@ -16,7 +16,8 @@ __all__ = ["sparse_low_rank", "counts", "write_anndata", "write_binsparse", "wri
            "STORES"]
 
 #: (encoding, orientation) of every store kind the tests write.
-STORES = [("anndata", "csr"), ("anndata", "csc"), ("binsparse", "csr"), ("binsparse", "csc")]
+STORES = [("anndata", "csr"), ("anndata", "csc"), ("binsparse", "csr"), ("binsparse", "csc"),
+          ("binsparse", "coo")]
 
 
 def sparse_low_rank(m, n, *, rank=6, density=0.3, noise=1e-9, seed=0):
@@ -57,8 +58,10 @@ def write_anndata(path, x):
 
 
 def write_binsparse(path, x, fmt="CSR", *, chunk=500, zarr_format=3):
-    """A Binsparse 0.1 CSR or CSC group, written with zarr (uint64 indices, as the spec's
-    reference writers do)."""
+    """A Binsparse 0.1 CSR, CSC or COO (sorted by row) group, written with zarr (uint64
+    indices, as the spec's reference writers do)."""
+    if fmt == "COO":
+        return _write_coo(path, sp.csr_matrix(x).tocoo(), chunk)
     m = sp.csr_matrix(x) if fmt == "CSR" else sp.csc_matrix(x)
     g = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     g.attrs["binsparse"] = {
@@ -69,6 +72,19 @@ def write_binsparse(path, x, fmt="CSR", *, chunk=500, zarr_format=3):
                          ("indices_1", m.indices.astype(np.uint64), chunk),
                          ("values", m.data, chunk)]:
         z = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=(c,))
+        z[:] = arr
+    return str(path)
+
+
+def _write_coo(path, m, chunk):
+    g = zarr.open_group(str(path), mode="w")
+    g.attrs["binsparse"] = {
+        "version": "0.1", "format": "COO", "shape": list(m.shape),
+        "number_of_stored_values": int(m.nnz),
+        "data_types": {"indices_0": "uint64", "indices_1": "uint64", "values": "float64"}}
+    for name, arr in [("indices_0", m.row.astype(np.uint64)),
+                      ("indices_1", m.col.astype(np.uint64)), ("values", m.data)]:
+        z = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=(chunk,))
         z[:] = arr
     return str(path)
 

@@ -9,8 +9,11 @@ AnnData (``anndata`` writes ``.X`` and layers so; its ``_io/specs/methods.py``)
     store, name it with ``array="X"`` or ``array="layers/counts"``.
 Binsparse (the GraphBLAS Binary Sparse Format, version 0.1)
     A group whose ``binsparse`` attribute is the descriptor ``{"version",
-    "format": "CSR" | "CSC", "shape": [m, n], "number_of_stored_values",
-    "data_types"}``, holding ``pointers_to_1``, ``indices_1`` and ``values``.
+    "format": "CSR" | "CSC" | "COO", "shape": [m, n], "number_of_stored_values",
+    "data_types"}``, holding ``pointers_to_1``, ``indices_1`` and ``values``
+    (COO: ``indices_0``, ``indices_1``, ``values``, sorted by row; its row
+    pointer is counted from ``indices_0`` at pin, :func:`coo_indptr`, and each
+    panel reads the entries of its rows).
 
 A CSR group is read in row panels: panel i is rows ``s:e``, read as
 ``indptr[s:e+1]`` and the matching slices ``indices[p_s:p_e]``,
@@ -59,7 +62,7 @@ from ._spec import panel_budget
 
 __all__ = ["SparseFormat", "SparsePin", "SparsePanel", "SparseLayout", "sparse_format",
            "find_sparse", "pin_sparse", "pin_source", "load_pin", "sparse_bounds",
-           "sparse_layout", "sparse_panels", "first_row", "read_part"]
+           "sparse_layout", "sparse_panels", "first_row", "read_part", "coo_indptr"]
 
 #: The arrays of each encoding, in the order (indptr, indices, data).
 _ARRAYS = {"anndata": ("indptr", "indices", "data"),
@@ -88,8 +91,15 @@ class SparseFormat:
 
     @property
     def names(self):
-        """Array names for ``(indptr, indices, data)``."""
+        """Array names for ``(indptr, indices, data)`` (COO: ``(rows, columns, values)``)."""
+        if self.orient == "coo":
+            return ("indices_0", "indices_1", "values")
         return _ARRAYS[self.encoding]
+
+    @property
+    def parts(self):
+        """Keys of :attr:`SparsePin.parts`, in the order of :attr:`names`."""
+        return ("rows", "indices", "data") if self.orient == "coo" else _PARTS
 
     @property
     def major_shape(self):
@@ -130,11 +140,13 @@ def sparse_format(attrs, name="the group"):
     if not isinstance(desc, dict):
         raise _bad(name, f"its binsparse descriptor is {desc!r}, not an object.")
     fmt = str(desc.get("format", "")).upper()
-    if fmt not in ("CSR", "CSC"):
+    if fmt not in ("CSR", "CSC", "COO", "COOR"):
         raise _bad(name, f"its Binsparse format is {desc.get('format')!r}; svdserve reads "
-                         "'CSR' and 'CSC'. Convert it, e.g. scipy.sparse's tocsr().")
+                         "'CSR', 'CSC' and 'COO' (sorted by row). Convert it, e.g. "
+                         "scipy.sparse's tocsr().")
     nnz = desc.get("number_of_stored_values")
-    return SparseFormat("binsparse", fmt.lower(), _shape_of(desc.get("shape"), name),
+    orient = "coo" if fmt.startswith("COO") else fmt.lower()
+    return SparseFormat("binsparse", orient, _shape_of(desc.get("shape"), name),
                         None if nnz is None else int(nnz))
 
 
@@ -259,9 +271,12 @@ class SparsePin:
             p.verify()
 
     def read_indptr(self):
-        """The whole ``indptr`` (O(major) integers), read through the pin."""
+        """The whole ``indptr`` (O(major) integers), read through the pin; of a COO
+        group, counted from its row indices (read once, a chunk at a time)."""
         if self.indptr is not None:
             return self.indptr
+        if self.fmt.orient == "coo":
+            return coo_indptr(self.parts["rows"], self.fmt.shape[0], self.name)
         return read_part(self.parts["indptr"], 0, self.fmt.major_shape[0] + 1, "indptr")
 
     def layout(self, panel_bytes=None, *, densify=False):
@@ -320,7 +335,7 @@ def read_part(pin, start, stop, what):
 def _check_parts(fmt, parts, name, limits):
     """Metadata checks of the three arrays; returns the allocated number of values."""
     major, minor = fmt.major_shape
-    for part in _PARTS:
+    for part in fmt.parts:
         info = parts[part].info
         if len(info.shape) != 1:
             raise _bad(name, f"its {part} array has shape {list(info.shape)}; it must be 1-D.")
@@ -331,7 +346,14 @@ def _check_parts(fmt, parts, name, limits):
         if part == "data" and kind not in "fiub":
             raise _bad(name, f"its values have dtype {info.dtype!r}; they must be real "
                              "numbers (float or integer).")
-    if parts["indptr"].info.shape[0] != major + 1:
+    if fmt.orient == "coo":
+        if parts["rows"].info.shape[0] != parts["data"].info.shape[0]:
+            raise _bad(name, f"its indices_0 ({parts['rows'].info.shape[0]}) and values "
+                             f"({parts['data'].info.shape[0]}) arrays differ in length.")
+        if np.iinfo(np.dtype(parts["rows"].info.dtype)).max < major - 1:
+            raise _bad(name, f"its indices_0 have dtype {parts['rows'].info.dtype!r}, too "
+                             f"narrow for {major} rows; rewrite them as int64.")
+    elif parts["indptr"].info.shape[0] != major + 1:
         raise _bad(name, f"its indptr has {parts['indptr'].info.shape[0]} entries; a "
                          f"{fmt.orient.upper()} matrix of shape {list(fmt.shape)} needs "
                          f"{major + 1} (one per {'row' if fmt.orient == 'csr' else 'column'}, "
@@ -345,7 +367,7 @@ def _check_parts(fmt, parts, name, limits):
                          f"the values array holds {n_val}.")
     if np.iinfo(np.dtype(parts["indices"].info.dtype)).max < minor - 1:
         raise _bad(name, f"its indices have dtype {parts['indices'].info.dtype!r}, too "
-                         f"narrow for {minor} {'columns' if fmt.orient == 'csr' else 'rows'}; "
+                         f"narrow for {minor} {'rows' if fmt.orient == 'csc' else 'columns'}; "
                          "rewrite them as int32 or int64.")
     if n_val > limits.max_nnz:
         raise InvalidInputError(
@@ -384,7 +406,7 @@ def pin_sparse(url, array=None, *, fmt, attrs, storage_options=None, roots=(), f
     """
     name = repr(str(url)) + (f" array {array!r}" if array else "")
     parts = {}
-    for part, arr in zip(_PARTS, fmt.names):
+    for part, arr in zip(fmt.parts, fmt.names):
         path = f"{array}/{arr}" if array else arr
         try:
             parts[part] = pin_component(url, path, storage_options=storage_options,
@@ -398,9 +420,38 @@ def pin_sparse(url, array=None, *, fmt, attrs, storage_options=None, roots=(), f
     pin = SparsePin(fmt, parts, SourceInfo(fmt.shape, "float64", fmt.shape), str(url), array,
                     _attrs_digest(attrs), 0, storage_options)
     indptr = pin.read_indptr()
-    nnz = _check_indptr(indptr, n_val, name)
+    nnz = n_val if fmt.orient == "coo" else _check_indptr(indptr, n_val, name)
     dtype = parts["data"].info.dtype
     return replace(pin, info=_info(fmt, dtype, str(url), array, nnz), nnz=nnz, indptr=indptr)
+
+
+def coo_indptr(rows_pin, m, name, block=2**20):
+    """The row pointer of a COO group from its row indices, read a block at a time.
+
+    Raises
+    ------
+    InvalidInputError
+        A row index outside ``[0, m)`` or entries not sorted by row (both named
+        by entry range).
+    """
+    counts = np.zeros(m, dtype=np.int64)
+    total, prev = rows_pin.ref.shape[0], 0
+    for s in range(0, total, block):
+        r = read_part(rows_pin, s, s + block, f"indices_0 {s}:{s + block}").astype(np.int64)
+        if r.size and (r.min() < 0 or r.max() >= m):
+            bad = int(r.min()) if r.min() < 0 else int(r.max())
+            raise _bad(name, f"its indices_0 hold {bad} in entries {s}:{s + r.size}, outside "
+                             f"[0, {m}).")
+        seq = np.r_[prev, r]
+        steps = np.diff(seq)
+        if steps.size and steps.min() < 0:
+            i = int(np.argmax(steps < 0))
+            raise _bad(name, f"its COO entries are not sorted by row (entry {s + i} is in row "
+                             f"{int(seq[i + 1])}, after row {int(seq[i])}); sort them "
+                             "(scipy.sparse's tocsr().tocoo()).")
+        prev = int(r[-1]) if r.size else prev
+        counts += np.bincount(r, minlength=m)
+    return np.r_[0, np.cumsum(counts)]
 
 
 def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
@@ -510,6 +561,7 @@ class SparsePanel:
     stop: int
     pin: SparsePin
     densify: bool = False
+    span: tuple = ()  # COO: the entries (p0, p1) of these rows
 
     def read(self):
         """The panel as a float64 ``csr_matrix`` of shape (rows, minor), checked.
@@ -521,7 +573,8 @@ class SparsePanel:
         """
         pin, s, e = self.pin, self.start, self.stop
         what = f"{'columns' if pin.wide else 'rows'} {s}:{e}"
-        ptr = read_part(pin.parts["indptr"], s, e + 1, f"indptr of {what}").astype(np.int64)
+        ptr = (self._coo_ptr(what) if pin.fmt.orient == "coo" else
+               read_part(pin.parts["indptr"], s, e + 1, f"indptr of {what}").astype(np.int64))
         p0, p1 = int(ptr[0]), int(ptr[-1])
         if p1 < p0 or p1 > pin.nnz:
             raise InvalidInputError(
@@ -536,12 +589,28 @@ class SparsePanel:
         data = read_part(pin.parts["data"], p0, p1, f"data of {what}")
         return csr_panel(ptr, idx, data, pin.fmt.major_shape[1])
 
+    def _coo_ptr(self, what):
+        """The row pointer of these rows of a COO group, from their row indices."""
+        (p0, p1), s, e = self.span, self.start, self.stop
+        rows = read_part(self.pin.parts["rows"], p0, p1, f"indices_0 of {what}").astype(np.int64)
+        if rows.size and (rows.min() < s or rows.max() >= e or np.any(np.diff(rows) < 0)):
+            raise InvalidInputError(
+                f"{self.pin.name}: the COO entries {p0}:{p1} of {what} hold rows outside "
+                "it or out of order; the group changed or is corrupt. Rewrite it.",
+                field="source")
+        return np.r_[0, np.cumsum(np.bincount(rows - s, minlength=e - s))] + p0
+
 
 def sparse_panels(pin, bounds, densify=False):
-    """The :class:`SparsePanel` of each ``(start, stop)``."""
-    return [SparsePanel(s, e, pin, densify) for s, e in bounds]
+    """The :class:`SparsePanel` of each ``(start, stop)`` (without the O(rows) ``indptr``
+    the pin may hold: a panel reads its own slice)."""
+    light = replace(pin, indptr=None)
+    if pin.fmt.orient != "coo":
+        return [SparsePanel(s, e, light, densify) for s, e in bounds]
+    ptr = pin.read_indptr()
+    return [SparsePanel(s, e, light, densify, (int(ptr[s]), int(ptr[e]))) for s, e in bounds]
 
 
 def first_row(pin):
     """Row 0 of the CSR view, dense float64 (the pivot of a densified centred run)."""
-    return SparsePanel(0, 1, pin).read().toarray()[0]
+    return sparse_panels(pin, [(0, 1)])[0].read().toarray()[0]

@@ -320,3 +320,20 @@ def test_result_written_by_a_cluster_is_the_in_process_one(dask_client, stores, 
     assert g["U"].chunks[0] == there.report["plan"]["tall_chunks"][0]
     for a, b in [(here.U, g["U"][...]), (here.S, there.S), (here.Vt, g["Vt"][...])]:
         assert np.array_equal(a, b)
+
+
+def test_coo_must_be_sorted_by_row_and_in_range(tmp_path):
+    import zarr
+
+    x = sparse_low_rank(60, 20, seed=4)
+    url = write_binsparse(tmp_path / "coo.zarr", x, "COO", chunk=64)
+    rows = zarr.open_array(str(tmp_path / "coo.zarr" / "indices_0"), mode="r+")
+    r = rows[...]
+    rows[:] = r[::-1].copy()  # descending: not sorted by row
+    with pytest.raises(InvalidInputError, match="not sorted by row") as info:
+        svd(url, 2, client=False)
+    assert info.value.field == "source"
+    r[-1] = 60  # a row index outside [0, 60)
+    rows[:] = r
+    with pytest.raises(InvalidInputError, match="indices_0 hold 60 in entries"):
+        svd(url, 2, client=False)
