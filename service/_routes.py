@@ -24,6 +24,7 @@ from svdserve.worker import (
     pin_source,
     plan,
     plan_layout,
+    sparse_params,
 )
 
 from ._auth import Operator, Tenant
@@ -236,6 +237,8 @@ async def _validate_source(svc: Services, body: JobCreate
                     center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy,
                     max_rank=body.max_rank, missing=body.missing)
+        if isinstance(pin, SparsePin):  # its stored orientation fixes the tall view
+            spec = sparse_params(pin, spec)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc

@@ -45,7 +45,7 @@ from ._methods import METHODS, Method
 from ._pin import SourcePin
 from ._result import SVDResult, load
 from ._source import inspect_source
-from ._sparse_source import SparsePin, load_pin, pin_source
+from ._sparse_source import SparsePin, load_pin, pin_source, sparse_params
 from ._spec import (
     DEFAULT_MEMORY_FRACTION,
     DEFAULT_PANEL_BYTES,
@@ -75,6 +75,7 @@ __all__ = [
     "SourcePin",
     "SparsePin",
     "load_pin",
+    "sparse_params",
     "Limits",
     "check_limits",
     "SVDResult",

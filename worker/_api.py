@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._energy import energy_report, spectral_estimate
-from ._errors import InvalidInputError
 from ._engine import DaskEngine, LocalEngine, Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
@@ -31,6 +30,7 @@ from ._rsvd import randomized_svd
 from ._run import Run
 from ._sketch import sketch_svd
 from ._source import Source, open_source
+from ._sparse_source import sparse_params
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import add_sumsq, scale_sumsq, sumsq, sumsq_norm
 from ._tsqr import exact_svd
@@ -303,11 +303,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
              scratch):
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
-    if src.kind == "sparse" and params.missing == "mask":
-        raise InvalidInputError(
-            f"missing='mask' was given but {src.name} is a sparse matrix, whose absent "
-            "entries are zeros, not missing values; leave missing out (NaN values are "
-            "errors).", field="missing")
+    if src.kind == "sparse":  # orientation fixed by storage: fit the spec to it
+        params = sparse_params(src.pin, params)
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     src, layout = _cut(src, engine, execution, densify=params.resolved == "exact")
     job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),

@@ -58,11 +58,12 @@ from ._meta import Limits, SourceInfo, meta_of
 from ._pin import SourcePin, pin_component
 from ._read import open_pinned, read_region
 from ._sparse_kernels import check_panel_arrays, csr_panel
-from ._spec import panel_budget
+from ._spec import EXACT_MAX_COLUMNS, panel_budget
 
 __all__ = ["SparseFormat", "SparsePin", "SparsePanel", "SparseLayout", "sparse_format",
            "find_sparse", "pin_sparse", "pin_source", "load_pin", "sparse_bounds",
-           "sparse_layout", "sparse_panels", "first_row", "read_part", "coo_indptr"]
+           "sparse_layout", "sparse_panels", "first_row", "read_part", "coo_indptr",
+           "sparse_params"]
 
 #: The arrays of each encoding, in the order (indptr, indices, data).
 _ARRAYS = {"anndata": ("indptr", "indices", "data"),
@@ -614,3 +615,42 @@ def sparse_panels(pin, bounds, densify=False):
 def first_row(pin):
     """Row 0 of the CSR view, dense float64 (the pivot of a densified centred run)."""
     return sparse_panels(pin, [(0, 1)])[0].read().toarray()[0]
+
+
+def sparse_params(pin, params):
+    """The job spec (:class:`~._spec.SVDParams`) fitted to a sparse source's orientation.
+
+    The tall view of a sparse group is fixed by its storage (CSR: A, CSC: Aᵀ), so
+    its column count ``n_t`` may be the long side. ``exact`` factors an
+    ``n_t``-column R: beyond :data:`~._spec.EXACT_MAX_COLUMNS` ``auto`` resolves to
+    ``randomized`` (``randqb`` with an energy target) with a note, and an explicit
+    ``exact`` is refused. A CSC group's tall factor is V, always formed.
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="method"`` (exact on too many columns) or ``"missing"``
+        (``missing="mask"``: a sparse matrix's absent entries are zeros).
+    """
+    if params.missing == "mask":
+        raise InvalidInputError(
+            f"missing='mask' was given but {pin.name} is a sparse matrix, whose absent "
+            "entries are zeros, not missing values; leave missing out (NaN values are "
+            "errors).", field="missing")
+    n_t = pin.fmt.major_shape[1]
+    if pin.wide and not params.compute_u:
+        params = replace(params, compute_u=True)
+    if params.resolved != "exact" or n_t <= EXACT_MAX_COLUMNS:
+        return params
+    how = (f"{pin.fmt.orient.upper()} storage makes its panels rows of "
+           f"{'Aᵀ' if pin.wide else 'A'}, with {n_t} columns")
+    if params.method != "auto":
+        raise InvalidInputError(
+            f"method='exact' on {pin.name}: its {how}, and the exact method would factor a "
+            f"{n_t} × {n_t} triangle (at most {EXACT_MAX_COLUMNS} columns). Use "
+            f"method='randomized', or store the matrix {'CSR' if pin.wide else 'CSC'}.",
+            field="method")
+    resolved = "randqb" if params.energy is not None else "randomized"
+    return replace(params, resolved=resolved, notes=(*params.notes, (
+        f"method 'auto' resolved to {resolved!r}: {how} (exact takes at most "
+        f"{EXACT_MAX_COLUMNS})")))

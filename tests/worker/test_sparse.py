@@ -337,3 +337,21 @@ def test_coo_must_be_sorted_by_row_and_in_range(tmp_path):
     rows[:] = r
     with pytest.raises(InvalidInputError, match="indices_0 hold 60 in entries"):
         svd(url, 2, client=False)
+
+
+def test_spec_fits_the_stored_orientation(tmp_path):
+    """CSR with 3000 columns: its panels are rows of A with n_t = 3000 > EXACT_MAX_COLUMNS,
+    so auto resolves to randomized and exact is refused; a CSC group's tall factor is V,
+    formed even with compute_u=False."""
+    x = sparse_low_rank(40, 3000, density=0.05, seed=8)
+    url = write_binsparse(tmp_path / "w.zarr", x)
+    res = svd(url, 3, client=False)
+    assert res.method == "randomized"
+    np.testing.assert_allclose(res.S, np.linalg.svd(x.toarray(), compute_uv=False)[:3],
+                               rtol=1e-9)  # rank-6 input + 1e-9 noise, l = 13: exact range
+    with pytest.raises(InvalidInputError, match="3000 × 3000 triangle") as info:
+        svd(url, 3, method="exact", client=False)
+    assert info.value.field == "method"
+    csc = write_binsparse(tmp_path / "c.zarr", sparse_low_rank(300, 30, seed=9), "CSC")
+    res = svd(csc, 3, compute_u=False, method="randomized", client=False)
+    assert res.Vt.shape == (3, 30)
