@@ -48,6 +48,8 @@ from ._errors import (
     Unauthorized,
 )
 from ._formats import read_matrix
+from ._scanpy import to_scanpy
+from ._sparse import write_sparse
 from ._job import Job, Progress
 from ._lstsq import LstsqResult
 from ._pca import PCA
@@ -63,6 +65,8 @@ __all__ = [
     "PCA",
     "LstsqResult",
     "read_matrix",
+    "write_sparse",
+    "to_scanpy",
     "rotate",
     "Rotation",
     "north_errors",

@@ -369,13 +369,20 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from ._formats import read_matrix
+    from ._formats import read_upload
     from ._storage import is_remote
 
     src = args.source
     so = _storage_options(args.storage_option)
-    data = read_matrix(src, array=args.array, chunks=args.chunks,
+    data = read_upload(src, array=args.array, layer=args.layer, chunks=args.chunks,
                        storage_options=so if is_remote(src) else None)
+    try:
+        return _upload(args, data, src, so)
+    finally:
+        getattr(data, "close", lambda: None)()  # an .h5ad file
+
+
+def _upload(args: argparse.Namespace, data, src: str, so: dict | None) -> int:
     with _make_client(args) as client:
         try:
             url = client.upload(
@@ -388,9 +395,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
                   f"{PROG} upload {src} {args.dest} --overwrite", file=sys.stderr)
             return EXIT_FAILED
     m, n = data.shape
+    nnz = getattr(data, "nnz", None)
     print(url)
-    print(f"wrote {m}x{n} {data.dtype} to {url}" + (f" [{args.dest_array}]" if args.dest_array
-                                                      else ""), file=sys.stderr)
+    print(f"wrote {m}x{n} {data.dtype}" + ("" if nnz is None else f" sparse (CSR, {nnz} "
+                                                                     "non-zeros)")
+          + f" to {url}" + (f" [{args.dest_array}]" if args.dest_array else ""),
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -593,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("upload", "write a matrix file or a Zarr array as row-chunked Zarr v3 for the "
             "service; prints the URL", cmd_upload)
     p.epilog = f"accepted SOURCE formats: {formats_text()}"
-    p.add_argument("source", help="matrix file (.npy .npz .csv .tsv .txt .h5 .nc) or Zarr "
+    p.add_argument("source", help="matrix file (.npy .npz .csv .tsv .txt .h5 .nc .h5ad) or Zarr "
                                   "array/group (path or URL)")
     p.add_argument("dest", help="destination path (in a data root) or s3:// URL; a bare NAME "
                    "(no '/') is sent over HTTP to the service's upload API")
@@ -602,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--array", "--variable", dest="array", metavar="NAME",
                    help="the array of an .npz archive or a Zarr group, or the variable of an "
                         "HDF5/NetCDF file (needed when it holds several)")
+    p.add_argument("--layer", metavar="NAME", help="an .h5ad file's layer instead of .X")
     p.add_argument("--dest-array", metavar="NAME", help="write into a group at DEST as NAME")
     p.add_argument("--chunks", type=_positive_int, metavar="ROWS", help="rows per chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing array")

@@ -22,6 +22,7 @@ from ._literals import METHODS, Method
 from ._report import EnergyReport
 from ._result import StoredResult
 from ._storage import absolute_url, is_remote, write_array
+from ._sparse import as_sparse_rows, is_sparse, write_sparse_zarr
 from ._upload import upload_http, zarr_name
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -216,7 +217,8 @@ class Client:
             ``file://`` URL, or ``s3://bucket/key``. A relative path is taken
             from the current directory and sent as its absolute path; from
             another machine, give the service's absolute path. A NumPy
-            (memmap) or dask array of shape (m, n) is uploaded over HTTP first
+            (memmap), dask array or scipy.sparse matrix of shape (m, n) is uploaded
+            over HTTP first
             (:meth:`upload`, named ``array-<12 hex digits>``; see
             :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
@@ -344,8 +346,8 @@ class Client:
             return normalize_source(source), None
         if not (hasattr(source, "shape") and hasattr(source, "dtype")):
             raise TypeError(
-                f"source must be a path or URL of a Zarr array, or a NumPy/dask array to "
-                f"upload; got {type(source).__name__} (np.asarray(x) first)")
+                f"source must be a path or URL of a Zarr array, or a NumPy/dask/scipy.sparse "
+                f"array to upload; got {type(source).__name__} (np.asarray(x) first)")
         name = f"array-{uuid.uuid4().hex[:12]}"
         return normalize_source(self.upload(source, name, via="http")), name
 
@@ -442,7 +444,11 @@ class Client:
 
         Parameters
         ----------
-        arr : ndarray, numpy.memmap, dask array or zarr array of shape (m, n)
+        arr : ndarray, numpy.memmap, dask array, zarr array or scipy.sparse matrix of shape (m, n)
+            A sparse matrix (CSR, CSC, COO, ...) is never densified: it is
+            written (or sent in CSR row blocks) as AnnData's CSR encoding, a
+            Zarr group of ``data``, ``indices`` and ``indptr`` that
+            ``anndata.io.read_elem`` opens and jobs read as a sparse source.
         url : str or path-like
             Destination: a local path or ``s3://bucket/key``; or, over HTTP,
             the array's name among this tenant's uploads (``.zarr`` appended).
@@ -486,6 +492,10 @@ class Client:
             return upload_http(self._http, arr, os.fspath(url), block_rows=block_rows,
                                progress=progress)
         so = storage_options if storage_options is not None else self.storage_options
+        if is_sparse(arr):
+            return write_sparse_zarr(as_sparse_rows(arr), os.fspath(url), array=array,
+                                     storage_options=so, overwrite=overwrite,
+                                     block_rows=chunks if isinstance(chunks, int) else None)
         return write_array(
             arr, os.fspath(url), array=array, storage_options=so, chunks=chunks,
             overwrite=overwrite,

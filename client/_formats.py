@@ -17,6 +17,11 @@ suffix                    read as                                               
 Zarr directory or URL     a Zarr array, or ``array=`` inside a group               row chunks
 ========================  =======================================================  ==========
 
+:func:`read_upload` (what ``svdserve upload`` reads) adds the sparse inputs,
+kept sparse (:mod:`svdserve.client._sparse`): a ``scipy.sparse.save_npz``
+file, and ``.h5ad`` files (AnnData: ``.X`` or ``layer=``; a dense ``.X``
+as a dask array).
+
 :func:`describe` says what a path that is not a Zarr store is (for messages
 such as "'m.npy' is a NumPy .npy file, not a Zarr array").
 
@@ -35,20 +40,22 @@ import numpy as np
 from ._errors import InputFileError
 from ._storage import default_row_chunk, is_remote, open_dask
 
-__all__ = ["read_matrix", "describe", "FORMATS", "formats_text"]
+__all__ = ["read_matrix", "read_upload", "describe", "FORMATS", "formats_text"]
 
 #: (suffixes, what they are read as); the order of ``formats_text``.
 FORMATS: tuple[tuple[tuple[str, ...], str], ...] = (
     ((".npy",), "NumPy array"),
-    ((".npz",), "NumPy archive holding one array, or --array NAME"),
+    ((".npz",), "NumPy archive holding one array, or --array NAME; or a scipy.sparse "
+                "save_npz matrix (kept sparse)"),
     ((".csv", ".tsv", ".txt"), "numeric text table"),
     ((".h5", ".hdf5", ".nc", ".nc4", ".cdf"), "HDF5/NetCDF variable --array NAME, via xarray"),
     ((".zarr",), "Zarr array or group, a directory or s3:// URL"),
+    ((".h5ad",), "AnnData file: .X or --layer NAME (sparse kept sparse)"),
 )
 _KINDS = {".npy": "a NumPy .npy file", ".npz": "a NumPy .npz archive",
           ".csv": "a CSV text file", ".tsv": "a TSV text file", ".txt": "a text file",
           ".h5": "an HDF5 file", ".hdf5": "an HDF5 file", ".nc": "a NetCDF file",
-          ".nc4": "a NetCDF-4 file", ".cdf": "a NetCDF file"}
+          ".nc4": "a NetCDF-4 file", ".cdf": "a NetCDF file", ".h5ad": "an AnnData .h5ad file"}
 _TEXT = (".csv", ".tsv", ".txt")
 _XARRAY = (".h5", ".hdf5", ".nc", ".nc4", ".cdf")
 _ZARR_KEYS = ("zarr.json", ".zarray", ".zgroup")
@@ -137,6 +144,41 @@ def read_matrix(
         return _read_xarray(path, array, chunks)
     raise InputFileError(f"cannot read {path!r}: unknown format {suffix or '(no suffix)'!r}; "
                          f"accepted inputs: {formats_text()}")
+
+
+def read_upload(path: str | os.PathLike, *, array: str | None = None, layer: str | None = None,
+                chunks: int | None = None, storage_options: dict[str, Any] | None = None):
+    """What ``svdserve upload`` sends: :func:`read_matrix`, plus sparse inputs kept sparse.
+
+    Returns
+    -------
+    dask.array.Array or SparseRows of shape (m, n)
+        A :class:`~svdserve.client._sparse.SparseRows` for a
+        ``scipy.sparse.save_npz`` file and for the sparse ``.X`` (or
+        ``layer``) of an ``.h5ad`` file.
+
+    Raises
+    ------
+    InputFileError
+        As :func:`read_matrix`; ``layer`` given for a file other than ``.h5ad``.
+    """
+    from ._sparse import read_h5ad, read_npz_sparse
+
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    if suffix == ".h5ad":
+        return read_h5ad(path, layer)
+    if layer is not None:
+        raise InputFileError(f"--layer applies to .h5ad files; {path!r} is "
+                             f"{describe(path) or 'not one'}")
+    if suffix == ".npz" and array is None and os.path.isfile(path):
+        try:
+            rows = read_npz_sparse(path)
+        except (ValueError, OSError) as exc:
+            raise InputFileError(f"cannot read {path!r} as a .npz archive: {exc}") from exc
+        if rows is not None:
+            return rows
+    return read_matrix(path, array=array, chunks=chunks, storage_options=storage_options)
 
 
 def _matrix(arr, path: str, chunks: int | None):

@@ -12,6 +12,10 @@ which :meth:`Client.submit` takes like any other.
   the blocks already received are checked against ``data`` by their SHA-256
   (read locally, not sent), and only the blocks the service lacks are sent.
 - A block sent twice is a no-op on the service, so retries are safe.
+- Sparse: a ``scipy.sparse`` matrix (or :class:`~svdserve.client._sparse.SparseRows`)
+  goes as CSR row blocks (``format="csr"``: each block's ``indptr`` from 0,
+  its column indices, its values), never densified; the service commits
+  AnnData's CSR group. Blocks hold about :data:`SPARSE_BLOCK_BYTES`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ from typing import Any
 import numpy as np
 
 from ._http import HTTPTransport
+from ._sparse import SparseRows, as_sparse_rows, is_sparse
 
-__all__ = ["upload_http", "zarr_name", "expand_ranges", "PROGRESS_MIN_BYTES"]
+__all__ = ["upload_http", "zarr_name", "expand_ranges", "PROGRESS_MIN_BYTES",
+           "SPARSE_BLOCK_BYTES"]
 
 #: Uploads at least this large show a progress bar (when ``progress=True``).
 PROGRESS_MIN_BYTES = 32 * 2**20
+#: Bytes of a sparse block (on average over the rows) when ``block_rows`` is not given.
+SPARSE_BLOCK_BYTES = 16 * 2**20
 
 
 def zarr_name(name: str) -> str:
@@ -77,14 +85,20 @@ def _fill(buffer: bytearray, data, start: int, stop: int, wire: np.dtype) -> mem
 
 
 def _find_or_create(http: HTTPTransport, name: str, shape: tuple[int, int], dtype: str,
-                    block_rows: int | None) -> dict:
-    """An unfinished upload of this name, shape and dtype (to resume), or a new one."""
+                    block_rows: int | None, sparse: dict | None = None) -> dict:
+    """An unfinished upload of this name, shape and dtype (to resume), or a new one.
+
+    ``sparse``: the CSR fields (``format``, ``block_nnz``, ``index_dtype``), which a
+    resumed upload must have too.
+    """
     for item in http.get_json("/v1/uploads").get("items", []):
         if (item["name"] == name and item["state"] == "uploading"
                 and tuple(item["shape"]) == shape and item["dtype"] == dtype
-                and block_rows in (None, item["block_rows"])):
+                and block_rows in (None, item["block_rows"])
+                and (item.get("format") or "dense") == (sparse or {}).get("format", "dense")
+                and all(item.get(k) == v for k, v in (sparse or {}).items())):
             return http.get_json(f"/v1/uploads/{item['id']}", params={"digests": "true"})
-    body: dict[str, Any] = {"name": name, "shape": list(shape), "dtype": dtype}
+    body: dict[str, Any] = {"name": name, "shape": list(shape), "dtype": dtype, **(sparse or {})}
     if block_rows is not None:
         body["block_rows"] = int(block_rows)
     return http.request("POST", "/v1/uploads", json=body, idempotent=False).json()
@@ -95,7 +109,9 @@ def _check_resumed(record: dict, data, wire: np.dtype, buffer: bytearray) -> Non
     rows, m = int(record["block_rows"]), int(record["shape"][0])
     for key, known in sorted((record.get("block_sha256") or {}).items(), key=lambda kv: int(kv[0])):
         i = int(key)
-        body = _fill(buffer, data, i * rows, min(m, (i + 1) * rows), wire)
+        body = (_sparse_body(data, i * rows, min(m, (i + 1) * rows), wire)
+                if isinstance(data, SparseRows)
+                else _fill(buffer, data, i * rows, min(m, (i + 1) * rows), wire))
         if hashlib.sha256(body).hexdigest() != known:
             raise ValueError(
                 f"the unfinished upload {record['name']!r} (id {record['id']}) holds other data "
@@ -117,7 +133,47 @@ def _progress_bar(record: dict, progress: bool):
 def _nbytes(record: dict, i: int) -> int:
     m, n = record["shape"]
     rows = min(m, (i + 1) * record["block_rows"]) - i * record["block_rows"]
+    if record.get("format") == "csr":
+        per_value = (np.dtype(record["dtype"]).itemsize
+                     + np.dtype(record["index_dtype"]).itemsize)
+        return (rows + 1) * 8 + record["block_nnz"][i] * per_value
     return rows * n * np.dtype(record["dtype"]).itemsize
+
+
+def _sparse_body(rows: SparseRows, start: int, stop: int, wire: np.dtype) -> bytes:
+    """Rows ``start:stop`` as the service's CSR block: int64 indptr from 0, indices, values."""
+    indptr, indices, values = rows.rows(start, stop)
+    return b"".join([indptr.astype("<i8").tobytes(),
+                     indices.astype(rows.index_dtype.newbyteorder("<")).tobytes(),
+                     values.astype(wire).tobytes()])
+
+
+def _send(http: HTTPTransport, path: str, i: int, body) -> None:
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    # a list (not a generator) so that a retry sends the same bytes again
+    http.request("PUT", f"{path}/blocks/{i}", content=[body], headers={
+        "Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
+        "Content-Digest": f"sha-256=:{digest}:"})
+
+
+def _upload_sparse(http: HTTPTransport, rows: SparseRows, name: str, *,
+                   block_rows: int | None, progress: bool) -> str:
+    """:func:`upload_http` of a CSR matrix: blocks of about :data:`SPARSE_BLOCK_BYTES`."""
+    m = rows.shape[0]
+    wire = rows.dtype.newbyteorder("<")
+    per_row = 8 + rows.nnz / m * (wire.itemsize + rows.index_dtype.itemsize)
+    block_rows = int(block_rows or max(1, min(m, SPARSE_BLOCK_BYTES // per_row)))
+    fields = {"format": "csr", "block_nnz": rows.block_nnz(block_rows),
+              "index_dtype": rows.index_dtype.name}
+    record = _find_or_create(http, name, rows.shape, wire.name, block_rows, fields)
+    path = f"/v1/uploads/{record['id']}"
+    _check_resumed(record, rows, wire, bytearray())
+    with _progress_bar(record, progress) as bar:
+        for i in expand_ranges(record["missing"]):
+            body = _sparse_body(rows, i * block_rows, min(m, (i + 1) * block_rows), wire)
+            _send(http, path, i, body)
+            bar.update(len(body))
+    return http.request("POST", f"{path}/commit", idempotent=True).json()["source"]
 
 
 def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None = None,
@@ -127,8 +183,9 @@ def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None 
     Parameters
     ----------
     http : HTTPTransport
-    data : ndarray, numpy.memmap, dask array or zarr array of shape (m, n)
-        Read one block of rows at a time.
+    data : ndarray, numpy.memmap, dask array, zarr array or scipy.sparse matrix of shape (m, n)
+        Read one block of rows at a time; a sparse matrix is sent as CSR
+        blocks and stored as AnnData's CSR group.
     name : str
         The array's name among the tenant's uploads (``.zarr`` appended).
     block_rows : int or None, default=None
@@ -141,6 +198,9 @@ def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None 
     str
         The committed array's ``source`` (what :meth:`Client.submit` takes).
     """
+    if is_sparse(data):
+        return _upload_sparse(http, as_sparse_rows(data), zarr_name(name),
+                              block_rows=block_rows, progress=progress)
     data, shape, wire = _as_matrix(data)
     record = _find_or_create(http, zarr_name(name), shape, wire.name, block_rows)
     path = f"/v1/uploads/{record['id']}"
@@ -151,10 +211,6 @@ def upload_http(http: HTTPTransport, data, name: str, *, block_rows: int | None 
         for i in expand_ranges(record["missing"]):
             start, stop = i * rows, min(shape[0], (i + 1) * rows)
             body = _fill(buffer, data, start, stop, wire)
-            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-            # a list (not a generator) so that a retry sends the same bytes again
-            http.request("PUT", f"{path}/blocks/{i}", content=[body], headers={
-                "Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
-                "Content-Digest": f"sha-256=:{digest}:"})
+            _send(http, path, i, body)
             bar.update(len(body))
     return http.request("POST", f"{path}/commit", idempotent=True).json()["source"]

@@ -180,8 +180,9 @@ class Settings(BaseSettings):
         as a source by its tenant only. Work in progress lives in its
         ``.uploads`` directory, which is never readable as a source.
     upload_quota_bytes : int, default=10 GiB
-        Raw bytes (rows x columns x itemsize) one tenant's uploads, committed
-        or not, may hold; a new upload beyond it is answered 413.
+        Raw bytes (rows x columns x itemsize; CSR: its arrays' bytes) one
+        tenant's uploads, committed or not, may hold; a new upload beyond it
+        is answered 413.
     upload_expiry : float, default=86400
         Seconds an uncommitted upload may go without a new block before it is
         deleted (checked on every upload request).

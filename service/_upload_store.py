@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import _upload_sparse as sparse
 from ._errors import ServiceError
 from ._store import ID_PATTERN
 
@@ -121,6 +122,13 @@ class UploadRecord:
     committed_at : float or None
     source : str or None
         Path of the committed array (what a job names as ``source.url``).
+    format : {"dense", "csr"}
+        ``"csr"``: a sparse matrix stored as AnnData's CSR group
+        (:mod:`svdserve.service._upload_sparse`).
+    index_dtype : str or None
+        CSR only: the dtype of ``indices``.
+    block_nnz : list of int or None
+        CSR only: the non-zeros of each block, as declared at creation.
     """
 
     id: str
@@ -134,6 +142,9 @@ class UploadRecord:
     updated_at: float = 0.0
     committed_at: float | None = None
     source: str | None = None
+    format: str = "dense"
+    index_dtype: str | None = None
+    block_nnz: list[int] | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -144,8 +155,19 @@ class UploadRecord:
         return np.dtype(self.dtype).itemsize
 
     @property
+    def nnz(self) -> int | None:
+        """Non-zeros of a CSR upload (None: dense)."""
+        return None if self.block_nnz is None else int(sum(self.block_nnz))
+
+    @property
     def nbytes(self) -> int:
+        if self.format == "csr":
+            return sparse.block_nbytes(self.shape[0], self.nnz, self.dtype, self.index_dtype)
         return self.shape[0] * self.shape[1] * self.itemsize
+
+    def offset(self, i: int) -> int:
+        """CSR: the position in ``data``/``indices`` of block ``i``'s first value."""
+        return int(sum(self.block_nnz[:i]))
 
     def rows(self, i: int) -> tuple[int, int]:
         """Row range ``[start, stop)`` of block ``i``."""
@@ -154,6 +176,9 @@ class UploadRecord:
 
     def block_nbytes(self, i: int) -> int:
         start, stop = self.rows(i)
+        if self.format == "csr":
+            return sparse.block_nbytes(stop - start, self.block_nnz[i], self.dtype,
+                                       self.index_dtype)
         return (stop - start) * self.shape[1] * self.itemsize
 
 
@@ -191,6 +216,8 @@ class UploadStore:
         self.block_bytes, self.max_block_bytes = block_bytes, max_block_bytes
         self.max_blocks = max_blocks
         self._stripes = [threading.Lock() for _ in range(64)]
+        # taken inside a block's stripe: CSR blocks of one upload share Zarr chunks
+        self._csr_writes = [threading.Lock() for _ in range(16)]
 
     def lock(self, *key: str | int) -> threading.Lock:
         """The lock of a tenant (quota, names), an upload or a block (striped; never nested)."""
@@ -263,31 +290,83 @@ class UploadStore:
         return int(max(1, min(m, self.block_bytes // max(1, n * itemsize))))
 
     def create(self, tenant: str, name: str, shape: list[int], dtype: str,
-               block_rows: int | None) -> UploadRecord:
-        """Reserve a new upload (quota checked) and create its staging array."""
+               block_rows: int | None, *, format: str = "dense",
+               block_nnz: list[int] | None = None,
+               index_dtype: str | None = None) -> UploadRecord:
+        """Reserve a new upload (quota checked) and create its staging array.
+
+        ``format="csr"`` (with ``block_rows``, ``block_nnz`` and
+        ``index_dtype``): a sparse matrix, staged as AnnData's CSR group.
+        """
         import zarr
 
         name = name if name.endswith(".zarr") else name + ".zarr"
         m, n = shape
         itemsize = np.dtype(dtype).itemsize
         rows = block_rows or self.default_block_rows(n, itemsize, m)
-        self._check_blocks(m, n, itemsize, rows, chosen=block_rows is not None)
         now = time.time()
         rec = UploadRecord(id=uuid.uuid4().hex, tenant=tenant, name=name, shape=[m, n],
                            dtype=dtype, block_rows=int(min(rows, m)), created_at=now,
                            updated_at=now)
+        if format == "csr":
+            rec.format, rec.index_dtype = "csr", index_dtype or "int64"
+            rec.block_nnz = None if block_nnz is None else [int(v) for v in block_nnz]
+            self._check_sparse(rec, chosen=block_rows is not None)
+        else:
+            self._check_blocks(m, n, itemsize, rows, chosen=block_rows is not None)
         with self.lock(tenant):
             self._check_name(tenant, name)
             self._check_quota(tenant, rec.nbytes)
             os.makedirs(os.path.join(self._dir(tenant, rec.id), "blocks"))
             try:
-                zarr.create_array(self.staging(rec), shape=(m, n), chunks=(rec.block_rows, n),
-                                  dtype=dtype, zarr_format=3, fill_value=0)
+                if rec.format == "csr":
+                    sparse.create_group(self.staging(rec), shape=(m, n), nnz=rec.nnz,
+                                        dtype=dtype, index_dtype=rec.index_dtype,
+                                        block_rows=rec.block_rows)
+                else:
+                    zarr.create_array(self.staging(rec), shape=(m, n),
+                                      chunks=(rec.block_rows, n), dtype=dtype, zarr_format=3,
+                                      fill_value=0)
                 self._save(rec)
             except BaseException:
                 shutil.rmtree(self._dir(tenant, rec.id), ignore_errors=True)
                 raise
         return rec
+
+    def _check_sparse(self, rec: UploadRecord, *, chosen: bool) -> None:
+        """A CSR declaration: block_rows given, one nnz per block, blocks within limits."""
+        m, n = rec.shape
+        if rec.block_nnz is None:
+            raise UploadError(422, "a csr upload declares block_nnz: the non-zeros of each "
+                                   "block of block_rows rows", field="body.block_nnz")
+        if not chosen:
+            raise UploadError(422, "a csr upload needs block_rows (rows per block) together "
+                                   "with block_nnz (the non-zeros of each block)",
+                              field="body.block_rows")
+        if rec.n_blocks > self.max_blocks:
+            raise UploadError(
+                422, f"{m} rows in blocks of {rec.block_rows} make {rec.n_blocks} blocks, more "
+                     f"than SVDSERVE_MAX_CHUNKS={self.max_blocks}; use at least "
+                     f"{-(-m // self.max_blocks)} rows per block", field="body.block_rows")
+        if len(rec.block_nnz) != rec.n_blocks:
+            raise UploadError(422, f"block_nnz must give the non-zeros of each of the "
+                                   f"{rec.n_blocks} blocks of {rec.block_rows} rows; got "
+                                   f"{len(rec.block_nnz)} numbers", field="body.block_nnz")
+        if rec.index_dtype == "int32" and n > np.iinfo(np.int32).max:
+            raise UploadError(422, f"{n} columns do not fit int32 indices; declare "
+                                   "index_dtype 'int64'", field="body.index_dtype")
+        for i, nnz in enumerate(rec.block_nnz):
+            start, stop = rec.rows(i)
+            if not 0 <= nnz <= (stop - start) * n:
+                raise UploadError(422, f"block {i} (rows {start}:{stop}, {n} columns) holds "
+                                       f"0 to {(stop - start) * n} non-zeros; block_nnz says "
+                                       f"{nnz}", field="body.block_nnz")
+            if rec.block_nbytes(i) > self.max_block_bytes:
+                raise UploadError(
+                    422, f"block {i} (rows {start}:{stop}, {nnz} non-zeros) is "
+                         f"{rec.block_nbytes(i)} bytes, more than the largest block accepted "
+                         f"({self.max_block_bytes} bytes, SVDSERVE_UPLOAD_MAX_BLOCK_BYTES); "
+                         "use fewer rows per block", field="body.block_nnz")
 
     def _check_blocks(self, m: int, n: int, itemsize: int, rows: int, *, chosen: bool) -> None:
         field = "body.block_rows" if chosen else "body.shape"
@@ -359,12 +438,15 @@ class UploadStore:
             if rec.state != "uploading" or not os.path.isdir(self.staging(rec)):
                 raise UploadError(409, f"upload {rec.id} is {rec.state}; it takes no blocks")
             start, stop = rec.rows(i)
-            block = np.frombuffer(data, dtype=np.dtype(rec.dtype).newbyteorder("<"))
             try:
-                # Every block is stored, zeros too: a strict reader then finds every chunk.
-                z = zarr.open_array(self.staging(rec), mode="r+").with_config(
-                    {"write_empty_chunks": True})
-                z[start:stop] = block.reshape(stop - start, rec.shape[1])
+                if rec.format == "csr":
+                    self._write_sparse(rec, i, data)
+                else:
+                    block = np.frombuffer(data, dtype=np.dtype(rec.dtype).newbyteorder("<"))
+                    # Every block is stored, zeros too: a strict reader then finds every chunk.
+                    z = zarr.open_array(self.staging(rec), mode="r+").with_config(
+                        {"write_empty_chunks": True})
+                    z[start:stop] = block.reshape(stop - start, rec.shape[1])
                 _write_atomic(self._block_file(rec, i), digest.encode())
             except FileNotFoundError as exc:  # deleted or expired meanwhile
                 raise UploadError(404, f"upload {rec.id} was deleted while block {i} was "
@@ -375,6 +457,20 @@ class UploadStore:
                 fresh.updated_at = time.time()
                 self._save(fresh)
         return True
+
+    def _write_sparse(self, rec: UploadRecord, i: int, data: bytes | bytearray) -> None:
+        """Check CSR block ``i`` (422 naming ``body.indptr``/``body.indices``), then write it;
+        one block of an upload at a time, as neighbours share Zarr chunks."""
+        start, stop = rec.rows(i)
+        try:
+            indptr, indices, values = sparse.parse_block(
+                data, start=start, stop=stop, nnz=rec.block_nnz[i], n=rec.shape[1],
+                dtype=rec.dtype, index_dtype=rec.index_dtype)
+        except sparse.SparseBlockError as exc:
+            raise UploadError(422, str(exc), field=exc.field, extra={"block": i}) from exc
+        with self._csr_writes[hash((rec.tenant, rec.id)) % len(self._csr_writes)]:
+            sparse.write_block(self.staging(rec), start=start, offset=rec.offset(i),
+                               indptr=indptr, indices=indices, values=values)
 
     def _known_digest(self, rec: UploadRecord, i: int) -> str | None:
         try:
@@ -405,7 +501,11 @@ class UploadStore:
                          "send them (PUT /v1/uploads/{id}/blocks/{i}), then commit again",
                     extra={"missing_blocks": ranges(missing)})
             digest = hashlib.sha256("".join(got[i] for i in range(rec.n_blocks)).encode())
-            z = zarr.open_array(self.staging(rec), mode="r+")
+            if rec.format == "csr":
+                z = zarr.open_group(self.staging(rec), mode="r+")
+                z.update_attributes(sparse.encoding_attributes(rec.shape))
+            else:
+                z = zarr.open_array(self.staging(rec), mode="r+")
             z.update_attributes({"svdserve_upload": {
                 "id": rec.id, "name": rec.name, "created_at": rec.created_at,
                 "block_rows": rec.block_rows, "blocks_sha256": digest.hexdigest()}})

@@ -3,6 +3,7 @@
 ::
 
     POST   /v1/uploads                      {name, shape, dtype, block_rows?} -> 201, Location
+                                            (sparse: + format="csr", block_nnz, index_dtype)
     PUT    /v1/uploads/{id}/blocks/{i}      raw little-endian C-order bytes of row block i,
                                             with Content-Digest: sha-256=:<base64>: (RFC 9530)
                                             or X-Checksum-SHA256: <hex>; 201 new, 200 repeat
@@ -11,7 +12,10 @@
     GET    /v1/uploads                      the tenant's uploads
     DELETE /v1/uploads/{id}                 delete (a committed array too)
 
-A committed upload is an ordinary Zarr v3 array; its ``source`` is what a
+A sparse matrix (``format="csr"``) goes in row blocks of CSR arrays and is
+committed as AnnData's CSR group, never densified
+(:mod:`svdserve.service._upload_sparse`). A committed upload is an ordinary
+Zarr v3 array (or that group); its ``source`` is what a
 job names as ``source.url``, and only its tenant may read it (another
 tenant's submit gets the 404 of a missing path, :func:`check_source`).
 Storage, quota and expiry: :mod:`svdserve.service._upload_store`.
@@ -30,13 +34,15 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
+                      field_validator)
 from starlette.requests import ClientDisconnect
 
 from ._auth import Tenant
 from ._problems import ProblemError, openapi_problems
 from ._sandbox import Sandbox, SandboxError
 from ._settings import Settings
+from ._upload_sparse import INDEX_DTYPES
 from ._upload_store import (NAME_PATTERN, UploadError, UploadRecord, UploadStore, check_dtype,
                             ranges)
 
@@ -86,12 +92,29 @@ class UploadCreate(BaseModel):
     block_rows: int | None = Field(
         default=None, strict=True, ge=1,
         description="Rows per block (one Zarr chunk of whole rows); default: about "
-                    "SVDSERVE_UPLOAD_BLOCK_BYTES of whole rows.")
+                    "SVDSERVE_UPLOAD_BLOCK_BYTES of whole rows. Required with `csr`.")
+    format: Literal["dense", "csr"] = Field(
+        default="dense", description="`csr`: a sparse matrix, sent as CSR row blocks (each "
+        "body: int64 indptr from 0, then indices, then values) and stored as AnnData's CSR "
+        "Zarr group.")
+    block_nnz: list[Annotated[int, Field(strict=True, ge=0, le=2**53)]] | None = Field(
+        default=None, max_length=1_000_000,
+        description="`csr` only: the non-zeros of each block, in order.")
+    index_dtype: Literal[INDEX_DTYPES] = Field(  # type: ignore[valid-type]
+        default="int64", description="`csr` only: the dtype of the column indices.")
 
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, value: str) -> str:
         return check_dtype(value)
+
+    @field_validator("block_nnz")
+    @classmethod
+    def _block_nnz(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is not None and info.data.get("format") != "csr":
+            raise ValueError("block_nnz applies to format 'csr' only; drop it or declare "
+                             "format 'csr'")
+        return value
 
 
 class UploadLinks(BaseModel):
@@ -125,6 +148,10 @@ class UploadPublic(BaseModel):
     committed_at: datetime | None = None
     source: str | None = Field(default=None, description="After the commit: the path a job "
                                                          "names as `source.url`.")
+    format: Literal["dense", "csr"] = "dense"
+    nnz: int | None = Field(default=None, description="`csr`: the non-zeros.")
+    index_dtype: str | None = None
+    block_nnz: list[int] | None = None
     block_sha256: dict[int, str] | None = Field(
         default=None, description="With `?digests=true`: the SHA-256 (hex) of each received "
                                   "block, so a resuming client can check its data is the same.")
@@ -178,7 +205,8 @@ def to_public(store: UploadStore, rec: UploadRecord, *, digests: bool = False) -
         "expires_at": _when(rec.updated_at + store.expiry) if rec.state == "uploading"
         else None,
         "committed_at": _when(rec.committed_at), "source": rec.source,
-        "block_sha256": store.digests(rec) if digests else None,
+        "block_sha256": store.digests(rec) if digests else None, "format": rec.format,
+        "nnz": rec.nnz, "index_dtype": rec.index_dtype, "block_nnz": rec.block_nnz,
         "links": {"self": base, "blocks": base + "/blocks/{i}", "commit": base + "/commit"},
     })
 
@@ -226,8 +254,9 @@ async def create_upload(body: UploadCreate, response: Response, tenant: Tenant,
     `used`, `requested` and `limit`.
     """
     try:
-        rec = await asyncio.to_thread(store.create, tenant, body.name, body.shape, body.dtype,
-                                      body.block_rows)
+        rec = await asyncio.to_thread(functools.partial(
+            store.create, tenant, body.name, body.shape, body.dtype, body.block_rows,
+            format=body.format, block_nnz=body.block_nnz, index_dtype=body.index_dtype))
     except UploadError as exc:
         raise _problem(exc) from exc
     response.headers["Location"] = f"/v1/uploads/{rec.id}"
@@ -295,8 +324,10 @@ async def _read_block(request: Request, rec: UploadRecord, i: int) -> bytearray:
     if len(data) != expected:
         start, stop = rec.rows(i)
         received = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
-        message = (f"block {i} holds rows {start}:{stop} of {rec.shape[1]} {rec.dtype} "
-                   f"columns: {expected} bytes expected, {received} received")
+        holds = (f"{rec.block_nnz[i]} non-zeros ({rec.dtype}, {rec.index_dtype} indices, "
+                 "int64 indptr)" if rec.format == "csr" else f"{rec.shape[1]} {rec.dtype} columns")
+        message = (f"block {i} holds rows {start}:{stop} of {holds}: {expected} bytes "
+                   f"expected, {received} received")
         raise ProblemError(422, message, errors=[{"field": "body", "message": message}],
                            extra={"block": i, "expected_bytes": expected})
     return data

@@ -31,8 +31,10 @@ class Data:
 
     Attributes
     ----------
-    kind : {"memory", "dask", "path", "zarr"}
-        ``memory``: ``obj`` is an ndarray; ``dask``: a dask array (an
+    kind : {"memory", "sparse", "dask", "path", "zarr"}
+        ``memory``: ``obj`` is an ndarray; ``sparse``: a ``scipy.sparse`` CSR
+        matrix in memory (decomposed from a temporary AnnData CSR Zarr group,
+        or uploaded sparse to a service: never densified); ``dask``: a dask array (an
         xarray DataArray arrives as one of these two, stacked by
         ``sample_dims``); ``path``: a path or URL of a Zarr array or group;
         ``zarr``: a ``zarr.Array``.
@@ -53,7 +55,7 @@ class Data:
 
     @property
     def in_memory(self) -> bool:
-        return self.kind == "memory"
+        return self.kind in ("memory", "sparse")
 
     def lazy(self):
         """The matrix as a dask array of shape (n_samples, n_features), not read.
@@ -62,7 +64,7 @@ class Data:
         -------
         ndarray (``memory``) or dask.array.Array
         """
-        if self.kind in ("memory", "dask"):
+        if self.kind in ("memory", "sparse", "dask"):
             return self.obj
         if self._lazy is None:
             self._lazy = _open_lazy(self)
@@ -142,6 +144,11 @@ def as_data(X, *, array=None, storage_options=None, sample_dims=None) -> Data | 
     if isinstance(X, (str, os.PathLike)):
         return Data("path", os.fspath(X), array, storage_options, dims)
     module = type(X).__module__.split(".")[0]
+    if module == "scipy":
+        import scipy.sparse as sp
+
+        if sp.issparse(X):
+            return Data("sparse", sp.csr_matrix(X))
     if module == "zarr":
         return Data("zarr", X)
     if module == "xarray":
@@ -231,10 +238,33 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
 
     if client is None and data.in_memory:
         client = False  # the matrix is here already: sending it to a cluster only costs
+    if data.kind == "sparse":
+        return _sparse_here(data.obj, rank, client, panel_bytes, kw)
     res = svd(data.obj, rank, client=client, array=data.array,
               storage_options=data.storage_options, sample_dims=data.sample_dims,
               panel_bytes=panel_bytes, **kw)
     return _factors(res)
+
+
+def _sparse_here(X, rank, client, panel_bytes, kw):
+    """A scipy.sparse matrix through the worker's sparse reader: written to a temporary
+    AnnData CSR group (its values and indices only), decomposed, deleted."""
+    import shutil
+    import tempfile
+
+    from svdserve.client import write_sparse
+    from svdserve.worker import svd
+
+    folder = tempfile.mkdtemp(prefix="svdserve-sparse-")
+    try:
+        path = write_sparse(X, os.path.join(folder, "X.zarr"))
+        res = svd(path, rank, client=client, panel_bytes=panel_bytes, **kw)
+        fac = _factors(res)
+        if fac.U is not None:
+            fac.U = np.asarray(fac.U)  # read before the store goes
+        return fac
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _on_service(data, client, rank, kw):

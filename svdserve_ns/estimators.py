@@ -252,6 +252,7 @@ class _SVDEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.input_tags.allow_nan = self.missing == "mask"
+        tags.input_tags.sparse = True  # decomposed by the sparse reader, never densified
         return tags
 
 
@@ -618,7 +619,13 @@ class TruncatedSVD(_SVDEstimator):
         only where that would lose more than half the digits to cancellation
         (or the report lacks it: a wide-stored matrix) is X read once more.
         """
-        if data.in_memory:
+        if data.kind == "sparse":
+            from sklearn.utils.sparsefuncs import mean_variance_axis
+
+            exp_var = np.var(scores.astype(np.float64), axis=0)
+            x = self._masked(data.lazy()).astype(np.float64)
+            full_var = float(mean_variance_axis(x, axis=0)[1].sum())
+        elif data.in_memory:
             exp_var = np.var(scores.astype(np.float64), axis=0)
             full_var = float(np.var(self._masked(data.lazy()), axis=0, dtype=np.float64).sum())
         else:
