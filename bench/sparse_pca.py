@@ -1,8 +1,8 @@
 """Sparse PCA out of core: svdserve on an AnnData CSR store against scikit-learn in memory
 and against densifying, one run, one cluster.
 
-    .venv/bin/python bench/sparse.py                      # 1,000,000 × 20,000 at 1 %: 2·10⁸ nnz
-    .venv/bin/python bench/sparse.py --rows 50000         # a quick check
+    .venv/bin/python bench/sparse_pca.py                    # 1,000,000 × 20,000 at 1 %: 2·10⁸ nnz
+    .venv/bin/python bench/sparse_pca.py --rows 50000        # a quick check
 
 The matrix: log1p of a positive rank-20 matrix (gamma factors, as log-counts),
 observed at exactly ``density·n`` columns per row (stratified: one column in
@@ -46,24 +46,8 @@ import time
 
 import numpy as np
 
-# This file's folder leaves sys.path: dask imports the optional package ``sparse`` (pydata),
-# which this script would shadow. ``_common`` is loaded from the folder by path instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.modules.pop("sparse", None)
-
-
-def _load_common():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_common", os.path.join(_HERE, "_common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_common = _load_common()
-RSSSampler, fmt_table, timed = _common.RSSSampler, _common.fmt_table, _common.timed
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import RSSSampler, fmt_table, timed  # noqa: E402
 
 RANK_TRUE = 20  # rank of the positive matrix whose log1p is sampled
 N_TYPES = 10  # row types; a type observes its own tenth of each column bin
