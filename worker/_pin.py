@@ -495,6 +495,26 @@ def pin_source(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     return SourcePin(ref, stamps, info)
 
 
+def _read_parsed(url, array, storage_options, roots, forbidden, allow_missing):
+    """Locate the array and read and parse its metadata: ``(SourceRef with its metadata
+    digest, parsed metadata, the array's path, Zarr format)``."""
+    loc, array, fmt, remote = _locate(url, array, storage_options)
+    name = repr(url) + (f" array {array!r}" if array else "")
+    ref = SourceRef(url=loc, remote=remote, zarr_format=fmt, meta_digest="", shape=(),
+                    key_chunks=(), listing_digest="",
+                    guard=Guard(tuple(roots), tuple(os.path.realpath(f) for f in forbidden)),
+                    options_key=options_key(storage_options if remote else None),
+                    allow_missing=bool(allow_missing), name=name)
+    doc = read_meta(ref, at_pin=True)
+    digest = hashlib.sha256(doc).hexdigest()
+    try:
+        meta = parse_meta(fmt, digest, doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
+                                f"{exc}", field="source") from exc
+    return replace(ref, meta_digest=digest), meta, array, fmt
+
+
 def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
              allow_missing_chunks=True, panel_bytes=None, limits=None, sample_dims=None):
     """Locate, read and check the metadata (no chunk is looked at).
@@ -504,21 +524,8 @@ def _inspect(url, array=None, *, storage_options=None, roots=(), forbidden=(),
     (SourceRef without listing digest, parsed metadata, SourceInfo)
     """
     url = str(os.fspath(url))
-    loc, array, fmt, remote = _locate(url, array, storage_options)
-    name = repr(url) + (f" array {array!r}" if array else "")
-    ref = SourceRef(url=loc, remote=remote, zarr_format=fmt, meta_digest="", shape=(),
-                    key_chunks=(), listing_digest="",
-                    guard=Guard(tuple(roots), tuple(os.path.realpath(f) for f in forbidden)),
-                    options_key=options_key(storage_options if remote else None),
-                    allow_missing=bool(allow_missing_chunks), name=name)
-    doc = read_meta(ref, at_pin=True)
-    digest = hashlib.sha256(doc).hexdigest()
-    try:
-        meta = parse_meta(fmt, digest, doc)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
-                                f"{exc}", field="source") from exc
-    ref = replace(ref, meta_digest=digest)
+    ref, meta, array, _ = _read_parsed(url, array, storage_options, roots, forbidden,
+                                       allow_missing_chunks)
     return check_metadata(ref, meta, url, array, sample_dims, panel_bytes, limits)
 
 
@@ -532,22 +539,11 @@ def pin_component(url, array, *, storage_options=None, roots=(), forbidden=()):
         ``info`` holds the stored shape, dtype and chunks (not a matrix's).
     """
     url = str(os.fspath(url))
-    loc, array, fmt, remote = _locate(url, array, storage_options)
-    name = repr(url) + (f" array {array!r}" if array else "")
-    ref = SourceRef(url=loc, remote=remote, zarr_format=fmt, meta_digest="", shape=(),
-                    key_chunks=(), listing_digest="",
-                    guard=Guard(tuple(roots), tuple(os.path.realpath(f) for f in forbidden)),
-                    options_key=options_key(storage_options if remote else None), name=name)
-    doc = read_meta(ref, at_pin=True)
-    digest = hashlib.sha256(doc).hexdigest()
-    try:
-        meta = parse_meta(fmt, digest, doc)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidInputError(f"the metadata of {name} is not valid Zarr array metadata: "
-                                f"{exc}", field="source") from exc
+    ref, meta, array, fmt = _read_parsed(url, array, storage_options, roots, forbidden,
+                                         allow_missing=True)
     shape = tuple(int(s) for s in meta.shape)
     chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
-    ref = replace(ref, meta_digest=digest, shape=shape, key_chunks=chunks)
+    ref = replace(ref, shape=shape, key_chunks=chunks)
     stamps = _stamps(ref, meta, at_pin=True)
     ref = replace(ref, listing_digest=_listing_digest(stamps))
     dtype = str(np.dtype(meta.dtype.to_native_dtype()))
