@@ -183,20 +183,27 @@ def options_key(storage_options):
     return json.dumps(storage_options or {}, sort_keys=True, default=str)
 
 
-def open_zarr(url, array, storage_options):
+def open_node(url, storage_options=None):
+    """The Zarr array or group at ``url``, read-only (typed errors when absent or unreadable)."""
     import zarr
 
     kw = {"mode": "r"}
     if storage_options and "://" in str(url):
         kw["storage_options"] = storage_options
     try:
-        node = zarr.open(store=str(url), **kw)
+        return zarr.open(store=str(url), **kw)
     except FileNotFoundError as exc:
         raise SourceNotFoundError(
             f"no Zarr array or group at {str(url)!r}; check the path (and the storage "
             "options for object storage).", field="source.url") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise StorageError(f"could not open {str(url)!r} as Zarr: {exc}") from exc
+
+
+def open_zarr(url, array, storage_options):
+    import zarr
+
+    node = open_node(url, storage_options)
     if isinstance(node, zarr.Group):
         names = sorted(node.array_keys())
         if array is None:

@@ -54,7 +54,7 @@ import numpy as np
 from . import _pin
 from ._errors import InvalidInputError, SourceChangedError, SourceNotFoundError, StorageError
 from ._layout import Layout
-from ._meta import Limits, SourceInfo, meta_of
+from ._meta import Limits, SourceInfo, meta_of, open_node
 from ._pin import SourcePin, pin_component
 from ._read import open_pinned, read_region
 from ._sparse_kernels import check_panel_arrays, csr_panel
@@ -151,22 +151,6 @@ def sparse_format(attrs, name="the group"):
                         None if nnz is None else int(nnz))
 
 
-def _open_group(url, storage_options):
-    import zarr
-
-    kw = {"mode": "r"}
-    if storage_options and "://" in str(url):
-        kw["storage_options"] = storage_options
-    try:
-        return zarr.open(store=str(url), **kw)
-    except FileNotFoundError as exc:
-        raise SourceNotFoundError(
-            f"no Zarr array or group at {str(url)!r}; check the path (and the storage "
-            "options for object storage).", field="source.url") from exc
-    except (OSError, ValueError, KeyError) as exc:
-        raise StorageError(f"could not open {str(url)!r} as Zarr: {exc}") from exc
-
-
 def find_sparse(url, array=None, storage_options=None):
     """The sparse group at ``url`` (/ ``array``): ``(SparseFormat, attrs)``, else None.
 
@@ -174,7 +158,7 @@ def find_sparse(url, array=None, storage_options=None):
     """
     import zarr
 
-    node = _open_group(url, storage_options)
+    node = open_node(url, storage_options)
     if not isinstance(node, zarr.Group):
         return None
     if array:
