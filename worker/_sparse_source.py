@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import _pin
-from ._errors import InvalidInputError, SourceChangedError, SourceNotFoundError, StorageError
+from ._errors import InvalidInputError, SourceChangedError, SourceNotFoundError
 from ._layout import Layout
 from ._meta import Limits, SourceInfo, meta_of, open_node
 from ._pin import SourcePin, pin_component
