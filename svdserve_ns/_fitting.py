@@ -203,7 +203,7 @@ def backend_of(client) -> str:
 
 def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_oversamples,
               n_iter, random_state, missing="error", panel_bytes=None,
-              compute_u=True) -> Factors:
+              compute_u=True, **scaling) -> Factors:
     """Run one truncated SVD of ``data`` where ``client`` says.
 
     Parameters
@@ -217,6 +217,9 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
         pass fewer for the exact method).
     panel_bytes : int or None
         Panel budget (this process or a Dask cluster; a service uses its own).
+    **scaling
+        ``weights=`` and ``standardize=`` of :func:`svdserve.worker.svd`, passed
+        on as given (the EOF estimator's ``use_coslat`` and ``standardize``).
 
     Returns
     -------
@@ -224,7 +227,7 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
     """
     kw = dict(method=method, n_oversamples=n_oversamples, n_iter=n_iter, center=center,
               random_state=random_state, energy=energy, missing=missing,
-              compute_u=compute_u)
+              compute_u=compute_u, **scaling)
     if backend_of(client) == "service":
         return _on_service(data, client, rank, kw)
     from svdserve.worker import svd

@@ -1,0 +1,496 @@
+"""The EOF estimator: xeofs' ``xeofs.single.EOF`` vocabulary on svdserve's out-of-core SVD.
+
+>>> from svdserve import EOF                                          # doctest: +SKIP
+>>> model = EOF(n_modes=4, use_coslat=True).fit(sst, dim="time")     # doctest: +SKIP
+>>> model.components()          # DataArray (mode, lat, lon), NaN over land  # doctest: +SKIP
+>>> model.scores(normalized=True)   # DataArray (mode, time)                 # doctest: +SKIP
+>>> model.north_errors()        # Dataset: North et al. (1982) errors per mode  # doctest: +SKIP
+
+The decomposition is the one :class:`svdserve.PCA` runs (:func:`._fitting.decompose`,
+on this process, a Dask cluster or a service); the EOF arithmetic (rotation,
+North's errors, projection) is :mod:`svdserve.client._eof`'s, applied to the
+fitted factors through a small adapter (:class:`FittedEOF`) that looks like a
+stored result to it. This module only moves labels: it stacks the sample dims,
+keeps the coordinates and puts them back on every output.
+
+Conventions are xeofs 3's: ``components()`` are the unit-norm right singular
+vectors (of the weighted field with ``use_coslat``), ``scores()`` are U·σ
+(``normalized=True``: U), ``explained_variance()`` is σ²/(m − 1) and its ratio
+is over the total variance of the (weighted, standardised) field; with
+``rotation=`` the outputs are those of xeofs' ``EOFRotator`` (sorted by
+variance, signed so the largest-magnitude entry of each component is positive).
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from svdserve.client import EnergyReport, north_errors, project_field, rotate
+
+from ._fitting import Data, decompose
+
+__all__ = ["EOF", "FittedEOF"]
+
+#: xeofs' solver names (and svdserve's) → the worker's methods.
+SOLVERS = {"auto": "auto", "full": "exact", "exact": "exact", "randomized": "randomized",
+           "sketch": "sketch"}
+
+
+class FittedEOF:
+    """The fitted factors seen as a stored result by :mod:`svdserve.client._eof`.
+
+    Attributes
+    ----------
+    U : dask.array.Array of shape (m, k)
+    S : ndarray of shape (k,)
+    Vt : ndarray of shape (k, n)
+    mean : ndarray of shape (n,) or None
+    mask : ndarray of shape (n,), bool, or None
+    labels : dict
+        ``dims``, ``shape``, ``sample_dims``, ``feature_dims``, ``coords``.
+    report : EnergyReport
+    """
+
+    def __init__(self, fac, labels):
+        import dask.array as da
+
+        U = fac.U
+        self.U = U if isinstance(U, da.Array) else da.from_array(np.asarray(U), chunks=(
+            max(1, 2**22 // max(U.shape[1], 1)), -1))
+        self.S, self.Vt, self.mean, self.mask = fac.S, fac.Vt, fac.mean, fac.mask
+        self.labels = labels
+        self.report = EnergyReport(fac.report)
+        self.shape = (int(fac.n_samples), int(fac.Vt.shape[1]))
+        self.url = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.S.size)
+
+    def _vt(self) -> np.ndarray:
+        return self.Vt
+
+
+def _dims(dim) -> tuple:
+    return (dim,) if isinstance(dim, str) else tuple(dim)
+
+
+def _labels(xarr, sdims: tuple) -> dict:
+    """The labels of a DataArray viewed as samples × features (xeofs' stacking order)."""
+    dims = tuple(xarr.dims)
+    unknown = [d for d in sdims if d not in dims]
+    if unknown:
+        raise ValueError(f"dim {unknown!r} is not a dimension of the DataArray {xarr.name!r}, "
+                         f"whose dimensions are {dims!r}; pass dim= the sample dimension(s)")
+    fdims = tuple(d for d in dims if d not in sdims)
+    if not fdims:
+        raise ValueError(f"the DataArray {xarr.name!r} has no dimension left for the features "
+                         f"once dim={sdims!r} are the samples")
+    coords = {d: (np.asarray(xarr[d].values), dict(xarr[d].attrs)) for d in dims
+              if d in xarr.coords}
+    return {"dims": list(dims), "shape": [int(xarr.sizes[d]) for d in dims],
+            "sample_dims": list(sdims), "feature_dims": list(fdims), "coords": coords,
+            "name": xarr.name, "attrs": dict(xarr.attrs), "template": xarr}
+
+
+def _open(data, array, storage_options):
+    """A Zarr store path → its variable as a lazy DataArray (only metadata and coords read)."""
+    import xarray as xr
+
+    ds = xr.open_zarr(os.fspath(data), storage_options=storage_options, consolidated=None,
+                      mask_and_scale=True)
+    names = list(ds.data_vars)
+    name = array if array is not None else (names[0] if len(names) == 1 else None)
+    if name is None or name not in ds:
+        raise ValueError(f"the store at {os.fspath(data)!r} holds the variables {names}; "
+                         f"name one with EOF(array=...), got array={array!r}")
+    return ds[name]
+
+
+class EOF(BaseEstimator):
+    """EOF analysis (PCA of a field) in xeofs' terms, fitted out of core.
+
+    Parameters
+    ----------
+    n_modes : int, default=2
+        Modes computed (and rotated, with ``rotation``).
+    center : bool, default=True
+        Remove the mean over the samples (xeofs' default).
+    standardize : bool, default=False
+        Divide each point by its standard deviation (the correlation matrix).
+    use_coslat : bool, default=False
+        Weight each point by √cos(latitude) (needs a ``lat`` or ``latitude``
+        feature coordinate in degrees).
+    check_nans : bool, default=True
+        Points missing (NaN) at every sample are dropped from the analysis and
+        come back as NaN (xeofs' behaviour); a NaN elsewhere is an error naming
+        the points. False: any NaN is an error.
+    rotation : {None, "varimax", "promax"}, default=None
+        Rotate the ``n_modes`` modes as xeofs' ``EOFRotator`` (from the fitted
+        factors: the data is not read again).
+    power : int, default=4
+        Promax power (xeofs' ``power``; ignored for varimax).
+    max_iter : int, default=1000
+    rtol : float, default=1e-8
+        Varimax iterations at most, and its relative tolerance (xeofs' defaults).
+    solver : {"auto", "full", "exact", "randomized", "sketch"}, default="auto"
+        ``"full"``/``"exact"``: TSQR (every eigenvalue); ``"randomized"``:
+        Halko et al. with ``n_iter`` power iterations; ``"sketch"``: one pass.
+    n_oversamples : int, default=10
+    n_iter : int, default=4
+        Power iterations of the randomized solver.
+    random_state : int or None, default=None
+    client : None, distributed.Client or svdserve.client.Client, default=None
+        Where to fit, as :class:`svdserve.PCA`: this process (or the default
+        Dask client), a Dask cluster, or a service (a Zarr path it can read
+        is submitted as it is, anything else uploaded).
+    array : str, optional
+        The variable of a Zarr store given to :meth:`fit` as a path.
+    storage_options : dict, optional
+        fsspec options for a store URL.
+    panel_bytes : int, optional
+        Panel budget when fitting here or on a Dask cluster.
+
+    Attributes
+    ----------
+    n_modes_ : int
+    mean_ : xarray.DataArray
+        The mean removed (feature dims), NaN at the dropped points.
+    report_ : EnergyReport
+        The decomposition's energy report (North's errors in ``report_.north``).
+    rotation_ : svdserve.client.Rotation or None
+    """
+
+    def __init__(self, n_modes=2, *, center=True, standardize=False, use_coslat=False,
+                 check_nans=True, rotation=None, power=4, max_iter=1000, rtol=1e-8,
+                 solver="auto", n_oversamples=10, n_iter=4, random_state=None, client=None,
+                 array=None, storage_options=None, panel_bytes=None):
+        self.n_modes = n_modes
+        self.center = center
+        self.standardize = standardize
+        self.use_coslat = use_coslat
+        self.check_nans = check_nans
+        self.rotation = rotation
+        self.power = power
+        self.max_iter = max_iter
+        self.rtol = rtol
+        self.solver = solver
+        self.n_oversamples = n_oversamples
+        self.n_iter = n_iter
+        self.random_state = random_state
+        self.client = client
+        self.array = array
+        self.storage_options = storage_options
+        self.panel_bytes = panel_bytes
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def _check_params(self):
+        n = self.n_modes
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"n_modes must be a positive int, got {n!r}")
+        if self.rotation not in (None, "varimax", "promax"):
+            raise ValueError(f"rotation must be None, 'varimax' or 'promax', got "
+                             f"{self.rotation!r}")
+        if self.rotation is not None and n < 2:
+            raise ValueError(f"a rotation needs n_modes >= 2, got {n!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+
+    def _input(self, data, sdims):
+        """(Data, labels) of a DataArray or a Zarr store path."""
+        from ._fitting import as_data
+
+        if isinstance(data, (str, os.PathLike)):
+            xarr = _open(data, self.array, self.storage_options)
+            labels = _labels(xarr, sdims)
+            return Data("path", os.fspath(data), xarr.name, self.storage_options, sdims), labels
+        if type(data).__module__.split(".")[0] != "xarray" or not hasattr(data, "dims"):
+            raise TypeError(f"data must be an xarray.DataArray or the path of a Zarr store, "
+                            f"got {type(data).__name__}")
+        labels = _labels(data, sdims)
+        return as_data(data, sample_dims=sdims), labels
+
+    def _scaling(self):
+        """The keyword arguments of the decomposition for weights and standardisation."""
+        kw = {}
+        if self.use_coslat:
+            kw["weights"] = "coslat"
+        if self.standardize:
+            kw["standardize"] = True
+        return kw
+
+    def fit(self, data, dim="time"):
+        """Fit the EOFs of ``data`` with ``dim`` as the samples.
+
+        Parameters
+        ----------
+        data : xarray.DataArray or str or os.PathLike
+            The field (in memory or dask-backed, e.g. from ``xr.open_zarr``),
+            or the path of a Zarr store (``array=`` names the variable when it
+            holds several). A store is read panel by panel, never loaded.
+        dim : str or sequence of str, default="time"
+            The sample dimension(s); every other dimension is a feature.
+
+        Returns
+        -------
+        self : EOF
+        """
+        self._check_params()
+        sdims = _dims(dim)
+        source, labels = self._input(data, sdims)
+        fac = decompose(source, client=self.client, rank=int(self.n_modes), center=self.center,
+                        method=SOLVERS[self.solver], n_oversamples=self.n_oversamples,
+                        n_iter=self.n_iter, random_state=self.random_state,
+                        missing="mask" if self.check_nans else "error",
+                        panel_bytes=self.panel_bytes, compute_u=True, **self._scaling())
+        self._fitted = FittedEOF(fac, labels)
+        self.n_modes_ = self._fitted.rank
+        self.report_ = self._fitted.report
+        self.rotation_ = None
+        if self.rotation is not None:
+            self.rotation_ = rotate(self._fitted, self.n_modes_, self.rotation,
+                                    power=self.power, max_iter=self.max_iter, rtol=self.rtol)
+        mean = np.zeros(self._fitted.shape[1]) if fac.mean is None else fac.mean
+        self.mean_ = self._feature_da(self._maps(mean[None, :])[0], "mean")
+        return self
+
+    # -- labelled outputs -----------------------------------------------------------------
+
+    def _maps(self, rows) -> np.ndarray:
+        """(r, n) → (r, *feature_shape), NaN at the dropped points."""
+        f = self._fitted
+        out = np.array(rows, dtype=np.float64)
+        if f.mask is not None:
+            out[:, f.mask] = np.nan
+        return out.reshape(out.shape[0], *self._fshape())
+
+    def _fshape(self):
+        lab = self._fitted.labels
+        size = dict(zip(lab["dims"], lab["shape"]))
+        return tuple(size[d] for d in lab["feature_dims"])
+
+    def _coords(self, which, dims=None):
+        tmpl = self._fitted.labels["template"]
+        keep = set(self._fitted.labels[which] if dims is None else dims)
+        return {c: tmpl.coords[c] for c in tmpl.coords if set(tmpl.coords[c].dims) <= keep}
+
+    def _modes(self, n=None):
+        return np.arange(1, (self.n_modes_ if n is None else n) + 1)
+
+    def _feature_da(self, values, name, mode=False):
+        import xarray as xr
+
+        fdims = tuple(self._fitted.labels["feature_dims"])
+        dims = ("mode", *fdims) if mode else fdims
+        coords = self._coords("feature_dims")
+        if mode:
+            coords = {"mode": self._modes(values.shape[0]), **coords}
+        return xr.DataArray(values, dims=dims, coords=coords, name=name)
+
+    def _mode_da(self, values, name):
+        import xarray as xr
+
+        return xr.DataArray(np.asarray(values, dtype=np.float64), dims=("mode",),
+                            coords={"mode": self._modes(len(values))}, name=name)
+
+    def _sample_da(self, flat, name, sdims, sshape, coords):
+        """(r, k) scores → DataArray (mode, *sample dims)."""
+        import xarray as xr
+
+        k = flat.shape[1]
+        arr = flat.T.reshape(k, *sshape)
+        return xr.DataArray(arr, dims=("mode", *sdims), name=name,
+                            coords={"mode": self._modes(k), **coords})
+
+    def components(self, normalized=True):
+        """The EOFs: DataArray (mode, *feature dims), unit norm, NaN at the dropped points.
+
+        Parameters
+        ----------
+        normalized : bool, default=True
+            False: each multiplied by its singular value (xeofs' convention).
+        """
+        check_is_fitted(self)
+        rot = self.rotation_
+        comps = rot.components if rot is not None else self._maps(self._fitted.Vt)
+        if not normalized:
+            comps = comps * self._norms()[:, *([None] * (comps.ndim - 1))]
+        return self._feature_da(comps, "components", mode=True)
+
+    def _norms(self):
+        return self.rotation_.singular_values if self.rotation_ is not None else self._fitted.S
+
+    def scores(self, normalized=False):
+        """The PCs: DataArray (mode, *sample dims), U·σ (``normalized=True``: U, unit norm).
+
+        Lazy (dask-backed) when the fit stored U rather than returning it in memory.
+        """
+        check_is_fitted(self)
+        f = self._fitted
+        u = self.rotation_.scores if self.rotation_ is not None else f.U * f.S
+        if normalized:
+            u = u / self._norms()
+        lab = f.labels
+        size = dict(zip(lab["dims"], lab["shape"]))
+        sdims = tuple(lab["sample_dims"])
+        return self._sample_da(u, "scores", sdims, tuple(size[d] for d in sdims),
+                               self._coords("sample_dims"))
+
+    def singular_values(self):
+        """DataArray (mode,): σ (xeofs' ``norms``; pseudo-σ of the rotated modes)."""
+        check_is_fitted(self)
+        return self._mode_da(self._norms(), "singular_values")
+
+    def explained_variance(self):
+        """DataArray (mode,): σ²/(m − 1), the covariance eigenvalues (of the rotated modes
+        with ``rotation``)."""
+        check_is_fitted(self)
+        if self.rotation_ is not None:
+            return self._mode_da(self.rotation_.explained_variance, "explained_variance")
+        f = self._fitted
+        return self._mode_da(f.S**2 / max(f.shape[0] - 1, 1), "explained_variance")
+
+    def explained_variance_ratio(self):
+        """DataArray (mode,): the explained variance over the field's total variance,
+        measured over every mode in the decomposition's first pass."""
+        check_is_fitted(self)
+        if self.rotation_ is not None:
+            ratio = self.rotation_.explained_variance_ratio
+        else:
+            f = self._fitted
+            ratio = (f.S / f.report.frobenius_norm) ** 2 if f.report.frobenius_norm > 0 \
+                else np.zeros(f.rank)
+        return self._mode_da(ratio, "explained_variance_ratio")
+
+    def north_errors(self, n_eff=None):
+        """North et al.'s (1982) eigenvalue errors of the (unrotated) modes, from the fit only.
+
+        Parameters
+        ----------
+        n_eff : None, number or "lag1", default=None
+            The sample size N: the number of samples (None), a given number,
+            or ``"lag1"``, per mode from the lag-1 autocorrelation of its PC
+            (computed here from the fitted U; samples must be in time order).
+
+        Returns
+        -------
+        xarray.Dataset
+            On ``mode``: ``eigenvalue``, ``error`` (λ·√(2/N)), ``error_ratio``
+            (over the total variance, eofs' ``vfscaled``), ``n_eff`` and
+            ``degenerate`` (True where the error bars of this mode and the next
+            overlap: do not interpret them separately; the last mode's next is
+            not computed, so False). ``attrs["degenerate_pairs"]``: 1-based pairs.
+        """
+        import xarray as xr
+
+        check_is_fitted(self)
+        ne = north_errors(self._fitted, n_eff=n_eff)
+        mode = self._modes(ne.eigenvalues.size)
+        return xr.Dataset(
+            {"eigenvalue": ("mode", ne.eigenvalues), "error": ("mode", ne.errors),
+             "error_ratio": ("mode", ne.scaled_errors), "n_eff": ("mode", ne.n_eff),
+             "degenerate": ("mode", np.append(ne.degenerate, False))},
+            coords={"mode": mode},
+            attrs={"degenerate_pairs": [list(p) for p in ne.degenerate_pairs],
+                   "n_eff_method": ne.n_eff_method})
+
+    # -- new data -------------------------------------------------------------------------
+
+    def _new_field(self, data):
+        """A DataArray with the fitted feature dims → ((r, n) array, sample dims, shape, coords)."""
+        lab = self._fitted.labels
+        fdims = tuple(lab["feature_dims"])
+        if not hasattr(data, "dims") or not set(fdims) <= set(data.dims):
+            raise ValueError(f"data must be a DataArray with the fitted feature dims {fdims!r}, "
+                             f"got {getattr(data, 'dims', type(data).__name__)!r}")
+        sdims = tuple(d for d in data.dims if d not in fdims)
+        x = data.transpose(*sdims, *fdims)
+        if tuple(x.shape[len(sdims):]) != self._fshape():
+            raise ValueError(f"data has feature shape {tuple(x.shape[len(sdims):])}, the fit "
+                             f"had {self._fshape()} over {fdims!r}")
+        sshape = tuple(x.shape[:len(sdims)])
+        coords = {c: x.coords[c] for c in x.coords if set(x.coords[c].dims) <= set(sdims)}
+        flat = x.data.reshape(int(np.prod(sshape, dtype=int)), -1)
+        return flat, sdims, sshape, coords
+
+    def transform(self, data, normalized=False):
+        """Project a new field on the EOFs (xeofs' ``transform``, eofs' ``projectField``).
+
+        Parameters
+        ----------
+        data : xarray.DataArray
+            With the fitted feature dims; NaN allowed at the dropped points only.
+        normalized : bool, default=False
+            Divide by the singular values (as ``scores(normalized=True)``).
+
+        Returns
+        -------
+        xarray.DataArray (mode, *sample dims of data)
+        """
+        check_is_fitted(self)
+        flat, sdims, sshape, coords = self._new_field(data)
+        f = self._fitted
+        if f.mean is not None and self.center:
+            flat = flat - f.mean
+        proj = project_field(f, flat, f.rank, center=False)
+        if self.rotation_ is not None:
+            proj = self._rotate_scores(proj / f.S[: f.rank])
+        if normalized:
+            proj = proj / self._norms()
+        return self._sample_da(proj, "scores", sdims, sshape, coords)
+
+    def _rotate_scores(self, un):
+        """Unit-norm projections (r, k) → rotated scores, as :func:`rotate` forms them."""
+        rot = self.rotation_
+        R = rot.rotation_matrix
+        rinv_t = R if rot.method == "varimax" else np.linalg.inv(R).T
+        return (un @ rinv_t)[:, rot.order] * (rot.singular_values * rot.signs)
+
+    def inverse_transform(self, scores, normalized=False):
+        """The field rebuilt from scores: Σ_modes score·component + mean, NaN at dropped points.
+
+        Parameters
+        ----------
+        scores : xarray.DataArray (mode, *sample dims)
+            A subset of modes is allowed (``scores.sel(mode=[1, 2])``).
+        normalized : bool, default=False
+            Whether the scores are normalised (they are multiplied by the
+            singular values first).
+
+        Returns
+        -------
+        xarray.DataArray (*sample dims, *feature dims)
+        """
+        import xarray as xr
+
+        check_is_fitted(self)
+        modes = np.asarray(scores["mode"].values if "mode" in scores.coords
+                           else self._modes(scores.sizes["mode"]), dtype=int)
+        sdims = tuple(d for d in scores.dims if d != "mode")
+        sc = scores.transpose(*sdims, "mode").data
+        sshape = tuple(scores.sizes[d] for d in sdims)
+        sc = sc.reshape(int(np.prod(sshape, dtype=int)), modes.size)
+        if normalized:
+            sc = sc * self._norms()[modes - 1]
+        comps = self.components().values.reshape(self.n_modes_, -1)[modes - 1]
+        out = sc @ np.nan_to_num(comps)
+        f = self._fitted
+        if f.mean is not None:
+            out = out + f.mean
+        out = out.reshape(*sshape, *self._fshape())
+        coords = {c: scores.coords[c] for c in scores.coords if set(scores.coords[c].dims) <=
+                  set(sdims)}
+        fdims = tuple(f.labels["feature_dims"])
+        da_ = xr.DataArray(out, dims=(*sdims, *fdims),
+                           coords={**coords, **self._coords("feature_dims")},
+                           name="reconstructed_data")
+        return da_.where(~np.isnan(self.mean_)) if f.mask is not None else da_
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "_fitted")
