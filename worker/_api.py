@@ -28,6 +28,7 @@ from ._rechunk import rechunk, remove_scratch, scratch_dir
 from ._result import ResultWriter, SVDResult, write_tall_block
 from ._rsvd import randomized_svd
 from ._run import Run
+from ._scaling import feature_weights, scaling_report
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
@@ -80,7 +81,7 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         sketch_sizes=None, n_probes=10, sample_dims=None, missing="error", scratch=None,
         memory_fraction=_RUN.memory_fraction, reader=_RUN.reader, interrupt=None,
         task_deadline=_RUN.task_deadline, task_deadline_factor=_RUN.task_deadline_factor,
-        spec=None, execution=None):
+        spec=None, execution=None, weights=None, standardize=False):
     """Truncated SVD of a matrix too large for memory, on Dask.
 
     ``A ≈ U diag(S) Vt`` (of ``A − 1 meanᵀ`` when ``center=True``), computed
@@ -244,6 +245,25 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         and ``panel_bytes``, ``panel_cache``, ``memory_fraction``, ``reader``,
         ``no_workers_timeout`` and ``task_deadline*`` are then not read.
 
+    weights : {"coslat", "area"} or array-like, optional
+        Feature weights D (EOF analysis decomposes ``(A − 1 meanᵀ)·D``, as
+        eofs and xeofs do). ``"coslat"``: √cos(latitude), from the latitude
+        coordinate (``lat``/``latitude``, written next to the variable by
+        ``xarray.to_zarr``) of an N-D source (eofs ``weights="coslat"``,
+        xeofs ``use_coslat=True``). ``"area"``: √(cell area / total area)
+        with cell bounds half-way between the coordinates (eofs
+        ``weights="area"``). An array: non-negative, of shape (n,) or
+        broadcastable to the feature shape (the non-sample dimensions).
+        Applied to each panel as the kernels receive it, never to the data
+        on storage; costs no pass (:mod:`._scaling`).
+    standardize : bool, default=False
+        Also divide each feature by its standard deviation (ddof = 0,
+        floored at float32's ε so a constant feature becomes 0, as xeofs
+        does): the correlation-matrix EOFs. Needs ``center=True``. Measured
+        in pass 1 (no extra pass); on a tall matrix refused for ``sketch``,
+        an ``energy`` target and ``randomized`` with ``n_iter=0``, whose
+        first pass already needs it.
+
     Returns
     -------
     SVDResult
@@ -292,7 +312,8 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
         spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
                     center=center, random_state=random_state, compute_u=compute_u,
                     energy=energy, max_rank=max_rank, block_size=block_size,
-                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing)
+                    sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing,
+                    weights=weights, standardize=standardize)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
                     interrupt=interrupt, out=out, scratch=scratch,
                     out_opts=storage_options if out_storage_options is None
@@ -304,8 +325,9 @@ def _run_job(src, params, execution, t_start, *, client, progress, interrupt, ou
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     src, layout = _cut(src, engine, execution)
-    job = _Job(src, params, layout, engine, progress, out, out_opts, read_labels(src),
-               execution)
+    labels = read_labels(src)
+    job = _Job(src, params, layout, engine, progress, out, out_opts, labels, execution,
+               weights=feature_weights(params.weights, src.shape[1], labels))
     run, fac = _run_algorithm(job, scratch=scratch_dir(scratch, out))
     signs, v = _fix_signs(job, fac)
     src.verify()  # after the last read: the source is still exactly what was pinned
@@ -329,6 +351,8 @@ class _Job:
     execution: Execution
     mask: np.ndarray | None = None
     reader: str | None = None  # what decoded the stored chunks (report["plan"]["reader"])
+    weights: np.ndarray | None = None  # feature weights (:mod:`._scaling`)
+    scale: np.ndarray | None = None  # the feature scale applied, once known
 
     @property
     def bounds(self):
@@ -378,8 +402,11 @@ def _run_algorithm(job, *, scratch):
                   pivot=src.first_row(panels, markers) if center_cols else None,
                   cache=(token, float(ex.panel_cache)) if ex.panel_cache else None,
                   missing=markers,
-                  decide_missing=None if markers is None else _missing_decider(job))
-        return run, _factor(run, params)
+                  decide_missing=None if markers is None else _missing_decider(job),
+                  weights=job.weights, standardize=params.standardize)
+        fac = _factor(run, params)
+        job.scale = run.scale
+        return run, fac
     finally:
         if ex.panel_cache:  # nothing to release otherwise (and no call to a hung worker)
             engine.release_cache(token)
@@ -468,10 +495,14 @@ def _report(job, run, fac, t_start, extra_params):
     if not params.center and not src.wide:
         # with frobenius_norm: the total variance ‖A‖²_F/m − ‖μ‖² (TruncatedSVD's ratios)
         report["column_mean_norm"] = sumsq_norm(sumsq(run.stats["mean"]))
+    if params.weights is not None or params.standardize:
+        report["scaling"] = scaling_report(params.weights, job.weights, params.standardize)
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):
         prov_params.pop(key)
+    if isinstance(params.weights, tuple):  # the values are in the result's "scale"
+        prov_params["weights"] = "array"
     info = src.info
     provenance = {
         "input": {"url": info.url, "array": info.array, "shape": [m, n], "dtype": info.dtype,
@@ -520,7 +551,7 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     if writer is not None:
         writer.finish(S=fac.sigma, small=u_small if src.wide else vt, mean=mean,
                       attrs={"svdserve": provenance, "report": report},
-                      mask=job.mask, labels=job.labels)
+                      mask=job.mask, labels=job.labels, scale=job.scale)
         grp, url = writer.group, writer.url
         u_out, vt_out = (grp["U"] if "U" in grp else None), grp["Vt"]
     else:
@@ -528,7 +559,8 @@ def _finish(job, run, fac, v, tall, writer, report, provenance):
     return SVDResult(U=u_out, S=np.asarray(fac.sigma, dtype=float), Vt=vt_out, mean=mean,
                      report=report, passes=report["passes"], method=params.resolved, url=url,
                      provenance=provenance, events=list(job.engine.events),
-                     reads=report["reads"], mask=job.mask, labels=job.labels)
+                     reads=report["reads"], mask=job.mask, labels=job.labels,
+                     scale=job.scale)
 
 
 def _factor(run, params):

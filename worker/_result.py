@@ -66,6 +66,9 @@ class SVDResult:
     labels : dict or None
         ``sample_dims`` runs: ``dims``, ``shape``, ``sample_dims``,
         ``feature_dims`` and ``coords`` (``{dim: (values, attrs)}``).
+    scale : ndarray of shape (n,) or None
+        ``weights``/``standardize``: the feature scale D; ``U S Vt`` then
+        approximates ``(A − 1 meanᵀ)·D`` (``Vt / scale`` unweights the components).
     """
 
     U: object
@@ -81,6 +84,7 @@ class SVDResult:
     reads: float = 0.0
     mask: np.ndarray | None = None
     labels: dict | None = None
+    scale: np.ndarray | None = None
 
     @property
     def rank(self):
@@ -175,7 +179,7 @@ class ResultWriter:
         self.group = grp
         _cached_array.cache_clear()
 
-    def finish(self, *, S, small, mean, attrs, mask=None, labels=None):
+    def finish(self, *, S, small, mean, attrs, mask=None, labels=None, scale=None):
         """Write the small factor, S, mean, mask, labels, attributes, then the manifest.
 
         Parameters
@@ -195,6 +199,9 @@ class ResultWriter:
             if mask is not None:
                 grp.create_array("mask", shape=mask.shape, chunks=mask.shape or (1,),
                                  dtype="bool")[...] = mask
+            if scale is not None:
+                grp.create_array("scale", shape=scale.shape, chunks=scale.shape or (1,),
+                                 dtype="float64")[...] = scale
             attrs = dict(attrs)
             if labels is not None:
                 attrs["labels"] = _write_coords(grp, labels)
@@ -260,4 +267,5 @@ def load(url, storage_options=None):
         method=prov.get("method", ""), url=url, provenance=prov,
         events=list(prov.get("events", [])), reads=float(prov.get("reads", 0.0)),
         mask=np.asarray(grp["mask"][...]) if "mask" in manifest["arrays"] else None,
-        labels=_manifest.read_labels(grp))
+        labels=_manifest.read_labels(grp),
+        scale=np.asarray(grp["scale"][...]) if "scale" in manifest["arrays"] else None)

@@ -162,7 +162,9 @@ def power_step(run, g, deflate=None):
         extra = None
         if run.center:
             extra = _between_panel_term(run.panel_stats, run.shifted_mean, g)
-        return _power_sum(eng.gather(outs), extra)
+        z = _power_sum(eng.gather(outs), extra)
+        d = run.post_scale()  # standardize: D(AᵀA G) starts the iteration on A·D
+        return z if d is None else z * d[:, None]
     mu = run.shifted_mean
     mu_h, mu_g = (eng.scatter(mu), eng.scatter(mu @ g)) if run.center else (None, None)
     if deflate is None:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ._errors import InvalidInputError
 from ._methods import METHODS
 from ._missing import check_mode
+from ._scaling import check_weights
 
 __all__ = ["SVDParams", "plan", "choose_method", "EXACT_MAX_COLUMNS", "Execution",
            "DEFAULT_PANEL_BYTES", "DEFAULT_PANEL_CACHE", "DEFAULT_MEMORY_FRACTION", "READERS",
@@ -124,6 +127,10 @@ class SVDParams:
     max_rank : int or None
     sketch_sizes : (int, int) or None
     missing : {"error", "mask"}
+    weights : None, "coslat", "area" or (shape, values)
+        Feature weights (:func:`~._scaling.check_weights`).
+    standardize : bool
+        Divide each feature by its standard deviation (:mod:`._scaling`).
     notes : tuple of str
         What was changed from the request, in words (the oversampling clip).
     """
@@ -143,6 +150,8 @@ class SVDParams:
     n_probes: int = 10
     missing: str = "error"
     notes: tuple = field(default=())
+    weights: object = None
+    standardize: bool = False
 
     def to_json(self):
         return {**asdict(self), "sketch_sizes": None if self.sketch_sizes is None
@@ -154,14 +163,19 @@ class SVDParams:
         if data.get("sketch_sizes") is not None:
             data["sketch_sizes"] = tuple(data["sketch_sizes"])
         data["notes"] = tuple(data.get("notes", ()))
+        if isinstance(data.get("weights"), list):
+            data["weights"] = (tuple(data["weights"][0]), tuple(data["weights"][1]))
         return cls(**data)
 
     def svd_kwargs(self):
         """Keyword arguments of :func:`~._api.svd` that reproduce this plan."""
         kw = {key: getattr(self, key) for key in (
             "method", "n_oversamples", "n_iter", "random_state", "center", "compute_u",
-            "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing")}
+            "energy", "max_rank", "block_size", "sketch_sizes", "n_probes", "missing",
+            "standardize")}
         kw["rank"] = None if self.energy is not None else self.rank
+        w = self.weights
+        kw["weights"] = w if w is None or isinstance(w, str) else np.reshape(w[1], w[0])
         return kw
 
 
@@ -190,7 +204,7 @@ def choose_method(method, shape, rank, n_oversamples):
 
 def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=False,
          random_state=0, compute_u=True, energy=None, max_rank=None, block_size=16,
-         sketch_sizes=None, n_probes=10, missing="error"):
+         sketch_sizes=None, n_probes=10, missing="error", weights=None, standardize=False):
     """Validate a job's parameters against the matrix shape and resolve the method.
 
     Parameters
@@ -243,7 +257,31 @@ def plan(shape, rank=None, *, method="auto", n_oversamples=10, n_iter=2, center=
         max_rank=cap if energy is not None else None,
         block_size=int_param(block_size, "block_size", 1),
         sketch_sizes=_sizes_param(sketch_sizes), n_probes=int_param(n_probes, "n_probes", 0),
-        missing=missing, notes=notes)
+        missing=missing, notes=notes, weights=check_weights(weights),
+        standardize=_standardize_param(standardize, center, resolved, m >= n, n_iter))
+
+
+def _standardize_param(standardize, center, resolved, tall, n_iter):
+    """Validate ``standardize``: it needs centring, and on a tall matrix (features across
+    panels) the pass-1 statistics before the passes that use them."""
+    if not isinstance(standardize, (bool, int)) or standardize not in (0, 1):
+        raise InvalidInputError(f"standardize must be true or false; got {standardize!r}.",
+                                field="standardize")
+    if not standardize:
+        return False
+    if not center:
+        raise InvalidInputError("standardize=True divides each feature by its standard "
+                                "deviation about its mean: give center=True with it.",
+                                field="standardize")
+    if tall and (resolved in ("sketch", "randqb") or (resolved == "randomized" and not n_iter)):
+        raise InvalidInputError(
+            f"standardize=True with method={resolved!r} on a matrix with more samples than "
+            "features: the standard deviations are known only after the first pass, and this "
+            "method's only (or first) pass already needs them (its Gaussian test matrices "
+            "would have to be scaled by them; scaling afterwards breaks the error bounds of "
+            "Tropp et al. and Halko et al.). Use method='exact', or 'randomized' with "
+            "n_iter >= 1.", field="standardize")
+    return True
 
 
 def _energy_params(rank, energy, max_rank, method, short):

@@ -180,7 +180,9 @@ def exact_svd(run, k, *, compute_u=True):
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
     t_factor = run.phase("factor", reads=False)
     root, nodes = tsqr_up(eng, leaves)
-    r, extra = with_ones_direction(root["r"], 1 if callable(k) else k, run.center)
+    d = run.post_scale()  # standardize: the R of A·D is R·D (:mod:`._scaling`)
+    r, extra = with_ones_direction(root["r"] if d is None else root["r"] * d,
+                                   1 if callable(k) else k, run.center)
     u_r, sigma, vt = np.linalg.svd(r, full_matrices=False)
     u_r, vt = svd_flip_rows(u_r, vt)
     if callable(k):  # rank chosen from the whole spectrum (energy target)
@@ -201,5 +203,5 @@ def exact_svd(run, k, *, compute_u=True):
                             u_route="gemm")
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
-    handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center))
+    handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center), first_scale=True)
     return out._replace(tall=handles, u_route="reapply")
