@@ -34,7 +34,7 @@ from svdserve.client import EnergyReport, north_errors, project_field, rotate
 
 from ._fitting import Data, decompose
 
-__all__ = ["EOF", "FittedEOF"]
+__all__ = ["EOF", "FittedEOF", "coslat_weights"]
 
 #: xeofs' solver names (and svdserve's) → the worker's methods.
 SOLVERS = {"auto": "auto", "full": "exact", "exact": "exact", "randomized": "randomized",
@@ -51,8 +51,12 @@ class FittedEOF:
     Vt : ndarray of shape (k, n)
     mean : ndarray of shape (n,) or None
     mask : ndarray of shape (n,), bool, or None
-    labels : dict
-        ``dims``, ``shape``, ``sample_dims``, ``feature_dims``, ``coords``.
+    scale : ndarray of shape (n,) or None
+        The feature scale D (weights / standard deviations) of the decomposition.
+    labels : dict or None
+        One variable's ``dims``, ``shape``, ``sample_dims``, ``feature_dims``,
+        ``coords`` (so errors name points by their coordinates); None for
+        several variables (the post-processing then sees n flat features).
     report : EnergyReport
     """
 
@@ -63,6 +67,7 @@ class FittedEOF:
         self.U = U if isinstance(U, da.Array) else da.from_array(np.asarray(U), chunks=(
             max(1, 2**22 // max(U.shape[1], 1)), -1))
         self.S, self.Vt, self.mean, self.mask = fac.S, fac.Vt, fac.mean, fac.mask
+        self.scale = fac.scale
         self.labels = labels
         self.report = EnergyReport(fac.report)
         self.shape = (int(fac.n_samples), int(fac.Vt.shape[1]))
@@ -95,7 +100,23 @@ def _labels(xarr, sdims: tuple) -> dict:
               if d in xarr.coords}
     return {"dims": list(dims), "shape": [int(xarr.sizes[d]) for d in dims],
             "sample_dims": list(sdims), "feature_dims": list(fdims), "coords": coords,
-            "name": xarr.name, "attrs": dict(xarr.attrs), "template": xarr}
+            "template": xarr}
+
+
+def _fshape(lab) -> tuple:
+    size = dict(zip(lab["dims"], lab["shape"]))
+    return tuple(size[d] for d in lab["feature_dims"])
+
+
+def _sizes(lab, which) -> tuple:
+    size = dict(zip(lab["dims"], lab["shape"]))
+    return tuple(size[d] for d in lab[which])
+
+
+def _coords_of(xarr, dims) -> dict:
+    """The coordinates of a DataArray that live on ``dims`` only."""
+    keep = set(dims)
+    return {c: xarr.coords[c] for c in xarr.coords if set(xarr.coords[c].dims) <= keep}
 
 
 def _open(data, array, storage_options):
@@ -110,6 +131,45 @@ def _open(data, array, storage_options):
         raise ValueError(f"the store at {os.fspath(data)!r} holds the variables {names}; "
                          f"name one with EOF(array=...), got array={array!r}")
     return ds[name]
+
+
+def _same_samples(labels: list) -> None:
+    """Every variable of a multivariate fit has the first one's sample dims and coords."""
+    first = labels[0]
+    for i, lab in enumerate(labels[1:], start=2):
+        same = _sizes(lab, "sample_dims") == _sizes(first, "sample_dims") and all(
+            np.array_equal(lab["coords"][d][0], first["coords"][d][0])
+            for d in first["sample_dims"] if d in first["coords"] and d in lab["coords"])
+        if not same:
+            raise ValueError(f"variable {i} of the list does not share the samples of the first "
+                             f"({dict(zip(first['sample_dims'], _sizes(first, 'sample_dims')))} "
+                             f"with the same coordinates); align them first (xr.align)")
+
+
+#: Coordinate names taken as latitude (xeofs' ``VALID_LATITUDE_NAMES``).
+LATITUDE_NAMES = ("latitude", "lats", "lat", "Latitude", "Lats", "Lat", "LATITUDE", "LATS",
+                  "LAT")
+
+
+def coslat_weights(labels) -> np.ndarray:
+    """√cos(latitude) of every feature, ndarray of shape (n,) (xeofs' ``use_coslat``:
+    ``sqrt(clip(cos(deg2rad(lat)), 0, 1))``), broadcast over the other feature dims."""
+    fdims = labels["feature_dims"]
+    lat = [d for d in fdims if d in LATITUDE_NAMES and d in labels["coords"]]
+    if len(lat) != 1:
+        raise ValueError(f"use_coslat=True needs one latitude coordinate among the feature "
+                         f"dims {tuple(fdims)!r} (named one of {LATITUDE_NAMES[:3]!r}, in "
+                         f"degrees); found {lat!r}")
+    w = np.sqrt(np.clip(np.cos(np.deg2rad(labels["coords"][lat[0]][0].astype(float))), 0, 1))
+    size = dict(zip(labels["dims"], labels["shape"]))
+    shape = [size[d] if d == lat[0] else 1 for d in fdims]
+    return np.broadcast_to(w.reshape(shape), [size[d] for d in fdims]).reshape(-1).copy()
+
+
+def _check_dataarray(x) -> None:
+    if type(x).__module__.split(".")[0] != "xarray" or not hasattr(x, "dims"):
+        raise TypeError(f"data must be an xarray.DataArray, a list of them or the path of a "
+                        f"Zarr store, got {type(x).__name__}")
 
 
 class EOF(BaseEstimator):
@@ -203,24 +263,42 @@ class EOF(BaseEstimator):
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
     def _input(self, data, sdims):
-        """(Data, labels) of a DataArray or a Zarr store path."""
+        """(Data, [labels per variable]) of a DataArray, a list of them or a store path."""
         from ._fitting import as_data
 
         if isinstance(data, (str, os.PathLike)):
             xarr = _open(data, self.array, self.storage_options)
             labels = _labels(xarr, sdims)
-            return Data("path", os.fspath(data), xarr.name, self.storage_options, sdims), labels
-        if type(data).__module__.split(".")[0] != "xarray" or not hasattr(data, "dims"):
-            raise TypeError(f"data must be an xarray.DataArray or the path of a Zarr store, "
-                            f"got {type(data).__name__}")
-        labels = _labels(data, sdims)
-        return as_data(data, sample_dims=sdims), labels
+            return Data("path", os.fspath(data), xarr.name, self.storage_options, sdims), [labels]
+        if isinstance(data, (list, tuple)) and data:
+            return self._multivariate(list(data), sdims)
+        _check_dataarray(data)
+        return as_data(data, sample_dims=sdims), [_labels(data, sdims)]
 
-    def _scaling(self):
-        """The keyword arguments of the decomposition for weights and standardisation."""
+    def _multivariate(self, arrays, sdims):
+        """Several DataArrays sharing the samples: their matrices side by side, lazily
+        (``dask.array.concatenate`` of views: nothing is copied before the panels are read)."""
+        import dask.array as da
+
+        from ._fitting import stack_samples
+
+        for x in arrays:
+            _check_dataarray(x)
+        labels = [_labels(x, sdims) for x in arrays]
+        _same_samples(labels)
+        blocks = [stack_samples(x, sdims) for x in arrays]
+        blocks = [b if isinstance(b, da.Array) else da.from_array(b, chunks=(-1, -1))
+                  for b in blocks]
+        return Data("dask", da.concatenate(blocks, axis=1)), labels
+
+    def _scaling(self, source, labels):
+        """The keyword arguments of the decomposition for weights and standardisation:
+        ``weights="coslat"`` for a store (the worker reads its latitude), else the
+        same weights computed here from each DataArray's latitude coordinate."""
         kw = {}
         if self.use_coslat:
-            kw["weights"] = "coslat"
+            kw["weights"] = "coslat" if source.kind == "path" else np.concatenate(
+                [coslat_weights(lab) for lab in labels])
         if self.standardize:
             kw["standardize"] = True
         return kw
@@ -230,10 +308,13 @@ class EOF(BaseEstimator):
 
         Parameters
         ----------
-        data : xarray.DataArray or str or os.PathLike
-            The field (in memory or dask-backed, e.g. from ``xr.open_zarr``),
-            or the path of a Zarr store (``array=`` names the variable when it
-            holds several). A store is read panel by panel, never loaded.
+        data : xarray.DataArray, list of DataArray, str or os.PathLike
+            The field (in memory or dask-backed, e.g. from ``xr.open_zarr``);
+            a list of fields sharing the sample dims (a multivariate EOF: each
+            scaled as the parameters say, then side by side along the
+            features, as xeofs); or the path of a Zarr store (``array=`` names
+            the variable when it holds several), read panel by panel, never
+            loaded.
         dim : str or sequence of str, default="time"
             The sample dimension(s); every other dimension is a feature.
 
@@ -248,8 +329,11 @@ class EOF(BaseEstimator):
                         method=SOLVERS[self.solver], n_oversamples=self.n_oversamples,
                         n_iter=self.n_iter, random_state=self.random_state,
                         missing="mask" if self.check_nans else "error",
-                        panel_bytes=self.panel_bytes, compute_u=True, **self._scaling())
-        self._fitted = FittedEOF(fac, labels)
+                        panel_bytes=self.panel_bytes, compute_u=True,
+                        **self._scaling(source, labels))
+        self._vars = labels
+        self._multi = isinstance(data, (list, tuple))
+        self._fitted = FittedEOF(fac, None if self._multi else labels[0])
         self.n_modes_ = self._fitted.rank
         self.report_ = self._fitted.report
         self.rotation_ = None
@@ -257,41 +341,37 @@ class EOF(BaseEstimator):
             self.rotation_ = rotate(self._fitted, self.n_modes_, self.rotation,
                                     power=self.power, max_iter=self.max_iter, rtol=self.rtol)
         mean = np.zeros(self._fitted.shape[1]) if fac.mean is None else fac.mean
-        self.mean_ = self._feature_da(self._maps(mean[None, :])[0], "mean")
+        self.mean_ = self._features(mean[None, :], "mean", mode=False)
         return self
 
     # -- labelled outputs -----------------------------------------------------------------
 
-    def _maps(self, rows) -> np.ndarray:
-        """(r, n) → (r, *feature_shape), NaN at the dropped points."""
-        f = self._fitted
-        out = np.array(rows, dtype=np.float64)
-        if f.mask is not None:
-            out[:, f.mask] = np.nan
-        return out.reshape(out.shape[0], *self._fshape())
+    def _features(self, rows, name, mode=True):
+        """(r, n) over every feature → a DataArray per variable ((mode,) *feature dims),
+        NaN at the dropped points; the list for a multivariate fit, else the one."""
+        import xarray as xr
 
-    def _fshape(self):
-        lab = self._fitted.labels
-        size = dict(zip(lab["dims"], lab["shape"]))
-        return tuple(size[d] for d in lab["feature_dims"])
-
-    def _coords(self, which, dims=None):
-        tmpl = self._fitted.labels["template"]
-        keep = set(self._fitted.labels[which] if dims is None else dims)
-        return {c: tmpl.coords[c] for c in tmpl.coords if set(tmpl.coords[c].dims) <= keep}
+        out = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        mask = self._fitted.mask
+        if mask is not None:
+            out[:, mask] = np.nan
+        arrays, start = [], 0
+        for lab in self._vars:
+            fshape = _fshape(lab)
+            size = int(np.prod(fshape, dtype=int))
+            part = out[:, start:start + size].reshape(len(out), *fshape)
+            start += size
+            coords = _coords_of(lab["template"], lab["feature_dims"])
+            if mode:
+                arrays.append(xr.DataArray(part, dims=("mode", *lab["feature_dims"]), name=name,
+                                           coords={"mode": self._modes(len(out)), **coords}))
+            else:
+                arrays.append(xr.DataArray(part[0], dims=tuple(lab["feature_dims"]), name=name,
+                                           coords=coords))
+        return arrays if self._multi else arrays[0]
 
     def _modes(self, n=None):
         return np.arange(1, (self.n_modes_ if n is None else n) + 1)
-
-    def _feature_da(self, values, name, mode=False):
-        import xarray as xr
-
-        fdims = tuple(self._fitted.labels["feature_dims"])
-        dims = ("mode", *fdims) if mode else fdims
-        coords = self._coords("feature_dims")
-        if mode:
-            coords = {"mode": self._modes(values.shape[0]), **coords}
-        return xr.DataArray(values, dims=dims, coords=coords, name=name)
 
     def _mode_da(self, values, name):
         import xarray as xr
@@ -308,8 +388,15 @@ class EOF(BaseEstimator):
         return xr.DataArray(arr, dims=("mode", *sdims), name=name,
                             coords={"mode": self._modes(k), **coords})
 
+    def _rows(self) -> np.ndarray:
+        """The components over every feature, (k, n): rotated when fitted so."""
+        if self.rotation_ is not None:
+            return np.asarray(self.rotation_.components).reshape(self.n_modes_, -1)
+        return self._fitted.Vt
+
     def components(self, normalized=True):
-        """The EOFs: DataArray (mode, *feature dims), unit norm, NaN at the dropped points.
+        """The EOFs: DataArray (mode, *feature dims), unit norm, NaN at the dropped points
+        (a list of them, one per variable, for a multivariate fit).
 
         Parameters
         ----------
@@ -317,11 +404,10 @@ class EOF(BaseEstimator):
             False: each multiplied by its singular value (xeofs' convention).
         """
         check_is_fitted(self)
-        rot = self.rotation_
-        comps = rot.components if rot is not None else self._maps(self._fitted.Vt)
+        rows = self._rows()
         if not normalized:
-            comps = comps * self._norms()[:, *([None] * (comps.ndim - 1))]
-        return self._feature_da(comps, "components", mode=True)
+            rows = rows * self._norms()[:, None]
+        return self._features(rows, "components")
 
     def _norms(self):
         return self.rotation_.singular_values if self.rotation_ is not None else self._fitted.S
@@ -336,11 +422,10 @@ class EOF(BaseEstimator):
         u = self.rotation_.scores if self.rotation_ is not None else f.U * f.S
         if normalized:
             u = u / self._norms()
-        lab = f.labels
-        size = dict(zip(lab["dims"], lab["shape"]))
-        sdims = tuple(lab["sample_dims"])
-        return self._sample_da(u, "scores", sdims, tuple(size[d] for d in sdims),
-                               self._coords("sample_dims"))
+        lab = self._vars[0]
+        return self._sample_da(u, "scores", tuple(lab["sample_dims"]),
+                               _sizes(lab, "sample_dims"),
+                               _coords_of(lab["template"], lab["sample_dims"]))
 
     def singular_values(self):
         """DataArray (mode,): σ (xeofs' ``norms``; pseudo-σ of the rotated modes)."""
@@ -403,29 +488,42 @@ class EOF(BaseEstimator):
     # -- new data -------------------------------------------------------------------------
 
     def _new_field(self, data):
-        """A DataArray with the fitted feature dims → ((r, n) array, sample dims, shape, coords)."""
-        lab = self._fitted.labels
-        fdims = tuple(lab["feature_dims"])
-        if not hasattr(data, "dims") or not set(fdims) <= set(data.dims):
-            raise ValueError(f"data must be a DataArray with the fitted feature dims {fdims!r}, "
-                             f"got {getattr(data, 'dims', type(data).__name__)!r}")
-        sdims = tuple(d for d in data.dims if d not in fdims)
-        x = data.transpose(*sdims, *fdims)
-        if tuple(x.shape[len(sdims):]) != self._fshape():
-            raise ValueError(f"data has feature shape {tuple(x.shape[len(sdims):])}, the fit "
-                             f"had {self._fshape()} over {fdims!r}")
-        sshape = tuple(x.shape[:len(sdims)])
-        coords = {c: x.coords[c] for c in x.coords if set(x.coords[c].dims) <= set(sdims)}
-        flat = x.data.reshape(int(np.prod(sshape, dtype=int)), -1)
-        return flat, sdims, sshape, coords
+        """New field(s) with the fitted feature dims → ((r, n) array, sample dims, shape, coords)."""
+        arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+        if len(arrays) != len(self._vars):
+            raise ValueError(f"data must hold {len(self._vars)} variable(s), as the fit; got "
+                             f"{len(arrays)}")
+        flats = []
+        for x, lab in zip(arrays, self._vars):
+            fdims = tuple(lab["feature_dims"])
+            if not hasattr(x, "dims") or not set(fdims) <= set(x.dims):
+                raise ValueError(f"data must be DataArrays with the fitted feature dims "
+                                 f"{fdims!r}, got {getattr(x, 'dims', type(x).__name__)!r}")
+            sdims = tuple(d for d in x.dims if d not in fdims)
+            x = x.transpose(*sdims, *fdims)
+            if tuple(x.shape[len(sdims):]) != _fshape(lab):
+                raise ValueError(f"data has feature shape {tuple(x.shape[len(sdims):])}, the "
+                                 f"fit had {_fshape(lab)} over {fdims!r}")
+            sshape = tuple(x.shape[:len(sdims)])
+            flats.append(x.data.reshape(int(np.prod(sshape, dtype=int)), -1))
+        if len(flats) == 1:
+            flat = flats[0]
+        elif any(hasattr(f, "dask") for f in flats):
+            import dask.array as da
+
+            flat = da.concatenate([da.asarray(f) for f in flats], axis=1)
+        else:
+            flat = np.concatenate(flats, axis=1)
+        return flat, sdims, sshape, _coords_of(x, sdims)
 
     def transform(self, data, normalized=False):
         """Project a new field on the EOFs (xeofs' ``transform``, eofs' ``projectField``).
 
         Parameters
         ----------
-        data : xarray.DataArray
-            With the fitted feature dims; NaN allowed at the dropped points only.
+        data : xarray.DataArray or list of DataArray
+            With the fitted feature dims (a list for a multivariate fit); NaN
+            allowed at the dropped points only.
         normalized : bool, default=False
             Divide by the singular values (as ``scores(normalized=True)``).
 
@@ -438,6 +536,8 @@ class EOF(BaseEstimator):
         f = self._fitted
         if f.mean is not None and self.center:
             flat = flat - f.mean
+        if f.scale is not None:
+            flat = flat * f.scale
         proj = project_field(f, flat, f.rank, center=False)
         if self.rotation_ is not None:
             proj = self._rotate_scores(proj / f.S[: f.rank])
@@ -453,7 +553,7 @@ class EOF(BaseEstimator):
         return (un @ rinv_t)[:, rot.order] * (rot.singular_values * rot.signs)
 
     def inverse_transform(self, scores, normalized=False):
-        """The field rebuilt from scores: Σ_modes score·component + mean, NaN at dropped points.
+        """The field rebuilt from scores: Σ_modes score·component, unweighted, plus the mean.
 
         Parameters
         ----------
@@ -465,32 +565,43 @@ class EOF(BaseEstimator):
 
         Returns
         -------
-        xarray.DataArray (*sample dims, *feature dims)
+        xarray.DataArray (*sample dims, *feature dims), NaN at the dropped points
+            (a list of them for a multivariate fit).
         """
-        import xarray as xr
-
         check_is_fitted(self)
         modes = np.asarray(scores["mode"].values if "mode" in scores.coords
                            else self._modes(scores.sizes["mode"]), dtype=int)
         sdims = tuple(d for d in scores.dims if d != "mode")
-        sc = scores.transpose(*sdims, "mode").data
         sshape = tuple(scores.sizes[d] for d in sdims)
-        sc = sc.reshape(int(np.prod(sshape, dtype=int)), modes.size)
+        sc = np.asarray(scores.transpose(*sdims, "mode").values).reshape(-1, modes.size)
         if normalized:
             sc = sc * self._norms()[modes - 1]
-        comps = self.components().values.reshape(self.n_modes_, -1)[modes - 1]
-        out = sc @ np.nan_to_num(comps)
+        out = sc @ np.nan_to_num(self._rows()[modes - 1])
         f = self._fitted
+        if f.scale is not None:  # undo the weights (a zero weight leaves the point unknown)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = out * np.where(f.scale > 0, 1 / np.where(f.scale > 0, f.scale, 1), np.nan)
         if f.mean is not None:
             out = out + f.mean
-        out = out.reshape(*sshape, *self._fshape())
-        coords = {c: scores.coords[c] for c in scores.coords if set(scores.coords[c].dims) <=
-                  set(sdims)}
-        fdims = tuple(f.labels["feature_dims"])
-        da_ = xr.DataArray(out, dims=(*sdims, *fdims),
-                           coords={**coords, **self._coords("feature_dims")},
-                           name="reconstructed_data")
-        return da_.where(~np.isnan(self.mean_)) if f.mask is not None else da_
+        return self._sample_fields(out, sdims, sshape, _coords_of(scores, sdims))
+
+    def _sample_fields(self, out, sdims, sshape, coords):
+        """(r, n) → DataArray(s) (*sample dims, *feature dims) per variable, NaN where dropped."""
+        import xarray as xr
+
+        if self._fitted.mask is not None:
+            out = np.array(out)
+            out[:, self._fitted.mask] = np.nan
+        arrays, start = [], 0
+        for lab in self._vars:
+            fshape = _fshape(lab)
+            size = int(np.prod(fshape, dtype=int))
+            part = out[:, start:start + size].reshape(*sshape, *fshape)
+            start += size
+            arrays.append(xr.DataArray(
+                part, dims=(*sdims, *lab["feature_dims"]), name="reconstructed_data",
+                coords={**coords, **_coords_of(lab["template"], lab["feature_dims"])}))
+        return arrays if self._multi else arrays[0]
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "_fitted")

@@ -172,6 +172,9 @@ class Factors:
         Features masked as missing everywhere (``missing="mask"``).
     report : dict
         The energy report.
+    scale : ndarray of shape (n,) or None
+        The feature scale D of ``weights``/``standardize`` (the factors are
+        then those of ``(A − 1 meanᵀ)·D``).
     """
 
     U: object
@@ -183,6 +186,7 @@ class Factors:
     s_all: np.ndarray | None
     mask: np.ndarray | None
     report: dict
+    scale: np.ndarray | None = None
 
 
 def backend_of(client) -> str:
@@ -276,4 +280,6 @@ def _factors(res):
                    n_samples=int(rep["shape"][0]),
                    total_ss=float(total) if total is not None else norm**2,
                    s_all=None if s_all is None else np.asarray(s_all, dtype=np.float64),
-                   mask=None if mask is None else np.asarray(mask, dtype=bool), report=rep)
+                   mask=None if mask is None else np.asarray(mask, dtype=bool), report=rep,
+                   scale=None if getattr(res, "scale", None) is None
+                   else np.asarray(res.scale, dtype=np.float64))
