@@ -24,6 +24,7 @@ variance, signed so the largest-magnitude entry of each component is positive).
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -123,8 +124,10 @@ def _open(data, array, storage_options):
     """A Zarr store path → its variable as a lazy DataArray (only metadata and coords read)."""
     import xarray as xr
 
-    ds = xr.open_zarr(os.fspath(data), storage_options=storage_options, consolidated=None,
-                      mask_and_scale=True)
+    with warnings.catch_warnings():  # a store without consolidated metadata is fine here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ds = xr.open_zarr(os.fspath(data), storage_options=storage_options,
+                          consolidated=None, mask_and_scale=True)
     names = list(ds.data_vars)
     name = array if array is not None else (names[0] if len(names) == 1 else None)
     if name is None or name not in ds:
