@@ -64,6 +64,7 @@ FLAGS = {
     "center": "--center", "random_state": "--seed", "compute_u": "--no-u",
     "allow_missing_chunks": "--allow-missing-chunks", "missing_chunks": "--missing-chunks",
     "sample_dims": "--sample-dims", "missing": "--missing",
+    "weights": "--weights", "standardize": "--standardize",
     "idempotency_key": "--idempotency-key",
     "source": "SOURCE", "source.url": "SOURCE", "source.array": "--array",
     "source.sample_dims": "--sample-dims", "idempotency-key": "--idempotency-key",
@@ -265,6 +266,8 @@ def _submit(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             sample_dims=args.sample_dims,
             missing=args.missing,
+            weights=args.weights,
+            standardize=args.standardize,
         )
         if not args.wait:
             if args.json:
@@ -414,6 +417,24 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _weights(text: str) -> str | list[float]:
+    """``--weights``: ``coslat``, ``area``, comma-separated numbers or a ``.npy`` file."""
+    if text in ("coslat", "area"):
+        return text
+    if text.endswith(".npy"):
+        import numpy as np
+
+        try:
+            return np.load(text).astype(float).tolist()
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"could not read weights from {text!r}: {exc}")
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected coslat, area, numbers such as 1,0.5,2 or a .npy file; got {text!r}")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -515,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing", choices=("error", "mask"), default="error",
                    help="mask: drop features missing (NaN/_FillValue) in every sample, "
                         "such as land in an ocean field")
+    p.add_argument("--weights", type=_weights, metavar="W",
+                   help="feature weights applied inside the passes: coslat (sqrt cos "
+                        "latitude), area (sqrt normalised cell area), numbers 1,0.5,... or a "
+                        ".npy file, one per feature")
+    p.add_argument("--standardize", action="store_true",
+                   help="divide each feature by its standard deviation (with --center)")
     p.add_argument("--idempotency-key", metavar="KEY", help="make resubmitting this safe")
     p.add_argument("--wait", action="store_true", help="wait for the job (exit 1 if it fails)")
     p.add_argument("--json", action="store_true", help="print the job JSON")

@@ -50,6 +50,17 @@ def normalize_source(source: str | os.PathLike) -> str:
     return os.path.abspath(source)
 
 
+def _scaling_fields(weights, standardize) -> dict[str, Any]:
+    """The request's ``weights`` / ``standardize`` (absent when not used)."""
+    out: dict[str, Any] = {}
+    if weights is not None:
+        out["weights"] = weights if isinstance(weights, str) else \
+            np.asarray(weights, dtype=float).tolist()
+    if standardize:
+        out["standardize"] = True
+    return out
+
+
 def _missing_chunks_fields(missing_chunks, allow_missing_chunks) -> dict[str, Any]:
     """The job fields for absent chunks, sent only when set (older services refuse
     unknown fields); the deprecated ``allow_missing_chunks`` warns."""
@@ -182,6 +193,8 @@ class Client:
         max_rank: int | None = None,
         sample_dims: str | list[str] | tuple[str, ...] | None = None,
         missing: Literal["error", "mask"] = "error",
+        weights: str | Any | None = None,
+        standardize: bool = False,
     ) -> Job:
         """Submit a truncated-SVD job.
 
@@ -243,6 +256,16 @@ class Client:
             sample are masked (recorded as ``StoredResult.mask``); features
             missing in only some samples fail the job. ``"error"``: any NaN
             fails it (``non_finite_values``).
+        weights : {"coslat", "area"}, array-like or None, default=None
+            Feature weights applied inside the passes (the EOFs of the weighted
+            field, as eofs and xeofs): ``"coslat"`` (√cos latitude from the
+            ``lat``/``latitude`` coordinate of an N-D store), ``"area"``
+            (√ normalised cell area, eofs' ``"area"``), or one non-negative
+            number per feature (shape (n,) or the feature dimensions' shape).
+            The result's ``scale`` holds the weights applied.
+        standardize : bool, default=False
+            Divide each feature by its standard deviation (correlation
+            EOFs, xeofs' ``standardize=True``); needs ``center=True``.
 
         Returns
         -------
@@ -264,6 +287,7 @@ class Client:
             "compute_u": bool(compute_u),
         }
         body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
+        body.update(_scaling_fields(weights, standardize))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))

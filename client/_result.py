@@ -144,6 +144,10 @@ class StoredResult:
         ``sample_dims`` jobs: the variable's ``dims``, ``shape``,
         ``sample_dims``, ``feature_dims`` and ``coords`` (``{dim: (values,
         attrs)}``, CF-encoded as stored); see :meth:`to_xarray`.
+    scale : ndarray of shape (n,) or None
+        ``weights``/``standardize`` jobs: the feature scale D applied (weights,
+        divided by the standard deviations); the factors are those of
+        ``(A − 1 meanᵀ)·D`` (eofs/xeofs), ``Vt / scale`` the unweighted patterns.
     """
 
     def __init__(
@@ -173,6 +177,8 @@ class StoredResult:
         self.U = da.from_zarr(group["U"]) if "U" in group else None
         self.Vt = da.from_zarr(group["Vt"])
         self.mean = np.asarray(group["mean"][...], dtype=np.float64) if "mean" in group else None
+        self.scale = (np.asarray(group["scale"][...], dtype=np.float64) if "scale" in group
+                      else None)
         m = int(self.U.shape[0]) if self.U is not None else int(self.report["shape"][0])
         self.shape = (m, int(self.Vt.shape[1]))
         self.rank = int(self.S.shape[0])

@@ -19,6 +19,7 @@ from svdserve.worker import (
     InvalidInputError,
     SourceAccessError,
     SourceNotFoundError,
+    check_feature_weights,
     check_layout,
     pin_source,
     plan,
@@ -178,7 +179,8 @@ def _body_hash(body: JobCreate) -> str:
     # Fields added later leave old hashes alone while they hold their defaults.
     for key, default in (("allow_missing_chunks", None), ("compute_u", True),
                          ("energy", None), ("max_rank", None), ("missing", "error"),
-                         ("missing_chunks", "fill")):
+                         ("missing_chunks", "fill"), ("weights", None),
+                         ("standardize", False)):
         if data.get(key) == default:
             data.pop(key, None)
     if data["source"].get("sample_dims") is None:
@@ -192,16 +194,12 @@ def _location(response: Response, job_id: str) -> None:
 
 
 # ---------------------------------------------------------------------- submit
-async def _validate_source(svc: Services, body: JobCreate
-                           ) -> tuple[dict, list[str], dict]:
-    """Sandbox, pin, metadata, limits and rank checks.
-
-    Returns the stored params, the notes and the pinned identity of the
-    source (:meth:`svdserve.worker.SourcePin.to_json`).
-    """
+async def _pin_one(svc: Services, body: JobCreate, array: str | None):
+    """``(resolved, pin)`` of one array of the request's source: sandbox, then pin (4xx
+    problems naming the field)."""
     try:
         resolved = await asyncio.to_thread(svc.sandbox.resolve, body.source.url,
-                                           body.source.array)
+                                           array)
     except SandboxError as exc:
         raise ProblemError(exc.status, str(exc),
                            errors=[{"field": exc.field, "message": str(exc)}]) from exc
@@ -226,6 +224,54 @@ async def _validate_source(svc: Services, body: JobCreate
         message = f"the source could not be opened as a Zarr array: {exc}"
         raise ProblemError(422, message, errors=[{"field": "body.source.url",
                                                   "message": message}]) from exc
+    return resolved, pin
+
+
+async def _validate_variables(svc: Services, body: JobCreate
+                              ) -> tuple[dict, list[str], dict]:
+    """:func:`_validate_source` for several variables (``array`` a list): each is pinned
+    and checked alone; they must share the sample count; the plan is of the concatenation."""
+    pins, layouts = [], []
+    for name in body.source.array:
+        resolved, pin = await _pin_one(svc, body, name)
+        layouts.append(await _check_layout(svc, pin))
+        pins.append(pin)
+    shapes = [list(p.info.shape) for p in pins]
+    if len({sh[0] for sh in shapes}) != 1:
+        message = (f"the variables must share the sample dimensions; got matrices of shapes "
+                   f"{shapes} for {body.source.array}")
+        raise ProblemError(422, message, errors=[{"field": "body.source.array",
+                                                  "message": message}])
+    shape = [shapes[0][0], sum(sh[1] for sh in shapes)]
+    try:
+        spec = plan(shape, body.rank, method=body.method, n_oversamples=body.n_oversamples,
+                    n_iter=body.n_iter, center=body.center, random_state=body.random_state,
+                    compute_u=body.compute_u, energy=body.energy, max_rank=body.max_rank,
+                    missing=body.missing, weights=body.weights, standardize=body.standardize)
+        if spec.weights is not None:
+            await asyncio.to_thread(check_feature_weights, pins, spec.weights)
+    except InvalidInputError as exc:
+        raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
+                                                   "message": str(exc)}]) from exc
+    params = {"url": resolved.url, "array": list(body.source.array),
+              "shape": shape, "dtype": pins[0].info.dtype, "chunks": list(pins[0].info.chunks),
+              "plan": layouts[0], "svd": spec.to_json(),
+              "variables": [{"array": n, "shape": sh} for n, sh in
+                            zip(body.source.array, shapes)]}
+    notes = [note for p in pins for note in p.info.notes] + list(spec.notes)
+    return params, notes, {"variables": [p.to_json() for p in pins]}
+
+
+async def _validate_source(svc: Services, body: JobCreate
+                           ) -> tuple[dict, list[str], dict]:
+    """Sandbox, pin, metadata, limits and rank checks.
+
+    Returns the stored params, the notes and the pinned identity of the
+    source (:meth:`svdserve.worker.SourcePin.to_json`).
+    """
+    if isinstance(body.source.array, list):
+        return await _validate_variables(svc, body)
+    resolved, pin = await _pin_one(svc, body, body.source.array)
     info = pin.info
     layout = await _check_layout(svc, pin)
     m, n = info.shape
@@ -234,7 +280,10 @@ async def _validate_source(svc: Services, body: JobCreate
                     n_oversamples=body.n_oversamples, n_iter=body.n_iter,
                     center=body.center, random_state=body.random_state,
                     compute_u=body.compute_u, energy=body.energy,
-                    max_rank=body.max_rank, missing=body.missing)
+                    max_rank=body.max_rank, missing=body.missing, weights=body.weights,
+                    standardize=body.standardize)
+        if spec.weights is not None:  # "coslat" needs a latitude, an array the feature shape
+            await asyncio.to_thread(check_feature_weights, pin, spec.weights)
     except InvalidInputError as exc:
         raise ProblemError(422, str(exc), errors=[{"field": _field(exc.field),
                                                    "message": str(exc)}]) from exc
@@ -313,8 +362,11 @@ async def submit_job(
                                     "processed; retry shortly", headers={"Retry-After": "1"})
         key_reserved = outcome == "new"
     try:
-        await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
-                                body.source.array, tenant)  # another tenant's upload: 404
+        arrays = body.source.array if isinstance(body.source.array, list) else [
+            body.source.array]
+        for array in arrays:  # another tenant's upload: 404
+            await asyncio.to_thread(check_source, svc.settings, svc.sandbox, body.source.url,
+                                    array, tenant)
         params, notes, pin = await _validate_source(svc, body)
         row = await asyncio.to_thread(
             svc.store.create, tenant, body.model_dump(mode="json"), params, notes=notes,

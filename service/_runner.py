@@ -304,7 +304,10 @@ class Runner:
         # The source pinned at submit: svd re-lists it before the first read
         # and after the last, and every read checks its chunk against it.
         pinned = self.store.get_pin(job.id)
-        if pinned is not None:
+        if pinned is not None and "variables" in pinned:  # several variables, each pinned
+            source = [SourcePin.from_json(p).with_options(storage_options=options)
+                      for p in pinned["variables"]]
+        elif pinned is not None:
             source = SourcePin.from_json(pinned).with_options(storage_options=options)
         else:  # a job stored before pins existed: pin it now, inside the roots
             roots, forbidden = self.guard

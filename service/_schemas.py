@@ -7,6 +7,8 @@ fields. ``JobPublic`` is the job as every route returns it.
 
 from __future__ import annotations
 
+import re
+
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -67,10 +69,30 @@ class SourceSpec(BaseModel):
         description="Absolute path or file:// URL inside a data root, a path relative to the "
                     "first data root, or s3://bucket/key inside a configured bucket prefix.",
         examples=["matrices/A.zarr"])
-    array: Text | None = Field(
-        default=None, min_length=1, max_length=1024, pattern=PATH_PATTERN,
+    array: Text | list[Text] | None = Field(
+        default=None,
         description="Path of the array inside the group at `url` (null when `url` is an array "
-                    "or a group holding exactly one array).")
+                    "or a group holding exactly one array), or a list of them: several "
+                    "variables sharing the sample dimensions, decomposed together "
+                    "(multivariate EOF; the report's `variables` gives each one's columns).")
+
+    @field_validator("array", mode="before")
+    @classmethod
+    def _array_paths(cls, value):
+        """One path, or 1 to 64 distinct paths, each 1-1024 characters without controls."""
+        if value is None:
+            return value
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not 1 <= len(value) <= 64:
+            raise ValueError(f"give 1 to 64 array paths; got {len(value)}")
+        for item in items:
+            if not isinstance(item, str) or not 1 <= len(item) <= 1024 \
+                    or not re.match(PATH_PATTERN, item):
+                raise ValueError(f"an array path is 1 to 1024 characters without control "
+                                 f"characters; got {item!r:.80}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"the array paths must be distinct; got {value!r:.200}")
+        return value
     sample_dims: list[Annotated[Text, Field(min_length=1, max_length=256)]] | None = Field(
         default=None, min_length=1, max_length=32,
         description="Read an N-D variable (e.g. (time, lat, lon) of an xarray-written store) as "
@@ -127,6 +149,18 @@ class JobCreate(BaseModel):
                     "missing (NaN or the CF _FillValue) in every sample, such as land in an "
                     "ocean field, are masked and recorded in the result; features missing in "
                     "only some samples fail the job, naming them.")
+    weights: str | list | None = Field(
+        default=None,
+        description="Feature weights, applied inside the passes (EOF analysis of the "
+                    "weighted field, as eofs/xeofs): `coslat` (√cos latitude, from the "
+                    "`lat`/`latitude` coordinate of an N-D source), `area` (√ normalised cell "
+                    "area), or non-negative numbers, one per feature (a list, or nested lists "
+                    "in the shape of the feature dimensions).")
+    standardize: bool = Field(
+        default=False, strict=True,
+        description="Divide each feature by its standard deviation (measured in pass 1, no "
+                    "extra pass; constant features become 0 as in xeofs): correlation-matrix "
+                    "EOFs. Needs `center: true`.")
     missing_chunks: Literal["fill", "error"] = Field(
         default="fill",
         description="A chunk that the metadata implies but the store lacks is the fill value "

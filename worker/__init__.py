@@ -5,7 +5,8 @@
 >>> res.U, res.S, res.Vt, res.report["energy_ranks"], res.passes  # doctest: +SKIP
 
 Modules, each importing only the ones listed before it (README, "Layout and
-development"): :mod:`._errors`, :mod:`._methods`, :mod:`._missing`,
+development"): :mod:`._errors`, :mod:`._methods`, :mod:`._missing`, :mod:`._scaling`
+(weights and standardisation),
 :mod:`._view` (an N-D variable as a matrix); :mod:`._spec` (the job, validated
 once: :class:`SVDParams`, :class:`Execution`); :mod:`._layout` (how the matrix
 is cut into panels, pure planning); :mod:`._guard` (the read-time sandbox),
@@ -23,7 +24,7 @@ rank); :mod:`._result` (result group with manifest), :mod:`._labels`;
 This package never imports :mod:`svdserve.service` or :mod:`svdserve.client`.
 """
 
-from ._api import EXACT_MAX_COLUMNS, choose_method, svd
+from ._api import EXACT_MAX_COLUMNS, check_feature_weights, choose_method, svd
 from ._energy import energy_report
 from ._engine import Phase, smallest_memory_limit
 from ._errors import (
@@ -55,6 +56,7 @@ from ._spec import (
 
 __all__ = [
     "svd",
+    "check_feature_weights",
     "load",
     "inspect_source",
     "choose_method",

@@ -21,6 +21,7 @@ from ._engine import DaskEngine, LocalEngine, Phase, make_engine
 from ._kernels import block_argmax
 from ._labels import read_labels
 from ._layout import Layout, check_layout
+from ._multi import is_multivariate, open_variables, variables_report
 from ._missing import (check_none_missing, decide_mask, describe_feature, feature_counts,
                        missing_chunks_mode)
 from ._randqb import energy_rank, randqb_svd
@@ -28,14 +29,14 @@ from ._rechunk import rechunk, remove_scratch, scratch_dir
 from ._result import ResultWriter, SVDResult, write_tall_block
 from ._rsvd import randomized_svd
 from ._run import Run
-from ._scaling import feature_weights, scaling_report
+from ._scaling import check_weights, feature_weights, scaling_report
 from ._sketch import sketch_svd
 from ._source import Source, open_source
 from ._spec import EXACT_MAX_COLUMNS, Execution, SVDParams, choose_method, plan
 from ._sumsq import sumsq, sumsq_norm
 from ._tsqr import exact_svd
 
-__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS"]
+__all__ = ["svd", "choose_method", "EXACT_MAX_COLUMNS", "check_feature_weights"]
 
 #: The execution defaults (:class:`Execution`), which :func:`svd`'s keywords take.
 _RUN = Execution()
@@ -49,6 +50,32 @@ def _versions():
 
     return {"svdserve": svdserve.__version__, "numpy": np.__version__,
             "dask": dask.__version__, "zarr": zarr.__version__}
+
+
+def check_feature_weights(source, weights):
+    """The weight of every feature of ``source`` (checked as :func:`svd` would at its start).
+
+    Parameters
+    ----------
+    source : SourcePin, str, array, or a list of them
+        What :func:`svd` takes; a pin is not read, only its metadata and coordinates.
+    weights : None, "coslat", "area" or array-like
+
+    Returns
+    -------
+    ndarray of shape (n,) or None
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="weights"``: no latitude coordinate, or a shape that does not fit.
+    """
+    weights = check_weights(weights) if not isinstance(weights, tuple) else weights
+    if is_multivariate(source, None):
+        src, variables = open_variables(source, None, sample_dims=None)
+        return _weights_of(weights, src.shape[1], None, variables)
+    src = open_source(source)
+    return feature_weights(weights, src.shape[1], read_labels(src))
 
 
 def _missing_decider(job):
@@ -305,9 +332,16 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                               no_workers_timeout=no_workers_timeout,
                               task_deadline=task_deadline,
                               task_deadline_factor=task_deadline_factor)
-    src = open_source(source, array=array, storage_options=storage_options,
-                      missing_chunks=missing_chunks_mode(missing_chunks, allow_missing_chunks),
-                      panel_bytes=execution.panel_bytes, sample_dims=sample_dims)
+    mode = missing_chunks_mode(missing_chunks, allow_missing_chunks)
+    variables = None
+    if is_multivariate(source, array):
+        src, variables = open_variables(source, array, sample_dims=sample_dims,
+                                        storage_options=storage_options, missing_chunks=mode,
+                                        panel_bytes=execution.panel_bytes)
+    else:
+        src = open_source(source, array=array, storage_options=storage_options,
+                          missing_chunks=mode, panel_bytes=execution.panel_bytes,
+                          sample_dims=sample_dims)
     if spec is None:
         spec = plan(src.shape, rank, method=method, n_oversamples=n_oversamples, n_iter=n_iter,
                     center=center, random_state=random_state, compute_u=compute_u,
@@ -315,19 +349,20 @@ def svd(source, rank=None, *, array=None, method="auto", n_oversamples=10, n_ite
                     sketch_sizes=sketch_sizes, n_probes=n_probes, missing=missing,
                     weights=weights, standardize=standardize)
     return _run_job(src, spec, execution, t_start, client=client, progress=progress,
-                    interrupt=interrupt, out=out, scratch=scratch,
+                    interrupt=interrupt, out=out, scratch=scratch, variables=variables,
                     out_opts=storage_options if out_storage_options is None
                     else out_storage_options)
 
 
 def _run_job(src, params, execution, t_start, *, client, progress, interrupt, out, out_opts,
-             scratch):
+             scratch, variables=None):
     """Cut, run, fix signs, verify the source, write, report: the :class:`SVDResult`."""
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     src, layout = _cut(src, engine, execution)
     labels = read_labels(src)
     job = _Job(src, params, layout, engine, progress, out, out_opts, labels, execution,
-               weights=feature_weights(params.weights, src.shape[1], labels))
+               weights=_weights_of(params.weights, src.shape[1], labels, variables),
+               variables=variables)
     run, fac = _run_algorithm(job, scratch=scratch_dir(scratch, out))
     signs, v = _fix_signs(job, fac)
     src.verify()  # after the last read: the source is still exactly what was pinned
@@ -352,6 +387,7 @@ class _Job:
     mask: np.ndarray | None = None
     reader: str | None = None  # what decoded the stored chunks (report["plan"]["reader"])
     weights: np.ndarray | None = None  # feature weights (:mod:`._scaling`)
+    variables: list | None = None  # several variables (:mod:`._multi`)
     scale: np.ndarray | None = None  # the feature scale applied, once known
 
     @property
@@ -361,6 +397,14 @@ class _Job:
     def phase_total(self):
         p = self.params
         return {"exact": 1 + p.compute_u, "sketch": 1}.get(p.resolved, p.n_iter + 1)
+
+
+def _weights_of(weights, n, labels, variables):
+    """The feature weights (shape (n,)) of one source, or of each variable in turn."""
+    if variables is None or weights is None or not isinstance(weights, str):
+        return feature_weights(weights, n, labels)
+    return np.concatenate([feature_weights(weights, v["columns"][1] - v["columns"][0],
+                                           v["labels"]) for v in variables])
 
 
 def _cut(src, engine, execution):
@@ -497,6 +541,9 @@ def _report(job, run, fac, t_start, extra_params):
         report["column_mean_norm"] = sumsq_norm(sumsq(run.stats["mean"]))
     if params.weights is not None or params.standardize:
         report["scaling"] = scaling_report(params.weights, job.weights, params.standardize)
+    if job.variables is not None:  # squared loadings: the signs do not matter
+        vt = (np.concatenate(eng.gather(fac.tall)).T if src.wide else fac.v.T)
+        report["variables"] = variables_report(job.variables, vt)
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):
