@@ -29,6 +29,7 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from svdserve.client import EnergyReport, north_errors, project_field, rotate
@@ -167,6 +168,13 @@ def coslat_weights(labels) -> np.ndarray:
     size = dict(zip(labels["dims"], labels["shape"]))
     shape = [size[d] if d == lat[0] else 1 for d in fdims]
     return np.broadcast_to(w.reshape(shape), [size[d] for d in fdims]).reshape(-1).copy()
+
+
+def _seed(random_state) -> int:
+    """An int seed for the worker (a service needs one): ints as given, else drawn."""
+    if isinstance(random_state, Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 def _check_dataarray(x) -> None:
@@ -330,7 +338,7 @@ class EOF(BaseEstimator):
         source, labels = self._input(data, sdims)
         fac = decompose(source, client=self.client, rank=int(self.n_modes), center=self.center,
                         method=SOLVERS[self.solver], n_oversamples=self.n_oversamples,
-                        n_iter=self.n_iter, random_state=self.random_state,
+                        n_iter=self.n_iter, random_state=_seed(self.random_state),
                         missing="mask" if self.check_nans else "error",
                         panel_bytes=self.panel_bytes, compute_u=True,
                         **self._scaling(source, labels))
