@@ -255,7 +255,7 @@ def _submit(args: argparse.Namespace) -> int:
             args.rank,
             energy=args.energy,
             max_rank=args.max_rank,
-            array=args.array,
+            array=args.array[0] if args.array and len(args.array) == 1 else args.array,
             method=args.method,
             n_oversamples=args.n_oversamples,
             n_iter=args.n_iter,
@@ -507,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead of -k: the smallest rank capturing F (0 < F < 1) of "
                             "the energy (of the variance with --center)")
     p.add_argument("--max-rank", type=_positive_int, metavar="K", help="cap of --energy")
-    p.add_argument("--array", help="array inside the group at SOURCE")
+    p.add_argument("--array", action="append", metavar="NAME",
+                   help="array inside the group at SOURCE; repeat it for several variables "
+                        "decomposed together (multivariate EOF: --array sst --array slp)")
     p.add_argument("--method", choices=METHODS,
                    default="auto", help="auto (default) lets the service pick exact or "
                                         "randomized; sketch: one pass over A (Tropp et al. "

@@ -50,9 +50,9 @@ def normalize_source(source: str | os.PathLike) -> str:
     return os.path.abspath(source)
 
 
-def _scaling_fields(weights, standardize) -> dict[str, Any]:
-    """The request's ``weights`` / ``standardize`` (absent when not used)."""
-    out: dict[str, Any] = {}
+def _eof_fields(missing, weights, standardize) -> dict[str, Any]:
+    """The request's ``missing`` / ``weights`` / ``standardize`` (absent at their defaults)."""
+    out: dict[str, Any] = {} if missing == "error" else {"missing": missing}
     if weights is not None:
         out["weights"] = weights if isinstance(weights, str) else \
             np.asarray(weights, dtype=float).tolist()
@@ -179,7 +179,7 @@ class Client:
         source: Any,
         rank: int | None = None,
         *,
-        array: str | None = None,
+        array: str | list[str] | None = None,
         method: Method = "auto",
         n_oversamples: int = 10,
         n_iter: int = 2,
@@ -210,8 +210,10 @@ class Client:
             :meth:`uploads`, :meth:`delete_upload`).
         rank : int or None
             Components k ≥ 1 (≤ min(m, n)); exactly one of ``rank`` and ``energy``.
-        array : str or None, default=None
-            Array inside the group at ``source``.
+        array : str, list of str or None, default=None
+            Array inside the group at ``source``; a list decomposes several
+            variables sharing the sample dimensions together (multivariate EOF,
+            ``report["variables"]`` gives each one's columns of ``Vt``).
         method : {"auto", "exact", "randomized", "sketch"}, default="auto"
             ``exact`` (TSQR, every singular value), ``randomized`` (Halko et
             al.), ``sketch`` (one pass, Tropp et al. 2019), ``auto`` lets
@@ -286,13 +288,11 @@ class Client:
             "random_state": random_state,
             "compute_u": bool(compute_u),
         }
-        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks))
-        body.update(_scaling_fields(weights, standardize))
+        body.update(_missing_chunks_fields(missing_chunks, allow_missing_chunks),
+                    **_eof_fields(missing, weights, standardize))
         if sample_dims is not None:
             body["source"]["sample_dims"] = (
                 [sample_dims] if isinstance(sample_dims, str) else list(sample_dims))
-        if missing != "error":
-            body["missing"] = missing
         if energy is not None:
             del body["rank"]
             body["energy"] = energy

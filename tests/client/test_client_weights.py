@@ -60,6 +60,14 @@ def test_client_submit_weights(service, client, field, standardize):
 
 def test_cli_submit_weights_flags(service, capsys, field):
     data_dir, x, lat = field
+    xr.Dataset({"a": (("time", "p"), x[:, :5]), "b": (("time", "q"), x[:, 5:9])}).to_zarr(
+        str(data_dir / "ab.zarr"), mode="w")
+    code = main(["submit", str(data_dir / "ab.zarr"), "--rank", "2", "--array", "a",
+                 "--array", "b", "--center", "--method", "exact", "--wait", "--json",
+                 "--url", service.url, "--token", service.token])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert '"array": [' in out and '"b"' in out
     code = main(["submit", str(data_dir / "f.zarr"), "--rank", "2", "--array", "sst",
                  "--sample-dims", "time", "--center", "--method", "exact", "--weights",
                  "coslat", "--standardize", "--wait", "--json", "--url", service.url,
