@@ -220,8 +220,9 @@ class EOF(BaseEstimator):
         Where to fit, as :class:`svdserve.PCA`: this process (or the default
         Dask client), a Dask cluster, or a service (a Zarr path it can read
         is submitted as it is, anything else uploaded).
-    array : str, optional
-        The variable of a Zarr store given to :meth:`fit` as a path.
+    array : str or list of str, optional
+        The variable of a Zarr store given to :meth:`fit` as a path; a list:
+        several variables of that store, as one multivariate EOF.
     storage_options : dict, optional
         fsspec options for a store URL.
     panel_bytes : int, optional
@@ -274,17 +275,21 @@ class EOF(BaseEstimator):
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
     def _input(self, data, sdims):
-        """(Data, [labels per variable]) of a DataArray, a list of them or a store path."""
+        """(Data, [labels per variable], multivariate?) of a DataArray, a list of them or a
+        store path (``array`` a list: several variables of the store)."""
         from ._fitting import as_data
 
         if isinstance(data, (str, os.PathLike)):
-            xarr = _open(data, self.array, self.storage_options)
-            labels = _labels(xarr, sdims)
-            return Data("path", os.fspath(data), xarr.name, self.storage_options, sdims), [labels]
+            names = self.array if isinstance(self.array, (list, tuple)) else [self.array]
+            labels = [_labels(_open(data, name, self.storage_options), sdims) for name in names]
+            _same_samples(labels)
+            array = [lab["template"].name for lab in labels]
+            return Data("path", os.fspath(data), array if len(array) > 1 else array[0],
+                        self.storage_options, sdims), labels, len(array) > 1
         if isinstance(data, (list, tuple)) and data:
-            return self._multivariate(list(data), sdims)
+            return (*self._multivariate(list(data), sdims), True)
         _check_dataarray(data)
-        return as_data(data, sample_dims=sdims), [_labels(data, sdims)]
+        return as_data(data, sample_dims=sdims), [_labels(data, sdims)], False
 
     def _multivariate(self, arrays, sdims):
         """Several DataArrays sharing the samples: their matrices side by side, lazily
@@ -324,8 +329,8 @@ class EOF(BaseEstimator):
             a list of fields sharing the sample dims (a multivariate EOF: each
             scaled as the parameters say, then side by side along the
             features, as xeofs); or the path of a Zarr store (``array=`` names
-            the variable when it holds several), read panel by panel, never
-            loaded.
+            the variable when it holds several, a list of names several
+            variables at once), read panel by panel, never loaded.
         dim : str or sequence of str, default="time"
             The sample dimension(s); every other dimension is a feature.
 
@@ -335,7 +340,7 @@ class EOF(BaseEstimator):
         """
         self._check_params()
         sdims = _dims(dim)
-        source, labels = self._input(data, sdims)
+        source, labels, multi = self._input(data, sdims)
         fac = decompose(source, client=self.client, rank=int(self.n_modes), center=self.center,
                         method=SOLVERS[self.solver], n_oversamples=self.n_oversamples,
                         n_iter=self.n_iter, random_state=_seed(self.random_state),
@@ -343,7 +348,7 @@ class EOF(BaseEstimator):
                         panel_bytes=self.panel_bytes, compute_u=True,
                         **self._scaling(source, labels))
         self._vars = labels
-        self._multi = isinstance(data, (list, tuple))
+        self._multi = multi
         self._fitted = FittedEOF(fac, None if self._multi else labels[0])
         self.n_modes_ = self._fitted.rank
         self.report_ = self._fitted.report

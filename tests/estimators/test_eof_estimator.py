@@ -127,9 +127,11 @@ def test_eof_rotation_matches_xeofs(sst, rotation, power):
     _close(ours.inverse_transform(ours.scores()), plain.inverse_transform(plain.scores()), tol)
 
 
-def test_eof_multivariate_list_matches_xeofs(sst):
+def test_eof_multivariate_list_matches_xeofs(sst, tmp_path, dask_client):
     """Two variables sharing time (the SST, and a station series on other dims),
-    standardised: one decomposition of the two side by side, components per variable."""
+    standardised: one decomposition of the two side by side, components per variable;
+    in memory (a list of DataArrays) and from one store (``array=[...]``, read by the
+    worker in panels)."""
     rng = np.random.default_rng(3)
     stations = xr.DataArray(5 * rng.standard_normal((15, 3)) + 10 * sst.isel(lat=5, lon=[0, 7, 9])
                             .values, dims=("time", "station"), name="obs",
@@ -140,6 +142,12 @@ def test_eof_multivariate_list_matches_xeofs(sst):
     _check_model(ours, ref, data, _tol(ref, N_MODES))
     comps = ours.components()
     assert [c.dims for c in comps] == [("mode", "lat", "lon"), ("mode", "station")]
+    url = str(tmp_path / "two.zarr")
+    xr.Dataset({"sst": sst, "obs": stations}).chunk({"time": 5}).to_zarr(url, consolidated=False)
+    stored = svdserve.EOF(n_modes=N_MODES, solver="full", standardize=True, array=["sst", "obs"],
+                          client=dask_client).fit(url, dim="time")
+    assert [v["name"] for v in stored.report_["variables"]] == ["sst", "obs"]
+    _check_model(stored, ref, data, _tol(ref, N_MODES))
     with pytest.raises(ValueError, match="share the samples"):
         svdserve.EOF(n_modes=2).fit([sst, stations.isel(time=slice(0, 10))], dim="time")
 
