@@ -129,12 +129,12 @@
         else parts.push((parts.length ? "L" : "M") + X(s.x0 + j).toFixed(1) + " " + Y(v).toFixed(1));
       }
       el("path", {d: parts.join(""), "class": "series " + s.cls, "data-points": s.y.length}, svg);
-      if (s.err) errorBars(svg, s, X, Y, key);
       if (s.dots) {
         var g = el("g", {"class": "dots " + s.cls}, svg);
         s.y.forEach(function (v, j) { if (isFinite(v)) el("circle", {cx: X(s.x0 + j), cy: Y(v), r: 2.5}, g); });
       }
       key(s.cls, s.name);
+      if (s.err) errorBars(svg, s, X, Y, key);
     });
     (spec.hlines || []).forEach(function (h) {
       if (!isFinite(h.y) || (spec.logy && !(h.y > 0))) return;
