@@ -170,6 +170,28 @@ def coslat_weights(labels) -> np.ndarray:
     return np.broadcast_to(w.reshape(shape), [size[d] for d in fdims]).reshape(-1).copy()
 
 
+def _user_weights(weights, labels) -> np.ndarray:
+    """User weights (a DataArray per variable) as one weight per feature, shape (n,)."""
+    parts = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if len(parts) != len(labels):
+        raise ValueError(f"weights must be one DataArray per variable ({len(labels)}), got "
+                         f"{len(parts)}")
+    out = []
+    for w, lab in zip(parts, labels):
+        fdims = tuple(lab["feature_dims"])
+        extra = [d for d in getattr(w, "dims", ("?",)) if d not in fdims]
+        if not hasattr(w, "dims") or extra:
+            raise ValueError(f"weights must be DataArrays over the feature dims {fdims!r}, got "
+                             f"{getattr(w, 'dims', type(w).__name__)!r}")
+        size = dict(zip(lab["dims"], lab["shape"]))
+        full = w.expand_dims({d: size[d] for d in fdims if d not in w.dims})
+        values = np.asarray(full.transpose(*fdims).values, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("weights must be finite and non-negative")
+        out.append(values)
+    return np.concatenate(out)
+
+
 def _seed(random_state) -> int:
     """An int seed for the worker (a service needs one): ints as given, else drawn."""
     if isinstance(random_state, Integral) and not isinstance(random_state, bool):
@@ -307,19 +329,25 @@ class EOF(BaseEstimator):
                   for b in blocks]
         return Data("dask", da.concatenate(blocks, axis=1)), labels
 
-    def _scaling(self, source, labels):
+    def _scaling(self, source, labels, weights):
         """The keyword arguments of the decomposition for weights and standardisation:
-        ``weights="coslat"`` for a store (the worker reads its latitude), else the
-        same weights computed here from each DataArray's latitude coordinate."""
+        ``weights="coslat"`` for a store without user weights (the worker reads its
+        latitude), else the product of √cos φ (computed here from each variable's
+        latitude coordinate) and the user's weights, one per feature."""
         kw = {}
-        if self.use_coslat:
+        if weights is not None:
+            w = _user_weights(weights, labels)
+            if self.use_coslat:
+                w = w * np.concatenate([coslat_weights(lab) for lab in labels])
+            kw["weights"] = w
+        elif self.use_coslat:
             kw["weights"] = "coslat" if source.kind == "path" else np.concatenate(
                 [coslat_weights(lab) for lab in labels])
         if self.standardize:
             kw["standardize"] = True
         return kw
 
-    def fit(self, data, dim="time"):
+    def fit(self, data, dim="time", weights=None):
         """Fit the EOFs of ``data`` with ``dim`` as the samples.
 
         Parameters
@@ -333,6 +361,11 @@ class EOF(BaseEstimator):
             variables at once), read panel by panel, never loaded.
         dim : str or sequence of str, default="time"
             The sample dimension(s); every other dimension is a feature.
+        weights : xarray.DataArray or list of DataArray, optional
+            Non-negative weights over (some of) the feature dims, broadcast
+            over the others (one per variable for a multivariate fit); they
+            multiply the field after centring and standardising, with
+            √cos φ when ``use_coslat`` (xeofs' ``weights``).
 
         Returns
         -------
@@ -346,7 +379,7 @@ class EOF(BaseEstimator):
                         n_iter=self.n_iter, random_state=_seed(self.random_state),
                         missing="mask" if self.check_nans else "error",
                         panel_bytes=self.panel_bytes, compute_u=True,
-                        **self._scaling(source, labels))
+                        **self._scaling(source, labels, weights))
         self._vars = labels
         self._multi = multi
         self._fitted = FittedEOF(fac, None if self._multi else labels[0])

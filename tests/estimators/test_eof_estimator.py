@@ -108,6 +108,20 @@ def test_eof_matches_xeofs(sst, kw):
     assert int(np.isnan(comps.sel(mode=1)).sum()) == 21  # the land points, restored as NaN
 
 
+def test_eof_user_weights_match_xeofs(sst):
+    """fit(weights=) over one feature dim, broadcast over the other, times √cos φ: xeofs'
+    weights (which it wants on every feature dim)."""
+    w = xr.DataArray(np.linspace(0.5, 2.0, sst.sizes["lon"]), dims=("lon",),
+                     coords={"lon": sst["lon"]})
+    ref = xe.single.EOF(n_modes=N_MODES, solver="full", use_coslat=True).fit(
+        sst, dim="time", weights=w.broadcast_like(sst.isel(time=0)))
+    ours = svdserve.EOF(n_modes=N_MODES, solver="full", use_coslat=True).fit(
+        sst, dim="time", weights=w)
+    _check_model(ours, ref, sst, _tol(ref, N_MODES))
+    with pytest.raises(ValueError, match="feature dims"):
+        svdserve.EOF().fit(sst, dim="time", weights=w.rename(lon="x"))
+
+
 @pytest.mark.parametrize("rotation,power", [("varimax", 1), ("promax", 4)])
 def test_eof_rotation_matches_xeofs(sst, rotation, power):
     ref_eof = xe.single.EOF(n_modes=N_MODES, solver="full", use_coslat=True).fit(sst, dim="time")
