@@ -49,6 +49,7 @@ class FittedEOF:
     Attributes
     ----------
     U : dask.array.Array of shape (m, k)
+        (wrapping the fit's ndarray when it returned U in memory: ``u_in_memory``)
     S : ndarray of shape (k,)
     Vt : ndarray of shape (k, n)
     mean : ndarray of shape (n,) or None
@@ -66,6 +67,7 @@ class FittedEOF:
         import dask.array as da
 
         U = fac.U
+        self.u_in_memory = isinstance(U, np.ndarray)
         self.U = U if isinstance(U, da.Array) else da.from_array(np.asarray(U), chunks=(
             max(1, 2**22 // max(U.shape[1], 1)), -1))
         self.S, self.Vt, self.mean, self.mask = fac.S, fac.Vt, fac.mean, fac.mask
@@ -464,13 +466,16 @@ class EOF(BaseEstimator):
     def scores(self, normalized=False):
         """The PCs: DataArray (mode, *sample dims), U·σ (``normalized=True``: U, unit norm).
 
-        Lazy (dask-backed) when the fit stored U rather than returning it in memory.
+        In memory when the fit returned U in memory (an in-memory field fitted in this
+        process), else lazy (dask-backed, read from the stored result when computed).
         """
         check_is_fitted(self)
         f = self._fitted
         u = self.rotation_.scores if self.rotation_ is not None else f.U * f.S
         if normalized:
             u = u / self._norms()
+        if f.u_in_memory:  # the fit held U in memory: so do the scores, as xeofs'
+            u = np.asarray(u)
         lab = self._vars[0]
         return self._sample_da(u, "scores", tuple(lab["sample_dims"]),
                                _sizes(lab, "sample_dims"),
