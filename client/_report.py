@@ -205,8 +205,11 @@ class EnergyReport(Mapping):
             return dict(section)
         ne = north_errors(self)
         m = self.shape[0]
+        # the worker's convention: σ²/(m − 1) centred, σ²/m (second moments) otherwise
+        dof = 1.0 if self.get("center", False) else (m - 1) / m
         return {"n_samples": m, "n_eff": "samples", "relative_error": math.sqrt(2 / m),
-                "eigenvalues": ne.eigenvalues.tolist(), "errors": ne.errors.tolist(),
+                "eigenvalues": (ne.eigenvalues * dof).tolist(),
+                "errors": (ne.errors * dof).tolist(),
                 "degenerate": ne.degenerate.tolist(),
                 "degenerate_pairs": [list(p) for p in ne.degenerate_pairs]}
 

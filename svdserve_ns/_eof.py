@@ -189,7 +189,9 @@ def _user_weights(weights, labels) -> np.ndarray:
         full = w.expand_dims({d: size[d] for d in fdims if d not in w.dims})
         values = np.asarray(full.transpose(*fdims).values, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError("weights must be finite and non-negative")
+            raise ValueError(f"weights must be finite and non-negative; the weights of "
+                             f"{w.name or 'variable'!r} range from {np.nanmin(values)!r} to "
+                             f"{np.nanmax(values)!r} (NaN: {int(np.isnan(values).sum())})")
         out.append(values)
     return np.concatenate(out)
 
