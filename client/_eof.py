@@ -8,6 +8,11 @@ matrix A is never read again. Names and conventions follow eofs
 ``reconstructedField``) and xeofs (``EOFRotator``); eigenvalues are
 ``λ_i = σ_i² / (m − 1)`` (the covariance-matrix eigenvalues, ``ddof=1``).
 
+A weighted or standardised result (``result.scale``, the feature scale D)
+follows eofs: EOFs and PCs are those of the scaled field; the covariance maps
+and the reconstruction divide D out (the field as given); a projected field is
+scaled by D first; correlation maps do not depend on D.
+
 Feature-side outputs (EOFs, maps) have shape ``(n_modes, *feature_shape)``
 with NaN at the masked points; ``feature_shape`` is the shape of the feature
 dims of a ``sample_dims`` job (e.g. ``(lat, lon)``) or ``(n,)`` for a matrix.
@@ -179,7 +184,8 @@ def eofs_as_covariance(result, n_modes: int | None = None, *, pcscaling: int = 1
     n = _n_modes(result, n_modes)
     g = _pc_factor(result, n, pcscaling)
     scale = g * result.S[:n] / max(result.shape[0] - 1, 1)
-    return _as_maps(result, result._vt()[:n] * scale[:, None])
+    # with the field as given: a weighted result's covariance is divided by the weights (eofs)
+    return _as_maps(result, _unscaled(result, result._vt()[:n] * scale[:, None]))
 
 
 def _full_rank(result) -> bool:
@@ -652,8 +658,19 @@ def project_field(result, field, n_modes: int | None = None, *, eofscaling: int 
     x = flat[:, valid]
     if center and result.mean is not None:
         x = x - result.mean[valid]
+    if getattr(result, "scale", None) is not None:  # weighted as the analysis was (eofs)
+        x = x * result.scale[valid]
     vt = result._vt()[:n, valid] * _eof_factor(result, n, eofscaling)[:, None]
     return (x @ vt.T).reshape(*lead, n)
+
+
+def _unscaled(result, rows):
+    """``rows`` (modes × n) of the scaled field as rows of the field as given: divided by the
+    result's feature scale (weights, standardisation), 0 where that is 0."""
+    d = getattr(result, "scale", None)
+    if d is None:
+        return rows
+    return np.divide(rows, d, out=np.zeros_like(rows, dtype=float), where=d != 0)
 
 
 def _mode_index(result, modes) -> np.ndarray:
@@ -688,7 +705,7 @@ def reconstruct_field(result, modes=None, *, add_mean: bool = True):
     """
     idx = _mode_index(result, modes)
     u = _u(result, result.rank)[:, idx]
-    rows = result._vt()[idx] * result.S[idx][:, None]
+    rows = _unscaled(result, result._vt()[idx] * result.S[idx][:, None])  # eofs: ÷ weights
     if add_mean and result.mean is not None:
         base = result.mean
     else:

@@ -360,6 +360,8 @@ def _run_job(src, params, execution, t_start, *, client, progress, interrupt, ou
     engine = make_engine(client, interrupt=interrupt, **execution.engine_options())
     src, layout = _cut(src, engine, execution)
     labels = read_labels(src)
+    if labels is None and variables is not None and len(variables) == 1:
+        labels = variables[0]["labels"]  # one in-memory DataArray: its dims and coordinates
     job = _Job(src, params, layout, engine, progress, out, out_opts, labels, execution,
                weights=_weights_of(params.weights, src.shape[1], labels, variables),
                variables=variables)
@@ -543,7 +545,7 @@ def _report(job, run, fac, t_start, extra_params):
         report["scaling"] = scaling_report(params.weights, job.weights, params.standardize)
     if job.variables is not None:  # squared loadings: the signs do not matter
         vt = (np.concatenate(eng.gather(fac.tall)).T if src.wide else fac.v.T)
-        report["variables"] = variables_report(job.variables, vt)
+        report["variables"] = variables_report(job.variables, vt, fac.sigma)
     _input_notes(report, src)
     prov_params = {**params.to_json(), "rank": fac.rank, **extra_params}
     for key in ("resolved", "notes", "sketch_sizes"):

@@ -39,9 +39,14 @@ __all__ = ["is_multivariate", "open_variables", "variables_report", "MultiSource
 
 
 def is_multivariate(source, array):
-    """Whether ``svd`` got several variables (a list of arrays, or of array names)."""
+    """Whether ``svd`` got several variables (a list of arrays, or of array names), or an
+    in-memory xarray DataArray (read as a list of one, with its coordinates)."""
     return isinstance(array, (list, tuple)) or (isinstance(source, (list, tuple))
-                                                and len(source) > 0)
+                                                and len(source) > 0) or _is_dataarray(source)
+
+
+def _is_dataarray(x):
+    return hasattr(x, "dims") and hasattr(x, "coords") and hasattr(x, "data")
 
 
 @dataclass
@@ -82,6 +87,7 @@ def open_variables(source, array, *, sample_dims, storage_options=None,
         parts = [_stored(str(source), name, sample_dims, storage_options, missing_chunks,
                          panel_bytes) for name in _names(array)]
     else:
+        source = [source] if _is_dataarray(source) else source
         parts = [_pinned(x, storage_options) if isinstance(x, SourcePin)
                  else _in_memory(x, i, sample_dims) for i, x in enumerate(source)]
     rows = {p[1].shape[0] for p in parts}
@@ -135,7 +141,7 @@ def _in_memory(x, i, sample_dims):
     """``(name, lazy matrix, labels, None)`` of an in-memory variable (array or DataArray)."""
     import dask.array as da
 
-    if hasattr(x, "dims") and hasattr(x, "coords"):  # an xarray DataArray (duck-typed)
+    if _is_dataarray(x):  # an xarray DataArray (duck-typed: the worker does not need xarray)
         sdims = list(sample_dims or x.dims[:1])
         fdims = [d for d in x.dims if d not in sdims]
         data = x.data if isinstance(x.data, da.Array) else da.from_array(np.asarray(x.data))
@@ -144,7 +150,7 @@ def _in_memory(x, i, sample_dims):
         mat = data.transpose(axes).reshape(m, -1)
         labels = {"dims": list(x.dims), "shape": [int(s) for s in x.shape],
                   "sample_dims": sdims, "feature_dims": fdims,
-                  "coords": {d: (np.asarray(x.coords[d].values), {}) for d in fdims
+                  "coords": {d: (np.asarray(x.coords[d].values), {}) for d in x.dims
                              if d in x.coords}}
         return str(x.name if x.name is not None else f"var{i}"), mat, labels, None
     data = x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
@@ -155,15 +161,19 @@ def _in_memory(x, i, sample_dims):
     return f"var{i}", data, None, None
 
 
-def variables_report(variables, vt):
-    """``report["variables"]``: each variable's columns, dimensions, feature coordinates and
-    the share of each mode's squared loading (of the unit-norm component) it holds."""
+def variables_report(variables, vt, sigma):
+    """``report["variables"]``: each variable's columns, dimensions, feature coordinates,
+    the share of each mode's squared loading (of the unit-norm component) it holds
+    (``mode_fraction``) and its share of the energy the k modes capture
+    (``energy_fraction`` = Σ σ_i²·f_i / Σ σ_i²)."""
     out = []
     vt = np.asarray(vt)
+    s2 = np.asarray(sigma, dtype=float) ** 2
     for v in variables:
         a, b = v["columns"]
-        entry = {"name": v["name"], "columns": [a, b],
-                 "mode_fraction": np.sum(vt[:, a:b] ** 2, axis=1).round(15).tolist()}
+        frac = np.sum(vt[:, a:b] ** 2, axis=1)
+        entry = {"name": v["name"], "columns": [a, b], "mode_fraction": frac.round(15).tolist(),
+                 "energy_fraction": float(s2 @ frac / s2.sum()) if s2.sum() > 0 else 0.0}
         labels = v["labels"]
         if labels is not None:
             entry.update({key: labels[key] for key in ("dims", "shape", "sample_dims",

@@ -29,13 +29,12 @@ holds each feature as one row of a panel, so its standard deviation is local
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._errors import InvalidInputError
+from ._sumsq import sumsq
 
 __all__ = ["WEIGHT_KINDS", "LATITUDE_NAMES", "LONGITUDE_NAMES", "check_weights",
            "feature_weights", "PanelScale", "column_sumsq", "merge_column_sumsq",
@@ -241,11 +240,18 @@ def row_std_scale(block):
     return 1.0 / np.maximum(std, STD_FLOOR)
 
 
+def _exponents(x):
+    """Per column, the binary exponent of max|x| (0 for an all-zero column)."""
+    amax = np.max(np.abs(x), axis=0) if x.shape[0] else np.zeros(x.shape[1])
+    return np.frexp(amax)[1].astype(np.int64)
+
+
 def column_sumsq(block, mean):
-    """Σ(a − mean)² per column as ``(e, s)``: s·4**e, s of shape (n,) (cannot overflow)."""
-    amax = float(np.max(np.abs(block - mean))) if block.size else 0.0
-    f = math.frexp(amax)[1] if amax > 0 else 0
-    return (f, np.sum(np.square(np.ldexp(block - mean, -f)), axis=0))
+    """Σ(a − mean)² per column as ``(e, s)``: s·4**e, both of shape (n,); each column is
+    scaled by its own power of two first, so no square over- or underflows."""
+    x = block - mean
+    e = _exponents(x)
+    return (e, np.sum(np.square(np.ldexp(x, -e)), axis=0))
 
 
 def merge_column_sumsq(stats, parts):
@@ -259,11 +265,9 @@ def merge_column_sumsq(stats, parts):
         Each panel's :func:`column_sumsq`.
     """
     n_tot = sum(s["count"] for s in stats)
-    mu = sum(s["count"] * s["mean"] for s in stats) / n_tot
+    mu = sum((s["count"] / n_tot) * s["mean"] for s in stats)  # no n·μ overflow
     deltas = [s["mean"] - mu for s in stats]
-    dmax = max(float(np.max(np.abs(d))) if d.size else 0.0 for d in deltas)
-    f = math.frexp(dmax)[1] if dmax > 0 else 0
-    e = max([p[0] for p in parts] + [f])
+    e = np.max([p[0] for p in parts] + [_exponents(d[None, :]) for d in deltas], axis=0)
     total = np.zeros_like(mu, dtype=float)
     for s, p, d in zip(stats, parts, deltas):
         total += np.ldexp(p[1], 2 * (p[0] - e)) + s["count"] * np.square(np.ldexp(d, -e))
@@ -273,28 +277,19 @@ def merge_column_sumsq(stats, parts):
 def std_scale(colss, count):
     """1 / max(σ_j, ε₃₂) from a per-column ``(e, s)`` sum of squares of ``count`` rows."""
     e, s = colss
-    std = np.sqrt(s / count) * 2.0**e
+    std = np.ldexp(np.sqrt(s / count), e)
     return 1.0 / np.maximum(std, STD_FLOOR)
 
 
 def scaled_total(colss, count, d):
     """Σ_j d_j²·ss_j as a :func:`~._sumsq.sumsq` pair ``(e, s)`` (value s·4**e).
 
-    ``d_j = w_j / max(σ_j, ε₃₂)``: each standardised column holds ``count``
-    (σ_j ≥ ε₃₂) or less, so the sum is formed in the scale of ``d`` alone.
+    ``d_j·√ss_j = d_j·√s_j·2**e_j``, formed per column: with ``d_j = w_j / σ_j``
+    it is ``w_j·√count``, never near over- or underflow, and the sum of its
+    squares is scaled (:func:`~._sumsq.sumsq`).
     """
     e, s = colss
-    dmax = float(np.max(np.abs(d))) if d.size else 0.0
-    if dmax == 0.0:
-        return (0, 0.0)
-    g = math.frexp(dmax)[1]
-    v = float(np.sum(s * np.square(np.ldexp(d, -g))))
-    if v == 0.0:
-        return (0, 0.0)
-    mant, x = math.frexp(v)
-    if x % 2:
-        mant, x = mant * 2.0, x - 1
-    return (e + g + x // 2, mant)
+    return sumsq(np.ldexp(d * np.sqrt(s), e))
 
 
 def scaling_report(kind, weights, standardize, variables=None):

@@ -134,3 +134,11 @@ def test_several_variables_through_the_service(service, client, field):
         assert_problem(c.post("/v1/jobs", json=body), 422, "body.source.array")
         body["source"]["array"] = ["sst", "nope"]
         assert_problem(c.post("/v1/jobs", json=body), 404)
+        body["source"]["array"] = ["sst", "slp"]
+        p = assert_problem(c.post("/v1/jobs", json={**body, "weights": "coslat"}), 422,
+                           "body.weights")  # slp (time, station) has no latitude
+        assert "station" in p["detail"]
+        assert_problem(c.post("/v1/jobs", json={**body, "weights": [1.0] * 48}), 422,
+                       "body.weights")  # 58 features in all
+        ok = c.post("/v1/jobs", json={**body, "weights": [1.0] * 58})
+        assert ok.status_code == 202, ok.text

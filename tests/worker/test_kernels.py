@@ -289,3 +289,26 @@ def test_tall_block_reproduces_q(rows):
     A = rng.standard_normal((rows, 5))
     w = rng.standard_normal((min(rows, 5), 2))
     np.testing.assert_array_equal(K.tall_block(A, (w, None), False), K.qr_apply(A, w))
+
+
+def test_column_sumsq_cannot_overflow():
+    """Per-column Σ(a − μ)² of entries near 1e300 (whose squares overflow) merged over
+    panels, and the standard deviations from it: relative 1e-14 (a few ε per operation)."""
+    from svdserve.worker._scaling import column_sumsq, merge_column_sumsq, std_scale
+    from svdserve.worker._sumsq import panel_stats
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 3)) * np.array([1e300, 1.0, 1e-300]) + np.array([0, 5, 0])
+    parts, stats = [], []
+    for block in (a[:20], a[20:]):
+        st = panel_stats(block, center=True)
+        stats.append(st)
+        parts.append(column_sumsq(block, st["mean"]))
+    e, ss = merge_column_sumsq(stats, parts)
+    std = np.ldexp(np.sqrt(ss / 50), e)
+    ref = np.array([np.std(a[:, 0] / 1e300) * 1e300, np.std(a[:, 1]),
+                    np.std(a[:, 2] * 1e300) / 1e300])
+    np.testing.assert_allclose(std, ref, rtol=1e-14)
+    # below float32's ε a standard deviation is floored there, as xeofs does
+    floor = np.finfo(np.float32).eps
+    np.testing.assert_allclose(std_scale((e, ss), 50), 1 / np.maximum(ref, floor), rtol=1e-14)

@@ -118,3 +118,17 @@ def test_area_weights_are_eofs_area_weights(sst_store):
     for kind, scheme in (("area", "area"), ("coslat", "latitude")):
         w = feature_weights(kind, 11 * 18, labels)
         np.testing.assert_allclose(w, _load(f"weights.{scheme}").ravel(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_on_a_dask_cluster(sst_store, dask_client, method):
+    """The per-panel scales travel to real workers (two of them): the same answer, bitwise
+    as in this process (the same panel plan and seed make the same factors)."""
+    path, _ = sst_store
+    kw = {"array": "sst", "sample_dims": ("time",), "missing": "mask", "center": True,
+          "method": method, "weights": "area"}
+    here = svd(path, 14, client=False, **kw)
+    there = svd(path, 14, client=dask_client, **kw)
+    np.testing.assert_array_equal(there.S, here.S)
+    np.testing.assert_array_equal(np.asarray(there.Vt), np.asarray(here.Vt))
+    assert (there.passes, there.reads) == (here.passes, here.reads)

@@ -176,6 +176,8 @@ def test_multivariate_against_xeofs(tmp_path, n_time, stored):
         assert entry["name"] == name and tuple(entry["shape"][1:]) == shape
     fractions = np.sum([e["mode_fraction"] for e in res.report["variables"]], axis=0)
     np.testing.assert_allclose(fractions, 1.0, atol=10 * EPS)  # unit-norm components
+    energy = sum(e["energy_fraction"] for e in res.report["variables"])
+    assert abs(energy - 1.0) <= 10 * EPS
     assert len(res.report["variables"][1]["coords"]["latitude"]) == 3
 
 
@@ -187,3 +189,31 @@ def test_multivariate_errors(tmp_path):
     with pytest.raises(InvalidInputError) as exc:
         svd(np.zeros((4, 4)), 2, array=["x", "x"], client=False)
     assert exc.value.field == "array"
+
+
+def test_energy_target_on_the_weighted_field():
+    """An energy target (exact and the blocked randomized QB) counts the energy of the
+    weighted field: both pick the rank NumPy's SVD of (A − mean)·diag(w) needs."""
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((300, 6)) @ rng.standard_normal((6, 40))
+         + 1e-3 * rng.standard_normal((300, 40)))
+    w = np.r_[np.full(20, 0.01), np.ones(20)]  # the first half nearly switched off
+    s = np.linalg.svd((a - a.mean(axis=0)) * w, compute_uv=False)
+    want = int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), 0.85) + 1)
+    assert want == 4  # unweighted it would be 5: the test tells the two apart
+    for method in ("exact", "randomized"):
+        res = svd(a, energy=0.85, weights=w, center=True, method=method, client=False,
+                  block_size=2, panel_bytes=8 * 40 * 64)
+        assert res.rank == want, method
+
+
+def test_in_memory_dataarray_against_xeofs():
+    """One xarray DataArray in memory: its own latitude gives "coslat", the result keeps its
+    dimensions and coordinates (tolerance as in the module docstring)."""
+    da = _field(60).fillna(0.0)  # in memory, no land: xeofs and the matrix agree directly
+    res = svd(da, K, sample_dims=("time",), center=True, weights="coslat", method="exact",
+              client=False)
+    n = da.shape[1] * da.shape[2]
+    _check(res, da, _xeofs(da, use_coslat=True), 500 * np.sqrt(max(60, n)) * EPS)
+    assert res.labels["feature_dims"] == ["lat", "lon"]
+    np.testing.assert_array_equal(res.labels["coords"]["lat"][0], da["lat"].values)
