@@ -592,9 +592,7 @@ class EOF(BaseEstimator):
         f = self._fitted
         if f.mean is not None and self.center:
             flat = flat - f.mean
-        if f.scale is not None:
-            flat = flat * f.scale
-        proj = project_field(f, flat, f.rank, center=False)
+        proj = project_field(f, flat, f.rank, center=False)  # scales by f.scale (weights)
         if self.rotation_ is not None:
             proj = self._rotate_scores(proj / f.S[: f.rank])
         if normalized:
