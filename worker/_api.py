@@ -556,7 +556,9 @@ def _report(job, run, fac, t_start, extra_params):
     provenance = {
         "input": {"url": info.url, "array": info.array, "shape": [m, n], "dtype": info.dtype,
                   "chunks": list(info.chunks), "zarr_format": info.zarr_format,
-                  "sample_dims": None if job.labels is None else job.labels["sample_dims"]},
+                  "sample_dims": None if job.labels is None else job.labels["sample_dims"],
+                  **({} if job.variables is None else
+                     {"variables": [v["name"] for v in job.variables]})},
         "params": prov_params, "method": params.resolved, "passes": n_passes, "reads": reads,
         "panels": len(job.bounds), "versions": _versions(), "timings": timings,
         "events": list(eng.events),

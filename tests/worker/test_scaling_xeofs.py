@@ -217,3 +217,30 @@ def test_in_memory_dataarray_against_xeofs():
     _check(res, da, _xeofs(da, use_coslat=True), 500 * np.sqrt(max(60, n)) * EPS)
     assert res.labels["feature_dims"] == ["lat", "lon"]
     np.testing.assert_array_equal(res.labels["coords"]["lat"][0], da["lat"].values)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_exact_reapply_route_with_scaling(standardize):
+    """σ₁/σ_k = 1e4.4 > 1e3: U is formed by re-reading the panels as pass 1 read them
+    (unscaled when the standard deviations came after pass 1) and applying the tree's Q to
+    U_R of R·D. Tolerances: σ by Weyl, 100·√m·ε·σ₁; U by Davis–Kahan, that over the
+    smallest gap between the 16 leading singular values (the graded spectrum halves each
+    step)."""
+    rng = np.random.default_rng(1)
+    m, n = 300, 20
+    u = np.linalg.qr(rng.standard_normal((m, n)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    a = (u * np.logspace(0, -6, n)) @ v.T * rng.uniform(0.5, 3, n) + 2.0
+    w = rng.uniform(0.5, 2.0, n)
+    res = svd(a, 15, method="exact", center=True, standardize=standardize, weights=w,
+              client=False, panel_bytes=8 * n * 50)
+    assert res.report["u_route"] == "reapply"
+    x = a - a.mean(axis=0)
+    if standardize:
+        x = x / np.maximum(x.std(axis=0), np.finfo(np.float32).eps)
+    uu, s, _ = np.linalg.svd(x * w, full_matrices=False)
+    err = 100 * np.sqrt(m) * EPS * s[0]
+    np.testing.assert_allclose(res.S, s[:15], rtol=0, atol=err)
+    gap = np.min(-np.diff(s[:16]))
+    cos = np.abs(np.sum(res.U * uu[:, :15], axis=0))
+    np.testing.assert_allclose(cos, 1.0, rtol=0, atol=err / gap)
