@@ -192,6 +192,27 @@ class EnergyReport(Mapping):
         """
         return north_errors(self, n_modes, n_eff=n_eff)
 
+    @property
+    def north(self) -> dict:
+        """North's rule of thumb for the k eigenvalues, N = the number of samples.
+
+        The report's ``north`` section (``n_samples``, ``relative_error`` √(2/N),
+        ``eigenvalues``, ``errors``, ``degenerate``, ``degenerate_pairs``); for a
+        report written before it existed, the same computed here from σ and m.
+        """
+        section = self._data.get("north")
+        if section is not None:
+            return dict(section)
+        ne = north_errors(self)
+        m = self.shape[0]
+        # the worker's convention: σ²/(m − 1) centred, σ²/m (second moments) otherwise
+        dof = 1.0 if self.get("center", False) else (m - 1) / m
+        return {"n_samples": m, "n_eff": "samples", "relative_error": math.sqrt(2 / m),
+                "eigenvalues": (ne.eigenvalues * dof).tolist(),
+                "errors": (ne.errors * dof).tolist(),
+                "degenerate": ne.degenerate.tolist(),
+                "degenerate_pairs": [list(p) for p in ne.degenerate_pairs]}
+
     def rank_for(self, fraction: float) -> int | None:
         """Smallest rank r with cumulative energy ≥ ``fraction``, or None if unknown.
 
@@ -274,6 +295,8 @@ class EnergyReport(Mapping):
             (d.get("energy_target"), lambda tgt: _energy_target_line(tgt, self.rank)),
         )
         lines += [line_of(section) for section, line_of in sections if section]
+        if self.rank:
+            lines.append(_north_line(self.north))
         total_time = (d.get("timings") or {}).get("total")
         if isinstance(total_time, (int, float)):
             lines.append(f"time {total_time:.3f} s")
@@ -333,8 +356,10 @@ class EnergyReport(Mapping):
     def figure(self) -> "matplotlib.figure.Figure":  # noqa: F821 - matplotlib is optional
         """The scree plot (σ_r, log scale) and the cumulative energy, on an Agg canvas.
 
-        Every known σ is drawn (the whole spectrum for the exact method, with k
-        marked), on integer rank ticks. The 90 / 95 / 99 % levels are always in the
+        The k kept σ carry North's error bars (λ ± λ·√(2/N), drawn on σ as
+        σ·√(1 ± √(2/N)), N = the number of samples; the legend names the pairs
+        of modes whose bars overlap). Every known σ is drawn (the whole spectrum
+        for the exact method, with k marked), on integer rank ticks. The 90 / 95 / 99 % levels are always in the
         legend: with the rank reaching each, or "not reached within k".
         """
         # The object-oriented API with the Agg canvas: no global pyplot state,
@@ -378,6 +403,8 @@ class EnergyReport(Mapping):
             ax2.plot(r, cum, ".-", color="0.6", ms=3, lw=0.8)
         top = s[:k] > 0
         ax1.semilogy(r[:k][top], s[:k][top], "o-", ms=3, color="tab:blue", label=f"σ_1..σ_{k}")
+        if k:
+            self._draw_north(ax1, r[:k][top], s[:k][top])
         ax2.plot(r[:k], cum[:k], "o-", ms=3, color="tab:blue")
         for ax, what in ((ax1, "singular value σ_r"), (ax2, "cumulative energy (%)")):
             # min_n_ticks=1: one integer in view (k = 1) is enough; else it falls back to 0.1 steps
@@ -390,6 +417,21 @@ class EnergyReport(Mapping):
         ax1.set_title("Scree plot")
         ax2.set_title("Cumulative energy")
         ax2.set_ylim(min(0.0, float(cum.min(initial=0.0))), 101)
+
+
+    def _draw_north(self, ax, r, s) -> None:
+        """North's error bars on σ: λ ± δλ is σ·√(1 ± √(2/N)) (lower end clipped at 0)."""
+        north = self.north
+        rel = float(north["relative_error"])
+        lower = s * (1 - math.sqrt(max(1 - rel, 0.0)))
+        upper = s * (math.sqrt(1 + rel) - 1)
+        pairs = north.get("degenerate_pairs") or []
+        label = f"North's error bars (N = {north['n_samples']})"
+        if pairs:
+            label += "; overlapping: " + ", ".join(f"{a}-{b}" for a, b in pairs[:6]) + (
+                " ..." if len(pairs) > 6 else "")
+        ax.errorbar(r, s, yerr=np.vstack([lower, upper]), fmt="none", ecolor="tab:blue",
+                    elinewidth=0.8, capsize=2, label=label)
 
 
 # -- the optional lines of EnergyReport.table ----------------------------------------------
@@ -414,6 +456,16 @@ def _error_estimate_line(est: dict) -> str:
     if est.get("exceeds_sigma_k") and source == "probe":
         line += " -- above σ_k: see the warning below"
     return line
+
+
+def _north_line(north: dict) -> str:
+    pairs = north.get("degenerate_pairs") or []
+    head = (f"North's errors (N = {north.get('n_samples')}): each eigenvalue ± "
+            f"{100 * float(north.get('relative_error', math.nan)):.3g} %; ")
+    if not pairs:
+        return head + "no neighbouring modes overlap"
+    shown = ", ".join(f"{a}-{b}" for a, b in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
+    return head + f"degenerate (do not interpret separately): modes {shown}"
 
 
 def _denoise_line(den: dict) -> str:

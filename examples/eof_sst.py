@@ -3,15 +3,22 @@
 A (time, lat, lon) field is built from a seasonal cycle, two known spatial
 modes with their own time series, and noise; land points are NaN in every
 time step. It is written with xarray to Zarr together with its monthly
-anomalies (the seasonal cycle removed, as EOF analysis usually starts), the
-anomalies are submitted with ``sample_dims=["time"]`` and ``missing="mask"``,
-and ``StoredResult.to_xarray()`` gives the EOF maps on (lat, lon) with NaN over
-land. The first two EOFs are compared with the known modes and plotted to PNG.
+anomalies (the seasonal cycle removed, as EOF analysis usually starts), and
+analysed with :class:`svdserve.EOF` on the service (the store is read by the
+service's workers panel by panel, never loaded here):
+
+- area weighting by √cos(latitude) (``use_coslat=True``: the job's
+  ``weights="coslat"``), the EOF maps on (lat, lon) with NaN over land,
+  compared with the known modes (weighted the same way) and plotted to PNG;
+- North's rule of thumb: each eigenvalue's sampling error λ·√(2/N), the pairs
+  of modes whose error bars overlap (degenerate: not to be interpreted
+  separately), and the scree plot with those error bars (a second PNG);
+- a varimax-rotated pair of the two leading modes.
 
 Run a service first (``svdserve serve`` with ``SVDSERVE_DATA_ROOTS`` including
 ``--data-dir``), then::
 
-    python examples/eof_sst.py --out eof_sst.png
+    python examples/eof_sst.py --out eof_sst.png --scree eof_sst_scree.png
 """
 
 from __future__ import annotations
@@ -112,6 +119,13 @@ def plot_eofs(eofs, path):
     return fig
 
 
+def weighted_modes(modes, lat):
+    """The known modes as the weighted analysis sees them: × √cos φ, unit norm over the ocean."""
+    w = np.sqrt(np.clip(np.cos(np.deg2rad(lat)), 0, 1))[:, None]
+    out = modes * w
+    return out / np.sqrt(np.sum(out**2, axis=(1, 2)))[:, None, None]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None, help="service URL (default: $SVDSERVE_URL)")
@@ -121,9 +135,15 @@ def main(argv=None) -> int:
     parser.add_argument("--ntime", type=int, default=240, help="months (default: 240)")
     parser.add_argument("--nlat", type=int, default=36)
     parser.add_argument("--nlon", type=int, default=72)
+    parser.add_argument("--modes", type=int, default=8, help="EOFs computed (default: 8)")
     parser.add_argument("--out", default="eof_sst.png", help="PNG of the first two EOF maps")
+    parser.add_argument("--scree", default="eof_sst_scree.png",
+                        help="PNG of the scree plot with North's error bars")
     args = parser.parse_args(argv)
 
+    import xarray as xr
+
+    import svdserve
     from svdserve.client import Client
 
     ds, modes = synthetic_sst(args.ntime, args.nlat, args.nlon)
@@ -135,30 +155,61 @@ def main(argv=None) -> int:
     ds.chunk({"time": 12}).to_zarr(store, mode="w", consolidated=False)
 
     with Client(args.url, args.token) as client:
-        job = client.submit(store, 4, array="sst_anom", sample_dims=["time"], missing="mask",
-                            center=True, method="exact")
-        res = job.result(progress=sys.stderr.isatty())
-    eofs = res.to_xarray()
-    land = int(res.mask.sum())
+        # √cos φ weights, NaN (land) points dropped and restored, on the service
+        model = svdserve.EOF(n_modes=args.modes, use_coslat=True, solver="exact", client=client,
+                             array="sst_anom").fit(store, dim="time")
+        rotated = svdserve.EOF(n_modes=2, use_coslat=True, solver="exact", rotation="varimax",
+                               client=client, array="sst_anom").fit(store, dim="time")
+    comps = model.components()
+    land = int(np.isnan(comps.sel(mode=1)).sum())
     print(f"sst_anom {dict(ds['sst_anom'].sizes)}: {land} land points masked, "
-          f"{res.mask.size - land} ocean points analysed")
-    ok = True
-    for mode in (1, 2):
-        comp = eofs["components"].sel(mode=mode).values
-        ocean = ~np.isnan(comp)
-        corr = abs(float(np.sum(comp[ocean] * modes[mode - 1][ocean])))  # both unit norm
-        ratio = float(eofs["explained_variance_ratio"].sel(mode=mode))
-        print(f"EOF {mode}: {100 * ratio:5.1f} % of the variance, |correlation with mode "
-              f"{mode}| = {corr:.4f}")
-        ok &= corr > 0.99
-    pcs = eofs["scores"]
+          f"{comps.sel(mode=1).size - land} ocean points analysed (weights √cos(lat))")
+    ok = _report_modes(model, weighted_modes(modes, ds["lat"].values))
+    pcs = model.scores()
     print(f"PC time axis {str(pcs['time'].values[0])[:10]} .. {str(pcs['time'].values[-1])[:10]}")
+    _report_north(model, args.scree)
+    ratio = rotated.explained_variance_ratio().values
+    print(f"varimax-rotated pair: {100 * ratio[0]:.1f} % and {100 * ratio[1]:.1f} % of the "
+          f"variance (together {100 * ratio.sum():.1f} %, as the unrotated pair: "
+          f"{100 * model.explained_variance_ratio().values[:2].sum():.1f} %)")
+    eofs = xr.Dataset({"components": comps,
+                       "explained_variance_ratio": model.explained_variance_ratio()})
     plot_eofs(eofs, args.out)
     print(f"wrote {args.out}")
     if not ok:
         print("the known modes were not recovered", file=sys.stderr)
         return 1
     return 0
+
+
+def _report_modes(model, known) -> bool:
+    """Print each of the first two EOFs' correlation with its known (weighted) mode."""
+    ok = True
+    comps, ratio = model.components(), model.explained_variance_ratio()
+    for mode in (1, 2):
+        comp = comps.sel(mode=mode).values
+        ocean = ~np.isnan(comp)
+        corr = abs(float(np.sum(comp[ocean] * known[mode - 1][ocean])))  # both unit norm
+        print(f"EOF {mode}: {100 * float(ratio.sel(mode=mode)):5.1f} % of the variance, "
+              f"|correlation with mode {mode}| = {corr:.4f}")
+        ok &= corr > 0.99
+    return ok
+
+
+def _report_north(model, path) -> None:
+    """North's errors of the eigenvalues, the degenerate pairs, the scree plot with bars."""
+    north = model.north_errors()
+    print("mode  eigenvalue   North error")
+    for mode in north["mode"].values:
+        row = north.sel(mode=mode)
+        flag = "  (overlaps the next: degenerate)" if bool(row["degenerate"]) else ""
+        print(f"{int(mode):>4}  {float(row['eigenvalue']):<11.5g}  "
+              f"{float(row['error']):<11.4g}{flag}".rstrip())
+    pairs = north.attrs["degenerate_pairs"]
+    print("degenerate pairs (do not interpret separately): "
+          + (", ".join(f"{a}-{b}" for a, b in pairs) if pairs else "none"))
+    model.report_.plot(path)  # the scree plot carries North's error bars
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@ The distribution installs three parts under this namespace:
 - :mod:`svdserve.service` -- the FastAPI job service,
 - :mod:`svdserve.client` -- the Python client library and CLI.
 
-and the scikit-learn estimators :class:`svdserve.PCA` and
-:class:`svdserve.TruncatedSVD` (:mod:`svdserve.estimators`, imported on first
-use: ``import svdserve`` stays light).
+the scikit-learn estimators :class:`svdserve.PCA` and
+:class:`svdserve.TruncatedSVD` (:mod:`svdserve.estimators`) and the xeofs-style
+:class:`svdserve.EOF`, each imported on first use: ``import svdserve`` stays light.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["PCA", "TruncatedSVD", "__version__"]
+__all__ = ["EOF", "PCA", "TruncatedSVD", "__version__"]
 
 _ESTIMATORS = ("PCA", "TruncatedSVD")
 
 
 def __getattr__(name):
+    if name == "EOF":
+        from ._eof import EOF
+
+        return EOF
     if name in _ESTIMATORS:
         from . import estimators
 
@@ -27,4 +31,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted([*globals(), *_ESTIMATORS])
+    return sorted([*globals(), *_ESTIMATORS, "EOF"])

@@ -179,6 +179,9 @@ class Factors:
         Features masked as missing everywhere (``missing="mask"``).
     report : dict
         The energy report.
+    scale : ndarray of shape (n,) or None
+        The feature scale D of ``weights``/``standardize`` (the factors are
+        then those of ``(A − 1 meanᵀ)·D``).
     """
 
     U: object
@@ -190,6 +193,7 @@ class Factors:
     s_all: np.ndarray | None
     mask: np.ndarray | None
     report: dict
+    scale: np.ndarray | None = None
 
 
 def backend_of(client) -> str:
@@ -210,7 +214,7 @@ def backend_of(client) -> str:
 
 def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_oversamples,
               n_iter, random_state, missing="error", panel_bytes=None,
-              compute_u=True) -> Factors:
+              compute_u=True, **scaling) -> Factors:
     """Run one truncated SVD of ``data`` where ``client`` says.
 
     Parameters
@@ -224,6 +228,9 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
         pass fewer for the exact method).
     panel_bytes : int or None
         Panel budget (this process or a Dask cluster; a service uses its own).
+    **scaling
+        ``weights=`` and ``standardize=`` of :func:`svdserve.worker.svd`, passed
+        on as given (the EOF estimator's ``use_coslat`` and ``standardize``).
 
     Returns
     -------
@@ -231,7 +238,7 @@ def decompose(data: Data, *, client, rank=None, energy=None, center, method, n_o
     """
     kw = dict(method=method, n_oversamples=n_oversamples, n_iter=n_iter, center=center,
               random_state=random_state, energy=energy, missing=missing,
-              compute_u=compute_u)
+              compute_u=compute_u, **scaling)
     if backend_of(client) == "service":
         return _on_service(data, client, rank, kw)
     from svdserve.worker import svd
@@ -303,4 +310,6 @@ def _factors(res):
                    n_samples=int(rep["shape"][0]),
                    total_ss=float(total) if total is not None else norm**2,
                    s_all=None if s_all is None else np.asarray(s_all, dtype=np.float64),
-                   mask=None if mask is None else np.asarray(mask, dtype=bool), report=rep)
+                   mask=None if mask is None else np.asarray(mask, dtype=bool), report=rep,
+                   scale=None if getattr(res, "scale", None) is None
+                   else np.asarray(res.scale, dtype=np.float64))

@@ -55,6 +55,7 @@ import math
 import numpy as np
 
 from ._kernels import add_sumsq, sumsq_norm, tail_norms
+from ._north import north_section
 
 __all__ = ["energy_report", "ENERGY_LEVELS", "gd_lambda", "gd_omega", "mp_median",
            "denoise_rank", "spectral_estimate"]
@@ -408,4 +409,5 @@ def energy_report(sigma, total_ss, *, shape, method, center, s_all=None, sigma_b
         report["explained_variance"] = [
             None if (sq := _square(x)) is None else sq / dof for x in sigma]
         report["explained_variance_ratio"] = [float(x) for x in frac]
+    report["north"] = north_section(sigma, m, center=center)  # North et al. 1982
     return report

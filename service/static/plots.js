@@ -3,7 +3,7 @@
  *   SvdPlots.render(container, report)  -> {charts, ms}
  *
  * One chart per question: the scree plot (log sigma, k marked, the whole
- * spectrum for exact, the denoising threshold and the error bound), the
+ * spectrum for exact, North's error bars, the denoising threshold and the error bound), the
  * cumulative energy (90/95/99/99.9 % ranks), the spectral gaps, the residual
  * against rank, the storage ratio against rank. Hovering a chart shows the
  * values at the nearest rank. A path holds one series, whatever its length,
@@ -81,6 +81,7 @@
     spec.series.forEach(function (s) {
       xs.push(s.x0, s.x0 + s.y.length - 1);
       s.y.forEach(function (v) { if (isFinite(v) && (!spec.logy || v > 0)) ys.push(v); });
+      if (s.err) s.err.hi.forEach(function (v) { if (isFinite(v) && v > 0) ys.push(v); });
     });
     (spec.hlines || []).forEach(function (h) { if (isFinite(h.y) && (!spec.logy || h.y > 0)) ys.push(h.y); });
     var xlo = Math.min.apply(null, xs), xhi = Math.max.apply(null, xs);
@@ -133,6 +134,7 @@
         s.y.forEach(function (v, j) { if (isFinite(v)) el("circle", {cx: X(s.x0 + j), cy: Y(v), r: 2.5}, g); });
       }
       key(s.cls, s.name);
+      if (s.err) errorBars(svg, s, X, Y, key);
     });
     (spec.hlines || []).forEach(function (h) {
       if (!isFinite(h.y) || (spec.logy && !(h.y > 0))) return;
@@ -152,6 +154,19 @@
     fig.appendChild(legend);
     container.appendChild(fig);
     return fig;
+  }
+
+  /* Error bars of a series, {lo, hi, label} beside its y: one path of vertical strokes with caps. */
+  function errorBars(svg, s, X, Y, key) {
+    var d = [];
+    s.y.forEach(function (v, j) {
+      var lo = s.err.lo[j], hi = s.err.hi[j], x = X(s.x0 + j);
+      if (!isFinite(v) || !isFinite(hi)) return;
+      var y0 = Y(lo > 0 ? lo : 0).toFixed(1), y1 = Y(hi).toFixed(1);
+      d.push("M" + x.toFixed(1) + " " + y0 + "V" + y1 + "M" + (x - 3).toFixed(1) + " " + y1 + "h6M" + (x - 3).toFixed(1) + " " + y0 + "h6");
+    });
+    el("path", {d: d.join(""), "class": "errbar " + s.cls, "data-points": d.length}, svg);
+    key(s.cls, s.err.label);
   }
 
   /* Hover: the values of every series at the nearest rank. */
@@ -218,10 +233,22 @@
 
   function pct(f) { return (f * 100).toFixed(f === 0.999 ? 1 : 0) + " %"; }
 
+  /* North et al. (1982): λ ± λ·√(2/N) is σ·√(1 ± √(2/N)) on the σ axis; the overlapping pairs named. */
+  function northBars(report, s) {
+    var north = report.north;
+    if (!north || !(north.relative_error >= 0)) return undefined;
+    var r = north.relative_error, pairs = north.degenerate_pairs || [];
+    var label = "North's error bars (N = " + north.n_samples + ")" + (pairs.length ? "; overlapping, do not interpret separately: " +
+      pairs.slice(0, 6).map(function (p) { return p[0] + "-" + p[1]; }).join(", ") + (pairs.length > 6 ? " …" : "") : "");
+    return {lo: s.map(function (v) { return v * Math.sqrt(Math.max(1 - r, 0)); }),
+            hi: s.map(function (v) { return v * Math.sqrt(1 + r); }), label: label};
+  }
+
   function screeSpec(report, sp) {
     var series = [];
     if (sp.exact && sp.full.length > sp.k) series.push({name: "σ, whole spectrum", short: "σ", y: sp.full, x0: 1, cls: "s-all"});
-    series.push({name: "σ, the " + sp.k + " returned", short: "σ (k)", y: sp.s, x0: 1, cls: "s-k", dots: sp.k <= 200});
+    series.push({name: "σ, the " + sp.k + " returned", short: "σ (k)", y: sp.s, x0: 1, cls: "s-k", dots: sp.k <= 200,
+                 err: northBars(report, sp.s)});
     var hl = [], dn = (report.suggested_rank || {}).denoise, ee = report.error_estimate;
     if (dn && dn.threshold > 0) hl.push({y: dn.threshold, cls: "m-denoise", label: "denoising threshold " + fmt(dn.threshold) + " → rank " + dn.rank + (dn.more_than_k ? " (or more)" : "")});
     if (ee && ee.spectral > 0) hl.push({y: ee.spectral, cls: "m-error", label: (ee.probes ? "error bound ‖A − USVᵀ‖₂ ≤ " : "σ_{k+1} = ‖A − USVᵀ‖₂ = ") + fmt(ee.spectral)});

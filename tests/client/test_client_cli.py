@@ -89,6 +89,7 @@ def test_upload_submit_wait_status_report_jobs(service, capsys, npy, data_dir, t
     png = tmp_path / "energy.png"
     code, out, err = run(service, capsys, "report", job_id, "--plot", str(png))
     assert code == 0 and "shape 120 x 10" in out and "storage ratio" in out
+    assert "North's errors (N = 120): each eigenvalue ± 12.9 %" in out  # √(2/120)
     assert png.read_bytes()[:4] == b"\x89PNG" and "wrote" in err
     code, out, _ = run(service, capsys, "report", job_id, "--json")
     rep = json.loads(out)

@@ -253,3 +253,34 @@ def test_rotation_reports_non_convergence_and_bad_arguments(stored):
                           (dict(n_modes=3, method="promax", power=1), "power")]:
         with pytest.raises(ValueError, match=match):
             sc.rotate(stored, **kwargs)
+
+
+# -- item 5: North in the energy report, its table and its scree plot -------------------------
+
+def test_report_north_section_table_and_error_bars(stored, sst):
+    """The worker's report carries North's errors (N = m) and the overlapping pairs; the
+    table prints them and the scree plot draws them as error bars. The source was deleted
+    by the fixture: all of it comes from the result store."""
+    from matplotlib.container import ErrorbarContainer
+
+    solver = sst["solver"]
+    north = stored.report["north"]
+    assert north["n_samples"] == 15 and north["n_eff"] == "samples"
+    # eigenvalues to ~ε·λ₁ (Weyl), the error one rounding more (as the test above)
+    _close(north["eigenvalues"], solver.eigenvalues(N_MODES), 100 * EPS * N_MODES)
+    _close(north["errors"], solver.northTest(N_MODES), 100 * EPS * N_MODES)
+    expect = [list(p) for p in stored.north_errors().degenerate_pairs]
+    assert north["degenerate_pairs"] == expect and [4, 5] in expect and [1, 2] not in expect
+    old = sc.EnergyReport({k: v for k, v in stored.report.items() if k != "north"})
+    assert old.north["degenerate_pairs"] == expect  # a report of before the section
+    line = [ln for ln in stored.report.table().splitlines() if ln.startswith("North")]
+    assert line and "N = 15" in line[0] and "4-5" in line[0] and "1-2" not in line[0]
+    ax = stored.report.figure().axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1 and "overlapping: " in bars[0].get_label()
+    segs = bars[0].lines[2][0].get_segments()  # one vertical segment per kept σ
+    s = np.asarray(stored.report.singular_values)
+    rel = np.sqrt(2 / 15)
+    # the bars are σ·√(1 ± √(2/N)) up to the rounding of that product (a few ε relative)
+    np.testing.assert_allclose([seg[1][1] for seg in segs], s * np.sqrt(1 + rel), rtol=10 * EPS)
+    np.testing.assert_allclose([seg[0][1] for seg in segs], s * np.sqrt(1 - rel), rtol=10 * EPS)

@@ -76,3 +76,30 @@ def test_an_upload_cut_short_for_a_fit_is_deleted(client):
     with pytest.raises(OSError, match="the disk went away"):
         PCA(2, client=client).fit(X)
     assert {u["name"] for u in client.uploads()} == before  # no upload holds the quota
+
+
+def test_eof_of_an_in_memory_field_through_the_service(client):
+    """svdserve.EOF with client=Client: the DataArray is uploaded, √cos φ weights computed
+    from its coordinate go with the job, the labelled outputs equal the in-process fit."""
+    import xarray as xr
+
+    from svdserve import EOF
+
+    rng = np.random.default_rng(5)
+    field = xr.DataArray(rng.standard_normal((40, 6, 8)) @ np.diag(np.linspace(1, 3, 8)),
+                         dims=("time", "lat", "lon"), name="t2m",
+                         coords={"time": np.arange(40), "lat": np.linspace(-60, 60, 6),
+                                 "lon": np.arange(0.0, 360.0, 45.0)})
+    remote = EOF(3, use_coslat=True, standardize=True, solver="full", client=client).fit(
+        field, dim="time")
+    local = EOF(3, use_coslat=True, standardize=True, solver="full").fit(field, dim="time")
+    assert remote.report_["scaling"]["weights"] != "coslat"  # the array computed here
+    # exact both ways, different panel plans: rounding only. Davis–Kahan: ~ε·λ₁/gap with
+    # λ₁/min gap ≈ 10 among modes 1-4 here, so ~1e-14; 1e-10 is ample, and a wrong weight,
+    # sign or mode is O(1e-2) or more
+    s = np.sign((remote.components() * local.components()).sum(("lat", "lon")))
+    np.testing.assert_allclose(remote.components() * s, local.components(), atol=1e-10)
+    np.testing.assert_allclose(remote.scores() * s, local.scores(), atol=1e-10 * 40)
+    np.testing.assert_allclose(remote.explained_variance_ratio(),
+                               local.explained_variance_ratio(), rtol=1e-10)
+    assert remote.scores().dims == ("mode", "time")

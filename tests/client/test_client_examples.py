@@ -71,9 +71,9 @@ def test_least_squares(service, data_dir, tmp_path):
 def test_eof_sst(service, data_dir, tmp_path):
     from matplotlib.image import imread
 
-    out_png = tmp_path / "eof.png"
+    out_png, scree_png = tmp_path / "eof.png", tmp_path / "scree.png"
     out = run_example(service, "eof_sst.py", data_dir, tmp_path, "--ntime", "48", "--nlat",
-                      "12", "--nlon", "24", "--out", str(out_png))
+                      "12", "--nlon", "24", "--out", str(out_png), "--scree", str(scree_png))
     masked = re.search(r"(\d+) land points masked, (\d+) ocean points", out)
     assert masked and int(masked.group(1)) > 0 and int(masked.group(2)) > 0
     corr = [float(x) for x in re.findall(r"\|correlation with mode \d\| = (\S+)", out)]
@@ -81,8 +81,21 @@ def test_eof_sst(service, data_dir, tmp_path):
     # to within noise/signal ≈ 1e-2, so the correlation is ≥ 0.99 (≈ 0.9999 in practice).
     assert len(corr) == 2 and min(corr) > 0.99
     assert "PC time axis 1990-01-01 .. 1993-12-01" in out
+    assert "weights √cos(lat)" in out
     img = imread(out_png)
     assert img.shape[1] > 2 * img.shape[0]  # two maps side by side
+    # North: 8 modes with their errors; the noise modes 3..8 (eigenvalues within their
+    # ±√(2/48) = ±20 % bars of each other) overlap, the two signal modes do not
+    errors = re.findall(r"^\s+(\d)\s+\S+\s+\S+\s*(\(overlaps the next: degenerate\))?$", out,
+                        re.M)
+    assert [int(m) for m, _ in errors] == list(range(1, 9)), out
+    assert not errors[0][1] and errors[3][1]
+    assert "degenerate pairs (do not interpret separately): " in out
+    assert imread(scree_png).shape[0] > 100
+    rot = re.search(r"varimax-rotated pair: (\S+) % and (\S+) % .*together (\S+) %, as the "
+                    r"unrotated pair: (\S+) %", out)
+    # varimax is orthogonal: the pair keeps its total variance (to the printed 0.1 %)
+    assert rot and rot.group(3) == rot.group(4)
 
 
 def _load_example(name):

@@ -172,6 +172,11 @@ def test_a_succeeded_job_draws_the_scree_plot_with_k_and_the_90_percent_rank(
     # the exact method's whole spectrum is drawn: all 40 singular values
     paths = [p.get_attribute("data-points") for p in css(browser, 'figure[data-chart="scree"] path.series')]
     assert paths == ["40", "6"]
+    # North's error bars on the 6 kept σ, the overlapping pairs named in the legend
+    bars = css(browser, 'figure[data-chart="scree"] path.errbar')
+    assert [b.get_attribute("data-points") for b in bars] == ["6"]
+    scree_legend = css(browser, 'figure[data-chart="scree"] .legend')[0].text
+    assert f"North's error bars (N = {report['north']['n_samples']})" in scree_legend
     r90 = expected_energy_rank(report, 0.9)
     mark90 = css(browser, 'figure[data-chart="energy"] .m-e0.v')[0]
     assert mark90.get_attribute("data-x") == str(r90)
