@@ -279,9 +279,10 @@ def randomized_svd(run, k, *, n_oversamples, n_iter, random_state, n_probes=10,
     -------
     Factors
         ``tall`` (None without ``compute_u``), ``sigma``, ``v``, ``width``
-        (the sketch width l), ``precision`` (:meth:`MixedPrecision.to_json`), ``sigma_b`` (every singular value of B, shape
-        (l,)), ``resid_ss`` (‖A − QB‖²_F as a :func:`~._kernels.sumsq`
-        pair) and ``probe_norms`` (shape (n_probes,)).
+        (the sketch width l), ``precision`` (:meth:`MixedPrecision.to_json`),
+        ``sigma_b`` (every singular value of B, shape (l,)), ``resid_ss``
+        (‖A − QB‖²_F as a :func:`~._kernels.sumsq` pair) and ``probe_norms``
+        (shape (n_probes,)).
     """
     eng = run.engine
     n = run.n
