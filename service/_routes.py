@@ -202,7 +202,8 @@ async def _parent(svc: Services, body: JobCreate, tenant: str) -> JobRow:
     try:
         job_id = await resolve_id(svc, body.update, tenant)
     except ProblemError as exc:
-        raise ProblemError(exc.status, f"update: {exc.detail}", extra=exc.extra, errors=[
+        status = 422 if exc.status == 400 else exc.status  # a malformed id: a bad body field
+        raise ProblemError(status, f"update: {exc.detail}", extra=exc.extra, errors=[
             {"field": "body.update", "message": exc.detail}]) from exc
     row = await asyncio.to_thread(svc.store.get, job_id, tenant)
     if row is None:
@@ -469,7 +470,7 @@ async def get_job(
 
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first",
-            responses=problems(422))
+            responses=problems(400, 404, 422))
 async def list_jobs(
     tenant: Tenant, svc: Svc,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
