@@ -55,8 +55,8 @@ from ._kernels import (
 )
 from ._run import Factors
 
-__all__ = ["tsqr_up", "tsqr_down", "small_tree", "exact_svd", "with_ones_direction", "split_ones_direction",
-           "GEMM_MAX_COND"]
+__all__ = ["tsqr_up", "tsqr_down", "small_tree", "exact_svd", "gemm_u", "with_ones_direction",
+           "split_ones_direction", "GEMM_MAX_COND"]
 
 #: Largest σ₁/σ_k for which U_k is formed as A V_k Σ_k⁻¹ plus a TSQR (see the module docstring).
 GEMM_MAX_COND = 1e3
@@ -158,6 +158,19 @@ def split_ones_direction(w, extra, m, center):
     return w[:-1], w[-1] / np.sqrt(m)
 
 
+def gemm_u(run, out, vt, s_all, k):
+    """``out`` with U = (A − 1μᵀ) V_k Σ_k⁻¹ formed by one GEMM pass of ``run`` and
+    re-orthonormalised by a small TSQR (``u_route="gemm"``); needs σ_k > 0."""
+    eng = run.engine
+    w = vt[:k].T / s_all[:k]
+    mu_w = eng.scatter(run.shifted_mean @ w) if run.center else None
+    w = eng.scatter(w)
+    gemm = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
+    _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
+    return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
+                        u_route="gemm")
+
+
 def exact_svd(run, k, *, compute_u=True):
     """Exact rank-k SVD of the tall view by TSQR (2 passes, 1 without U).
 
@@ -195,13 +208,7 @@ def exact_svd(run, k, *, compute_u=True):
     if not compute_u:
         return out
     if s_all[k - 1] > 0 and s_all[0] <= GEMM_MAX_COND * s_all[k - 1] and not extra:
-        w = vt[:k].T / s_all[:k]
-        mu_w = eng.scatter(run.shifted_mean @ w) if run.center else None
-        w = eng.scatter(w)
-        gemm = run.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
-        _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
-        return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
-                            u_route="gemm")
+        return gemm_u(run, out, vt, s_all, k)
     w_root, c_root = split_ones_direction(u_r[:, :k], extra, run.m, run.center)
     ws = tsqr_down(eng, nodes, len(run.panels), w_root, c_root)
     handles = run.run_pass("tall", tall_block, lambda i: (ws[i], run.center), first_scale=True)

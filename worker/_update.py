@@ -59,14 +59,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import InvalidInputError, UpdateError
-from ._kernels import gemm_leaf, gemm_tall, merge_stats, svd_flip_rows, tsqr_leaf
+from ._kernels import merge_stats, svd_flip_rows, tsqr_leaf
 from ._qr import qr_r
 from ._pin import SourcePin
 from ._result import load
 from ._run import Factors
 from ._sketch import sketch_factors, sketch_sums, sketch_tests, stream_pass
 from ._source import PanelRefs, read_panel
-from ._tsqr import small_tree, tsqr_up, with_ones_direction
+from ._tsqr import gemm_u, tsqr_up, with_ones_direction
 
 __all__ = ["UpdateState", "UPDATABLE", "STATE_GROUP", "load_state", "save_state",
            "check_method", "check_params", "check_growth", "new_bounds", "update_exact",
@@ -422,7 +422,6 @@ def update_exact(run, state, k, *, compute_u, full_run):
     Factors
         As :func:`~._tsqr.exact_svd`, with ``state`` (the merged R) for the next update.
     """
-    eng = run.engine
     leaves = run.first_pass("stats+qr", tsqr_leaf, lambda i: (run.center,))
     t_factor = run.phase("factor", reads=False)
     root = _merged_root(run, state, leaves)
@@ -442,14 +441,7 @@ def update_exact(run, state, k, *, compute_u, full_run):
         raise InvalidInputError(
             f"update: U cannot be formed as A V Σ⁻¹ with σ_{k} = {s_all[k - 1]!r}; ask for "
             "compute_u=False (σ and V) or a rank below the numerical rank", field="compute_u")
-    full = full_run(run.stats)
-    w = vt[:k].T / s_all[:k]
-    mu_w = eng.scatter(full.shifted_mean @ w) if full.center else None
-    w = eng.scatter(w)
-    gemm = full.run_pass("tall", gemm_leaf, lambda i: (w, mu_w))
-    _, ws = small_tree(eng, [eng.part(h, "tree") for h in gemm])
-    return out._replace(tall=[eng.submit(gemm_tall, h, wc) for h, wc in zip(gemm, ws)],
-                        u_route="gemm")
+    return gemm_u(full_run(run.stats), out, vt, s_all, k)
 
 
 def _state_rows(url, options_key, start, stop):
